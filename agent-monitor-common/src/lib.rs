@@ -1,0 +1,388 @@
+//! Wire types shared by the kernel programs (`agent-monitor-ebpf`) and the daemon.
+//!
+//! Everything here is `#[repr(C)]`, holds only fixed-width integers and byte arrays, and has a
+//! compile-time size guard: the kernel and userspace must agree on every byte. Kind, verdict,
+//! action and layer tags travel as `u32` and are decoded with `TryFrom` in userspace, never
+//! transmuted. The crate is `std` on the host so that its logic is unit-tested with `cargo test`.
+#![cfg_attr(target_arch = "bpf", no_std)]
+
+use core::mem::size_of;
+
+/// Bytes of path kept in events and used for matching. `struct bpf_lpm_trie_key` data is at most
+/// 256 bytes (`LPM_DATA_SIZE_MAX`, kernel/bpf/lpm_trie.c); 4 of them carry the agent id.
+pub const PATH_LEN: usize = 252;
+/// Size of the per-CPU path scratch buffer: twice the path length so that a masked offset plus a
+/// masked length never leaves it (the verifier checks `off + len <= size`).
+pub const SCRATCH_LEN: usize = 512;
+pub const COMM_LEN: usize = 16;
+/// Deepest directory nesting followed when a path is rebuilt from dentries.
+pub const MAX_PATH_DEPTH: usize = 64;
+
+/// Event kinds. The numbering is the wire format; names are the contract (DESIGN.md).
+pub mod kind {
+    pub const PROCESS_EXEC: u32 = 1;
+    pub const PROCESS_EXIT: u32 = 2;
+    pub const FILE_WRITE: u32 = 3;
+    pub const FILE_DELETE: u32 = 4;
+    pub const FILE_RENAME: u32 = 5;
+    pub const FILE_LINK: u32 = 6;
+    pub const FILE_MKDIR: u32 = 7;
+    pub const FILE_CHMOD: u32 = 8;
+    pub const NET_CONNECT: u32 = 9;
+    pub const NET_SEND: u32 = 10;
+    pub const NET_HTTP_WRITE: u32 = 11;
+    pub const IPC_CONNECT: u32 = 12;
+    pub const SELF_TAMPER: u32 = 13;
+    /// `io_uring_setup`: io_uring operations bypass syscall tracepoints.
+    pub const SYS_IO_URING: u32 = 14;
+    /// A raw (`SOCK_RAW`) or packet (`AF_PACKET`) socket: bypasses the connect/sendmsg hooks.
+    pub const NET_RAW_SOCKET: u32 = 15;
+    pub const MAX: u32 = 15;
+}
+
+/// The event kinds as a type, for userspace decoding. Exhaustive on purpose: adding a kind
+/// constant without a name here fails to compile (`name` has no `_` arm).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Kind {
+    ProcessExec,
+    ProcessExit,
+    FileWrite,
+    FileDelete,
+    FileRename,
+    FileLink,
+    FileMkdir,
+    FileChmod,
+    NetConnect,
+    NetSend,
+    NetHttpWrite,
+    IpcConnect,
+    SelfTamper,
+    SysIoUring,
+    NetRawSocket,
+}
+
+impl Kind {
+    pub const ALL: [Kind; kind::MAX as usize] = [
+        Kind::ProcessExec,
+        Kind::ProcessExit,
+        Kind::FileWrite,
+        Kind::FileDelete,
+        Kind::FileRename,
+        Kind::FileLink,
+        Kind::FileMkdir,
+        Kind::FileChmod,
+        Kind::NetConnect,
+        Kind::NetSend,
+        Kind::NetHttpWrite,
+        Kind::IpcConnect,
+        Kind::SelfTamper,
+        Kind::SysIoUring,
+        Kind::NetRawSocket,
+    ];
+
+    /// The contract name (DESIGN.md).
+    pub const fn name(self) -> &'static str {
+        match self {
+            Kind::ProcessExec => "process.exec",
+            Kind::ProcessExit => "process.exit",
+            Kind::FileWrite => "file.write",
+            Kind::FileDelete => "file.delete",
+            Kind::FileRename => "file.rename",
+            Kind::FileLink => "file.link",
+            Kind::FileMkdir => "file.mkdir",
+            Kind::FileChmod => "file.chmod",
+            Kind::NetConnect => "net.connect",
+            Kind::NetSend => "net.send",
+            Kind::NetHttpWrite => "net.http_write",
+            Kind::IpcConnect => "ipc.connect",
+            Kind::SelfTamper => "self.tamper",
+            Kind::SysIoUring => "sys.io_uring",
+            Kind::NetRawSocket => "net.raw_socket",
+        }
+    }
+
+    pub const fn wire(self) -> u32 {
+        match self {
+            Kind::ProcessExec => kind::PROCESS_EXEC,
+            Kind::ProcessExit => kind::PROCESS_EXIT,
+            Kind::FileWrite => kind::FILE_WRITE,
+            Kind::FileDelete => kind::FILE_DELETE,
+            Kind::FileRename => kind::FILE_RENAME,
+            Kind::FileLink => kind::FILE_LINK,
+            Kind::FileMkdir => kind::FILE_MKDIR,
+            Kind::FileChmod => kind::FILE_CHMOD,
+            Kind::NetConnect => kind::NET_CONNECT,
+            Kind::NetSend => kind::NET_SEND,
+            Kind::NetHttpWrite => kind::NET_HTTP_WRITE,
+            Kind::IpcConnect => kind::IPC_CONNECT,
+            Kind::SelfTamper => kind::SELF_TAMPER,
+            Kind::SysIoUring => kind::SYS_IO_URING,
+            Kind::NetRawSocket => kind::NET_RAW_SOCKET,
+        }
+    }
+}
+
+impl TryFrom<u32> for Kind {
+    type Error = u32;
+    fn try_from(v: u32) -> Result<Self, u32> {
+        let mut i = 0;
+        while i < Kind::ALL.len() {
+            if Kind::ALL[i].wire() == v {
+                return Ok(Kind::ALL[i]);
+            }
+            i += 1;
+        }
+        Err(v)
+    }
+}
+
+pub mod verdict {
+    pub const ALLOWED: u32 = 0;
+    pub const VIOLATION: u32 = 1;
+}
+
+/// What was done. `DENIED` only where a layer refused the operation before it took effect.
+pub mod action {
+    pub const NONE: u32 = 0;
+    pub const ALERTED: u32 = 1;
+    pub const DENIED: u32 = 2;
+    pub const KILLED: u32 = 3;
+}
+
+pub mod layer {
+    pub const TRACEPOINT: u32 = 1;
+    pub const CGROUP: u32 = 2;
+    pub const BPF_LSM: u32 = 3;
+    pub const LANDLOCK: u32 = 4;
+    pub const UPROBE: u32 = 5;
+    pub const USERSPACE: u32 = 6;
+}
+
+/// The policy's `action` for an agent, as stored in [`AgentCfg::action`].
+pub mod policy_action {
+    pub const ALERT: u32 = 0;
+    pub const DENY: u32 = 1;
+    pub const KILL: u32 = 2;
+}
+
+/// Bits of [`AgentCfg::flags`].
+pub mod agent_flags {
+    pub const ACTIVE: u32 = 1 << 0;
+    /// Emit `allowed` events too (audit mode).
+    pub const AUDIT: u32 = 1 << 1;
+    pub const ALLOW_IO_URING: u32 = 1 << 2;
+    pub const ALLOW_RAW_SOCKET: u32 = 1 << 3;
+    pub const ALLOW_BPF: u32 = 1 << 4;
+}
+
+/// Bits of [`Event::flags`].
+pub mod event_flags {
+    /// The path did not fit in [`super::PATH_LEN`] bytes or was deeper than
+    /// [`super::MAX_PATH_DEPTH`]; the decision treated it as outside every writable prefix
+    /// unless a prefix matched its first bytes.
+    pub const PATH_TRUNCATED: u32 = 1 << 0;
+    /// The kill was sent after the syscall had already taken effect (tracepoint layer).
+    pub const AFTER_EFFECT: u32 = 1 << 1;
+    /// `deny` was asked for but no layer could refuse this operation: killed instead.
+    pub const DENY_FELL_BACK: u32 = 1 << 2;
+    /// First exec of a new agent instance (a selector matched).
+    pub const INSTANCE_START: u32 = 1 << 3;
+    /// The second path is the one outside `writable` (rename/link source).
+    pub const SECOND_PATH: u32 = 1 << 4;
+    /// The process is part of an instance already marked killed.
+    pub const INSTANCE_KILLED: u32 = 1 << 5;
+}
+
+/// Index of each kernel-side counter in the `STATS` per-CPU array.
+pub mod stat {
+    /// Event dropped: ring buffer full.
+    pub const RINGBUF_FULL: u32 = 0;
+    /// A path was truncated.
+    pub const PATH_TRUNCATED: u32 = 1;
+    /// The process table (`PROCS`) was full: a process could not be tracked.
+    pub const PROCS_FULL: u32 = 2;
+    /// Kernel memory could not be read where a decision needed it.
+    pub const READ_FAILED: u32 = 3;
+    pub const COUNT: u32 = 4;
+}
+
+/// Per-process state, keyed by tgid in `PROCS`. Identity is (tgid, `start_ns`): a pid reused by
+/// a new process is not confused with an agent that exited (the exit hook removes the entry).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProcState {
+    /// Agent id (1-based index in the policy); 0 is never stored.
+    pub agent: u32,
+    pub flags: u32,
+    /// The agent instance this process belongs to; shared by all its descendants.
+    pub run_id: u64,
+    /// `task_struct::start_time` of the process (ns since boot, CLOCK_MONOTONIC).
+    pub start_ns: u64,
+}
+const _: () = assert!(size_of::<ProcState>() == 24);
+
+/// Per-agent configuration, indexed by agent id in the `AGENTS` array.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AgentCfg {
+    pub action: u32,
+    pub flags: u32,
+}
+const _: () = assert!(size_of::<AgentCfg>() == 8);
+
+/// Data of a `WRITABLE` LPM trie key (the trie adds the `u32` prefix length in front): the agent
+/// id, then the path prefix with a trailing `/`. The prefix length counts bits of `agent` plus
+/// path bytes, so that `/tmp/` matches `/tmp/x/` and never `/tmpx/`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct PathData {
+    pub agent: u32,
+    pub path: [u8; PATH_LEN],
+}
+const _: () = assert!(size_of::<PathData>() == 256);
+
+/// Key of the `SEL_EXE` hash map: an absolute executable path, NUL padded.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ExeKey {
+    pub path: [u8; PATH_LEN],
+}
+
+/// Kernel struct field offsets, read from the running kernel's BTF by the daemon and patched
+/// into the programs as a global (Rust eBPF has no CO-RE field relocations).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Offsets {
+    pub task_tgid: u32,
+    pub task_start_time: u32,
+    pub task_real_parent: u32,
+    pub task_mm: u32,
+    pub task_fs: u32,
+    pub task_files: u32,
+    pub mm_exe_file: u32,
+    pub fs_pwd: u32,
+    pub files_fdt: u32,
+    pub fdt_max_fds: u32,
+    pub fdt_fd: u32,
+    pub file_f_path: u32,
+    pub file_f_inode: u32,
+    pub file_f_mode: u32,
+    pub path_mnt: u32,
+    pub path_dentry: u32,
+    pub dentry_d_parent: u32,
+    pub dentry_d_name: u32,
+    pub qstr_len: u32,
+    pub qstr_name: u32,
+    pub inode_i_mode: u32,
+    pub task_exit_code: u32,
+    pub task_group_leader: u32,
+    pub vfsmount_mnt_root: u32,
+    /// Offset of the `struct vfsmount mnt` embedded in `struct mount`.
+    pub mount_mnt: u32,
+    pub mount_mnt_parent: u32,
+    pub mount_mnt_mountpoint: u32,
+    /// 1 once the daemon has filled the table; programs refuse to walk kernel memory before.
+    pub valid: u32,
+}
+
+/// One record on the `EVENTS` ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Event {
+    /// `bpf_ktime_get_boot_ns()` at the decision.
+    pub ts_ns: u64,
+    pub run_id: u64,
+    pub start_ns: u64,
+    pub kind: u32,
+    pub verdict: u32,
+    pub action: u32,
+    pub layer: u32,
+    pub agent: u32,
+    pub pid: u32,
+    pub tid: u32,
+    pub ppid: u32,
+    pub uid: u32,
+    pub flags: u32,
+    /// Kind-specific: open flags, mode, socket family/type, syscall number, exit code.
+    pub aux: u64,
+    pub aux2: u64,
+    pub comm: [u8; COMM_LEN],
+    pub path_len: u32,
+    pub path2_len: u32,
+    pub path: [u8; PATH_LEN + 4],
+    pub path2: [u8; PATH_LEN + 4],
+}
+const _: () = assert!(size_of::<Event>() == 616);
+
+/// Is `flags` (from `open(2)`) an open that can change the file?
+pub const fn open_is_write(flags: u64) -> bool {
+    const O_ACCMODE: u64 = 0o3;
+    const O_CREAT: u64 = 0o100;
+    const O_TRUNC: u64 = 0o1000;
+    (flags & O_ACCMODE) != 0 || (flags & (O_CREAT | O_TRUNC)) != 0
+}
+
+/// Build a `WRITABLE` key for `path` (an absolute, normalised path). The trailing `/` makes the
+/// match component-wise. Returns `None` when the path does not fit.
+/// Returns `(prefix_len_bits, data)`.
+pub fn writable_key(agent: u32, path: &[u8]) -> Option<(u32, PathData)> {
+    let mut key = PathData { agent, path: [0; PATH_LEN] };
+    let trimmed = if path.len() > 1 && path.ends_with(b"/") { &path[..path.len() - 1] } else { path };
+    let len = if trimmed == b"/" { 1 } else { trimmed.len() + 1 };
+    if len > PATH_LEN {
+        return None;
+    }
+    key.path[..trimmed.len()].copy_from_slice(trimmed);
+    key.path[len - 1] = b'/';
+    Some((((4 + len) * 8) as u32, key))
+}
+
+#[cfg(feature = "user")]
+mod user {
+    use super::*;
+    // SAFETY: plain-old-data, repr(C), no padding holes that carry pointers.
+    unsafe impl aya::Pod for ProcState {}
+    unsafe impl aya::Pod for AgentCfg {}
+    unsafe impl aya::Pod for PathData {}
+    unsafe impl aya::Pod for ExeKey {}
+    unsafe impl aya::Pod for Offsets {}
+    unsafe impl aya::Pod for Event {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writable_key_is_component_wise() {
+        let (bits, k) = writable_key(3, b"/tmp").unwrap();
+        assert_eq!(&k.path[..5], b"/tmp/");
+        assert_eq!(bits, (4 + 5) * 8);
+        let (bits, root) = writable_key(1, b"/").unwrap();
+        assert_eq!(&root.path[..1], b"/");
+        assert_eq!(bits, (4 + 1) * 8);
+        let (_, trailing) = writable_key(1, b"/var/lib/x/").unwrap();
+        assert_eq!(&trailing.path[..11], b"/var/lib/x/");
+        assert!(writable_key(1, &[b'a'; PATH_LEN]).is_none());
+    }
+
+    #[test]
+    fn kinds_round_trip() {
+        for k in Kind::ALL {
+            assert_eq!(Kind::try_from(k.wire()), Ok(k));
+        }
+        assert_eq!(Kind::try_from(0), Err(0));
+        assert_eq!(Kind::try_from(kind::MAX + 1), Err(kind::MAX + 1));
+        assert_eq!(Kind::FileWrite.name(), "file.write");
+    }
+
+    #[test]
+    fn write_intent() {
+        assert!(!open_is_write(0)); // O_RDONLY
+        assert!(open_is_write(1)); // O_WRONLY
+        assert!(open_is_write(2)); // O_RDWR
+        assert!(open_is_write(0o100)); // O_CREAT
+        assert!(open_is_write(0o1000)); // O_TRUNC
+        assert!(!open_is_write(0o2000000)); // O_CLOEXEC
+    }
+}

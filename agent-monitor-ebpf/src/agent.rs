@@ -1,0 +1,187 @@
+//! The decision skeleton shared by every hook: find the agent, decide, enforce, record.
+use agent_monitor_common::{
+    action, agent_flags, event_flags, layer, policy_action, stat, verdict, AgentCfg, Event, ProcState, PATH_LEN,
+};
+use aya_ebpf::helpers::{
+    bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_ktime_get_boot_ns,
+    generated::{bpf_probe_read_kernel as raw_read_kernel, bpf_send_signal},
+};
+use core::ffi::c_void;
+
+use crate::{
+    kernel::{self, Built},
+    maps::{Scratch, AGENTS, EVENTS, KILLED, PROCS, SCRATCH, STATS, WRITABLE},
+};
+
+pub const SIGKILL: u32 = 9;
+
+#[inline(always)]
+pub fn count(stat: u32) {
+    if let Some(p) = STATS.get_ptr_mut(stat) {
+        unsafe { *p += 1 };
+    }
+}
+
+#[inline(always)]
+pub fn scratch() -> Option<*mut Scratch> {
+    SCRATCH.get_ptr_mut(0)
+}
+
+/// The current process's agent state and its agent's configuration, if it is an agent.
+#[inline(always)]
+pub fn current_agent() -> Option<(ProcState, AgentCfg)> {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let st = unsafe { PROCS.get(&tgid) }.copied()?;
+    let cfg = AGENTS.get(st.agent).copied()?;
+    if cfg.flags & agent_flags::ACTIVE == 0 {
+        return None;
+    }
+    Some((st, cfg))
+}
+
+/// Kill the current process if its instance has already been killed; true if it was.
+#[inline(always)]
+pub fn reap_if_killed(st: &ProcState) -> bool {
+    if unsafe { KILLED.get(&st.run_id) }.is_some() {
+        unsafe { bpf_send_signal(SIGKILL) };
+        return true;
+    }
+    false
+}
+
+/// Is `s.buf[0..b.len]` under one of `agent`'s writable prefixes?
+#[inline(always)]
+pub unsafe fn is_writable(s: *mut Scratch, agent: u32, b: Built) -> bool {
+    let mut len = b.len as usize;
+    if len > PATH_LEN - 1 {
+        len = PATH_LEN - 1;
+    }
+    (*s).key.agent = agent;
+    raw_read_kernel((*s).key.path.as_mut_ptr() as *mut c_void, PATH_LEN as u32, (*s).buf.as_ptr() as *const c_void);
+    // The trailing '/' makes the match component-wise. A truncated path keeps only the bytes
+    // it has: a prefix can still match them, and nothing past them is claimed.
+    let bits = if b.truncated {
+        (4 + len) * 8
+    } else {
+        *(*s).key.path.as_mut_ptr().add(kernel::opaque(len) & 255) = b'/';
+        (4 + len + 1) * 8
+    };
+    (*s).key_prefix = bits as u32;
+    let key = &(*s).key_prefix as *const u32 as *const aya_ebpf::maps::lpm_trie::Key<agent_monitor_common::PathData>;
+    WRITABLE.get(&*key).is_some()
+}
+
+/// Apply the agent's action to a violation by the current process at the tracepoint layer,
+/// which cannot refuse: `deny` falls back to `kill`. Returns (action, extra event flags).
+#[inline(always)]
+pub fn enforce_after(st: &ProcState, cfg: &AgentCfg) -> (u32, u32) {
+    match cfg.action {
+        policy_action::KILL | policy_action::DENY => {
+            kill_instance(st);
+            let mut f = event_flags::AFTER_EFFECT;
+            if cfg.action == policy_action::DENY {
+                f |= event_flags::DENY_FELL_BACK;
+            }
+            (action::KILLED, f)
+        }
+        _ => (action::ALERTED, 0),
+    }
+}
+
+/// SIGKILL the current process from the kernel and mark its instance killed so that every
+/// other process of the instance dies the next time it is seen; userspace sweeps the rest.
+#[inline(always)]
+pub fn kill_instance(st: &ProcState) {
+    unsafe { bpf_send_signal(SIGKILL) };
+    let one: u32 = 1;
+    let _ = KILLED.insert(&st.run_id, &one, 0);
+}
+
+/// What an event carries besides the process.
+pub struct Rec {
+    pub kind: u32,
+    pub verdict: u32,
+    pub action: u32,
+    pub layer: u32,
+    pub flags: u32,
+    pub aux: u64,
+    pub aux2: u64,
+}
+
+/// Paths for an event: where they are in scratch memory.
+#[derive(Clone, Copy)]
+pub enum PathSrc {
+    None,
+    /// `Scratch::buf`
+    Buf(u32),
+    /// `Scratch::saved`
+    Saved(u32),
+}
+
+#[inline(always)]
+unsafe fn copy_path(s: *mut Scratch, src: PathSrc, dst: *mut u8) -> u32 {
+    let (p, len) = match src {
+        PathSrc::None => return 0,
+        PathSrc::Buf(l) => ((*s).buf.as_ptr(), l),
+        PathSrc::Saved(l) => ((*s).saved.as_ptr(), l),
+    };
+    raw_read_kernel(dst as *mut c_void, (PATH_LEN + 4) as u32, p as *const c_void);
+    if len as usize > PATH_LEN {
+        PATH_LEN as u32
+    } else {
+        len
+    }
+}
+
+/// Emit one event for the current process. A full ring buffer is counted, never waited on:
+/// the enforcement decision has already been made.
+#[inline(always)]
+pub fn emit(st: &ProcState, r: &Rec, s: *mut Scratch, p1: PathSrc, p2: PathSrc) {
+    let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
+        count(stat::RINGBUF_FULL);
+        return;
+    };
+    let ev = entry.as_mut_ptr();
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let task = kernel::current_task();
+    unsafe {
+        (*ev).ts_ns = bpf_ktime_get_boot_ns();
+        (*ev).run_id = st.run_id;
+        (*ev).start_ns = st.start_ns;
+        (*ev).kind = r.kind;
+        (*ev).verdict = r.verdict;
+        (*ev).action = r.action;
+        (*ev).layer = r.layer;
+        (*ev).agent = st.agent;
+        (*ev).pid = (pid_tgid >> 32) as u32;
+        (*ev).tid = pid_tgid as u32;
+        (*ev).ppid = kernel::task_ppid(task).unwrap_or(0);
+        (*ev).uid = bpf_get_current_uid_gid() as u32;
+        (*ev).flags = r.flags;
+        (*ev).aux = r.aux;
+        (*ev).aux2 = r.aux2;
+        (*ev).comm = bpf_get_current_comm().unwrap_or([0; 16]);
+        (*ev).path_len = copy_path(s, p1, (*ev).path.as_mut_ptr());
+        (*ev).path2_len = copy_path(s, p2, (*ev).path2.as_mut_ptr());
+    }
+    entry.submit(0);
+}
+
+/// The common tail of a file decision: `ok` is whether every path was writable.
+#[inline(always)]
+pub fn decide(st: &ProcState, cfg: &AgentCfg, s: *mut Scratch, ok: bool, mut r: Rec, p1: PathSrc, p2: PathSrc) {
+    if ok {
+        if cfg.flags & agent_flags::AUDIT == 0 {
+            return;
+        }
+        r.verdict = verdict::ALLOWED;
+        r.action = action::NONE;
+    } else {
+        let (a, f) = enforce_after(st, cfg);
+        r.verdict = verdict::VIOLATION;
+        r.action = a;
+        r.flags |= f;
+    }
+    r.layer = layer::TRACEPOINT;
+    emit(st, &r, s, p1, p2);
+}

@@ -1,0 +1,341 @@
+//! Reading kernel structures and rebuilding paths.
+//!
+//! Offsets come from the running kernel's BTF (`OFFSETS`, patched in by the daemon at load
+//! time): Rust eBPF has no CO-RE field relocations, and layouts differ between kernels
+//! (`struct file::f_mode` is at 68 on 6.1, 12 on 6.12 and 4 on 6.18).
+use agent_monitor_common::{Offsets, MAX_PATH_DEPTH, PATH_LEN};
+use aya_ebpf::helpers::{
+    bpf_get_current_task, bpf_probe_read_kernel,
+    generated::{bpf_probe_read_kernel as raw_read_kernel, bpf_probe_read_user_str as raw_read_user_str},
+};
+use core::ffi::c_void;
+
+use crate::maps::Scratch;
+
+#[no_mangle]
+static OFFSETS: Offsets = Offsets {
+    task_tgid: 0,
+    task_start_time: 0,
+    task_real_parent: 0,
+    task_mm: 0,
+    task_fs: 0,
+    task_files: 0,
+    mm_exe_file: 0,
+    fs_pwd: 0,
+    files_fdt: 0,
+    fdt_max_fds: 0,
+    fdt_fd: 0,
+    file_f_path: 0,
+    file_f_inode: 0,
+    file_f_mode: 0,
+    path_mnt: 0,
+    path_dentry: 0,
+    dentry_d_parent: 0,
+    dentry_d_name: 0,
+    qstr_len: 0,
+    qstr_name: 0,
+    inode_i_mode: 0,
+    task_exit_code: 0,
+    task_group_leader: 0,
+    vfsmount_mnt_root: 0,
+    mount_mnt: 0,
+    mount_mnt_parent: 0,
+    mount_mnt_mountpoint: 0,
+    valid: 0,
+};
+
+/// Read one offset. Volatile so that the value patched into .rodata at load time is used,
+/// not the zero the compiler saw.
+macro_rules! off {
+    ($f:ident) => {
+        unsafe { core::ptr::read_volatile(&OFFSETS.$f) as usize }
+    };
+}
+
+pub const AT_FDCWD: i64 = -100;
+pub const S_IFMT: u16 = 0o170000;
+pub const S_IFCHR: u16 = 0o020000;
+pub const S_IFIFO: u16 = 0o010000;
+pub const S_IFSOCK: u16 = 0o140000;
+
+/// Hide a value from the optimiser so that a mask applied after it survives: the verifier
+/// needs to see `var & MASK` on the very register used as a size or offset, even where the
+/// compiler has already proved the bound some other way.
+#[inline(always)]
+pub fn opaque<T: Copy>(v: T) -> T {
+    unsafe { core::ptr::read_volatile(&v) }
+}
+
+#[inline(always)]
+pub fn offsets_valid() -> bool {
+    off!(valid) != 0
+}
+
+#[inline(always)]
+pub unsafe fn rd<T: Copy>(base: *const u8, off: usize) -> Result<T, i64> {
+    bpf_probe_read_kernel(base.wrapping_add(off) as *const T).map_err(|e| e as i64)
+}
+
+#[inline(always)]
+pub unsafe fn rd_ptr(base: *const u8, off: usize) -> Result<*const u8, i64> {
+    let p: u64 = rd(base, off)?;
+    Ok(p as *const u8)
+}
+
+#[inline(always)]
+pub fn current_task() -> *const u8 {
+    unsafe { bpf_get_current_task() as *const u8 }
+}
+
+pub unsafe fn task_tgid(task: *const u8) -> Result<u32, i64> {
+    rd::<u32>(task, off!(task_tgid))
+}
+
+pub unsafe fn task_start_ns(task: *const u8) -> Result<u64, i64> {
+    rd::<u64>(task, off!(task_start_time))
+}
+
+/// Start time of the thread group leader: the identity of the process.
+pub unsafe fn process_start_ns(task: *const u8) -> Result<u64, i64> {
+    let leader = rd_ptr(task, off!(task_group_leader))?;
+    task_start_ns(leader)
+}
+
+pub unsafe fn task_ppid(task: *const u8) -> Result<u32, i64> {
+    let parent = rd_ptr(task, off!(task_real_parent))?;
+    task_tgid(parent)
+}
+
+pub unsafe fn task_exit_code(task: *const u8) -> Result<u32, i64> {
+    rd::<u32>(task, off!(task_exit_code))
+}
+
+/// The `struct file *` behind `fd` in the current task, or null.
+pub unsafe fn fd_file(task: *const u8, fd: i64) -> Result<*const u8, i64> {
+    if fd < 0 {
+        return Err(-9);
+    }
+    let files = rd_ptr(task, off!(task_files))?;
+    let fdt = rd_ptr(files, off!(files_fdt))?;
+    let max: u32 = rd(fdt, off!(fdt_max_fds))?;
+    if fd as u64 >= max as u64 {
+        return Err(-9);
+    }
+    let arr = rd_ptr(fdt, off!(fdt_fd))?;
+    let file = rd_ptr(arr, (fd as usize) * 8)?;
+    if file.is_null() {
+        return Err(-9);
+    }
+    Ok(file)
+}
+
+/// `(dentry, vfsmount)` of a `struct path` at `base + off`.
+pub unsafe fn path_of(base: *const u8, off: usize) -> Result<(*const u8, *const u8), i64> {
+    let dentry = rd_ptr(base, off + off!(path_dentry))?;
+    let mnt = rd_ptr(base, off + off!(path_mnt))?;
+    Ok((dentry, mnt))
+}
+
+pub unsafe fn file_path(file: *const u8) -> Result<(*const u8, *const u8), i64> {
+    path_of(file, off!(file_f_path))
+}
+
+pub unsafe fn file_mode_type(file: *const u8) -> Result<u16, i64> {
+    let inode = rd_ptr(file, off!(file_f_inode))?;
+    let mode: u16 = rd(inode, off!(inode_i_mode))?;
+    Ok(mode & S_IFMT)
+}
+
+pub unsafe fn cwd_path(task: *const u8) -> Result<(*const u8, *const u8), i64> {
+    let fs = rd_ptr(task, off!(task_fs))?;
+    path_of(fs, off!(fs_pwd))
+}
+
+pub unsafe fn exe_path(task: *const u8) -> Result<(*const u8, *const u8), i64> {
+    let mm = rd_ptr(task, off!(task_mm))?;
+    let exe = rd_ptr(mm, off!(mm_exe_file))?;
+    file_path(exe)
+}
+
+/// A built path: its length in `Scratch::buf` and whether it was cut short.
+#[derive(Clone, Copy)]
+pub struct Built {
+    pub len: u32,
+    pub truncated: bool,
+}
+
+/// Rebuild the absolute path of `(dentry, vfsmnt)` into `s.buf`, crossing mount points up to
+/// the root of the mount namespace tree (not the process's chroot: policy paths are the host's).
+pub unsafe fn dentry_path(s: *mut Scratch, dentry: *const u8, vfsmnt: *const u8) -> Result<Built, i64> {
+    use core::ptr::{read_volatile as rv, write_volatile as wv};
+    let mut d = dentry;
+    let mut mnt = vfsmnt;
+    let mut mount = vfsmnt.wrapping_sub(off!(mount_mnt));
+    // Counters live in the scratch map (volatile): the verifier then sees bounded unknowns
+    // and prunes equivalent paths instead of tracking every combination of exact values.
+    wv(&mut (*s).n, 0);
+    let mut complete = false;
+    for _ in 0..MAX_PATH_DEPTH {
+        let root = rd_ptr(mnt, off!(vfsmount_mnt_root))?;
+        let parent = rd_ptr(d, off!(dentry_d_parent))?;
+        if d == root || d == parent {
+            let mparent = rd_ptr(mount, off!(mount_mnt_parent))?;
+            if mparent == mount || mparent.is_null() {
+                complete = true;
+                break;
+            }
+            d = rd_ptr(mount, off!(mount_mnt_mountpoint))?;
+            mount = mparent;
+            mnt = mount.wrapping_add(off!(mount_mnt));
+            continue;
+        }
+        let name = rd_ptr(d, off!(dentry_d_name) + off!(qstr_name))?;
+        let len: u32 = rd(d, off!(dentry_d_name) + off!(qstr_len))?;
+        let n = rv(&(*s).n) as usize & (MAX_PATH_DEPTH - 1);
+        (*s).names[n] = name as u64;
+        (*s).lens[n] = len;
+        wv(&mut (*s).n, n as u32 + 1);
+        d = parent;
+    }
+    let n = rv(&(*s).n) as usize;
+    let mut truncated = !complete || n >= MAX_PATH_DEPTH;
+    let buf = (*s).buf.as_mut_ptr();
+    wv(&mut (*s).off, 0);
+    for j in 0..MAX_PATH_DEPTH {
+        let n = rv(&(*s).n) as usize;
+        if j >= n {
+            break;
+        }
+        let i = (n - 1 - j) & (MAX_PATH_DEPTH - 1);
+        let len = rv(&(*s).lens[i]) as usize & 255;
+        let off = rv(&(*s).off) as usize & 255;
+        if off + 1 + len > PATH_LEN - 1 {
+            truncated = true;
+            break;
+        }
+        *buf.add(off) = b'/';
+        raw_read_kernel(buf.add(off + 1) as *mut c_void, len as u32, (*s).names[i] as *const c_void);
+        wv(&mut (*s).off, (off + 1 + len) as u32);
+    }
+    let mut off = rv(&(*s).off) as usize & 255;
+    if off == 0 {
+        *buf = b'/';
+        off = 1;
+    }
+    *buf.add(off) = 0;
+    Ok(Built { len: off as u32, truncated })
+}
+
+/// Resolve the string a process passed to a path syscall to an absolute, normalised path in
+/// `s.buf`: relative paths start at `dirfd` (or the cwd for `AT_FDCWD`), taken from the kernel's
+/// own file and fs structures; `.`, `..` and repeated slashes are folded.
+///
+/// Symlinks in the directories of the string are not followed here (only the LSM layer sees
+/// the resolved dentry); opens are decided on the file the kernel actually opened instead.
+pub unsafe fn resolve_user_path(s: *mut Scratch, dirfd: i64, upath: *const u8) -> Result<Built, i64> {
+    let tmp = &mut (*s).tmp;
+    // Returns the length including the NUL, or a negative error.
+    let ret = raw_read_user_str(tmp.as_mut_ptr() as *mut c_void, PATH_LEN as u32, upath as *const c_void);
+    if ret <= 0 {
+        return Err(ret);
+    }
+    let ulen = opaque((ret - 1) as usize) & 255;
+    let buf = (*s).buf.as_mut_ptr();
+    let mut truncated = ulen >= PATH_LEN - 1;
+    let mut len: usize = 0;
+    if ulen == 0 || *tmp.as_ptr() != b'/' {
+        let task = current_task();
+        let (d, m) = if dirfd == AT_FDCWD { cwd_path(task)? } else { file_path(fd_file(task, dirfd)?)? };
+        let base = dentry_path(s, d, m)?;
+        truncated |= base.truncated;
+        len = opaque(base.len as usize) & 255;
+        if len > 1 {
+            *buf.add(len) = b'/';
+            len += 1;
+        }
+    }
+    if len + ulen > PATH_LEN - 1 {
+        truncated = true;
+    }
+    let at = opaque(len) & 255;
+    raw_read_kernel(buf.add(at) as *mut c_void, ulen as u32, tmp.as_ptr() as *const c_void);
+    len = at + ulen;
+    if len > PATH_LEN - 1 {
+        len = PATH_LEN - 1;
+    }
+    *buf.add(opaque(len) & 511) = 0;
+    let len = normalize(s, len as u32);
+    Ok(Built { len, truncated })
+}
+
+/// Fold `//`, `/./` and `/../` in `s.buf[0..len]` in place; returns the new length.
+///
+/// One pass, one byte per iteration at a constant index; the write position and the component
+/// stack live in the scratch map so that the verifier sees them as bounded unknowns.
+unsafe fn normalize(s: *mut Scratch, len: u32) -> u32 {
+    use core::ptr::{read_volatile as rv, write_volatile as wv};
+    let buf = (*s).buf.as_mut_ptr();
+    wv(&mut (*s).w, 0);
+    wv(&mut (*s).depth, 0);
+    wv(&mut (*s).skip, 0);
+    for i in 0..(PATH_LEN - 1) {
+        if i as u32 >= len {
+            break;
+        }
+        let skip = rv(&(*s).skip);
+        if skip > 0 {
+            wv(&mut (*s).skip, skip - 1);
+            continue;
+        }
+        let c = *buf.add(i);
+        let w = rv(&(*s).w) & 255;
+        if c != b'/' {
+            *buf.add(w as usize) = c;
+            wv(&mut (*s).w, w + 1);
+            continue;
+        }
+        let n1 = *buf.add(i + 1);
+        if n1 == b'/' {
+            continue;
+        }
+        if n1 == 0 {
+            if w == 0 {
+                *buf = b'/';
+                wv(&mut (*s).w, 1);
+            }
+            continue;
+        }
+        let n2 = *buf.add(i + 2);
+        if n1 == b'.' && (n2 == b'/' || n2 == 0) {
+            wv(&mut (*s).skip, 1);
+            continue;
+        }
+        let n3 = *buf.add(i + 3);
+        if n1 == b'.' && n2 == b'.' && (n3 == b'/' || n3 == 0) {
+            let depth = rv(&(*s).depth) & 63;
+            if depth > 0 {
+                let d = depth - 1;
+                wv(&mut (*s).depth, d);
+                wv(&mut (*s).w, (*s).stack[d as usize & 63]);
+            } else {
+                wv(&mut (*s).w, 0);
+            }
+            wv(&mut (*s).skip, 2);
+            continue;
+        }
+        let depth = rv(&(*s).depth) & 63;
+        (*s).stack[depth as usize] = w;
+        if depth < 63 {
+            wv(&mut (*s).depth, depth + 1);
+        }
+        *buf.add(w as usize) = b'/';
+        wv(&mut (*s).w, w + 1);
+    }
+    let mut w = rv(&(*s).w) & 255;
+    if w == 0 {
+        *buf = b'/';
+        w = 1;
+    }
+    *buf.add(w as usize) = 0;
+    w
+}

@@ -1,0 +1,87 @@
+//! Every map of the kernel side, in one place. Names are shared with userspace through
+//! `agent_monitor_common::maps` constants where userspace touches them.
+use agent_monitor_common::{
+    AgentCfg, Event, ExeKey, PathData, ProcState, COMM_LEN, MAX_PATH_DEPTH, PATH_LEN, SCRATCH_LEN,
+};
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
+};
+
+/// Agent processes, keyed by tgid. Written by the fork/exec hooks and by the daemon when it
+/// adopts processes that were running before it started.
+#[map]
+pub static PROCS: HashMap<u32, ProcState> = HashMap::with_max_entries(32768, 0);
+
+/// Per-agent configuration, indexed by agent id (0 unused).
+#[map]
+pub static AGENTS: Array<AgentCfg> = Array::with_max_entries(256, 0);
+
+/// Selectors: which new processes become agent instances (value: agent id).
+#[map]
+pub static SEL_COMM: HashMap<[u8; COMM_LEN], u32> = HashMap::with_max_entries(1024, 0);
+#[map]
+pub static SEL_EXE: HashMap<ExeKey, u32> = HashMap::with_max_entries(1024, 0);
+#[map]
+pub static SEL_UID: HashMap<u32, u32> = HashMap::with_max_entries(1024, 0);
+#[map]
+pub static SEL_CGROUP: HashMap<u64, u32> = HashMap::with_max_entries(1024, 0);
+
+/// Writable path prefixes per agent (see `agent_monitor_common::PathData`).
+#[map]
+pub static WRITABLE: LpmTrie<PathData, u32> = LpmTrie::with_max_entries(8192, 0);
+
+/// Agent instances (run ids) that have been killed: any of their processes that shows up again
+/// is killed on sight, until userspace has swept the whole tree.
+#[map]
+pub static KILLED: LruHashMap<u64, u32> = LruHashMap::with_max_entries(4096, 0);
+
+/// Write-intent opens between sys_enter and sys_exit, keyed by pid_tgid (value: open flags).
+#[map]
+pub static PENDING: LruHashMap<u64, u64> = LruHashMap::with_max_entries(8192, 0);
+
+/// The event stream to userspace.
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
+
+/// Kernel-side counters (`agent_monitor_common::stat`), summed over CPUs by the daemon.
+#[map]
+pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(agent_monitor_common::stat::COUNT, 0);
+
+/// Per-CPU working memory for paths: too large for the 512-byte BPF stack. Programs of one
+/// kind do not nest on a CPU (tracepoints run with preemption disabled and a syscall
+/// tracepoint cannot fire inside another), so one slot per CPU is enough.
+#[repr(C)]
+pub struct Scratch {
+    /// The path being built; the result is at `buf[0..len]`.
+    pub buf: [u8; SCRATCH_LEN],
+    /// The user's string, read from user memory.
+    pub tmp: [u8; SCRATCH_LEN],
+    /// The first path of a two-path operation (rename, link), kept while the second is built.
+    pub saved: [u8; PATH_LEN + 4],
+    /// Component names and lengths collected while walking up the dentry tree.
+    pub names: [u64; MAX_PATH_DEPTH],
+    pub lens: [u32; MAX_PATH_DEPTH],
+    /// Positions of component starts during `..` normalisation.
+    pub stack: [u32; 64],
+    /// Normalisation state; kept in memory (volatile) so that the verifier sees unknown
+    /// bounded scalars and prunes the loop's states instead of exploring every path.
+    pub w: u32,
+    pub depth: u32,
+    pub skip: u32,
+    /// Dentry walk state (components found, bytes written), kept in memory for the same reason.
+    pub n: u32,
+    pub off: u32,
+    pub _pad: u32,
+    /// LPM trie lookup key: prefix length then [`PathData`].
+    pub key_prefix: u32,
+    pub key: PathData,
+    pub exe: ExeKey,
+}
+
+#[map]
+pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// Keep the event type referenced so that its layout guard is compiled in.
+#[allow(dead_code)]
+pub type EventT = Event;

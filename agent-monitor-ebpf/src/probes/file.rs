@@ -1,0 +1,240 @@
+//! The file-write boundary on syscall tracepoints.
+//!
+//! Opens are decided at `sys_exit`, on the `struct file` the kernel actually opened (symlinks
+//! and hard links resolved, dirfd and cwd applied by the kernel itself); namespace and metadata
+//! changes are decided at `sys_enter` on the string resolved against dirfd/cwd and normalised.
+//! Either way the tracepoint layer cannot refuse: a kill lands after the syscall has run, and
+//! the event says so (`AFTER_EFFECT`). Refusal belongs to BPF LSM and Landlock.
+use agent_monitor_common::{action, event_flags, kind, layer, open_is_write, stat, verdict};
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user, generated::bpf_probe_read_kernel as raw_read_kernel},
+    macros::tracepoint,
+    programs::TracePointContext,
+};
+use core::ffi::c_void;
+
+use crate::{
+    agent::{self, count, current_agent, decide, is_writable, reap_if_killed, PathSrc, Rec},
+    kernel::{self, dentry_path, resolve_user_path, AT_FDCWD, S_IFCHR, S_IFIFO, S_IFSOCK},
+    maps::PENDING,
+};
+
+/// Argument `i` of a syscall tracepoint (`struct trace_event_raw_sys_enter::args`).
+#[inline(always)]
+fn arg(ctx: &TracePointContext, i: usize) -> u64 {
+    unsafe { ctx.read_at::<u64>(16 + 8 * i) }.unwrap_or(0)
+}
+
+#[inline(always)]
+fn dirfd(ctx: &TracePointContext, i: Option<usize>) -> i64 {
+    match i {
+        Some(i) => arg(ctx, i) as i32 as i64,
+        None => AT_FDCWD,
+    }
+}
+
+fn rec(kind: u32, flags: u32, aux: u64) -> Rec {
+    Rec { kind, verdict: verdict::ALLOWED, action: action::NONE, layer: layer::TRACEPOINT, flags, aux, aux2: 0 }
+}
+
+/// A path operation with one or two paths (`dfd` argument index or `AT_FDCWD`, path index).
+#[inline(always)]
+fn path_op(
+    ctx: &TracePointContext,
+    kind: u32,
+    p1: (Option<usize>, usize),
+    p2: Option<(Option<usize>, usize)>,
+    aux: Option<usize>,
+) -> Result<(), i64> {
+    let Some((st, cfg)) = current_agent() else {
+        return Ok(());
+    };
+    if reap_if_killed(&st) || !kernel::offsets_valid() {
+        return Ok(());
+    }
+    let s = agent::scratch().ok_or(-1i64)?;
+    let aux = aux.map(|i| arg(ctx, i)).unwrap_or(0);
+    unsafe {
+        let b1 = resolve_user_path(s, dirfd(ctx, p1.0), arg(ctx, p1.1) as *const u8)?;
+        let ok1 = is_writable(s, st.agent, b1);
+        let mut flags = if b1.truncated { event_flags::PATH_TRUNCATED } else { 0 };
+        let Some(p2) = p2 else {
+            decide(&st, &cfg, s, ok1, rec(kind, flags, aux), PathSrc::Buf(b1.len), PathSrc::None);
+            return Ok(());
+        };
+        raw_read_kernel(
+            (*s).saved.as_mut_ptr() as *mut c_void,
+            (*s).saved.len() as u32,
+            (*s).buf.as_ptr() as *const c_void,
+        );
+        let b2 = resolve_user_path(s, dirfd(ctx, p2.0), arg(ctx, p2.1) as *const u8)?;
+        let ok2 = is_writable(s, st.agent, b2);
+        if b2.truncated {
+            flags |= event_flags::PATH_TRUNCATED;
+        }
+        // The event's target is the path that is outside `writable`.
+        let (t, o) = if !ok1 || ok2 {
+            (PathSrc::Saved(b1.len), PathSrc::Buf(b2.len))
+        } else {
+            flags |= event_flags::SECOND_PATH;
+            (PathSrc::Buf(b2.len), PathSrc::Saved(b1.len))
+        };
+        decide(&st, &cfg, s, ok1 && ok2, rec(kind, flags, aux), t, o);
+    }
+    Ok(())
+}
+
+/// An operation on an open file descriptor (`fchmod`, `fchown`).
+#[inline(always)]
+fn fd_op(ctx: &TracePointContext, kind: u32, fd_arg: usize, aux: Option<usize>) -> Result<(), i64> {
+    let Some((st, cfg)) = current_agent() else {
+        return Ok(());
+    };
+    if reap_if_killed(&st) || !kernel::offsets_valid() {
+        return Ok(());
+    }
+    let s = agent::scratch().ok_or(-1i64)?;
+    let aux = aux.map(|i| arg(ctx, i)).unwrap_or(0);
+    unsafe {
+        let file = kernel::fd_file(kernel::current_task(), arg(ctx, fd_arg) as i32 as i64)?;
+        let (d, m) = kernel::file_path(file)?;
+        let b = dentry_path(s, d, m)?;
+        let ok = is_writable(s, st.agent, b);
+        let flags = if b.truncated { event_flags::PATH_TRUNCATED } else { 0 };
+        decide(&st, &cfg, s, ok, rec(kind, flags, aux), PathSrc::Buf(b.len), PathSrc::None);
+    }
+    Ok(())
+}
+
+/// Remember a write-intent open until its `sys_exit`.
+#[inline(always)]
+fn open_enter(flags: u64) {
+    if !open_is_write(flags) {
+        return;
+    }
+    let Some((st, _)) = current_agent() else {
+        return;
+    };
+    if reap_if_killed(&st) {
+        return;
+    }
+    let _ = PENDING.insert(&bpf_get_current_pid_tgid(), &flags, 0);
+}
+
+macro_rules! path_probe {
+    ($name:ident, $kind:expr, $p1:expr, $p2:expr, $aux:expr) => {
+        #[tracepoint]
+        pub fn $name(ctx: TracePointContext) -> u32 {
+            let _ = path_op(&ctx, $kind, $p1, $p2, $aux);
+            0
+        }
+    };
+}
+
+// Arguments are (dirfd index or None for AT_FDCWD, path index), from each syscall's prototype.
+path_probe!(sys_enter_truncate, kind::FILE_WRITE, (None, 0), None, Some(1));
+path_probe!(sys_enter_unlink, kind::FILE_DELETE, (None, 0), None, None);
+path_probe!(sys_enter_unlinkat, kind::FILE_DELETE, (Some(0), 1), None, Some(2));
+path_probe!(sys_enter_rmdir, kind::FILE_DELETE, (None, 0), None, None);
+path_probe!(sys_enter_rename, kind::FILE_RENAME, (None, 0), Some((None, 1)), None);
+path_probe!(sys_enter_renameat, kind::FILE_RENAME, (Some(0), 1), Some((Some(2), 3)), None);
+path_probe!(sys_enter_renameat2, kind::FILE_RENAME, (Some(0), 1), Some((Some(2), 3)), Some(4));
+path_probe!(sys_enter_link, kind::FILE_LINK, (None, 0), Some((None, 1)), None);
+path_probe!(sys_enter_linkat, kind::FILE_LINK, (Some(0), 1), Some((Some(2), 3)), Some(4));
+// A symlink's target is only text; the link it creates is what must be inside `writable`.
+path_probe!(sys_enter_symlink, kind::FILE_LINK, (None, 1), None, None);
+path_probe!(sys_enter_symlinkat, kind::FILE_LINK, (Some(1), 2), None, None);
+path_probe!(sys_enter_mkdir, kind::FILE_MKDIR, (None, 0), None, Some(1));
+path_probe!(sys_enter_mkdirat, kind::FILE_MKDIR, (Some(0), 1), None, Some(2));
+path_probe!(sys_enter_mknod, kind::FILE_MKDIR, (None, 0), None, Some(1));
+path_probe!(sys_enter_mknodat, kind::FILE_MKDIR, (Some(0), 1), None, Some(2));
+path_probe!(sys_enter_chmod, kind::FILE_CHMOD, (None, 0), None, Some(1));
+path_probe!(sys_enter_fchmodat, kind::FILE_CHMOD, (Some(0), 1), None, Some(2));
+path_probe!(sys_enter_fchmodat2, kind::FILE_CHMOD, (Some(0), 1), None, Some(2));
+path_probe!(sys_enter_chown, kind::FILE_CHMOD, (None, 0), None, Some(1));
+path_probe!(sys_enter_lchown, kind::FILE_CHMOD, (None, 0), None, Some(1));
+path_probe!(sys_enter_fchownat, kind::FILE_CHMOD, (Some(0), 1), None, Some(2));
+
+#[tracepoint]
+pub fn sys_enter_fchmod(ctx: TracePointContext) -> u32 {
+    let _ = fd_op(&ctx, kind::FILE_CHMOD, 0, Some(1));
+    0
+}
+
+#[tracepoint]
+pub fn sys_enter_fchown(ctx: TracePointContext) -> u32 {
+    let _ = fd_op(&ctx, kind::FILE_CHMOD, 0, Some(1));
+    0
+}
+
+#[tracepoint]
+pub fn sys_enter_open(ctx: TracePointContext) -> u32 {
+    open_enter(arg(&ctx, 1));
+    0
+}
+
+#[tracepoint]
+pub fn sys_enter_openat(ctx: TracePointContext) -> u32 {
+    open_enter(arg(&ctx, 2));
+    0
+}
+
+#[tracepoint]
+pub fn sys_enter_creat(_ctx: TracePointContext) -> u32 {
+    const O_WRONLY_CREAT_TRUNC: u64 = 0o1101;
+    open_enter(O_WRONLY_CREAT_TRUNC);
+    0
+}
+
+#[tracepoint]
+pub fn sys_enter_openat2(ctx: TracePointContext) -> u32 {
+    // struct open_how { u64 flags; u64 mode; u64 resolve; }
+    let how = arg(&ctx, 2) as *const u64;
+    let flags = unsafe { bpf_probe_read_user(how) }.unwrap_or(0);
+    open_enter(flags);
+    0
+}
+
+/// Attached to `sys_exit_{open,openat,openat2,creat}`.
+#[tracepoint]
+pub fn sys_exit_open_any(ctx: TracePointContext) -> u32 {
+    let _ = try_open_exit(&ctx);
+    0
+}
+
+fn try_open_exit(ctx: &TracePointContext) -> Result<(), i64> {
+    let key = bpf_get_current_pid_tgid();
+    let Some(flags) = (unsafe { PENDING.get(&key) }).copied() else {
+        return Ok(());
+    };
+    let _ = PENDING.remove(&key);
+    // struct trace_event_raw_sys_exit { ent; long syscall_nr; long ret; }
+    let ret: i64 = unsafe { ctx.read_at::<i64>(16) }.unwrap_or(-1);
+    if ret < 0 {
+        return Ok(()); // the open failed: nothing was written
+    }
+    let Some((st, cfg)) = current_agent() else {
+        return Ok(());
+    };
+    let s = agent::scratch().ok_or(-1i64)?;
+    unsafe {
+        let file = match kernel::fd_file(kernel::current_task(), ret) {
+            Ok(f) => f,
+            Err(e) => {
+                count(stat::READ_FAILED);
+                return Err(e);
+            }
+        };
+        let t = kernel::file_mode_type(file)?;
+        if t == S_IFIFO || t == S_IFSOCK {
+            return Ok(()); // pipes and sockets are IPC, not files
+        }
+        let _ = S_IFCHR; // character devices are matched like files (IMPLICIT_WRITABLE has the benign ones)
+        let (d, m) = kernel::file_path(file)?;
+        let b = dentry_path(s, d, m)?;
+        let ok = is_writable(s, st.agent, b);
+        let f = if b.truncated { event_flags::PATH_TRUNCATED } else { 0 };
+        decide(&st, &cfg, s, ok, rec(kind::FILE_WRITE, f, flags), PathSrc::Buf(b.len), PathSrc::None);
+    }
+    Ok(())
+}

@@ -1,0 +1,169 @@
+//! Agent identity: an exec that matches a selector starts an agent instance; fork passes the
+//! instance to every child; no later exec takes a process out of scope; exit forgets it.
+use agent_monitor_common::{action, event_flags, kind, layer, stat, verdict, ExeKey, ProcState, COMM_LEN, PATH_LEN};
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
+        bpf_ktime_get_boot_ns, generated::bpf_probe_read_kernel as raw_read_kernel,
+    },
+    macros::{raw_tracepoint, tracepoint},
+    programs::{RawTracePointContext, TracePointContext},
+};
+use core::ffi::c_void;
+
+use crate::{
+    agent::{self, count, emit, PathSrc, Rec},
+    kernel::{self, dentry_path},
+    maps::{Scratch, PROCS, SEL_CGROUP, SEL_COMM, SEL_EXE, SEL_UID},
+};
+
+/// `sched_process_fork(struct task_struct *parent, struct task_struct *child)`.
+#[raw_tracepoint(tracepoint = "sched_process_fork")]
+pub fn sched_process_fork(ctx: RawTracePointContext) -> i32 {
+    let _ = try_fork(&ctx);
+    0
+}
+
+fn try_fork(ctx: &RawTracePointContext) -> Result<(), i64> {
+    let ptgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let Some(parent) = (unsafe { PROCS.get(&ptgid) }).copied() else {
+        return Ok(());
+    };
+    if !kernel::offsets_valid() {
+        return Ok(());
+    }
+    let child: u64 = ctx.arg(1);
+    let child = child as *const u8;
+    let ctgid = unsafe { kernel::task_tgid(child)? };
+    if ctgid == ptgid {
+        return Ok(()); // a thread: it shares the process's entry
+    }
+    let start_ns = unsafe { kernel::task_start_ns(child)? };
+    let st = ProcState { start_ns, ..parent };
+    if PROCS.insert(&ctgid, &st, 0).is_err() {
+        count(stat::PROCS_FULL);
+    }
+    agent::reap_if_killed(&parent);
+    Ok(())
+}
+
+#[tracepoint(category = "sched", name = "sched_process_exec")]
+pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
+    let _ = try_exec(&ctx);
+    0
+}
+
+/// Which agent, if any, does the current (just exec'd) process select?
+unsafe fn select(s: *mut Scratch, task: *const u8) -> Option<u32> {
+    if let Ok(comm) = bpf_get_current_comm() {
+        let comm: [u8; COMM_LEN] = comm;
+        if let Some(a) = SEL_COMM.get(&comm) {
+            return Some(*a);
+        }
+    }
+    let uid = bpf_get_current_uid_gid() as u32;
+    if let Some(a) = SEL_UID.get(&uid) {
+        return Some(*a);
+    }
+    let cg = bpf_get_current_cgroup_id();
+    if let Some(a) = SEL_CGROUP.get(&cg) {
+        return Some(*a);
+    }
+    // The executable the kernel actually mapped (not the string given to execve), so that a
+    // relative path or a symlink does not hide it.
+    let (d, m) = kernel::exe_path(task).ok()?;
+    let b = dentry_path(s, d, m).ok()?;
+    if b.truncated {
+        return None;
+    }
+    let key: *mut ExeKey = &mut (*s).exe;
+    let words = (*key).path.as_mut_ptr() as *mut u64;
+    for i in 0..(PATH_LEN / 8) {
+        *words.add(i) = 0;
+    }
+    let n = kernel::opaque(b.len as usize) & 255;
+    if n >= PATH_LEN {
+        return None;
+    }
+    raw_read_kernel((*key).path.as_mut_ptr() as *mut c_void, n as u32, (*s).buf.as_ptr() as *const c_void);
+    SEL_EXE.get(&*key).copied()
+}
+
+fn try_exec(_ctx: &TracePointContext) -> Result<(), i64> {
+    if !kernel::offsets_valid() {
+        return Ok(());
+    }
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let s = agent::scratch().ok_or(-1i64)?;
+    let task = kernel::current_task();
+    let mut flags = 0;
+    let st = match unsafe { PROCS.get(&tgid) }.copied() {
+        Some(st) => {
+            if agent::reap_if_killed(&st) {
+                return Ok(());
+            }
+            st
+        }
+        None => {
+            let Some(agent_id) = (unsafe { select(s, task) }) else {
+                return Ok(());
+            };
+            let start_ns = unsafe { kernel::process_start_ns(task)? };
+            // A run id unique on this boot: the instance's start, salted with its tgid.
+            let run_id = unsafe { bpf_ktime_get_boot_ns() } ^ ((tgid as u64) << 40);
+            let st = ProcState { agent: agent_id, flags: 0, run_id, start_ns };
+            if PROCS.insert(&tgid, &st, 0).is_err() {
+                count(stat::PROCS_FULL);
+                return Ok(());
+            }
+            flags |= event_flags::INSTANCE_START;
+            st
+        }
+    };
+    // Record what was exec'd: the mapped executable's path.
+    let (d, m) = unsafe { kernel::exe_path(task)? };
+    let b = unsafe { dentry_path(s, d, m)? };
+    if b.truncated {
+        flags |= event_flags::PATH_TRUNCATED;
+    }
+    let r = Rec {
+        kind: kind::PROCESS_EXEC,
+        verdict: verdict::ALLOWED,
+        action: action::NONE,
+        layer: layer::TRACEPOINT,
+        flags,
+        aux: 0,
+        aux2: 0,
+    };
+    emit(&st, &r, s, PathSrc::Buf(b.len), PathSrc::None);
+    Ok(())
+}
+
+#[tracepoint(category = "sched", name = "sched_process_exit")]
+pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    if tgid != pid_tgid as u32 {
+        return 0; // a thread other than the leader
+    }
+    let Some(st) = (unsafe { PROCS.get(&tgid) }).copied() else {
+        return 0;
+    };
+    let _ = PROCS.remove(&tgid);
+    let code = unsafe { kernel::task_exit_code(kernel::current_task()) }.unwrap_or(0);
+    let r = Rec {
+        kind: kind::PROCESS_EXIT,
+        verdict: verdict::ALLOWED,
+        action: action::NONE,
+        layer: layer::TRACEPOINT,
+        flags: 0,
+        aux: code as u64,
+        aux2: 0,
+    };
+    let s = match agent::scratch() {
+        Some(s) => s,
+        None => return 0,
+    };
+    emit(&st, &r, s, PathSrc::None, PathSrc::None);
+    0
+}

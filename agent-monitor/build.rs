@@ -1,0 +1,18 @@
+//! Builds `agent-monitor-ebpf` for the bpf target with aya-build; the object is embedded with
+//! `include_bytes_aligned!` in `src/bpf/loader.rs`. Set `AYA_BUILD_SKIP=1` for host-only checks.
+use anyhow::{anyhow, Context as _};
+use aya_build::{Package, Toolchain};
+
+fn main() -> anyhow::Result<()> {
+    let cargo_metadata::Metadata { packages, .. } =
+        cargo_metadata::MetadataCommand::new().no_deps().exec().context("MetadataCommand::exec")?;
+    let ebpf = packages
+        .into_iter()
+        .find(|p| p.name.as_str() == "agent-monitor-ebpf")
+        .ok_or_else(|| anyhow!("agent-monitor-ebpf package not found"))?;
+    let root_dir = ebpf.manifest_path.parent().ok_or_else(|| anyhow!("no parent for {}", ebpf.manifest_path))?;
+    aya_build::build_ebpf(
+        [Package { name: ebpf.name.as_str(), root_dir: root_dir.as_str(), ..Default::default() }],
+        Toolchain::default(),
+    )
+}

@@ -1,0 +1,312 @@
+//! Typed access to the kernel maps: applying a compiled policy, adopting processes that were
+//! running before the daemon, reading the process table and the kernel's counters.
+use std::{
+    collections::{HashMap as StdHashMap, HashSet},
+    fs,
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+};
+
+use agent_monitor_common::{
+    agent_flags, policy_action, stat, writable_key, AgentCfg, ExeKey, PathData, ProcState, PATH_LEN,
+};
+use anyhow::{anyhow, Context as _};
+use aya::{
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapData, PerCpuArray},
+    Ebpf,
+};
+use tracing::{debug, info, warn};
+
+use crate::policy::{comm_key, Action, CompiledPolicy};
+
+/// Map names, shared with `agent-monitor-ebpf/src/maps.rs`.
+pub mod names {
+    pub const PROCS: &str = "PROCS";
+    pub const AGENTS: &str = "AGENTS";
+    pub const SEL_COMM: &str = "SEL_COMM";
+    pub const SEL_EXE: &str = "SEL_EXE";
+    pub const SEL_UID: &str = "SEL_UID";
+    pub const SEL_CGROUP: &str = "SEL_CGROUP";
+    pub const WRITABLE: &str = "WRITABLE";
+    pub const KILLED: &str = "KILLED";
+    pub const STATS: &str = "STATS";
+    pub const EVENTS: &str = "EVENTS";
+}
+
+fn map_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut aya::maps::Map> {
+    ebpf.map_mut(name).ok_or_else(|| anyhow!("map {name} missing from the eBPF object"))
+}
+
+/// The cgroup v2 mount point (`/sys/fs/cgroup` on most hosts, `/sys/fs/cgroup/unified` on
+/// hybrid ones): read from /proc/mounts, never assumed.
+pub fn cgroup2_root() -> Option<PathBuf> {
+    let mounts = fs::read_to_string("/proc/mounts").ok()?;
+    mounts.lines().find_map(|l| {
+        let mut f = l.split_whitespace();
+        let (_, dir, fstype) = (f.next()?, f.next()?, f.next()?);
+        (fstype == "cgroup2").then(|| PathBuf::from(dir))
+    })
+}
+
+pub fn exe_key(path: &str) -> Option<ExeKey> {
+    let b = path.as_bytes();
+    if b.len() >= PATH_LEN {
+        return None;
+    }
+    let mut k = ExeKey { path: [0; PATH_LEN] };
+    k.path[..b.len()].copy_from_slice(b);
+    Some(k)
+}
+
+/// Write a compiled policy into the maps. New entries go in before stale ones are removed,
+/// so an agent is never left without its rules while the swap runs.
+pub fn apply_policy(ebpf: &mut Ebpf, p: &CompiledPolicy) -> anyhow::Result<()> {
+    {
+        let mut agents: Array<&mut MapData, AgentCfg> = Array::try_from(map_mut(ebpf, names::AGENTS)?)?;
+        let max = agents.len();
+        for a in &p.agents {
+            let mut flags = agent_flags::ACTIVE;
+            if a.audit {
+                flags |= agent_flags::AUDIT;
+            }
+            if a.allow_io_uring {
+                flags |= agent_flags::ALLOW_IO_URING;
+            }
+            if a.allow_raw_socket {
+                flags |= agent_flags::ALLOW_RAW_SOCKET;
+            }
+            if a.allow_bpf {
+                flags |= agent_flags::ALLOW_BPF;
+            }
+            let action = match a.action {
+                Action::Alert => policy_action::ALERT,
+                Action::Deny => policy_action::DENY,
+                Action::Kill => policy_action::KILL,
+            };
+            if a.id >= max {
+                return Err(anyhow!("agent id {} exceeds the AGENTS map ({max})", a.id));
+            }
+            agents.set(a.id, AgentCfg { action, flags }, 0)?;
+        }
+        for id in (p.agents.len() as u32 + 1)..max {
+            agents.set(id, AgentCfg::default(), 0)?;
+        }
+    }
+    replace_hash(ebpf, names::SEL_COMM, p.comm.iter().map(|(c, id)| (*c, *id)).collect())?;
+    replace_hash(ebpf, names::SEL_UID, p.uid.iter().copied().collect())?;
+    let exe: Vec<(ExeKey, u32)> = p
+        .exe
+        .iter()
+        .filter_map(|(path, id)| match exe_key(path) {
+            Some(k) => Some((k, *id)),
+            None => {
+                warn!(path, "exe selector too long for the kernel map; ignored");
+                None
+            }
+        })
+        .collect();
+    replace_hash_by(ebpf, names::SEL_EXE, exe, |k: &ExeKey| k.path.to_vec())?;
+    let root = cgroup2_root();
+    let mut cg = Vec::new();
+    for (path, id) in &p.cgroup {
+        match &root {
+            Some(root) => {
+                let dir = root.join(path.trim_start_matches('/'));
+                match fs::metadata(&dir) {
+                    Ok(m) => cg.push((m.ino(), *id)),
+                    // The unit may not be started yet: its processes are matched by comm,
+                    // exe or uid meanwhile, and a reload picks the cgroup up.
+                    Err(e) => {
+                        warn!(cgroup = %dir.display(), error = %e, "cgroup selector not found; ignored until reload")
+                    }
+                }
+            }
+            None => warn!(cgroup = path, "no cgroup v2 hierarchy mounted; cgroup selector ignored"),
+        }
+    }
+    replace_hash(ebpf, names::SEL_CGROUP, cg)?;
+
+    let mut trie: LpmTrie<&mut MapData, PathData, u32> = LpmTrie::try_from(map_mut(ebpf, names::WRITABLE)?)?;
+    let mut wanted = HashSet::new();
+    for (id, path) in &p.writable {
+        let (bits, data) =
+            writable_key(*id, path.as_bytes()).ok_or_else(|| anyhow!("writable path too long: {path}"))?;
+        trie.insert(&Key::new(bits, data), 1, 0)?;
+        wanted.insert((bits, data.agent, data.path.to_vec()));
+    }
+    let stale: Vec<Key<PathData>> = trie
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|k| {
+            let d = k.data();
+            !wanted.contains(&(k.prefix_len(), d.agent, d.path.to_vec()))
+        })
+        .collect();
+    for k in stale {
+        let _ = trie.remove(&k);
+    }
+    Ok(())
+}
+
+fn replace_hash<K: aya::Pod + Eq + std::hash::Hash, V: aya::Pod>(
+    ebpf: &mut Ebpf,
+    name: &str,
+    entries: Vec<(K, V)>,
+) -> anyhow::Result<()> {
+    let mut m: HashMap<&mut MapData, K, V> = HashMap::try_from(map_mut(ebpf, name)?)?;
+    let wanted: HashSet<K> = entries.iter().map(|(k, _)| *k).collect();
+    for (k, v) in &entries {
+        m.insert(k, v, 0).with_context(|| format!("writing {name}"))?;
+    }
+    let stale: Vec<K> = m.keys().filter_map(Result::ok).filter(|k| !wanted.contains(k)).collect();
+    for k in stale {
+        let _ = m.remove(&k);
+    }
+    Ok(())
+}
+
+fn replace_hash_by<K: aya::Pod, V: aya::Pod, I: Eq + std::hash::Hash>(
+    ebpf: &mut Ebpf,
+    name: &str,
+    entries: Vec<(K, V)>,
+    id: impl Fn(&K) -> I,
+) -> anyhow::Result<()> {
+    let mut m: HashMap<&mut MapData, K, V> = HashMap::try_from(map_mut(ebpf, name)?)?;
+    let wanted: HashSet<I> = entries.iter().map(|(k, _)| id(k)).collect();
+    for (k, v) in &entries {
+        m.insert(k, v, 0).with_context(|| format!("writing {name}"))?;
+    }
+    let stale: Vec<K> = m.keys().filter_map(Result::ok).filter(|k| !wanted.contains(&id(k))).collect();
+    for k in stale {
+        let _ = m.remove(&k);
+    }
+    Ok(())
+}
+
+/// A process as /proc shows it.
+#[derive(Clone, Debug)]
+pub struct ProcInfo {
+    pub pid: u32,
+    pub ppid: u32,
+    pub uid: u32,
+    pub comm: String,
+    pub exe: Option<String>,
+    pub cgroup: Option<String>,
+    pub start_ticks: u64,
+}
+
+pub fn read_proc(pid: u32) -> Option<ProcInfo> {
+    let base = Path::new("/proc").join(pid.to_string());
+    let stat = fs::read_to_string(base.join("stat")).ok()?;
+    // comm may contain spaces and parentheses: fields start after the last ')'.
+    let close = stat.rfind(')')?;
+    let comm = stat[stat.find('(')? + 1..close].to_string();
+    let rest: Vec<&str> = stat[close + 2..].split_whitespace().collect();
+    let ppid = rest.get(1)?.parse().ok()?;
+    let start_ticks = rest.get(19)?.parse().ok()?;
+    let status = fs::read_to_string(base.join("status")).ok()?;
+    let uid = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|u| u.parse().ok())?;
+    let exe = fs::read_link(base.join("exe")).ok().map(|p| p.display().to_string());
+    let cgroup = fs::read_to_string(base.join("cgroup"))
+        .ok()
+        .and_then(|c| c.lines().find_map(|l| l.strip_prefix("0::").map(str::to_string)));
+    Some(ProcInfo { pid, ppid, uid, comm, exe, cgroup, start_ticks })
+}
+
+fn all_pids() -> Vec<u32> {
+    fs::read_dir("/proc")
+        .map(|d| d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect())
+        .unwrap_or_default()
+}
+
+/// Which agent selects this process, in the kernel's order (comm, uid, cgroup, exe).
+pub fn select(p: &CompiledPolicy, info: &ProcInfo) -> Option<u32> {
+    let comm = comm_key(&info.comm);
+    p.comm
+        .iter()
+        .find(|(c, _)| *c == comm)
+        .map(|(_, id)| *id)
+        .or_else(|| p.uid.iter().find(|(u, _)| *u == info.uid).map(|(_, id)| *id))
+        .or_else(|| {
+            let cg = info.cgroup.as_deref()?;
+            p.cgroup.iter().find(|(c, _)| c == cg).map(|(_, id)| *id)
+        })
+        .or_else(|| {
+            let exe = info.exe.as_deref()?;
+            p.exe.iter().find(|(e, _)| e == exe).map(|(_, id)| *id)
+        })
+}
+
+fn boot_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Find agent processes that were running before the daemon (or before a reload added their
+/// selector) and put them and all their descendants in the process table.
+pub fn adopt_running(ebpf: &mut Ebpf, p: &CompiledPolicy) -> anyhow::Result<usize> {
+    let own = std::process::id();
+    let procs: Vec<ProcInfo> = all_pids().into_iter().filter(|&pid| pid != own).filter_map(read_proc).collect();
+    let mut children: StdHashMap<u32, Vec<u32>> = StdHashMap::new();
+    for pr in &procs {
+        children.entry(pr.ppid).or_default().push(pr.pid);
+    }
+    let by_pid: StdHashMap<u32, &ProcInfo> = procs.iter().map(|p| (p.pid, p)).collect();
+    let mut table: HashMap<&mut MapData, u32, ProcState> = HashMap::try_from(map_mut(ebpf, names::PROCS)?)?;
+    let tick_ns = 1_000_000_000 / (unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64);
+    let mut adopted = 0;
+    let mut seen = HashSet::new();
+    for root in &procs {
+        if seen.contains(&root.pid) || table.get(&root.pid, 0).is_ok() {
+            continue;
+        }
+        let Some(agent) = select(p, root) else { continue };
+        let run_id = boot_ns() ^ ((root.pid as u64) << 40);
+        let mut stack = vec![root.pid];
+        while let Some(pid) = stack.pop() {
+            if !seen.insert(pid) {
+                continue;
+            }
+            if let Some(info) = by_pid.get(&pid) {
+                let st = ProcState { agent, flags: 0, run_id, start_ns: info.start_ticks * tick_ns };
+                if table.get(&pid, 0).is_err() {
+                    table.insert(pid, st, 0)?;
+                    adopted += 1;
+                    debug!(pid, comm = info.comm, agent, "adopted running agent process");
+                }
+            }
+            stack.extend(children.get(&pid).into_iter().flatten());
+        }
+    }
+    if adopted > 0 {
+        info!(adopted, "adopted agent processes that were already running");
+    }
+    Ok(adopted)
+}
+
+/// Every tracked process: (tgid, state).
+pub fn tracked(ebpf: &Ebpf) -> Vec<(u32, ProcState)> {
+    let Some(m) = ebpf.map(names::PROCS) else { return vec![] };
+    let Ok(m) = HashMap::<&MapData, u32, ProcState>::try_from(m) else { return vec![] };
+    m.iter().filter_map(Result::ok).collect()
+}
+
+/// Kernel-side counters summed over CPUs, indexed by `agent_monitor_common::stat`.
+pub fn stats(ebpf: &Ebpf) -> [u64; stat::COUNT as usize] {
+    let mut out = [0; stat::COUNT as usize];
+    if let Some(m) = ebpf.map(names::STATS) {
+        if let Ok(a) = PerCpuArray::<&MapData, u64>::try_from(m) {
+            for (i, o) in out.iter_mut().enumerate() {
+                if let Ok(v) = a.get(&(i as u32), 0) {
+                    *o = v.iter().sum();
+                }
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,7 @@
+//! The kernel side as the daemon sees it: BTF offsets, the probe table and loader, and typed
+//! access to the maps.
+pub mod btf;
+pub mod loader;
+pub mod maps;
+
+pub use loader::Kernel;

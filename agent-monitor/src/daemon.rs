@@ -1,0 +1,325 @@
+//! `agent-monitor run`: load, enforce, record, reload, until told to stop.
+use std::{
+    fs::{self, File, OpenOptions},
+    io::{self, Write},
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use anyhow::{anyhow, bail, Context as _};
+use aya::maps::RingBuf;
+use tokio::signal::unix::{signal, SignalKind};
+use tracing::{error, info, warn};
+
+use crate::{
+    bpf::{maps as kmaps, Kernel},
+    cli::RunArgs,
+    events::{reader, Decoder, EventRecord},
+    metrics::{self, Metrics},
+    policy::{self, CompiledPolicy, Policy},
+};
+
+pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9750";
+pub const DEFAULT_EVENTS_FILE: &str = "/var/log/agent-monitor/events.jsonl";
+
+/// Where the policy comes from, so that a reload reads the same source.
+#[derive(Clone, Debug)]
+pub enum PolicySource {
+    File(PathBuf),
+    Embedded,
+}
+
+impl PolicySource {
+    pub fn resolve(config: Option<PathBuf>) -> Self {
+        match config {
+            Some(p) => PolicySource::File(p),
+            None if Path::new(policy::DEFAULT_CONFIG_PATH).exists() => {
+                PolicySource::File(policy::DEFAULT_CONFIG_PATH.into())
+            }
+            None => PolicySource::Embedded,
+        }
+    }
+
+    pub fn load(&self) -> Result<Policy, Vec<policy::Diagnostic>> {
+        match self {
+            PolicySource::File(p) => policy::load(p),
+            PolicySource::Embedded => policy::parse(policy::DEFAULT_POLICY_NAME, policy::DEFAULT_POLICY),
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            PolicySource::File(p) => p.display().to_string(),
+            PolicySource::Embedded => policy::DEFAULT_POLICY_NAME.to_string(),
+        }
+    }
+}
+
+/// State shared by the daemon's tasks.
+pub struct Shared {
+    pub kernel: Mutex<Kernel>,
+    pub decoder: Mutex<Decoder>,
+    pub metrics: Arc<Metrics>,
+    pub sink: Mutex<Box<dyn Write + Send>>,
+    pub compiled: Mutex<CompiledPolicy>,
+}
+
+impl Shared {
+    /// Count and write one event. The events log is the complete record: a failed write is
+    /// counted and logged, never silently dropped.
+    pub fn record(&self, rec: &EventRecord) {
+        let m = &self.metrics;
+        m.events.with_label_values(&[&rec.agent, &rec.kind, &rec.verdict]).inc();
+        if rec.verdict == "violation" {
+            m.violations.with_label_values(&[&rec.agent, &rec.kind, &rec.action]).inc();
+        }
+        if rec.action == "killed" {
+            m.kills.with_label_values(&[&rec.agent]).inc();
+        }
+        let line = match serde_json::to_string(rec) {
+            Ok(l) => l,
+            Err(e) => {
+                m.sink_errors.with_label_values(&["events_file"]).inc();
+                error!(error = %e, "event serialisation failed");
+                return;
+            }
+        };
+        let mut sink = self.sink.lock().unwrap();
+        if let Err(e) = writeln!(sink, "{line}").and_then(|_| sink.flush()) {
+            m.sink_errors.with_label_values(&["events_file"]).inc();
+            error!(error = %e, "writing the events log failed");
+        }
+        if rec.verdict == "violation" {
+            warn!(
+                agent = rec.agent,
+                pid = rec.pid,
+                kind = rec.kind,
+                target = rec.target,
+                action = rec.action,
+                "violation"
+            );
+        }
+    }
+
+    /// SIGKILL every process of an agent instance. The kernel already killed the offender and
+    /// kills any other member it sees; this reaches the members that make no hooked call.
+    pub fn kill_instance(&self, run_id: u64) {
+        let own = std::process::id();
+        for _ in 0..20 {
+            let members: Vec<u32> = {
+                let k = self.kernel.lock().unwrap();
+                kmaps::tracked(&k.ebpf).into_iter().filter(|(_, st)| st.run_id == run_id).map(|(pid, _)| pid).collect()
+            };
+            let alive: Vec<u32> =
+                members.into_iter().filter(|&p| p != own && Path::new(&format!("/proc/{p}")).exists()).collect();
+            if alive.is_empty() {
+                return;
+            }
+            for pid in alive {
+                // SAFETY: plain kill(2).
+                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        warn!(run = format!("{run_id:016x}"), "agent instance still has live processes after repeated SIGKILL");
+    }
+
+    /// Refresh gauges and kernel counters.
+    fn refresh(&self, last_drops: &mut [u64; agent_monitor_common::stat::COUNT as usize]) {
+        use agent_monitor_common::stat;
+        let (tracked, stats) = {
+            let k = self.kernel.lock().unwrap();
+            (kmaps::tracked(&k.ebpf), kmaps::stats(&k.ebpf))
+        };
+        let names: Vec<String> = self.compiled.lock().unwrap().agents.iter().map(|a| a.name.clone()).collect();
+        let mut counts = vec![0i64; names.len() + 1];
+        for (_, st) in tracked {
+            if let Some(c) = counts.get_mut(st.agent as usize) {
+                *c += 1;
+            }
+        }
+        for (i, name) in names.iter().enumerate() {
+            self.metrics.tracked.with_label_values(&[name]).set(counts[i + 1]);
+        }
+        let reasons = [
+            (stat::RINGBUF_FULL, "ringbuf_full"),
+            (stat::PATH_TRUNCATED, "path_truncated"),
+            (stat::PROCS_FULL, "procs_full"),
+            (stat::READ_FAILED, "read_failed"),
+        ];
+        for (idx, reason) in reasons {
+            let now = stats[idx as usize];
+            let delta = now.saturating_sub(last_drops[idx as usize]);
+            if delta > 0 {
+                self.metrics.kernel_drops.with_label_values(&[reason]).inc_by(delta);
+                if idx == stat::RINGBUF_FULL {
+                    self.metrics.events_lost.inc_by(delta);
+                    warn!(lost = delta, "events lost: the ring buffer was full (enforcement is unaffected)");
+                }
+            } else {
+                self.metrics.kernel_drops.with_label_values(&[reason]);
+            }
+            last_drops[idx as usize] = now;
+        }
+    }
+}
+
+fn open_sink(path: &str) -> anyhow::Result<Box<dyn Write + Send>> {
+    if path == "-" {
+        return Ok(Box::new(io::stdout()));
+    }
+    if let Some(dir) = Path::new(path).parent() {
+        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let f: File = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("opening events file {path}"))?;
+    Ok(Box::new(f))
+}
+
+fn print_diagnostics(diags: &[policy::Diagnostic]) {
+    for d in diags {
+        eprintln!("{d}");
+    }
+}
+
+/// Tell systemd we are ready (Type=notify), if it is listening.
+fn sd_notify(state: &str) {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else { return };
+    let sock = match std::os::unix::net::UnixDatagram::unbound() {
+        Ok(s) => s,
+        Err(_) => return,
+    };
+    let path = PathBuf::from(path);
+    let _ = sock.send_to(state.as_bytes(), &path);
+}
+
+pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let source = PolicySource::resolve(args.config.clone());
+    let policy = source.load().map_err(|d| {
+        print_diagnostics(&d);
+        anyhow!("the policy {} is invalid ({} error(s)); nothing was loaded", source.describe(), d.len())
+    })?;
+    let compiled = policy::compile(&policy);
+    info!(policy = source.describe(), hash = compiled.hash, agents = compiled.agents.len(), "policy loaded");
+
+    if !nix::unistd::Uid::effective().is_root() {
+        bail!(
+            "agent-monitor run needs root (CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN and CAP_KILL) to load its eBPF programs"
+        );
+    }
+    let metrics_addr: SocketAddr = args
+        .metrics_listen
+        .clone()
+        .or_else(|| policy.daemon.metrics_listen.clone())
+        .unwrap_or_else(|| DEFAULT_METRICS_LISTEN.to_string())
+        .parse()
+        .context("metrics listen address")?;
+    let events_path =
+        args.events.clone().or_else(|| policy.daemon.events_file.clone()).unwrap_or_else(|| DEFAULT_EVENTS_FILE.into());
+    let sink = open_sink(&events_path)?;
+
+    let metrics = Arc::new(Metrics::new());
+    let mut kernel = Kernel::load()?;
+    kmaps::apply_policy(&mut kernel.ebpf, &compiled).context("writing the policy into the kernel maps")?;
+    kmaps::adopt_running(&mut kernel.ebpf, &compiled)?;
+    let ring =
+        RingBuf::try_from(kernel.ebpf.take_map(kmaps::names::EVENTS).ok_or_else(|| anyhow!("EVENTS map missing"))?)?;
+    for (layer, up) in [
+        ("tracepoint", kernel.layers.tracepoint),
+        ("bpf_lsm", kernel.layers.bpf_lsm),
+        ("cgroup", kernel.layers.cgroup),
+        ("landlock", kernel.layers.landlock),
+    ] {
+        metrics.layer_up.with_label_values(&[layer]).set(up as i64);
+    }
+    metrics.policy_agents.set(compiled.agents.len() as i64);
+
+    let names = compiled.agents.iter().map(|a| a.name.clone()).collect();
+    let shared = Arc::new(Shared {
+        kernel: Mutex::new(kernel),
+        decoder: Mutex::new(Decoder::new(names)),
+        metrics: metrics.clone(),
+        sink: Mutex::new(sink),
+        compiled: Mutex::new(compiled),
+    });
+
+    let listener =
+        metrics::bind(metrics_addr).await.with_context(|| format!("binding the metrics listener on {metrics_addr}"))?;
+    tokio::spawn(metrics::serve(listener, metrics.clone()));
+    tokio::spawn(reader::run(ring, shared.clone()));
+    {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let mut last = [0u64; agent_monitor_common::stat::COUNT as usize];
+            loop {
+                let sh = shared.clone();
+                last = tokio::task::spawn_blocking(move || {
+                    sh.refresh(&mut last);
+                    last
+                })
+                .await
+                .unwrap_or(last);
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+        });
+    }
+
+    info!(events = events_path, metrics = %metrics_addr, "enforcing");
+    sd_notify("READY=1\nSTATUS=enforcing");
+
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    loop {
+        tokio::select! {
+            _ = hup.recv() => {
+                sd_notify("RELOADING=1");
+                reload(&source, &shared);
+                sd_notify("READY=1");
+            }
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    sd_notify("STOPPING=1");
+    info!("stopping: programs are detached and agents are no longer confined by this daemon");
+    Ok(())
+}
+
+/// Re-read the policy; a bad one is rejected with its errors and the old one keeps enforcing.
+pub fn reload(source: &PolicySource, shared: &Shared) {
+    let policy = match source.load() {
+        Ok(p) => p,
+        Err(diags) => {
+            for d in &diags {
+                error!("{d}");
+            }
+            shared.metrics.reloads.with_label_values(&["failure"]).inc();
+            error!(errors = diags.len(), "policy reload rejected; the previous policy is still enforcing");
+            return;
+        }
+    };
+    let compiled = policy::compile(&policy);
+    let mut k = shared.kernel.lock().unwrap();
+    let result = kmaps::apply_policy(&mut k.ebpf, &compiled)
+        .and_then(|_| kmaps::adopt_running(&mut k.ebpf, &compiled).map(|_| ()));
+    drop(k);
+    match result {
+        Ok(()) => {
+            shared.decoder.lock().unwrap().agent_names = compiled.agents.iter().map(|a| a.name.clone()).collect();
+            shared.metrics.policy_agents.set(compiled.agents.len() as i64);
+            info!(hash = compiled.hash, agents = compiled.agents.len(), "policy reloaded");
+            *shared.compiled.lock().unwrap() = compiled;
+            shared.metrics.reloads.with_label_values(&["success"]).inc();
+        }
+        Err(e) => {
+            shared.metrics.reloads.with_label_values(&["failure"]).inc();
+            error!(error = %format!("{e:#}"), "applying the reloaded policy failed");
+        }
+    }
+}

@@ -1,0 +1,5 @@
+//! From ring-buffer records to the JSON events users read.
+pub mod decode;
+pub mod reader;
+
+pub use decode::{Decoder, EventRecord};

@@ -1,0 +1,64 @@
+//! Draining the ring buffer: decode, record, count, and finish kills from userspace.
+use std::sync::Arc;
+
+use agent_monitor_common::{action, Event};
+use aya::maps::{MapData, RingBuf};
+use tokio::io::unix::AsyncFd;
+use tracing::{error, warn};
+
+use crate::daemon::Shared;
+
+/// Read events until the ring buffer is closed.
+#[allow(deprecated)] // AsyncFd::new: the ring buffer owns its fd for as long as the AsyncFd lives
+pub async fn run(ring: RingBuf<MapData>, shared: Arc<Shared>) {
+    let mut fd = match AsyncFd::new(ring) /* aya's RingBuf owns its fd */ {
+        Ok(fd) => fd,
+        Err(e) => {
+            error!(error = %e, "cannot poll the event ring buffer: no events will be recorded");
+            return;
+        }
+    };
+    loop {
+        let mut guard = match fd.readable_mut().await {
+            Ok(g) => g,
+            Err(e) => {
+                error!(error = %e, "event ring buffer poll failed");
+                return;
+            }
+        };
+        let ring = guard.get_inner_mut();
+        let mut batch = Vec::new();
+        while let Some(item) = ring.next() {
+            if item.len() < std::mem::size_of::<Event>() {
+                shared.metrics.decode_errors.inc();
+                continue;
+            }
+            // SAFETY: the record is an `Event` written by the kernel side; read unaligned.
+            let ev: Event = unsafe { std::ptr::read_unaligned(item.as_ptr() as *const Event) };
+            batch.push(ev);
+        }
+        guard.clear_ready();
+        for ev in batch {
+            handle(&shared, &ev).await;
+        }
+    }
+}
+
+async fn handle(shared: &Arc<Shared>, ev: &Event) {
+    let rec = {
+        let mut d = shared.decoder.lock().unwrap();
+        d.decode(ev)
+    };
+    let Some(rec) = rec else {
+        shared.metrics.decode_errors.inc();
+        warn!(kind = ev.kind, "event with an unknown kind dropped");
+        return;
+    };
+    if ev.action == action::KILLED {
+        // The kernel killed the offending process; finish the rest of its instance.
+        let run_id = ev.run_id;
+        let sh = shared.clone();
+        tokio::task::spawn_blocking(move || sh.kill_instance(run_id));
+    }
+    shared.record(&rec);
+}

@@ -1,0 +1,149 @@
+//! The Prometheus registry and the `/metrics` + `/healthz` server.
+//!
+//! Label sets are bounded: agent names come from the policy, kinds and actions from fixed
+//! lists; never a pid, path or address.
+use std::{net::SocketAddr, sync::Arc};
+
+use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpListener,
+};
+use tracing::{info, warn};
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub events: IntCounterVec,
+    pub violations: IntCounterVec,
+    pub kills: IntCounterVec,
+    pub tracked: IntGaugeVec,
+    pub events_lost: IntCounter,
+    pub kernel_drops: IntCounterVec,
+    pub decode_errors: IntCounter,
+    pub sink_errors: IntCounterVec,
+    pub reloads: IntCounterVec,
+    pub layer_up: IntGaugeVec,
+    pub build_info: IntGaugeVec,
+    pub policy_agents: IntGauge,
+}
+
+fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
+    r.register(Box::new(c.clone())).expect("metric registered once");
+    c
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let r = Registry::new();
+        let cv = |name: &str, help: &str, labels: &[&str]| {
+            reg(&r, IntCounterVec::new(Opts::new(name, help), labels).unwrap())
+        };
+        let gv =
+            |name: &str, help: &str, labels: &[&str]| reg(&r, IntGaugeVec::new(Opts::new(name, help), labels).unwrap());
+        let m = Metrics {
+            events: cv(
+                "agent_monitor_events_total",
+                "Events recorded, by agent, kind and verdict.",
+                &["agent", "kind", "verdict"],
+            ),
+            violations: cv(
+                "agent_monitor_violations_total",
+                "Violations, by agent, kind and the action taken.",
+                &["agent", "kind", "action"],
+            ),
+            kills: cv("agent_monitor_kills_total", "Agent processes killed.", &["agent"]),
+            tracked: gv(
+                "agent_monitor_tracked_processes",
+                "Processes currently tracked as part of an agent.",
+                &["agent"],
+            ),
+            events_lost: reg(
+                &r,
+                IntCounter::new(
+                    "agent_monitor_events_lost_total",
+                    "Events dropped before reaching userspace (all reasons).",
+                )
+                .unwrap(),
+            ),
+            kernel_drops: cv(
+                "agent_monitor_kernel_drops_total",
+                "Kernel-side drops and failures, by reason.",
+                &["reason"],
+            ),
+            decode_errors: reg(
+                &r,
+                IntCounter::new(
+                    "agent_monitor_event_decode_errors_total",
+                    "Ring-buffer records that could not be decoded.",
+                )
+                .unwrap(),
+            ),
+            sink_errors: cv("agent_monitor_sink_errors_total", "Failures writing events to a sink.", &["sink"]),
+            reloads: cv("agent_monitor_policy_reloads_total", "Policy reloads, by result.", &["result"]),
+            layer_up: gv("agent_monitor_layer_up", "1 if the enforcement layer is active on this host.", &["layer"]),
+            build_info: gv("agent_monitor_build_info", "Build information.", &["version"]),
+            policy_agents: reg(
+                &r,
+                IntGauge::new("agent_monitor_policy_agents", "Agent profiles in the enforcing policy.").unwrap(),
+            ),
+            registry: r,
+        };
+        m.build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        for result in ["success", "failure"] {
+            m.reloads.with_label_values(&[result]);
+        }
+        m
+    }
+
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Serve `/metrics` and `/healthz` until the task is dropped.
+pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
+    if let Ok(a) = listener.local_addr() {
+        info!(addr = %a, "metrics listening");
+    }
+    loop {
+        let (mut sock, _) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(error = %e, "metrics accept failed");
+                continue;
+            }
+        };
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 2048];
+            let n = match tokio::time::timeout(std::time::Duration::from_secs(5), sock.read(&mut buf)).await {
+                Ok(Ok(n)) => n,
+                _ => return,
+            };
+            let req = String::from_utf8_lossy(&buf[..n]);
+            let path = req.split_whitespace().nth(1).unwrap_or("/");
+            let (status, ctype, body) = match path {
+                "/metrics" => ("200 OK", "text/plain; version=0.0.4", metrics.render()),
+                "/healthz" => ("200 OK", "text/plain", "ok\n".to_string()),
+                _ => ("404 Not Found", "text/plain", "not found\n".to_string()),
+            };
+            let resp = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = sock.write_all(resp.as_bytes()).await;
+        });
+    }
+}
+
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}

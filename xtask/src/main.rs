@@ -1,0 +1,156 @@
+//! `cargo xtask`: developer tasks for agent-monitor (see `cargo xtask --help`).
+
+mod setup;
+mod test;
+
+use anyhow::{bail, ensure, Context, Result};
+use clap::{Parser, Subcommand};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", bin_name = "cargo xtask", about = "Developer tasks for agent-monitor")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install the eBPF toolchain and mount the kernel filesystems (idempotent).
+    ///
+    /// Ensures the nightly toolchain, its rust-src, and bpf-linker (built against nightly's LLVM),
+    /// then, as root, mounts tracefs, bpffs and securityfs where missing. `run` and `test` run
+    /// this first.
+    Setup,
+    /// Build the daemon (release) and run it in the foreground, as root.
+    ///
+    /// Runs setup, `cargo build --release -p agent-monitor`, then replaces itself with
+    /// `target/release/agent-monitor run ARGS...`. Without ARGS the daemon uses its
+    /// configuration file or the embedded default policy.
+    Run {
+        /// Arguments for `agent-monitor run` (e.g. `-- --config deploy/agent-monitor.toml`).
+        #[arg(last = true, value_name = "ARGS")]
+        args: Vec<String>,
+    },
+    /// Build, run the unit tests, then the end-to-end tests as root.
+    ///
+    /// Steps: setup, `cargo build -p agent-monitor`, the unit tests of every crate, then
+    /// `cargo test -p agent-monitor-e2e -- --test-threads=1 FILTER...` (serial: they load eBPF)
+    /// with AGENT_MONITOR_BIN set to the debug binary. Prints each step's time and a summary.
+    Test {
+        /// Skip the root end-to-end tests (and the mounts setup needs root for).
+        #[arg(long)]
+        no_root: bool,
+        /// Run the end-to-end tests in a QEMU guest with BPF LSM (not implemented yet: issue 6).
+        #[arg(long)]
+        vm: bool,
+        /// Test name filters passed to the end-to-end test harness.
+        #[arg(last = true, value_name = "FILTER")]
+        filter: Vec<String>,
+    },
+    /// Benchmarks against no monitor, auditd and bpftrace (not implemented yet: issue 7).
+    Bench,
+    /// Scripted demonstration of the forum-agent incident (not implemented yet: issue 3).
+    Demo,
+    /// Release tarball with binary, unit, policy and dashboards (not implemented yet: issue 5).
+    Dist,
+}
+
+fn main() {
+    if let Err(e) = real_main() {
+        // One line with its context chain, never a backtrace.
+        eprintln!("xtask: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn real_main() -> Result<()> {
+    let cli = Cli::parse();
+    let home = home()?;
+    prepend_cargo_bin_to_path(&home)?;
+    match cli.cmd {
+        Cmd::Setup => setup::run(&home, true),
+        Cmd::Run { args } => run_daemon(&home, &args),
+        Cmd::Test { vm: true, .. } => not_yet(6),
+        Cmd::Test { no_root, filter, .. } => test::run(&home, no_root, &filter),
+        Cmd::Bench => not_yet(7),
+        Cmd::Demo => not_yet(3),
+        Cmd::Dist => not_yet(5),
+    }
+}
+
+// STUB: bench (issue 7), demo (issue 3), dist (issue 5), test --vm (issue 6).
+fn not_yet(issue: u32) -> Result<()> {
+    bail!("not implemented yet: see issue {issue}")
+}
+
+/// `cargo xtask run`: setup, release build, then replace this process with the daemon.
+fn run_daemon(home: &Path, args: &[String]) -> Result<()> {
+    setup::run(home, true)?;
+    run_cmd(cargo().args(["build", "--release", "-p", "agent-monitor"]))?;
+    let bin = target_dir().join("release/agent-monitor");
+    let err = Command::new(&bin).arg("run").args(args).exec();
+    Err(err).with_context(|| format!("could not start {}", bin.display()))
+}
+
+/// The workspace root: the parent of this crate's directory.
+pub fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace")
+}
+
+/// Cargo's target directory (`CARGO_TARGET_DIR` if set, else `<root>/target`), absolute.
+pub fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) => root().join(dir), // join keeps an absolute `dir` as is
+        None => root().join("target"),
+    }
+}
+
+fn home() -> Result<PathBuf> {
+    let home = std::env::var_os("HOME").filter(|h| !h.is_empty());
+    home.map(PathBuf::from).context("HOME is not set; run from a login shell (e.g. `sudo -i`) so ~/.cargo can be found")
+}
+
+/// Put `~/.cargo/bin` first on PATH, for our lookups and every child (cargo, aya-build, rustup).
+fn prepend_cargo_bin_to_path(home: &Path) -> Result<()> {
+    let old = std::env::var_os("PATH").unwrap_or_default();
+    let dirs = std::iter::once(home.join(".cargo/bin")).chain(std::env::split_paths(&old));
+    let path = std::env::join_paths(dirs).context("PATH contains a directory with a ':'")?;
+    std::env::set_var("PATH", path); // single-threaded here, before any child starts
+    Ok(())
+}
+
+/// A `cargo` command in the workspace root.
+pub fn cargo() -> Command {
+    let mut cmd = Command::new("cargo");
+    cmd.current_dir(root());
+    cmd
+}
+
+/// Runs a command with inherited stdio; an error names the command and its exit status.
+pub fn run_cmd(cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("could not start `{}`", show(cmd)))?;
+    ensure!(status.success(), "`{}` failed ({status})", show(cmd));
+    Ok(())
+}
+
+/// Runs a command and returns its stdout (stderr inherited).
+pub fn output(cmd: &mut Command) -> Result<String> {
+    let out = cmd
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .with_context(|| format!("could not start `{}`", show(cmd)))?;
+    ensure!(out.status.success(), "`{}` failed ({})", show(cmd), out.status);
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The command line as a user would type it.
+pub fn show(cmd: &Command) -> String {
+    let env = cmd.get_envs().filter_map(|(k, v)| Some((k, v?)));
+    let env = env.map(|(k, v)| format!("{}={} ", k.to_string_lossy(), v.to_string_lossy()));
+    let args = std::iter::once(cmd.get_program()).chain(cmd.get_args());
+    let args = args.map(|a| a.to_string_lossy()).collect::<Vec<_>>().join(" ");
+    env.collect::<String>() + &args
+}

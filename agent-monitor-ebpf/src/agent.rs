@@ -108,35 +108,31 @@ pub struct Rec {
     pub aux2: u64,
 }
 
-/// Paths for an event: where they are in scratch memory.
+/// A path for an event: a pointer into map memory (scratch or a pending op) and its length.
 #[derive(Clone, Copy)]
-pub enum PathSrc {
-    None,
-    /// `Scratch::buf`
-    Buf(u32),
-    /// `Scratch::saved`
-    Saved(u32),
+pub struct PathRef(pub *const u8, pub u32);
+
+impl PathRef {
+    pub const NONE: PathRef = PathRef(core::ptr::null(), 0);
 }
 
 #[inline(always)]
-unsafe fn copy_path(s: *mut Scratch, src: PathSrc, dst: *mut u8) -> u32 {
-    let (p, len) = match src {
-        PathSrc::None => return 0,
-        PathSrc::Buf(l) => ((*s).buf.as_ptr(), l),
-        PathSrc::Saved(l) => ((*s).saved.as_ptr(), l),
-    };
-    raw_read_kernel(dst as *mut c_void, (PATH_LEN + 4) as u32, p as *const c_void);
-    if len as usize > PATH_LEN {
+unsafe fn copy_path(src: PathRef, dst: *mut u8) -> u32 {
+    if src.0.is_null() {
+        return 0;
+    }
+    raw_read_kernel(dst as *mut c_void, (PATH_LEN + 4) as u32, src.0 as *const c_void);
+    if src.1 as usize > PATH_LEN {
         PATH_LEN as u32
     } else {
-        len
+        src.1
     }
 }
 
 /// Emit one event for the current process. A full ring buffer is counted, never waited on:
 /// the enforcement decision has already been made.
 #[inline(always)]
-pub fn emit(st: &ProcState, r: &Rec, s: *mut Scratch, p1: PathSrc, p2: PathSrc) {
+pub fn emit(st: &ProcState, r: &Rec, p1: PathRef, p2: PathRef) {
     let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
         count(stat::RINGBUF_FULL);
         return;
@@ -161,15 +157,15 @@ pub fn emit(st: &ProcState, r: &Rec, s: *mut Scratch, p1: PathSrc, p2: PathSrc) 
         (*ev).aux = r.aux;
         (*ev).aux2 = r.aux2;
         (*ev).comm = bpf_get_current_comm().unwrap_or([0; 16]);
-        (*ev).path_len = copy_path(s, p1, (*ev).path.as_mut_ptr());
-        (*ev).path2_len = copy_path(s, p2, (*ev).path2.as_mut_ptr());
+        (*ev).path_len = copy_path(p1, (*ev).path.as_mut_ptr());
+        (*ev).path2_len = copy_path(p2, (*ev).path2.as_mut_ptr());
     }
     entry.submit(0);
 }
 
 /// The common tail of a file decision: `ok` is whether every path was writable.
 #[inline(always)]
-pub fn decide(st: &ProcState, cfg: &AgentCfg, s: *mut Scratch, ok: bool, mut r: Rec, p1: PathSrc, p2: PathSrc) {
+pub fn decide(st: &ProcState, cfg: &AgentCfg, ok: bool, mut r: Rec, p1: PathRef, p2: PathRef) {
     if ok {
         if cfg.flags & agent_flags::AUDIT == 0 {
             return;
@@ -183,5 +179,5 @@ pub fn decide(st: &ProcState, cfg: &AgentCfg, s: *mut Scratch, ok: bool, mut r: 
         r.flags |= f;
     }
     r.layer = layer::TRACEPOINT;
-    emit(st, &r, s, p1, p2);
+    emit(st, &r, p1, p2);
 }

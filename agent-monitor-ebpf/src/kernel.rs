@@ -6,7 +6,7 @@
 use agent_monitor_common::{Offsets, MAX_PATH_DEPTH, PATH_LEN};
 use aya_ebpf::helpers::{
     bpf_get_current_task, bpf_probe_read_kernel,
-    generated::{bpf_probe_read_kernel as raw_read_kernel, bpf_probe_read_user_str as raw_read_user_str},
+    generated::{bpf_loop, bpf_probe_read_kernel as raw_read_kernel, bpf_probe_read_user_str as raw_read_user_str},
 };
 use core::ffi::c_void;
 
@@ -270,67 +270,17 @@ pub unsafe fn resolve_user_path(s: *mut Scratch, dirfd: i64, upath: *const u8) -
 
 /// Fold `//`, `/./` and `/../` in `s.buf[0..len]` in place; returns the new length.
 ///
-/// One pass, one byte per iteration at a constant index; the write position and the component
-/// stack live in the scratch map so that the verifier sees them as bounded unknowns.
+/// One pass, one byte per step, run by `bpf_loop` (5.17+) so that the verifier checks the step
+/// once instead of once per byte; the write position and the component stack live in the
+/// scratch map.
 unsafe fn normalize(s: *mut Scratch, len: u32) -> u32 {
     use core::ptr::{read_volatile as rv, write_volatile as wv};
-    let buf = (*s).buf.as_mut_ptr();
     wv(&mut (*s).w, 0);
     wv(&mut (*s).depth, 0);
     wv(&mut (*s).skip, 0);
-    for i in 0..(PATH_LEN - 1) {
-        if i as u32 >= len {
-            break;
-        }
-        let skip = rv(&(*s).skip);
-        if skip > 0 {
-            wv(&mut (*s).skip, skip - 1);
-            continue;
-        }
-        let c = *buf.add(i);
-        let w = rv(&(*s).w) & 255;
-        if c != b'/' {
-            *buf.add(w as usize) = c;
-            wv(&mut (*s).w, w + 1);
-            continue;
-        }
-        let n1 = *buf.add(i + 1);
-        if n1 == b'/' {
-            continue;
-        }
-        if n1 == 0 {
-            if w == 0 {
-                *buf = b'/';
-                wv(&mut (*s).w, 1);
-            }
-            continue;
-        }
-        let n2 = *buf.add(i + 2);
-        if n1 == b'.' && (n2 == b'/' || n2 == 0) {
-            wv(&mut (*s).skip, 1);
-            continue;
-        }
-        let n3 = *buf.add(i + 3);
-        if n1 == b'.' && n2 == b'.' && (n3 == b'/' || n3 == 0) {
-            let depth = rv(&(*s).depth) & 63;
-            if depth > 0 {
-                let d = depth - 1;
-                wv(&mut (*s).depth, d);
-                wv(&mut (*s).w, (*s).stack[d as usize & 63]);
-            } else {
-                wv(&mut (*s).w, 0);
-            }
-            wv(&mut (*s).skip, 2);
-            continue;
-        }
-        let depth = rv(&(*s).depth) & 63;
-        (*s).stack[depth as usize] = w;
-        if depth < 63 {
-            wv(&mut (*s).depth, depth + 1);
-        }
-        *buf.add(w as usize) = b'/';
-        wv(&mut (*s).w, w + 1);
-    }
+    wv(&mut (*s).nlen, len);
+    bpf_loop(len.min(PATH_LEN as u32 - 1), normalize_step as *mut c_void, core::ptr::null_mut(), 0);
+    let buf = (*s).buf.as_mut_ptr();
     let mut w = rv(&(*s).w) & 255;
     if w == 0 {
         *buf = b'/';
@@ -338,4 +288,70 @@ unsafe fn normalize(s: *mut Scratch, len: u32) -> u32 {
     }
     *buf.add(w as usize) = 0;
     w
+}
+
+/// One byte of [`normalize`]. Returns 1 to stop the loop.
+extern "C" fn normalize_step(i: u64, _ctx: *mut c_void) -> i64 {
+    let Some(s) = crate::maps::SCRATCH.get_ptr_mut(0) else {
+        return 1;
+    };
+    unsafe { normalize_byte(s, i as usize & 255) }
+}
+
+#[inline(always)]
+unsafe fn normalize_byte(s: *mut Scratch, i: usize) -> i64 {
+    use core::ptr::{read_volatile as rv, write_volatile as wv};
+    let buf = (*s).buf.as_mut_ptr();
+    if i as u32 >= rv(&(*s).nlen) {
+        return 1;
+    }
+    let skip = rv(&(*s).skip);
+    if skip > 0 {
+        wv(&mut (*s).skip, skip - 1);
+        return 0;
+    }
+    let c = *buf.add(i);
+    let w = rv(&(*s).w) & 255;
+    if c != b'/' {
+        *buf.add(w as usize) = c;
+        wv(&mut (*s).w, w + 1);
+        return 0;
+    }
+    let n1 = *buf.add(i + 1);
+    if n1 == b'/' {
+        return 0;
+    }
+    if n1 == 0 {
+        if w == 0 {
+            *buf = b'/';
+            wv(&mut (*s).w, 1);
+        }
+        return 0;
+    }
+    let n2 = *buf.add(i + 2);
+    if n1 == b'.' && (n2 == b'/' || n2 == 0) {
+        wv(&mut (*s).skip, 1);
+        return 0;
+    }
+    let n3 = *buf.add(i + 3);
+    if n1 == b'.' && n2 == b'.' && (n3 == b'/' || n3 == 0) {
+        let depth = rv(&(*s).depth) & 63;
+        if depth > 0 {
+            let d = depth - 1;
+            wv(&mut (*s).depth, d);
+            wv(&mut (*s).w, rv(&(*s).stack[d as usize & 63]));
+        } else {
+            wv(&mut (*s).w, 0);
+        }
+        wv(&mut (*s).skip, 2);
+        return 0;
+    }
+    let depth = rv(&(*s).depth) & 63;
+    (*s).stack[depth as usize] = w;
+    if depth < 63 {
+        wv(&mut (*s).depth, depth + 1);
+    }
+    *buf.add(w as usize) = b'/';
+    wv(&mut (*s).w, w + 1);
+    0
 }

@@ -40,6 +40,26 @@ pub static KILLED: LruHashMap<u64, u32> = LruHashMap::with_max_entries(4096, 0);
 #[map]
 pub static PENDING: LruHashMap<u64, u64> = LruHashMap::with_max_entries(8192, 0);
 
+/// A path operation decided at sys_enter (while its paths still name what they name), acted on
+/// at sys_exit only if the syscall succeeded: a failed `mkdir -p` probe or an `unlink` of a
+/// missing file changed nothing and is no violation.
+#[repr(C)]
+pub struct PendingOp {
+    pub kind: u32,
+    /// 1 if every path was writable.
+    pub ok: u32,
+    pub flags: u32,
+    pub len1: u32,
+    pub len2: u32,
+    pub _pad: u32,
+    pub aux: u64,
+    pub p1: [u8; PATH_LEN + 4],
+    pub p2: [u8; PATH_LEN + 4],
+}
+
+#[map]
+pub static PENDING_OPS: LruHashMap<u64, PendingOp> = LruHashMap::with_max_entries(4096, 0);
+
 /// The event stream to userspace.
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
@@ -57,8 +77,6 @@ pub struct Scratch {
     pub buf: [u8; SCRATCH_LEN],
     /// The user's string, read from user memory.
     pub tmp: [u8; SCRATCH_LEN],
-    /// The first path of a two-path operation (rename, link), kept while the second is built.
-    pub saved: [u8; PATH_LEN + 4],
     /// Component names and lengths collected while walking up the dentry tree.
     pub names: [u64; MAX_PATH_DEPTH],
     pub lens: [u32; MAX_PATH_DEPTH],
@@ -72,11 +90,14 @@ pub struct Scratch {
     /// Dentry walk state (components found, bytes written), kept in memory for the same reason.
     pub n: u32,
     pub off: u32,
-    pub _pad: u32,
+    /// Length of the path being normalised.
+    pub nlen: u32,
     /// LPM trie lookup key: prefix length then [`PathData`].
     pub key_prefix: u32,
     pub key: PathData,
     pub exe: ExeKey,
+    /// A path operation being prepared for `PENDING_OPS`.
+    pub op: PendingOp,
 }
 
 #[map]

@@ -4,7 +4,7 @@
 use agent_monitor_common::{action, agent_flags, kind, layer, verdict};
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 
-use crate::agent::{self, current_agent, decide, reap_if_killed, PathSrc, Rec};
+use crate::agent::{current_agent, decide, reap_if_killed, PathRef, Rec};
 
 #[inline(always)]
 fn arg(ctx: &TracePointContext, i: usize) -> u64 {
@@ -19,13 +19,10 @@ fn bypass(kind: u32, allow_flag: u32, aux: u64, aux2: u64) {
     if reap_if_killed(&st) {
         return;
     }
-    let Some(s) = agent::scratch() else {
-        return;
-    };
     let ok = cfg.flags & allow_flag != 0;
     let r =
         Rec { kind, verdict: verdict::ALLOWED, action: action::NONE, layer: layer::TRACEPOINT, flags: 0, aux, aux2 };
-    decide(&st, &cfg, s, ok, r, PathSrc::None, PathSrc::None);
+    decide(&st, &cfg, ok, r, PathRef::NONE, PathRef::NONE);
 }
 
 #[tracepoint]

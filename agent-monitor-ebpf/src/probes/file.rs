@@ -5,7 +5,7 @@
 //! changes are decided at `sys_enter` on the string resolved against dirfd/cwd and normalised.
 //! Either way the tracepoint layer cannot refuse: a kill lands after the syscall has run, and
 //! the event says so (`AFTER_EFFECT`). Refusal belongs to BPF LSM and Landlock.
-use agent_monitor_common::{action, event_flags, kind, layer, open_is_write, stat, verdict};
+use agent_monitor_common::{action, agent_flags, event_flags, kind, layer, open_is_write, stat, verdict};
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user, generated::bpf_probe_read_kernel as raw_read_kernel},
     macros::tracepoint,
@@ -14,9 +14,9 @@ use aya_ebpf::{
 use core::ffi::c_void;
 
 use crate::{
-    agent::{self, count, current_agent, decide, is_writable, reap_if_killed, PathSrc, Rec},
+    agent::{self, count, current_agent, decide, is_writable, reap_if_killed, PathRef, Rec},
     kernel::{self, dentry_path, resolve_user_path, AT_FDCWD, S_IFCHR, S_IFIFO, S_IFSOCK},
-    maps::PENDING,
+    maps::{PENDING, PENDING_OPS},
 };
 
 /// Argument `i` of a syscall tracepoint (`struct trace_event_raw_sys_enter::args`).
@@ -38,6 +38,8 @@ fn rec(kind: u32, flags: u32, aux: u64) -> Rec {
 }
 
 /// A path operation with one or two paths (`dfd` argument index or `AT_FDCWD`, path index).
+/// Resolved and decided now, while the paths still name what they name; acted on in
+/// [`sys_exit_path_any`] once the syscall has succeeded.
 #[inline(always)]
 fn path_op(
     ctx: &TracePointContext,
@@ -53,35 +55,64 @@ fn path_op(
         return Ok(());
     }
     let s = agent::scratch().ok_or(-1i64)?;
-    let aux = aux.map(|i| arg(ctx, i)).unwrap_or(0);
     unsafe {
+        let op = &mut (*s).op;
         let b1 = resolve_user_path(s, dirfd(ctx, p1.0), arg(ctx, p1.1) as *const u8)?;
         let ok1 = is_writable(s, st.agent, b1);
-        let mut flags = if b1.truncated { event_flags::PATH_TRUNCATED } else { 0 };
-        let Some(p2) = p2 else {
-            decide(&st, &cfg, s, ok1, rec(kind, flags, aux), PathSrc::Buf(b1.len), PathSrc::None);
-            return Ok(());
-        };
-        raw_read_kernel(
-            (*s).saved.as_mut_ptr() as *mut c_void,
-            (*s).saved.len() as u32,
-            (*s).buf.as_ptr() as *const c_void,
-        );
-        let b2 = resolve_user_path(s, dirfd(ctx, p2.0), arg(ctx, p2.1) as *const u8)?;
-        let ok2 = is_writable(s, st.agent, b2);
-        if b2.truncated {
-            flags |= event_flags::PATH_TRUNCATED;
+        raw_read_kernel(op.p1.as_mut_ptr() as *mut c_void, op.p1.len() as u32, (*s).buf.as_ptr() as *const c_void);
+        op.len1 = b1.len;
+        op.len2 = 0;
+        op.flags = if b1.truncated { event_flags::PATH_TRUNCATED } else { 0 };
+        let mut ok = ok1;
+        if let Some(p2) = p2 {
+            let b2 = resolve_user_path(s, dirfd(ctx, p2.0), arg(ctx, p2.1) as *const u8)?;
+            let ok2 = is_writable(s, st.agent, b2);
+            raw_read_kernel(op.p2.as_mut_ptr() as *mut c_void, op.p2.len() as u32, (*s).buf.as_ptr() as *const c_void);
+            op.len2 = b2.len;
+            if b2.truncated {
+                op.flags |= event_flags::PATH_TRUNCATED;
+            }
+            if ok1 && !ok2 {
+                // The event's target is the path outside `writable`.
+                op.flags |= event_flags::SECOND_PATH;
+            }
+            ok = ok1 && ok2;
         }
-        // The event's target is the path that is outside `writable`.
-        let (t, o) = if !ok1 || ok2 {
-            (PathSrc::Saved(b1.len), PathSrc::Buf(b2.len))
-        } else {
-            flags |= event_flags::SECOND_PATH;
-            (PathSrc::Buf(b2.len), PathSrc::Saved(b1.len))
-        };
-        decide(&st, &cfg, s, ok1 && ok2, rec(kind, flags, aux), t, o);
+        if ok && cfg.flags & agent_flags::AUDIT == 0 {
+            return Ok(());
+        }
+        op.kind = kind;
+        op.ok = ok as u32;
+        op.aux = aux.map(|i| arg(ctx, i)).unwrap_or(0);
+        let _ = PENDING_OPS.insert(&bpf_get_current_pid_tgid(), op, 0);
     }
     Ok(())
+}
+
+/// Attached to the `sys_exit` of every syscall [`path_op`] watches.
+#[tracepoint]
+pub fn sys_exit_path_any(ctx: TracePointContext) -> u32 {
+    let key = bpf_get_current_pid_tgid();
+    let Some(op) = PENDING_OPS.get_ptr(&key) else {
+        return 0;
+    };
+    let ret: i64 = unsafe { ctx.read_at::<i64>(16) }.unwrap_or(-1);
+    if ret >= 0 {
+        if let Some((st, cfg)) = current_agent() {
+            unsafe {
+                let op = &*op;
+                let (t, o) = if op.flags & event_flags::SECOND_PATH != 0 {
+                    (PathRef(op.p2.as_ptr(), op.len2), PathRef(op.p1.as_ptr(), op.len1))
+                } else {
+                    (PathRef(op.p1.as_ptr(), op.len1), PathRef(op.p2.as_ptr(), op.len2))
+                };
+                let o = if op.len2 == 0 { PathRef::NONE } else { o };
+                decide(&st, &cfg, op.ok != 0, rec(op.kind, op.flags, op.aux), t, o);
+            }
+        }
+    }
+    let _ = PENDING_OPS.remove(&key);
+    0
 }
 
 /// An operation on an open file descriptor (`fchmod`, `fchown`).
@@ -101,7 +132,7 @@ fn fd_op(ctx: &TracePointContext, kind: u32, fd_arg: usize, aux: Option<usize>) 
         let b = dentry_path(s, d, m)?;
         let ok = is_writable(s, st.agent, b);
         let flags = if b.truncated { event_flags::PATH_TRUNCATED } else { 0 };
-        decide(&st, &cfg, s, ok, rec(kind, flags, aux), PathSrc::Buf(b.len), PathSrc::None);
+        decide(&st, &cfg, ok, rec(kind, flags, aux), PathRef((*s).buf.as_ptr(), b.len), PathRef::NONE);
     }
     Ok(())
 }
@@ -234,7 +265,7 @@ fn try_open_exit(ctx: &TracePointContext) -> Result<(), i64> {
         let b = dentry_path(s, d, m)?;
         let ok = is_writable(s, st.agent, b);
         let f = if b.truncated { event_flags::PATH_TRUNCATED } else { 0 };
-        decide(&st, &cfg, s, ok, rec(kind::FILE_WRITE, f, flags), PathSrc::Buf(b.len), PathSrc::None);
+        decide(&st, &cfg, ok, rec(kind::FILE_WRITE, f, flags), PathRef((*s).buf.as_ptr(), b.len), PathRef::NONE);
     }
     Ok(())
 }

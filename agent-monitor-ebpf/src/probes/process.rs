@@ -12,7 +12,7 @@ use aya_ebpf::{
 use core::ffi::c_void;
 
 use crate::{
-    agent::{self, count, emit, PathSrc, Rec},
+    agent::{self, count, emit, PathRef, Rec},
     kernel::{self, dentry_path},
     maps::{Scratch, PROCS, SEL_CGROUP, SEL_COMM, SEL_EXE, SEL_UID},
 };
@@ -135,7 +135,7 @@ fn try_exec(_ctx: &TracePointContext) -> Result<(), i64> {
         aux: 0,
         aux2: 0,
     };
-    emit(&st, &r, s, PathSrc::Buf(b.len), PathSrc::None);
+    emit(&st, &r, PathRef(unsafe { (*s).buf.as_ptr() }, b.len), PathRef::NONE);
     Ok(())
 }
 
@@ -160,10 +160,6 @@ pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
         aux: code as u64,
         aux2: 0,
     };
-    let s = match agent::scratch() {
-        Some(s) => s,
-        None => return 0,
-    };
-    emit(&st, &r, s, PathSrc::None, PathSrc::None);
+    emit(&st, &r, PathRef::NONE, PathRef::NONE);
     0
 }

@@ -6,7 +6,7 @@ use aya::{
     programs::{RawTracePoint, TracePoint},
     Ebpf, EbpfLoader,
 };
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::btf::Btf;
 
@@ -64,6 +64,37 @@ pub const PROBES: &[Probe] = &[
         attach: Attach::TracePoint(
             "syscalls",
             &["sys_exit_openat", "sys_exit_openat2", "sys_exit_open", "sys_exit_creat"],
+        ),
+        required: true,
+        layer: "tracepoint",
+    },
+    Probe {
+        program: "sys_exit_path_any",
+        attach: Attach::TracePoint(
+            "syscalls",
+            &[
+                "sys_exit_truncate",
+                "sys_exit_unlinkat",
+                "sys_exit_unlink",
+                "sys_exit_rmdir",
+                "sys_exit_renameat",
+                "sys_exit_renameat2",
+                "sys_exit_rename",
+                "sys_exit_linkat",
+                "sys_exit_link",
+                "sys_exit_symlinkat",
+                "sys_exit_symlink",
+                "sys_exit_mkdirat",
+                "sys_exit_mkdir",
+                "sys_exit_mknodat",
+                "sys_exit_mknod",
+                "sys_exit_fchmodat",
+                "sys_exit_fchmodat2",
+                "sys_exit_chmod",
+                "sys_exit_fchownat",
+                "sys_exit_chown",
+                "sys_exit_lchown",
+            ],
         ),
         required: true,
         layer: "tracepoint",
@@ -152,7 +183,10 @@ impl Kernel {
             .context("loading the eBPF object")?;
         let mut attached = Vec::new();
         for probe in PROBES {
-            match attach(&mut ebpf, probe) {
+            let t = std::time::Instant::now();
+            let r = attach(&mut ebpf, probe);
+            debug!(program = probe.program, ms = t.elapsed().as_millis() as u64, "loaded");
+            match r {
                 Ok(n) => attached.extend(n),
                 Err(e) if probe.required => {
                     return Err(e.context(format!("attaching required probe {}", probe.program)))
@@ -189,14 +223,17 @@ fn attach(ebpf: &mut Ebpf, probe: &Probe) -> anyhow::Result<Vec<String>> {
             let p: &mut TracePoint = prog.try_into()?;
             p.load().with_context(|| format!("loading {}", probe.program))?;
             let list: Vec<&str> = if names_list.is_empty() { vec![probe.program] } else { names_list.to_vec() };
-            for name in list {
+            // A shared program (several tracepoints) needs at least one; a syscall missing on
+            // this architecture is logged, not fatal.
+            for name in &list {
                 match p.attach(category, name) {
                     Ok(_) => names.push(format!("{category}/{name}")),
-                    Err(e) if !names_list.is_empty() && !name.ends_with("openat") => {
-                        warn!(tracepoint = name, error = %e, "optional tracepoint not attached")
-                    }
+                    Err(e) if list.len() > 1 => warn!(tracepoint = name, error = %e, "tracepoint not attached"),
                     Err(e) => return Err(anyhow::Error::new(e).context(format!("attaching {category}/{name}"))),
                 }
+            }
+            if names.is_empty() {
+                bail!("none of the tracepoints of {} could be attached", probe.program);
             }
         }
         Attach::RawTracePoint(name) => {

@@ -243,7 +243,7 @@ const _: () = assert!(size_of::<PathData>() == 256);
 
 /// Key of the `SEL_EXE` hash map: an absolute executable path, NUL padded.
 #[repr(C)]
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ExeKey {
     pub path: [u8; PATH_LEN],
 }

@@ -1,1 +1,267 @@
-//! Shared helpers for the root end-to-end tests.
+//! Helpers for the root end-to-end tests: start the real daemon with a policy, run real agent
+//! processes, read the events log and the metrics endpoint.
+//!
+//! Tests panic with a message rather than return errors, and skip (with the reason) when they
+//! cannot run here: not root, or the binary under test was not given.
+use std::{
+    fs,
+    io::{Read, Write},
+    net::{TcpListener, TcpStream},
+    os::unix::process::ExitStatusExt,
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+pub use serde_json::Value;
+
+/// The binary under test (`cargo xtask test` sets it).
+pub fn binary() -> Option<PathBuf> {
+    std::env::var_os("AGENT_MONITOR_BIN").map(PathBuf::from).filter(|p| p.exists())
+}
+
+/// True if the test can load eBPF here; otherwise prints why it is skipped.
+pub fn can_run_root_tests(test: &str) -> bool {
+    if !nix::unistd::Uid::effective().is_root() {
+        eprintln!("SKIPPED {test}: needs root to load eBPF (run `cargo xtask test` as root)");
+        return false;
+    }
+    if binary().is_none() {
+        eprintln!("SKIPPED {test}: AGENT_MONITOR_BIN is not set (run through `cargo xtask test`)");
+        return false;
+    }
+    true
+}
+
+/// A scratch directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let p = std::env::temp_dir().join(format!("am-e2e-{tag}-{}-{n}", std::process::id()));
+        let _ = fs::remove_dir_all(&p);
+        fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+    pub fn join(&self, p: &str) -> PathBuf {
+        self.0.join(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// The daemon under test, stopped on drop.
+pub struct Daemon {
+    child: Option<Child>,
+    pub dir: TempDir,
+    pub events: PathBuf,
+    pub log: PathBuf,
+    pub config: PathBuf,
+    pub metrics_addr: String,
+}
+
+impl Daemon {
+    /// Start `agent-monitor run` with this policy and wait until it says it is enforcing.
+    pub fn start(policy: &str) -> Daemon {
+        let dir = TempDir::new("daemon");
+        let config = dir.join("policy.toml");
+        fs::write(&config, policy).unwrap();
+        let events = dir.join("events.jsonl");
+        let log = dir.join("daemon.log");
+        let metrics_addr = format!("127.0.0.1:{}", free_port());
+        let child = Command::new(binary().expect("AGENT_MONITOR_BIN"))
+            .args(["run", "--config"])
+            .arg(&config)
+            .arg("--events")
+            .arg(&events)
+            .args(["--metrics-listen", &metrics_addr])
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("spawn agent-monitor");
+        let mut d = Daemon { child: Some(child), dir, events, log, config, metrics_addr };
+        d.wait_log("enforcing", Duration::from_secs(120));
+        d
+    }
+
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Wait for `needle` in the daemon's log; panic with the log if the daemon dies or times out.
+    pub fn wait_log(&mut self, needle: &str, timeout: Duration) {
+        let t = Instant::now();
+        loop {
+            if self.log_text().contains(needle) {
+                return;
+            }
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("agent-monitor exited ({status}) before logging {needle:?}:\n{}", self.log_text());
+            }
+            if t.elapsed() > timeout {
+                panic!("agent-monitor did not log {needle:?} within {timeout:?}:\n{}", self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    pub fn events(&self) -> Vec<Value> {
+        fs::read_to_string(&self.events)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad event line {l:?}: {e}")))
+            .collect()
+    }
+
+    /// Wait (up to 10 s) for an event matching `pred`.
+    pub fn wait_event(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let t = Instant::now();
+        loop {
+            if let Some(e) = self.events().into_iter().find(|e| pred(e)) {
+                return e;
+            }
+            if t.elapsed() > Duration::from_secs(10) {
+                panic!(
+                    "no event {what} within 10 s; events:\n{}",
+                    fs::read_to_string(&self.events).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Give in-flight events time to arrive, then return those matching `pred`.
+    pub fn settle_events(&self, pred: impl Fn(&Value) -> bool) -> Vec<Value> {
+        std::thread::sleep(Duration::from_millis(500));
+        self.events().into_iter().filter(|e| pred(e)).collect()
+    }
+
+    pub fn metrics(&self) -> String {
+        http_get(&self.metrics_addr, "/metrics")
+    }
+
+    /// The value of one sample, matched by name and a subset of labels.
+    pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        metric_value(&self.metrics(), name, labels)
+    }
+
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid() as i32), sig).unwrap();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ =
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), nix::sys::signal::Signal::SIGTERM);
+            let t = Instant::now();
+            while t.elapsed() < Duration::from_secs(10) {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+pub fn http_get(addr: &str, path: &str) -> String {
+    let mut s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default()
+}
+
+/// Find `name{labels...} value` in Prometheus text format.
+pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        let (series, value) = l.rsplit_once(' ')?;
+        let (n, rest) = match series.split_once('{') {
+            Some((n, r)) => (n, r.trim_end_matches('}')),
+            None => (series, ""),
+        };
+        if n != name {
+            return None;
+        }
+        let all = labels.iter().all(|(k, v)| rest.split(',').any(|kv| kv == format!("{k}=\"{v}\"")));
+        all.then(|| value.parse().ok()).flatten()
+    })
+}
+
+/// A copy of `src` named `name` in `dir`: its comm is `name`, whatever `src` was.
+pub fn copy_binary(dir: &Path, src: &str, name: &str) -> PathBuf {
+    let dst = dir.join(name);
+    fs::copy(src, &dst).unwrap_or_else(|e| panic!("copy {src}: {e}"));
+    dst
+}
+
+/// The real python3 interpreter (not a shim), for copying.
+pub fn python3() -> String {
+    for p in ["/usr/bin/python3"] {
+        if Path::new(p).exists() {
+            return fs::canonicalize(p).unwrap().display().to_string();
+        }
+    }
+    let out = Command::new("python3").args(["-c", "import sys; print(sys.executable)"]).output().expect("python3");
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// Run a command to completion (at most 30 s) and return its status.
+pub fn run(cmd: &mut Command) -> ExitStatus {
+    let mut child = cmd.stdin(Stdio::null()).spawn().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+    let t = Instant::now();
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        if t.elapsed() > Duration::from_secs(30) {
+            let _ = child.kill();
+            panic!("{cmd:?} did not finish within 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+pub fn killed_by_sigkill(s: &ExitStatus) -> bool {
+    s.signal() == Some(libc::SIGKILL)
+}
+
+pub fn is_alive(pid: u32) -> bool {
+    // A zombie is dead for our purposes.
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => !s.rsplit_once(')').map(|(_, r)| r.trim_start().starts_with('Z')).unwrap_or(false),
+        Err(_) => false,
+    }
+}
+
+/// Event field as a string ("" if absent).
+pub fn f<'a>(e: &'a Value, k: &str) -> &'a str {
+    e.get(k).and_then(Value::as_str).unwrap_or("")
+}

@@ -163,3 +163,15 @@ pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
     emit(&st, &r, PathRef::NONE, PathRef::NONE);
     0
 }
+
+/// Attached to `sys_exit_wait4` and `sys_exit_waitid`: a parent that wakes up because the
+/// member of its instance that broke the policy was killed dies before it runs another
+/// instruction, instead of carrying on until userspace sweeps the tree.
+#[tracepoint]
+pub fn sys_exit_reap(_ctx: TracePointContext) -> u32 {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if let Some(st) = unsafe { PROCS.get(&tgid) } {
+        agent::reap_if_killed(st);
+    }
+    0
+}

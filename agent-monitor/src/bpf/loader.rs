@@ -55,6 +55,12 @@ pub const PROBES: &[Probe] = &[
         required: true,
         layer: "tracepoint",
     },
+    Probe {
+        program: "sys_exit_reap",
+        attach: Attach::TracePoint("syscalls", &["sys_exit_wait4", "sys_exit_waitid"]),
+        required: true,
+        layer: "tracepoint",
+    },
     tp("sys_enter_openat", true),
     tp("sys_enter_openat2", true),
     tp("sys_enter_open", false),
@@ -142,7 +148,6 @@ pub struct LayerStatus {
 pub struct Kernel {
     pub ebpf: Ebpf,
     pub layers: LayerStatus,
-    pub attached: Vec<String>,
 }
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/agent-monitor"));
@@ -182,19 +187,23 @@ impl Kernel {
             .load(OBJECT)
             .context("loading the eBPF object")?;
         let mut attached = Vec::new();
+        let mut up = std::collections::BTreeSet::new();
         for probe in PROBES {
             let t = std::time::Instant::now();
             let r = attach(&mut ebpf, probe);
             debug!(program = probe.program, ms = t.elapsed().as_millis() as u64, "loaded");
             match r {
-                Ok(n) => attached.extend(n),
+                Ok(n) => {
+                    attached.extend(n);
+                    up.insert(probe.layer);
+                }
                 Err(e) if probe.required => {
                     return Err(e.context(format!("attaching required probe {}", probe.program)))
                 }
                 Err(e) => warn!(program = probe.program, error = %format!("{e:#}"), "optional probe not attached"),
             }
         }
-        let mut layers = LayerStatus { tracepoint: true, ..Default::default() };
+        let mut layers = LayerStatus { tracepoint: up.contains("tracepoint"), ..Default::default() };
         // BPF LSM is not built into this version: file and process kinds use the tracepoint
         // layer, whose `deny` falls back to `kill` after the syscall has run.
         layers.notes.push(
@@ -205,11 +214,12 @@ impl Kernel {
         if !layers.landlock {
             layers.notes.push("landlock: not available in this kernel".into());
         }
-        info!(programs = attached.len(), landlock_abi = abi, "eBPF programs attached");
+        info!(attached = attached.len(), landlock_abi = abi, "eBPF programs attached");
+        debug!(?attached, "attach points");
         for n in &layers.notes {
             warn!("{n}");
         }
-        Ok(Kernel { ebpf, layers, attached })
+        Ok(Kernel { ebpf, layers })
     }
 }
 

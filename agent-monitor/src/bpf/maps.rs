@@ -28,7 +28,6 @@ pub mod names {
     pub const SEL_UID: &str = "SEL_UID";
     pub const SEL_CGROUP: &str = "SEL_CGROUP";
     pub const WRITABLE: &str = "WRITABLE";
-    pub const KILLED: &str = "KILLED";
     pub const STATS: &str = "STATS";
     pub const EVENTS: &str = "EVENTS";
 }
@@ -93,7 +92,7 @@ pub fn apply_policy(ebpf: &mut Ebpf, p: &CompiledPolicy) -> anyhow::Result<()> {
         }
     }
     replace_hash(ebpf, names::SEL_COMM, p.comm.iter().map(|(c, id)| (*c, *id)).collect())?;
-    replace_hash(ebpf, names::SEL_UID, p.uid.iter().copied().collect())?;
+    replace_hash(ebpf, names::SEL_UID, p.uid.to_vec())?;
     let exe: Vec<(ExeKey, u32)> = p
         .exe
         .iter()
@@ -105,7 +104,7 @@ pub fn apply_policy(ebpf: &mut Ebpf, p: &CompiledPolicy) -> anyhow::Result<()> {
             }
         })
         .collect();
-    replace_hash_by(ebpf, names::SEL_EXE, exe, |k: &ExeKey| k.path.to_vec())?;
+    replace_hash(ebpf, names::SEL_EXE, exe)?;
     let root = cgroup2_root();
     let mut cg = Vec::new();
     for (path, id) in &p.cgroup {
@@ -159,24 +158,6 @@ fn replace_hash<K: aya::Pod + Eq + std::hash::Hash, V: aya::Pod>(
         m.insert(k, v, 0).with_context(|| format!("writing {name}"))?;
     }
     let stale: Vec<K> = m.keys().filter_map(Result::ok).filter(|k| !wanted.contains(k)).collect();
-    for k in stale {
-        let _ = m.remove(&k);
-    }
-    Ok(())
-}
-
-fn replace_hash_by<K: aya::Pod, V: aya::Pod, I: Eq + std::hash::Hash>(
-    ebpf: &mut Ebpf,
-    name: &str,
-    entries: Vec<(K, V)>,
-    id: impl Fn(&K) -> I,
-) -> anyhow::Result<()> {
-    let mut m: HashMap<&mut MapData, K, V> = HashMap::try_from(map_mut(ebpf, name)?)?;
-    let wanted: HashSet<I> = entries.iter().map(|(k, _)| id(k)).collect();
-    for (k, v) in &entries {
-        m.insert(k, v, 0).with_context(|| format!("writing {name}"))?;
-    }
-    let stale: Vec<K> = m.keys().filter_map(Result::ok).filter(|k| !wanted.contains(&id(k))).collect();
     for k in stale {
         let _ = m.remove(&k);
     }

@@ -118,10 +118,6 @@ impl Decoder {
         format!("{}-{}", self.prefix, self.seq.fetch_add(1, Ordering::Relaxed) + 1)
     }
 
-    pub fn now(&self) -> String {
-        rfc3339(clock_ns(libc::CLOCK_REALTIME))
-    }
-
     fn agent_name(&self, id: u32) -> String {
         self.agent_names.get((id as usize).wrapping_sub(1)).cloned().unwrap_or_else(|| format!("agent#{id}"))
     }

@@ -1,0 +1,344 @@
+//! The file-write boundary and agent identity, end to end: the real daemon, real eBPF, real
+//! agent processes (copies of bash and python3 selected by comm), real files.
+use std::{fs, process::Command, time::Duration};
+
+use agent_monitor_e2e::*;
+
+fn policy(name: &str, comm: &str, action: &str, writable: &std::path::Path, extra: &str) -> String {
+    format!(
+        r#"[[agent]]
+name = "{name}"
+action = "{action}"
+[agent.match]
+comm = ["{comm}"]
+[agent.files]
+writable = ["{}"]
+{extra}
+"#,
+        writable.display()
+    )
+}
+
+fn sh(agent: &std::path::Path, script: &str, cwd: &std::path::Path) -> std::process::ExitStatus {
+    run(Command::new(agent).arg("-c").arg(script).current_dir(cwd))
+}
+
+#[test]
+fn kill_on_append_outside_writable_and_not_for_others() {
+    if !can_run_root_tests("kill_on_append_outside_writable_and_not_for_others") {
+        return;
+    }
+    let t = TempDir::new("append");
+    let work = t.join("work");
+    fs::create_dir(&work).unwrap();
+    let outside = t.join("outside.txt");
+    fs::write(&outside, "original\n").unwrap();
+    let d = Daemon::start(&policy("appender", "am-append", "kill", &work, ""));
+    let agent = copy_binary(t.path(), "/bin/bash", "am-append");
+
+    // Inside `writable`: works.
+    let st = sh(&agent, &format!("echo inside > {}/in.txt", work.display()), t.path());
+    assert!(st.success(), "write inside writable failed: {st}");
+    assert_eq!(fs::read_to_string(work.join("in.txt")).unwrap(), "inside\n");
+
+    // Outside: SIGKILL before the write, file unchanged, nothing after it runs.
+    let st = sh(
+        &agent,
+        &format!("echo appended >> {}; echo survived > {}/after.txt", outside.display(), work.display()),
+        t.path(),
+    );
+    assert!(killed_by_sigkill(&st), "agent was not killed by SIGKILL: {st}");
+    assert_eq!(fs::read_to_string(&outside).unwrap(), "original\n", "the file outside writable changed");
+    assert!(!work.join("after.txt").exists(), "the agent ran on after the violation");
+
+    let e = d.wait_event("file.write violation", |e| f(e, "kind") == "file.write" && f(e, "verdict") == "violation");
+    assert_eq!(f(&e, "agent"), "appender");
+    assert_eq!(f(&e, "target"), outside.display().to_string());
+    assert_eq!(f(&e, "action"), "killed");
+    assert_eq!(f(&e, "layer"), "tracepoint");
+    assert_eq!(f(&e, "comm"), "am-append");
+    assert_eq!(f(&e, "rule"), "files.writable");
+    assert!(f(&e, "detail").contains("O_APPEND"), "{e}");
+    assert!(!f(&e, "run").is_empty() && !f(&e, "id").is_empty() && !f(&e, "ts").is_empty());
+    for k in ["pid", "ppid", "uid"] {
+        assert!(e.get(k).and_then(Value::as_u64).is_some(), "missing {k}: {e}");
+    }
+    // The write inside `writable` was no violation.
+    assert!(d.settle_events(|e| f(e, "verdict") == "violation" && f(e, "target").contains("in.txt")).is_empty());
+
+    // A process that is not an agent doing the same write is untouched.
+    let st = run(Command::new("/bin/bash").arg("-c").arg(format!("echo appended >> {}", outside.display())));
+    assert!(st.success(), "a non-agent was affected: {st}");
+    assert_eq!(fs::read_to_string(&outside).unwrap(), "original\nappended\n");
+
+    let m = d.metrics();
+    assert_eq!(metric_value(&m, "agent_monitor_kills_total", &[("agent", "appender")]), Some(1.0), "{m}");
+    assert_eq!(
+        metric_value(
+            &m,
+            "agent_monitor_violations_total",
+            &[("agent", "appender"), ("kind", "file.write"), ("action", "killed")]
+        ),
+        Some(1.0),
+        "{m}"
+    );
+    assert_eq!(metric_value(&m, "agent_monitor_layer_up", &[("layer", "tracepoint")]), Some(1.0));
+    assert_eq!(metric_value(&m, "agent_monitor_events_lost_total", &[]), Some(0.0));
+}
+
+#[test]
+fn descendants_and_copied_binaries_stay_in_scope_and_the_tree_dies() {
+    if !can_run_root_tests("descendants_and_copied_binaries_stay_in_scope_and_the_tree_dies") {
+        return;
+    }
+    let t = TempDir::new("tree");
+    let work = t.join("work");
+    fs::create_dir(&work).unwrap();
+    let outside = t.join("outside.txt");
+    fs::write(&outside, "original\n").unwrap();
+    let d = Daemon::start(&policy("tree", "am-tree", "kill", &work, ""));
+    let agent = copy_binary(t.path(), "/bin/bash", "am-tree");
+
+    // A grandchild through `sh -c`: killed, recorded as the same agent.
+    let st = sh(&agent, &format!("sh -c 'sh -c \"echo x >> {}\"'; true", outside.display()), t.path());
+    assert!(killed_by_sigkill(&st), "the agent survived its grandchild's violation: {st}");
+    let e = d.wait_event("grandchild violation", |e| f(e, "kind") == "file.write" && f(e, "comm") == "sh");
+    assert_eq!(f(&e, "agent"), "tree");
+    assert_eq!(f(&e, "action"), "killed");
+    assert_eq!(fs::read_to_string(&outside).unwrap(), "original\n");
+
+    // A copy of a binary under another name, exec'd by the agent: still the agent.
+    let st = sh(
+        &agent,
+        &format!(
+            "cp /bin/bash {w}/innocent && exec {w}/innocent -c 'echo x >> {o}'",
+            w = work.display(),
+            o = outside.display()
+        ),
+        t.path(),
+    );
+    assert!(killed_by_sigkill(&st), "a renamed binary escaped: {st}");
+    let e = d.wait_event("renamed binary violation", |e| f(e, "comm") == "innocent" && f(e, "verdict") == "violation");
+    assert_eq!(f(&e, "agent"), "tree");
+
+    // python3 -c, exec'd through the dynamic loader directly: still the agent.
+    let py = python3();
+    let ld = ["/lib64/ld-linux-x86-64.so.2", "/lib/ld-linux-aarch64.so.1"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists());
+    let launcher = match ld {
+        Some(ld) => format!("{ld} {py}"),
+        None => py.clone(),
+    };
+    let st = sh(&agent, &format!("{launcher} -c \"open('{}', 'a').write('x')\"", outside.display()), t.path());
+    assert!(killed_by_sigkill(&st), "python3 through ld.so escaped: {st}");
+    assert_eq!(fs::read_to_string(&outside).unwrap(), "original\n");
+
+    // The whole instance dies: a background child that makes no further syscall we hook.
+    let pidfile = work.join("bg.pid");
+    let st = sh(
+        &agent,
+        &format!("sleep 60 & echo $! > {}; sleep 0.2; echo x >> {}", pidfile.display(), outside.display()),
+        t.path(),
+    );
+    assert!(killed_by_sigkill(&st));
+    let bg: u32 = fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
+    let t0 = std::time::Instant::now();
+    while is_alive(bg) && t0.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!is_alive(bg), "the agent's background child {bg} outlived the kill");
+}
+
+#[test]
+fn namespace_and_metadata_changes_are_each_reported() {
+    if !can_run_root_tests("namespace_and_metadata_changes_are_each_reported") {
+        return;
+    }
+    let t = TempDir::new("ns");
+    let work = t.join("work");
+    fs::create_dir(&work).unwrap();
+    let o = t.path().display().to_string();
+    for f in ["del.txt", "ren.txt", "link-src.txt", "mode.txt"] {
+        fs::write(t.join(f), "x").unwrap();
+    }
+    let d = Daemon::start(&policy("ns-alert", "am-ns", "alert", &work, ""));
+    let agent = copy_binary(t.path(), "/bin/bash", "am-ns");
+    let w = work.display().to_string();
+    let cases = [
+        ("file.delete", format!("rm {o}/del.txt"), format!("{o}/del.txt")),
+        ("file.rename", format!("mv {o}/ren.txt {w}/ren.txt"), format!("{o}/ren.txt")),
+        ("file.link", format!("ln {o}/link-src.txt {w}/hard"), format!("{o}/link-src.txt")),
+        ("file.mkdir", format!("mkdir {o}/newdir"), format!("{o}/newdir")),
+        ("file.chmod", format!("chmod 600 {o}/mode.txt"), format!("{o}/mode.txt")),
+        // Relative to the cwd, through `..`: resolved and normalised before matching.
+        ("file.write", "echo x > ../rel.txt".to_string(), format!("{o}/rel.txt")),
+    ];
+    for (kind, script, target) in &cases {
+        let st = sh(&agent, script, &work);
+        assert!(st.success(), "alert mode must not stop `{script}`: {st}");
+        let e = d.wait_event(kind, |e| f(e, "kind") == *kind && f(e, "verdict") == "violation");
+        assert_eq!(f(&e, "target"), target, "{e}");
+        assert_eq!(f(&e, "action"), "alerted", "{e}");
+    }
+    // With alert nothing was prevented: the operations happened.
+    assert!(!t.join("del.txt").exists() && work.join("ren.txt").exists() && t.join("newdir").is_dir());
+    assert_eq!(d.metric("agent_monitor_kills_total", &[("agent", "ns-alert")]), None);
+    assert_eq!(
+        d.metric(
+            "agent_monitor_violations_total",
+            &[("agent", "ns-alert"), ("kind", "file.chmod"), ("action", "alerted")]
+        ),
+        Some(1.0)
+    );
+    // Inside `writable`, and a failed attempt (nothing changed), are no violations.
+    let st = sh(&agent, &format!("mkdir -p {w}/a/b; mv {w}/ren.txt {w}/a/b/; rm -f {o}/does-not-exist"), &work);
+    assert!(st.success());
+    let extra = d.settle_events(|e| f(e, "verdict") == "violation").len();
+    assert_eq!(extra, cases.len(), "unexpected violations: {:#?}", d.events());
+}
+
+#[test]
+fn kill_and_deny_for_namespace_changes_say_what_happened() {
+    if !can_run_root_tests("kill_and_deny_for_namespace_changes_say_what_happened") {
+        return;
+    }
+    let t = TempDir::new("nskill");
+    let work = t.join("work");
+    fs::create_dir(&work).unwrap();
+    fs::write(t.join("victim.txt"), "x").unwrap();
+    let p = format!(
+        "{}\n{}",
+        policy("ns-kill", "am-nskill", "kill", &work, ""),
+        policy("ns-deny", "am-nsdeny", "deny", &work, "")
+    );
+    let d = Daemon::start(&p);
+    let killer = copy_binary(t.path(), "/bin/bash", "am-nskill");
+    let denier = copy_binary(t.path(), "/bin/bash", "am-nsdeny");
+    let st = sh(&killer, &format!("mkdir {}/k; echo survived > {}/s", t.path().display(), work.display()), &work);
+    assert!(killed_by_sigkill(&st));
+    assert!(!work.join("s").exists());
+    let e = d.wait_event("mkdir kill", |e| f(e, "agent") == "ns-kill" && f(e, "kind") == "file.mkdir");
+    assert_eq!(f(&e, "action"), "killed");
+    // Honest: the tracepoint layer kills after the syscall ran.
+    assert!(f(&e, "detail").contains("completed before the kill"), "{e}");
+
+    // deny has no refusing layer for file kinds on this host: falls back to kill, and says so.
+    let st = sh(&denier, &format!("chmod 600 {}/victim.txt", t.path().display()), &work);
+    assert!(killed_by_sigkill(&st));
+    let e = d.wait_event("chmod deny", |e| f(e, "agent") == "ns-deny" && f(e, "kind") == "file.chmod");
+    assert_eq!(f(&e, "action"), "killed");
+    assert!(f(&e, "detail").contains("deny requested"), "{e}");
+}
+
+#[test]
+fn symlink_inside_writable_does_not_lead_out() {
+    if !can_run_root_tests("symlink_inside_writable_does_not_lead_out") {
+        return;
+    }
+    let t = TempDir::new("symlink");
+    let work = t.join("work");
+    fs::create_dir(&work).unwrap();
+    let secret = t.join("secret.txt");
+    fs::write(&secret, "original\n").unwrap();
+    std::os::unix::fs::symlink(&secret, work.join("innocent-link")).unwrap();
+    let d = Daemon::start(&policy("linker", "am-link", "kill", &work, ""));
+    let agent = copy_binary(t.path(), "/bin/bash", "am-link");
+    let st = sh(&agent, "echo pwned >> innocent-link", &work);
+    assert!(killed_by_sigkill(&st), "a write through a symlink escaped: {st}");
+    assert_eq!(fs::read_to_string(&secret).unwrap(), "original\n");
+    let e = d.wait_event("write through symlink", |e| f(e, "kind") == "file.write");
+    // Decided on the file the kernel opened, not the string the agent passed.
+    assert_eq!(f(&e, "target"), secret.display().to_string());
+}
+
+#[test]
+fn bypasses_of_syscall_tracing_are_violations_unless_allowed() {
+    if !can_run_root_tests("bypasses_of_syscall_tracing_are_violations_unless_allowed") {
+        return;
+    }
+    let t = TempDir::new("bypass");
+    let work = t.join("work");
+    fs::create_dir(&work).unwrap();
+    let p = format!(
+        "{}\n{}",
+        policy("uring", "am-uring", "kill", &work, ""),
+        policy("uring-ok", "am-uring-ok", "kill", &work, "[agent.syscalls]\nallow = [\"io_uring\"]")
+    );
+    let d = Daemon::start(&p);
+    let py = python3();
+    // io_uring_setup(4, &params): syscall 425 on x86_64 and arm64.
+    let script = "import ctypes, sys; p = ctypes.create_string_buffer(120); fd = ctypes.CDLL(None).syscall(425, 4, p); print(fd); sys.exit(0 if fd >= 0 else 3)";
+    let denied = copy_binary(t.path(), &py, "am-uring");
+    let st = run(Command::new(&denied).args(["-c", script]));
+    assert!(killed_by_sigkill(&st), "io_uring_setup by an agent was not stopped: {st}");
+    let e = d.wait_event("io_uring", |e| f(e, "kind") == "sys.io_uring");
+    assert_eq!((f(&e, "agent"), f(&e, "verdict"), f(&e, "action")), ("uring", "violation", "killed"));
+
+    let allowed = copy_binary(t.path(), &py, "am-uring-ok");
+    let st = run(Command::new(&allowed).args(["-c", script]));
+    assert!(st.success(), "io_uring allowed by policy was stopped: {st}");
+
+    // A raw socket and bpf() are the other two ways around.
+    let st = run(Command::new(&denied)
+        .args(["-c", "import socket; socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)"]));
+    assert!(killed_by_sigkill(&st), "raw socket: {st}");
+    d.wait_event("raw socket", |e| f(e, "kind") == "net.raw_socket" && f(e, "agent") == "uring");
+    let st = run(Command::new(&denied).args(["-c", "import ctypes; ctypes.CDLL(None).syscall(321, 0, 0, 0)"]));
+    assert!(killed_by_sigkill(&st), "bpf(): {st}");
+    d.wait_event("bpf", |e| f(e, "kind") == "self.tamper" && f(e, "agent") == "uring");
+}
+
+#[test]
+fn agents_running_before_the_daemon_are_adopted() {
+    if !can_run_root_tests("agents_running_before_the_daemon_are_adopted") {
+        return;
+    }
+    let t = TempDir::new("adopt");
+    let work = t.join("work");
+    fs::create_dir(&work).unwrap();
+    let outside = t.join("outside.txt");
+    fs::write(&outside, "original\n").unwrap();
+    let go = t.join("go");
+    let agent = copy_binary(t.path(), "/bin/bash", "am-early");
+    // Started before the daemon; waits for a signal file, then writes outside.
+    let mut child = Command::new(&agent)
+        .arg("-c")
+        .arg(format!("while [ ! -e {} ]; do sleep 0.05; done; echo x >> {}", go.display(), outside.display()))
+        .spawn()
+        .unwrap();
+    let _d = Daemon::start(&policy("early", "am-early", "kill", &work, ""));
+    fs::write(&go, "").unwrap();
+    let st = child.wait().unwrap();
+    assert!(killed_by_sigkill(&st), "a pre-existing agent was not adopted: {st}");
+    assert_eq!(fs::read_to_string(&outside).unwrap(), "original\n");
+}
+
+#[test]
+fn reload_with_a_bad_policy_keeps_the_old_one() {
+    if !can_run_root_tests("reload_with_a_bad_policy_keeps_the_old_one") {
+        return;
+    }
+    let t = TempDir::new("reload");
+    let work = t.join("work");
+    fs::create_dir(&work).unwrap();
+    let outside = t.join("outside.txt");
+    fs::write(&outside, "original\n").unwrap();
+    let mut d = Daemon::start(&policy("reloaded", "am-reload", "kill", &work, ""));
+    fs::write(&d.config, "[[agent]]\nname = \"reloaded\"\naction = \"explode\"\n").unwrap();
+    d.signal(nix::sys::signal::Signal::SIGHUP);
+    d.wait_log("policy reload rejected", Duration::from_secs(10));
+    assert!(d.log_text().contains("3:10: unknown variant `explode`"), "{}", d.log_text());
+    assert_eq!(d.metric("agent_monitor_policy_reloads_total", &[("result", "failure")]), Some(1.0));
+    let agent = copy_binary(t.path(), "/bin/bash", "am-reload");
+    let st = sh(&agent, &format!("echo x >> {}", outside.display()), t.path());
+    assert!(killed_by_sigkill(&st), "the old policy stopped enforcing after a bad reload: {st}");
+
+    // A good reload that makes the same path writable changes behaviour for new agents.
+    fs::write(&d.config, policy("reloaded", "am-reload", "kill", t.path(), "")).unwrap();
+    d.signal(nix::sys::signal::Signal::SIGHUP);
+    d.wait_log("policy reloaded", Duration::from_secs(10));
+    let st = sh(&agent, &format!("echo x >> {}", outside.display()), t.path());
+    assert!(st.success(), "the reloaded policy did not take effect: {st}");
+    assert_eq!(d.metric("agent_monitor_policy_reloads_total", &[("result", "success")]), Some(1.0));
+}

@@ -191,6 +191,13 @@ pub mod event_flags {
     pub const SECOND_PATH: u32 = 1 << 4;
     /// The process is part of an instance already marked killed.
     pub const INSTANCE_KILLED: u32 = 1 << 5;
+    /// `path` holds a 16-byte IPv6 (or v4-mapped) address, `aux` the port, `aux2` the socket
+    /// type: userspace formats the target as `host:port`.
+    pub const NET_ADDR: u32 = 1 << 6;
+    /// `path2` holds the start of an HTTP request (request line), `aux2` its method bit.
+    pub const HTTP_REQUEST: u32 = 1 << 7;
+    /// The kill is left to userspace (a cgroup or socket program cannot signal).
+    pub const KILL_FROM_USERSPACE: u32 = 1 << 8;
 }
 
 /// Index of each kernel-side counter in the `STATS` per-CPU array.
@@ -227,8 +234,75 @@ const _: () = assert!(size_of::<ProcState>() == 24);
 pub struct AgentCfg {
     pub action: u32,
     pub flags: u32,
+    /// Allowed HTTP methods: bit i is [`HTTP_METHODS`]`[i]`.
+    pub http_allow: u32,
+    pub _pad: u32,
 }
-const _: () = assert!(size_of::<AgentCfg>() == 8);
+const _: () = assert!(size_of::<AgentCfg>() == 16);
+
+/// The request-line tokens the kernel recognises at the start of an HTTP/1.x request, in bit
+/// order. A request starting with anything else is not HTTP as far as the check goes.
+pub const HTTP_METHODS: [&[u8]; 9] =
+    [b"GET ", b"HEAD ", b"OPTIONS ", b"POST ", b"PUT ", b"PATCH ", b"DELETE ", b"CONNECT ", b"TRACE "];
+
+/// Which method (bit index into [`HTTP_METHODS`]) the first bytes of a payload start with.
+/// Written without slices or loops over slices so that it compiles to straight-line BPF.
+#[inline(always)]
+pub fn http_method(b: &[u8; 8]) -> Option<u32> {
+    match b {
+        [b'G', b'E', b'T', b' ', ..] => Some(0),
+        [b'H', b'E', b'A', b'D', b' ', ..] => Some(1),
+        [b'O', b'P', b'T', b'I', b'O', b'N', b'S', b' '] => Some(2),
+        [b'P', b'O', b'S', b'T', b' ', ..] => Some(3),
+        [b'P', b'U', b'T', b' ', ..] => Some(4),
+        [b'P', b'A', b'T', b'C', b'H', b' ', ..] => Some(5),
+        [b'D', b'E', b'L', b'E', b'T', b'E', b' ', ..] => Some(6),
+        [b'C', b'O', b'N', b'N', b'E', b'C', b'T', b' '] => Some(7),
+        [b'T', b'R', b'A', b'C', b'E', b' ', ..] => Some(8),
+        _ => None,
+    }
+}
+
+/// Data of a `NET_ALLOW` LPM trie key: the agent, the destination port (network byte order,
+/// `[0, 0]` = any port), then the IPv6 address (IPv4 as `::ffff:a.b.c.d`). Prefix lengths
+/// count 32 + 16 bits for agent and port, then address bits.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct NetData {
+    pub agent: u32,
+    pub port: [u8; 2],
+    pub addr: [u8; 16],
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(size_of::<NetData>() == 24);
+/// Prefix bits of agent and port in a `NET_ALLOW` key.
+pub const NET_KEY_FIXED_BITS: u32 = 48;
+
+/// Key of the `UNIX_ALLOW` hash map: agent and socket path, NUL padded.
+pub const UNIX_PATH_LEN: usize = 108;
+#[repr(C)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct UnixKey {
+    pub agent: u32,
+    pub path: [u8; UNIX_PATH_LEN],
+}
+
+/// An outbound socket of an agent, keyed by socket cookie in `SOCKS`: what the packet-level
+/// HTTP check needs, since it does not run in the process's context.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockInfo {
+    pub agent: u32,
+    pub tgid: u32,
+    pub run_id: u64,
+    pub start_ns: u64,
+    pub port: [u8; 2],
+    pub addr: [u8; 16],
+    /// 1 once a forbidden request was seen: every later packet of the socket is dropped.
+    pub blocked: u8,
+    pub _pad: [u8; 5],
+}
+const _: () = assert!(size_of::<SockInfo>() == 48);
 
 /// Data of a `WRITABLE` LPM trie key (the trie adds the `u32` prefix length in front): the agent
 /// id, then the path prefix with a trailing `/`. The prefix length counts bits of `agent` plus
@@ -347,6 +421,9 @@ mod user {
     unsafe impl aya::Pod for ExeKey {}
     unsafe impl aya::Pod for Offsets {}
     unsafe impl aya::Pod for Event {}
+    unsafe impl aya::Pod for NetData {}
+    unsafe impl aya::Pod for UnixKey {}
+    unsafe impl aya::Pod for SockInfo {}
 }
 
 #[cfg(test)]
@@ -374,6 +451,24 @@ mod tests {
         assert_eq!(Kind::try_from(0), Err(0));
         assert_eq!(Kind::try_from(kind::MAX + 1), Err(kind::MAX + 1));
         assert_eq!(Kind::FileWrite.name(), "file.write");
+    }
+
+    #[test]
+    fn http_methods_match_request_starts_only() {
+        let m = |s: &[u8]| {
+            let mut b = [0u8; 8];
+            b[..s.len().min(8)].copy_from_slice(&s[..s.len().min(8)]);
+            http_method(&b)
+        };
+        for (i, tok) in HTTP_METHODS.iter().enumerate() {
+            let mut req = tok.to_vec();
+            req.extend_from_slice(b"/x HTTP/1.1");
+            assert_eq!(m(&req), Some(i as u32), "{}", String::from_utf8_lossy(tok));
+        }
+        assert_eq!(m(b"POSTX / HTTP/1.1"), None);
+        assert_eq!(m(b"post / HTTP/1.1"), None);
+        assert_eq!(m(b"\x16\x03\x01\x02\x00\x01\x00\x01"), None); // a TLS ClientHello
+        assert_eq!(m(b"HTTP/1.1 200 OK"), None);
     }
 
     #[test]

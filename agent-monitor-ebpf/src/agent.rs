@@ -129,17 +129,39 @@ unsafe fn copy_path(src: PathRef, dst: *mut u8) -> u32 {
     }
 }
 
-/// Emit one event for the current process. A full ring buffer is counted, never waited on:
-/// the enforcement decision has already been made.
+/// Who an event is about, for programs that cannot ask for the current task.
+pub struct Who {
+    pub pid: u32,
+    pub tid: u32,
+    pub ppid: u32,
+    pub uid: u32,
+    pub comm: [u8; 16],
+}
+
+/// Emit one event for the current process (tracing programs: task helpers available).
 #[inline(always)]
 pub fn emit(st: &ProcState, r: &Rec, p1: PathRef, p2: PathRef) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let task = kernel::current_task();
+    let who = Who {
+        pid: (pid_tgid >> 32) as u32,
+        tid: pid_tgid as u32,
+        ppid: unsafe { kernel::task_ppid(task) }.unwrap_or(0),
+        uid: bpf_get_current_uid_gid() as u32,
+        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+    };
+    emit_as(st, &who, r, p1, p2);
+}
+
+/// Emit one event. A full ring buffer is counted, never waited on: the enforcement decision
+/// has already been made.
+#[inline(always)]
+pub fn emit_as(st: &ProcState, who: &Who, r: &Rec, p1: PathRef, p2: PathRef) {
     let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
         count(stat::RINGBUF_FULL);
         return;
     };
     let ev = entry.as_mut_ptr();
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let task = kernel::current_task();
     unsafe {
         (*ev).ts_ns = bpf_ktime_get_boot_ns();
         (*ev).run_id = st.run_id;
@@ -149,14 +171,14 @@ pub fn emit(st: &ProcState, r: &Rec, p1: PathRef, p2: PathRef) {
         (*ev).action = r.action;
         (*ev).layer = r.layer;
         (*ev).agent = st.agent;
-        (*ev).pid = (pid_tgid >> 32) as u32;
-        (*ev).tid = pid_tgid as u32;
-        (*ev).ppid = kernel::task_ppid(task).unwrap_or(0);
-        (*ev).uid = bpf_get_current_uid_gid() as u32;
+        (*ev).pid = who.pid;
+        (*ev).tid = who.tid;
+        (*ev).ppid = who.ppid;
+        (*ev).uid = who.uid;
         (*ev).flags = r.flags;
         (*ev).aux = r.aux;
         (*ev).aux2 = r.aux2;
-        (*ev).comm = bpf_get_current_comm().unwrap_or([0; 16]);
+        (*ev).comm = who.comm;
         (*ev).path_len = copy_path(p1, (*ev).path.as_mut_ptr());
         (*ev).path2_len = copy_path(p2, (*ev).path2.as_mut_ptr());
     }

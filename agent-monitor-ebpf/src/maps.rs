@@ -1,7 +1,8 @@
 //! Every map of the kernel side, in one place. Names are shared with userspace through
 //! `agent_monitor_common::maps` constants where userspace touches them.
 use agent_monitor_common::{
-    AgentCfg, Event, ExeKey, PathData, ProcState, COMM_LEN, MAX_PATH_DEPTH, PATH_LEN, SCRATCH_LEN,
+    AgentCfg, Event, ExeKey, NetData, PathData, ProcState, SockInfo, UnixKey, COMM_LEN, MAX_PATH_DEPTH, PATH_LEN,
+    SCRATCH_LEN,
 };
 use aya_ebpf::{
     macros::map,
@@ -59,6 +60,24 @@ pub struct PendingOp {
 
 #[map]
 pub static PENDING_OPS: LruHashMap<u64, PendingOp> = LruHashMap::with_max_entries(4096, 0);
+
+/// Allowed destinations per agent (see `agent_monitor_common::NetData`).
+#[map]
+pub static NET_ALLOW: LpmTrie<NetData, u32> = LpmTrie::with_max_entries(16384, 0);
+
+/// Allowed Unix socket paths per agent.
+#[map]
+pub static UNIX_ALLOW: HashMap<UnixKey, u32> = HashMap::with_max_entries(4096, 0);
+
+/// Agents' allowed outbound TCP sockets by socket cookie, for the packet-level HTTP check.
+#[map]
+pub static SOCKS: LruHashMap<u64, SockInfo> = LruHashMap::with_max_entries(16384, 0);
+
+/// Per-CPU scratch of the network programs (separate from `SCRATCH`: a cgroup_skb program
+/// may run in softirq context on top of a tracing program on the same CPU). Bytes 0..16: an
+/// address; 16..: the start of an HTTP request.
+#[map]
+pub static EVENTS_SCRATCH: PerCpuArray<[u8; 16 + PATH_LEN + 16]> = PerCpuArray::with_max_entries(1, 0);
 
 /// The event stream to userspace.
 #[map]

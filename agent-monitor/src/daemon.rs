@@ -23,6 +23,8 @@ use crate::{
 
 pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9750";
 pub const DEFAULT_EVENTS_FILE: &str = "/var/log/agent-monitor/events.jsonl";
+/// How often allowed host names are resolved again.
+pub const HOST_REFRESH: Duration = Duration::from_secs(2);
 
 /// Where the policy comes from, so that a reload reads the same source.
 #[derive(Clone, Debug)]
@@ -64,6 +66,8 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     pub sink: Mutex<Box<dyn Write + Send>>,
     pub compiled: Mutex<CompiledPolicy>,
+    /// The current resolution of the policy's host names.
+    pub resolved: Mutex<Vec<crate::policy::NetRule>>,
 }
 
 impl Shared {
@@ -124,6 +128,30 @@ impl Shared {
             std::thread::sleep(Duration::from_millis(20));
         }
         warn!(run = format!("{run_id:016x}"), "agent instance still has live processes after repeated SIGKILL");
+    }
+
+    /// Resolve the policy's host names again and update the kernel when an address changed.
+    pub fn refresh_hosts(&self) {
+        let (hosts, net) = {
+            let c = self.compiled.lock().unwrap();
+            (c.hosts.clone(), c.net.clone())
+        };
+        if hosts.is_empty() {
+            return;
+        }
+        let resolved = kmaps::resolve_hosts(&hosts);
+        let mut current = self.resolved.lock().unwrap();
+        if *current == resolved {
+            return;
+        }
+        let mut k = self.kernel.lock().unwrap();
+        match kmaps::apply_net(&mut k.ebpf, &net, &resolved) {
+            Ok(()) => {
+                info!(addresses = resolved.len(), "allowed host names re-resolved");
+                *current = resolved;
+            }
+            Err(e) => error!(error = %format!("{e:#}"), "updating resolved host addresses failed"),
+        }
     }
 
     /// Refresh gauges and kernel counters.
@@ -225,7 +253,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
 
     let metrics = Arc::new(Metrics::new());
     let mut kernel = Kernel::load()?;
-    kmaps::apply_policy(&mut kernel.ebpf, &compiled).context("writing the policy into the kernel maps")?;
+    let resolved = kmaps::resolve_hosts(&compiled.hosts);
+    kmaps::apply_policy(&mut kernel.ebpf, &compiled, &resolved).context("writing the policy into the kernel maps")?;
     kmaps::adopt_running(&mut kernel.ebpf, &compiled)?;
     let ring =
         RingBuf::try_from(kernel.ebpf.take_map(kmaps::names::EVENTS).ok_or_else(|| anyhow!("EVENTS map missing"))?)?;
@@ -234,6 +263,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         ("bpf_lsm", kernel.layers.bpf_lsm),
         ("cgroup", kernel.layers.cgroup),
         ("landlock", kernel.layers.landlock),
+        ("uprobe", kernel.layers.uprobe),
     ] {
         metrics.layer_up.with_label_values(&[layer]).set(up as i64);
     }
@@ -246,6 +276,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         metrics: metrics.clone(),
         sink: Mutex::new(sink),
         compiled: Mutex::new(compiled),
+        resolved: Mutex::new(resolved),
     });
 
     let listener =
@@ -265,6 +296,19 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 .await
                 .unwrap_or(last);
                 tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+        });
+    }
+
+    {
+        // Keep allowed host names fresh: an agent resolving the same name must reach an
+        // allowed address after the records change.
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(HOST_REFRESH).await;
+                let sh = shared.clone();
+                let _ = tokio::task::spawn_blocking(move || sh.refresh_hosts()).await;
             }
         });
     }
@@ -305,10 +349,12 @@ pub fn reload(source: &PolicySource, shared: &Shared) {
         }
     };
     let compiled = policy::compile(&policy);
+    let resolved = kmaps::resolve_hosts(&compiled.hosts);
     let mut k = shared.kernel.lock().unwrap();
-    let result = kmaps::apply_policy(&mut k.ebpf, &compiled)
+    let result = kmaps::apply_policy(&mut k.ebpf, &compiled, &resolved)
         .and_then(|_| kmaps::adopt_running(&mut k.ebpf, &compiled).map(|_| ()));
     drop(k);
+    *shared.resolved.lock().unwrap() = resolved;
     match result {
         Ok(()) => {
             shared.decoder.lock().unwrap().agent_names = compiled.agents.iter().map(|a| a.name.clone()).collect();

@@ -36,9 +36,14 @@ pub fn sys_enter_socket(ctx: TracePointContext) -> u32 {
     const AF_PACKET: u64 = 17;
     const SOCK_RAW: u64 = 3;
     const SOCK_TYPE_MASK: u64 = 0xf;
+    const AF_INET: u64 = 2;
+    const AF_INET6: u64 = 10;
     let family = arg(&ctx, 0);
     let ty = arg(&ctx, 1);
-    if family == AF_PACKET || ty & SOCK_TYPE_MASK == SOCK_RAW {
+    // Raw inet sockets are refused in-kernel by the cgroup `sock_create` program; packet
+    // sockets and other raw families never reach it, so they are caught here.
+    let inet = family == AF_INET || family == AF_INET6;
+    if family == AF_PACKET || (ty & SOCK_TYPE_MASK == SOCK_RAW && !inet) {
         bypass(kind::NET_RAW_SOCKET, agent_flags::ALLOW_RAW_SOCKET, family, ty);
     }
     0

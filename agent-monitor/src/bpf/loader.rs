@@ -2,8 +2,13 @@
 use std::path::Path;
 
 use anyhow::{bail, Context as _};
+use std::{collections::BTreeSet, fs::File, path::PathBuf};
+
 use aya::{
-    programs::{RawTracePoint, TracePoint},
+    programs::{
+        cgroup_skb::CgroupSkbAttachType, CgroupAttachMode, CgroupSkb, CgroupSock, CgroupSockAddr, RawTracePoint,
+        TracePoint, UProbe,
+    },
     Ebpf, EbpfLoader,
 };
 use tracing::{debug, info, warn};
@@ -16,7 +21,17 @@ pub enum Attach {
     /// `tracepoint/<category>/<name>`; one program may serve several tracepoints.
     TracePoint(&'static str, &'static [&'static str]),
     RawTracePoint(&'static str),
+    /// A cgroup program attached to the root of the cgroup v2 hierarchy: it sees every process.
+    CgroupSockAddr,
+    CgroupSock,
+    CgroupSkbEgress,
+    /// Uprobes on TLS library functions, attached to each library file found (see [`TLS_LIBS`]).
+    UProbe(&'static str),
 }
+
+/// TLS libraries whose write functions carry plaintext, by the name their file starts with.
+pub const TLS_LIBS: &[(&str, &[&str])] =
+    &[("libssl.so", &["ssl_write", "ssl_write_ex"]), ("libgnutls.so", &["gnutls_record_send"])];
 
 /// One row of the probe table.
 #[derive(Clone, Copy, Debug)]
@@ -100,6 +115,7 @@ pub const PROBES: &[Probe] = &[
                 "sys_exit_fchownat",
                 "sys_exit_chown",
                 "sys_exit_lchown",
+                "sys_exit_connect",
             ],
         ),
         required: true,
@@ -129,6 +145,21 @@ pub const PROBES: &[Probe] = &[
     tp("sys_enter_lchown", false),
     tp("sys_enter_fchown", true),
     tp("sys_enter_io_uring_setup", false),
+    tp("sys_enter_connect", true),
+    Probe { program: "connect4", attach: Attach::CgroupSockAddr, required: true, layer: "cgroup" },
+    Probe { program: "connect6", attach: Attach::CgroupSockAddr, required: true, layer: "cgroup" },
+    Probe { program: "sendmsg4", attach: Attach::CgroupSockAddr, required: true, layer: "cgroup" },
+    Probe { program: "sendmsg6", attach: Attach::CgroupSockAddr, required: true, layer: "cgroup" },
+    Probe { program: "sock_create", attach: Attach::CgroupSock, required: true, layer: "cgroup" },
+    Probe { program: "http_egress", attach: Attach::CgroupSkbEgress, required: true, layer: "cgroup" },
+    Probe { program: "ssl_write", attach: Attach::UProbe("SSL_write"), required: false, layer: "uprobe" },
+    Probe { program: "ssl_write_ex", attach: Attach::UProbe("SSL_write_ex"), required: false, layer: "uprobe" },
+    Probe {
+        program: "gnutls_record_send",
+        attach: Attach::UProbe("gnutls_record_send"),
+        required: false,
+        layer: "uprobe",
+    },
     tp("sys_enter_socket", true),
     tp("sys_enter_bpf", true),
 ];
@@ -140,6 +171,7 @@ pub struct LayerStatus {
     pub bpf_lsm: bool,
     pub cgroup: bool,
     pub landlock: bool,
+    pub uprobe: bool,
     /// Why a layer is down, for the log and `status`.
     pub notes: Vec<String>,
 }
@@ -148,6 +180,8 @@ pub struct LayerStatus {
 pub struct Kernel {
     pub ebpf: Ebpf,
     pub layers: LayerStatus,
+    /// TLS library files whose write functions are hooked.
+    pub tls_libs: BTreeSet<PathBuf>,
 }
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/agent-monitor"));
@@ -187,10 +221,11 @@ impl Kernel {
             .load(OBJECT)
             .context("loading the eBPF object")?;
         let mut attached = Vec::new();
-        let mut up = std::collections::BTreeSet::new();
+        let mut up = BTreeSet::new();
+        let cgroup_root = super::maps::cgroup2_root().and_then(|p| File::open(&p).ok());
         for probe in PROBES {
             let t = std::time::Instant::now();
-            let r = attach(&mut ebpf, probe);
+            let r = attach(&mut ebpf, probe, cgroup_root.as_ref());
             debug!(program = probe.program, ms = t.elapsed().as_millis() as u64, "loaded");
             match r {
                 Ok(n) => {
@@ -203,7 +238,8 @@ impl Kernel {
                 Err(e) => warn!(program = probe.program, error = %format!("{e:#}"), "optional probe not attached"),
             }
         }
-        let mut layers = LayerStatus { tracepoint: up.contains("tracepoint"), ..Default::default() };
+        let mut layers =
+            LayerStatus { tracepoint: up.contains("tracepoint"), cgroup: up.contains("cgroup"), ..Default::default() };
         // BPF LSM is not built into this version: file and process kinds use the tracepoint
         // layer, whose `deny` falls back to `kill` after the syscall has run.
         layers.notes.push(
@@ -219,11 +255,70 @@ impl Kernel {
         for n in &layers.notes {
             warn!("{n}");
         }
-        Ok(Kernel { ebpf, layers })
+        let mut kernel = Kernel { ebpf, layers, tls_libs: BTreeSet::new() };
+        for lib in system_tls_libs() {
+            kernel.hook_tls_lib(&lib);
+        }
+        if kernel.tls_libs.is_empty() {
+            kernel
+                .layers
+                .notes
+                .push("uprobe: no OpenSSL or GnuTLS library found: HTTP methods inside TLS are not visible".into());
+            warn!("no TLS library found to hook: HTTPS request methods are not visible");
+        }
+        Ok(kernel)
     }
 }
 
-fn attach(ebpf: &mut Ebpf, probe: &Probe) -> anyhow::Result<Vec<String>> {
+impl Kernel {
+    /// Hook the write functions of a TLS library file (idempotent). Returns true if it is
+    /// hooked after the call.
+    pub fn hook_tls_lib(&mut self, path: &Path) -> bool {
+        let Ok(canon) = std::fs::canonicalize(path) else { return false };
+        if self.tls_libs.contains(&canon) {
+            return true;
+        }
+        let name = canon.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        let Some((_, programs)) = TLS_LIBS.iter().find(|(prefix, _)| name.starts_with(prefix)) else { return false };
+        let mut hooked = 0;
+        for program in *programs {
+            let Some(probe) = PROBES.iter().find(|p| p.program == *program) else { continue };
+            let Attach::UProbe(symbol) = probe.attach else { continue };
+            let Some(prog) = self.ebpf.program_mut(program) else { continue };
+            let Ok(p) = <&mut UProbe>::try_from(prog) else { continue };
+            match p.attach(symbol, &canon, aya::programs::uprobe::UProbeScope::AllProcesses) {
+                Ok(_) => hooked += 1,
+                Err(e) => debug!(lib = %canon.display(), symbol, error = %e, "uprobe not attached"),
+            }
+        }
+        if hooked > 0 {
+            info!(lib = %canon.display(), functions = hooked, "TLS library hooked");
+            self.tls_libs.insert(canon);
+            self.layers.uprobe = true;
+        }
+        hooked > 0
+    }
+}
+
+/// The system's OpenSSL and GnuTLS libraries, as the dynamic linker would find them.
+fn system_tls_libs() -> Vec<PathBuf> {
+    let out = std::process::Command::new("ldconfig").arg("-p").output().map(|o| o.stdout).unwrap_or_default();
+    let text = String::from_utf8_lossy(&out);
+    let mut libs: Vec<PathBuf> = text
+        .lines()
+        .filter_map(|l| l.split_once("=>").map(|(name, path)| (name.trim().to_string(), PathBuf::from(path.trim()))))
+        .filter(|(name, _)| {
+            TLS_LIBS.iter().any(|(prefix, _)| name.starts_with(prefix))
+                && !name.contains(".so ")
+                && name.contains(".so.")
+        })
+        .map(|(_, p)| p)
+        .collect();
+    libs.dedup();
+    libs
+}
+
+fn attach(ebpf: &mut Ebpf, probe: &Probe, cgroup: Option<&File>) -> anyhow::Result<Vec<String>> {
     let prog = ebpf
         .program_mut(probe.program)
         .with_context(|| format!("program {} missing from the object", probe.program))?;
@@ -245,6 +340,36 @@ fn attach(ebpf: &mut Ebpf, probe: &Probe) -> anyhow::Result<Vec<String>> {
             if names.is_empty() {
                 bail!("none of the tracepoints of {} could be attached", probe.program);
             }
+        }
+        Attach::CgroupSockAddr | Attach::CgroupSock | Attach::CgroupSkbEgress => {
+            let cg = cgroup.context("no cgroup v2 hierarchy is mounted: the network layer cannot attach")?;
+            // Attached as a bpf_link (5.7+), which always coexists with other programs on the
+            // root (systemd's, other tools'); the link API takes no attach flags, so `Single`
+            // here means "flags 0", not exclusivity.
+            let mode = CgroupAttachMode::Single;
+            match probe.attach {
+                Attach::CgroupSockAddr => {
+                    let p: &mut CgroupSockAddr = prog.try_into()?;
+                    p.load().with_context(|| format!("loading {}", probe.program))?;
+                    p.attach(cg, mode)?;
+                }
+                Attach::CgroupSock => {
+                    let p: &mut CgroupSock = prog.try_into()?;
+                    p.load().with_context(|| format!("loading {}", probe.program))?;
+                    p.attach(cg, mode)?;
+                }
+                _ => {
+                    let p: &mut CgroupSkb = prog.try_into()?;
+                    p.load().with_context(|| format!("loading {}", probe.program))?;
+                    p.attach(cg, CgroupSkbAttachType::Egress, mode)?;
+                }
+            }
+            names.push(format!("cgroup/{}", probe.program));
+        }
+        Attach::UProbe(_) => {
+            // Loaded now; attached per library by `Kernel::hook_tls_lib`.
+            let p: &mut UProbe = prog.try_into()?;
+            p.load().with_context(|| format!("loading {}", probe.program))?;
         }
         Attach::RawTracePoint(name) => {
             let p: &mut RawTracePoint = prog.try_into()?;

@@ -8,7 +8,8 @@ use std::{
 };
 
 use agent_monitor_common::{
-    agent_flags, policy_action, stat, writable_key, AgentCfg, ExeKey, PathData, ProcState, PATH_LEN,
+    agent_flags, policy_action, stat, writable_key, AgentCfg, ExeKey, NetData, PathData, ProcState, UnixKey,
+    NET_KEY_FIXED_BITS, PATH_LEN, UNIX_PATH_LEN,
 };
 use anyhow::{anyhow, Context as _};
 use aya::{
@@ -17,7 +18,7 @@ use aya::{
 };
 use tracing::{debug, info, warn};
 
-use crate::policy::{comm_key, Action, CompiledPolicy};
+use crate::policy::{comm_key, ipv6_form, Action, CompiledPolicy, HostRule, NetRule};
 
 /// Map names, shared with `agent-monitor-ebpf/src/maps.rs`.
 pub mod names {
@@ -30,6 +31,8 @@ pub mod names {
     pub const WRITABLE: &str = "WRITABLE";
     pub const STATS: &str = "STATS";
     pub const EVENTS: &str = "EVENTS";
+    pub const NET_ALLOW: &str = "NET_ALLOW";
+    pub const UNIX_ALLOW: &str = "UNIX_ALLOW";
 }
 
 fn map_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut aya::maps::Map> {
@@ -59,7 +62,7 @@ pub fn exe_key(path: &str) -> Option<ExeKey> {
 
 /// Write a compiled policy into the maps. New entries go in before stale ones are removed,
 /// so an agent is never left without its rules while the swap runs.
-pub fn apply_policy(ebpf: &mut Ebpf, p: &CompiledPolicy) -> anyhow::Result<()> {
+pub fn apply_policy(ebpf: &mut Ebpf, p: &CompiledPolicy, resolved: &[NetRule]) -> anyhow::Result<()> {
     {
         let mut agents: Array<&mut MapData, AgentCfg> = Array::try_from(map_mut(ebpf, names::AGENTS)?)?;
         let max = agents.len();
@@ -85,7 +88,7 @@ pub fn apply_policy(ebpf: &mut Ebpf, p: &CompiledPolicy) -> anyhow::Result<()> {
             if a.id >= max {
                 return Err(anyhow!("agent id {} exceeds the AGENTS map ({max})", a.id));
             }
-            agents.set(a.id, AgentCfg { action, flags }, 0)?;
+            agents.set(a.id, AgentCfg { action, flags, http_allow: a.http_allow, _pad: 0 }, 0)?;
         }
         for id in (p.agents.len() as u32 + 1)..max {
             agents.set(id, AgentCfg::default(), 0)?;
@@ -125,6 +128,23 @@ pub fn apply_policy(ebpf: &mut Ebpf, p: &CompiledPolicy) -> anyhow::Result<()> {
     }
     replace_hash(ebpf, names::SEL_CGROUP, cg)?;
 
+    let unix: Vec<(UnixKey, u32)> = p
+        .unix
+        .iter()
+        .filter_map(|(id, path)| {
+            let b = path.as_bytes();
+            if b.len() >= UNIX_PATH_LEN {
+                warn!(path, "unix socket path too long for the kernel map; ignored");
+                return None;
+            }
+            let mut k = UnixKey { agent: *id, path: [0; UNIX_PATH_LEN] };
+            k.path[..b.len()].copy_from_slice(b);
+            Some((k, 1))
+        })
+        .collect();
+    replace_hash(ebpf, names::UNIX_ALLOW, unix)?;
+    apply_net(ebpf, &p.net, resolved)?;
+
     let mut trie: LpmTrie<&mut MapData, PathData, u32> = LpmTrie::try_from(map_mut(ebpf, names::WRITABLE)?)?;
     let mut wanted = HashSet::new();
     for (id, path) in &p.writable {
@@ -141,6 +161,56 @@ pub fn apply_policy(ebpf: &mut Ebpf, p: &CompiledPolicy) -> anyhow::Result<()> {
             !wanted.contains(&(k.prefix_len(), d.agent, d.path.to_vec()))
         })
         .collect();
+    for k in stale {
+        let _ = trie.remove(&k);
+    }
+    Ok(())
+}
+
+/// The `NET_ALLOW` key of a rule.
+pub fn net_key(r: &NetRule) -> Key<NetData> {
+    let port = r.port.unwrap_or(0).to_be_bytes();
+    Key::new(
+        NET_KEY_FIXED_BITS + r.prefix_len as u32,
+        NetData { agent: r.agent, port, addr: r.addr.octets(), _pad: [0; 2] },
+    )
+}
+
+/// Resolve the policy's host names (blocking: call off the async runtime).
+pub fn resolve_hosts(hosts: &[HostRule]) -> Vec<NetRule> {
+    use std::net::ToSocketAddrs;
+    let mut out = Vec::new();
+    for h in hosts {
+        match (h.host.as_str(), 0u16).to_socket_addrs() {
+            Ok(addrs) => {
+                for a in addrs {
+                    let (addr, prefix_len) = ipv6_form(a.ip(), if a.is_ipv4() { 32 } else { 128 });
+                    let rule = NetRule { agent: h.agent, addr, prefix_len, port: h.port };
+                    if !out.contains(&rule) {
+                        out.push(rule);
+                    }
+                }
+            }
+            Err(e) => {
+                warn!(host = h.host, error = %e, "cannot resolve an allowed host; it stays unreachable until it resolves")
+            }
+        }
+    }
+    out
+}
+
+/// Write the address rules (static ones plus resolved host names) into `NET_ALLOW`, new
+/// entries first, then remove the stale ones.
+pub fn apply_net(ebpf: &mut Ebpf, rules: &[NetRule], resolved: &[NetRule]) -> anyhow::Result<()> {
+    let mut trie: LpmTrie<&mut MapData, NetData, u32> = LpmTrie::try_from(map_mut(ebpf, names::NET_ALLOW)?)?;
+    let mut wanted = HashSet::new();
+    for r in rules.iter().chain(resolved) {
+        let k = net_key(r);
+        trie.insert(&k, 1, 0).context("writing NET_ALLOW")?;
+        wanted.insert((k.prefix_len(), k.data()));
+    }
+    let stale: Vec<Key<NetData>> =
+        trie.keys().filter_map(Result::ok).filter(|k| !wanted.contains(&(k.prefix_len(), k.data()))).collect();
     for k in stale {
         let _ = trie.remove(&k);
     }

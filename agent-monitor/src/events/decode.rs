@@ -81,6 +81,34 @@ pub fn open_flags(f: u64) -> String {
     v.join("|")
 }
 
+/// `host:port` for a 16-byte IPv6 (or v4-mapped) address.
+pub fn net_target(addr: &[u8], port: u16) -> String {
+    let mut b = [0u8; 16];
+    b.copy_from_slice(&addr[..16]);
+    let v6 = std::net::Ipv6Addr::from(b);
+    match v6.to_ipv4_mapped() {
+        Some(v4) => format!("{v4}:{port}"),
+        None => format!("[{v6}]:{port}"),
+    }
+}
+
+/// The request line and the Host header of the start of an HTTP/1.x request.
+pub fn http_request(raw: &[u8]) -> (String, Option<String>) {
+    let text = String::from_utf8_lossy(raw);
+    let mut lines = text.split("\r\n");
+    let line = lines.next().unwrap_or_default().trim_end_matches('\0').to_string();
+    let host = lines.find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.eq_ignore_ascii_case("host").then(|| v.trim().trim_end_matches('\0').to_string())
+    });
+    (line, host.filter(|h| !h.is_empty()))
+}
+
+fn proc_ppid(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
+}
+
 /// Turns wire records into event records; keeps the per-process executable cache.
 pub struct Decoder {
     pub agent_names: Vec<String>,
@@ -192,7 +220,7 @@ impl Decoder {
             }
             Kind::NetRawSocket => {
                 rule = "syscalls.allow".into();
-                detail.push(format!("socket(family={}, type={})", ev.aux, ev.aux2));
+                detail.push(format!("socket(family={}, type={})", ev.aux, ev.aux2 & 0xffff_ffff));
                 "raw_socket".into()
             }
             Kind::SelfTamper => {
@@ -200,9 +228,40 @@ impl Decoder {
                 detail.push(format!("bpf(cmd={})", ev.aux));
                 "bpf".into()
             }
-            Kind::NetConnect | Kind::NetSend | Kind::NetHttpWrite | Kind::IpcConnect => {
+            Kind::IpcConnect => {
                 rule = "network.allow".into();
-                target
+                format!("unix:{target}")
+            }
+            Kind::NetConnect | Kind::NetSend | Kind::NetHttpWrite => {
+                rule = if kind == Kind::NetHttpWrite { "network.http_methods".into() } else { "network.allow".into() };
+                let addr = if ev.flags & event_flags::NET_ADDR != 0 {
+                    net_target(&ev.path, ev.aux as u16)
+                } else {
+                    String::new()
+                };
+                if ev.flags & event_flags::HTTP_REQUEST != 0 {
+                    let raw = &ev.path2[..(ev.path2_len as usize).min(ev.path2.len())];
+                    let (line, host) = http_request(raw);
+                    if !line.is_empty() {
+                        detail.push(line);
+                    }
+                    if ev.layer == layer::UPROBE {
+                        detail.push("seen in the TLS library before encryption".into());
+                    }
+                    if addr.is_empty() {
+                        host.unwrap_or_else(|| "tls".into())
+                    } else {
+                        if let Some(h) = host {
+                            detail.push(format!("Host: {h}"));
+                        }
+                        addr
+                    }
+                } else {
+                    if kind == Kind::NetSend {
+                        detail.push("datagram".into());
+                    }
+                    addr
+                }
             }
         };
         if ev.flags & event_flags::DENY_FELL_BACK != 0 {
@@ -214,15 +273,24 @@ impl Decoder {
         if ev.flags & event_flags::PATH_TRUNCATED != 0 {
             detail.push("path truncated".into());
         }
+        if ev.flags & event_flags::KILL_FROM_USERSPACE != 0 {
+            detail.push("refused in the kernel; the instance is killed by the daemon".into());
+        }
+        let ppid = if ev.ppid == 0 { proc_ppid(ev.pid).unwrap_or(0) } else { ev.ppid };
+        let comm = if ev.comm[0] == 0 {
+            std::fs::read_to_string(format!("/proc/{}/comm", ev.pid)).map(|c| c.trim().to_string()).unwrap_or_default()
+        } else {
+            cstr(&ev.comm)
+        };
         Some(EventRecord {
             ts: rfc3339(self.boot_to_wall_ns + ev.ts_ns as i128),
             id: self.next_id(),
             agent: self.agent_name(ev.agent),
             run: format!("{:016x}", ev.run_id),
             pid: ev.pid,
-            ppid: ev.ppid,
+            ppid,
             uid: ev.uid,
-            comm: cstr(&ev.comm),
+            comm,
             exe,
             kind: kind.name().into(),
             target,
@@ -314,6 +382,44 @@ mod tests {
         let r = d.decode(&x).unwrap();
         assert_eq!(r.exe, "/usr/bin/python3.11");
         assert_eq!(r.detail, "killed by signal 9");
+    }
+
+    #[test]
+    fn network_targets_and_http_requests() {
+        let mut d = Decoder::new(vec!["forum".into()]);
+        let mut e = raw(kind::NET_HTTP_WRITE);
+        e.flags = event_flags::NET_ADDR | event_flags::HTTP_REQUEST;
+        e.verdict = verdict::VIOLATION;
+        e.action = action::DENIED;
+        e.layer = layer::CGROUP;
+        e.path[10] = 0xff;
+        e.path[11] = 0xff;
+        e.path[12..16].copy_from_slice(&[127, 0, 0, 1]);
+        e.path_len = 16;
+        e.aux = 8080;
+        e.path2_len = set(&mut e.path2, "POST /answer HTTP/1.1\r\nHost: forum.local:8080\r\n");
+        let r = d.decode(&e).unwrap();
+        assert_eq!(r.target, "127.0.0.1:8080");
+        assert_eq!(r.detail, "POST /answer HTTP/1.1; Host: forum.local:8080");
+        assert_eq!(r.rule, "network.http_methods");
+
+        let mut t = raw(kind::NET_HTTP_WRITE);
+        t.flags = event_flags::HTTP_REQUEST;
+        t.layer = layer::UPROBE;
+        t.path2_len = set(&mut t.path2, "PUT /x HTTP/1.1\r\nhost: forum.local\r\n\r\n");
+        let r = d.decode(&t).unwrap();
+        assert_eq!(r.target, "forum.local");
+        assert!(r.detail.starts_with("PUT /x HTTP/1.1; seen in the TLS library"), "{}", r.detail);
+
+        let mut c = raw(kind::NET_CONNECT);
+        c.flags = event_flags::NET_ADDR;
+        c.path[..16].copy_from_slice(&std::net::Ipv6Addr::LOCALHOST.octets());
+        c.aux = 443;
+        assert_eq!(d.decode(&c).unwrap().target, "[::1]:443");
+
+        let mut u = raw(kind::IPC_CONNECT);
+        u.path_len = set(&mut u.path, "/run/docker.sock");
+        assert_eq!(d.decode(&u).unwrap().target, "unix:/run/docker.sock");
     }
 
     #[test]

@@ -7,11 +7,17 @@
 //! "not an agent". The order of every table is the order of the policy file (agents, then the
 //! values within an agent), with repeats dropped, so the same policy always compiles to the same
 //! tables.
+//!
+//! Network `allow` entries are split three ways: addresses and networks go to [`NetRule`]s (all in
+//! IPv6 form, for one LPM trie keyed on IPv6), DNS names to [`HostRule`]s (the daemon resolves
+//! them and keeps the resulting addresses fresh; `localhost` is a name like any other, nothing is
+//! implicit), and Unix socket paths to `unix`.
 
 use std::collections::HashSet;
 use std::fmt;
+use std::net::{IpAddr, Ipv6Addr};
 
-use super::model::{Action, Policy, MAX_COMM_LEN};
+use super::model::{Action, AllowEntry, Policy, MAX_COMM_LEN};
 
 /// Character devices and pseudo-files every agent may write: writing them changes no state outside the process's terminal.
 pub const IMPLICIT_WRITABLE: &[&str] =
@@ -36,6 +42,71 @@ pub struct CompiledPolicy {
     pub writable: Vec<(u32, String)>,
     /// 16 hex digits: FNV-1a 64 of the canonical form of the policy (`Policy`'s `Display`).
     pub hash: String,
+    /// Address rules for the kernel's `NET_ALLOW` LPM trie, from the `Addr` entries of `allow`
+    /// (and any `Host` entry whose host is an IP address literal).
+    pub net: Vec<NetRule>,
+    /// Host names the daemon must resolve and keep fresh; their addresses become rules like
+    /// those of `net`.
+    pub hosts: Vec<HostRule>,
+    /// (agent id, normalised absolute socket path): the Unix sockets an agent may connect or
+    /// send to.
+    pub unix: Vec<(u32, String)>,
+}
+
+/// One address rule for the kernel's `NET_ALLOW` LPM trie.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct NetRule {
+    pub agent: u32,
+    /// IPv6 form: IPv4 networks become IPv4-mapped (`::ffff:a.b.c.d`) with prefix 96 + the v4
+    /// prefix. No bits are set past `prefix_len` (the canonical network address).
+    pub addr: Ipv6Addr,
+    /// 0..=128, in the v6 form.
+    pub prefix_len: u8,
+    /// `None` is any port.
+    pub port: Option<u16>,
+}
+
+/// A host name the daemon must resolve and keep fresh.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct HostRule {
+    pub agent: u32,
+    /// Lower case, without a trailing dot.
+    pub host: String,
+    /// `None` is any port.
+    pub port: Option<u16>,
+}
+
+/// Bit `i` of [`CompiledAgent::http_allow`] is `HTTP_METHOD_BITS[i]`. The kernel matches exactly
+/// these tokens as the start of a request, so they are the only methods it can allow or deny.
+pub const HTTP_METHOD_BITS: [&str; 9] =
+    ["GET", "HEAD", "OPTIONS", "POST", "PUT", "PATCH", "DELETE", "CONNECT", "TRACE"];
+
+/// The `http_allow` bitmask of `methods` (see [`HTTP_METHOD_BITS`]).
+///
+/// A method the kernel does not know (`PROPFIND`, `M-SEARCH`: well-formed tokens the validator
+/// accepts) maps to no bit. That is harmless either way: the kernel never matches an unknown
+/// method as the start of a request, so a request using it is neither allowed nor denied by the
+/// HTTP check; only the destination (`allow`) applies to it.
+pub fn http_mask(methods: &[String]) -> u32 {
+    methods.iter().filter_map(|m| HTTP_METHOD_BITS.iter().position(|b| b == m)).fold(0, |mask, i| mask | (1 << i))
+}
+
+/// The methods of an `http_allow` mask, in bit order.
+pub fn http_methods_of(mask: u32) -> impl Iterator<Item = &'static str> {
+    HTTP_METHOD_BITS.iter().enumerate().filter(move |(i, _)| mask & (1 << i) != 0).map(|(_, m)| *m)
+}
+
+/// The IPv6 form of a network, with the bits past the prefix cleared: an IPv4 network becomes
+/// its IPv4-mapped form (`::ffff:a.b.c.d`) with prefix 96 + `prefix_len`; an IPv6 network,
+/// including one already written in mapped form, keeps its prefix. A prefix longer than the
+/// address (possible only in a programmatic, unvalidated policy) is taken as the full length.
+pub fn ipv6_form(addr: IpAddr, prefix_len: u8) -> (Ipv6Addr, u8) {
+    let (v6, len) = match addr {
+        IpAddr::V4(a) => (a.to_ipv6_mapped(), 96 + prefix_len.min(32)),
+        IpAddr::V6(a) => (a, prefix_len.min(128)),
+    };
+    let mask = if len == 0 { 0 } else { u128::MAX << (128 - u32::from(len)) };
+    (Ipv6Addr::from(u128::from(v6) & mask), len)
 }
 
 /// One agent's identity and flags.
@@ -48,6 +119,11 @@ pub struct CompiledAgent {
     pub allow_io_uring: bool,
     pub allow_raw_socket: bool,
     pub allow_bpf: bool,
+    /// The HTTP methods allowed on an allowed connection, as a bitmask (see
+    /// [`HTTP_METHOD_BITS`] and [`http_mask`]).
+    pub http_allow: u32,
+    /// A connection whose HTTP the daemon cannot see is a violation.
+    pub require_http_visibility: bool,
 }
 
 impl CompiledPolicy {
@@ -75,6 +151,8 @@ pub fn compile(p: &Policy) -> CompiledPolicy {
             allow_io_uring: a.syscalls.allows("io_uring"),
             allow_raw_socket: a.syscalls.allows("raw_socket"),
             allow_bpf: a.syscalls.allows("bpf"),
+            http_allow: http_mask(&a.network.http_methods),
+            require_http_visibility: a.network.require_http_visibility,
         });
         out.comm.extend(unique(&a.selector.comm).map(|c| (comm_key(c), id)));
         out.exe.extend(unique(&a.selector.exe).map(|e| (e.clone(), id)));
@@ -83,8 +161,45 @@ pub fn compile(p: &Policy) -> CompiledPolicy {
         let implicit: Vec<String> = IMPLICIT_WRITABLE.iter().map(|s| s.to_string()).collect();
         let all: Vec<String> = a.files.writable.iter().cloned().chain(implicit).collect();
         out.writable.extend(unique(&all).map(|w| (id, w.clone())));
+        compile_network(id, &a.network.allow, &mut out);
     }
     out
+}
+
+/// Split one agent's `allow` entries into `net`, `hosts` and `unix`, each in policy order with
+/// repeats dropped (after normalisation: `10.0.0.0/8:443` and `[::ffff:10.0.0.0/104]:443` are
+/// the same rule).
+fn compile_network(id: u32, allow: &[AllowEntry], out: &mut CompiledPolicy) {
+    let mut net = Vec::new();
+    let mut hosts = Vec::new();
+    let mut unix = Vec::new();
+    for entry in allow {
+        match entry {
+            AllowEntry::Unix(path) => unix.push((id, path.clone())),
+            AllowEntry::Addr { net: n, port } => {
+                let (addr, prefix_len) = ipv6_form(n.addr, n.prefix_len);
+                net.push(NetRule { agent: id, addr, prefix_len, port: *port });
+            }
+            AllowEntry::Host { host, port } => {
+                // The validator sends address literals to `Addr`; a programmatic policy may not.
+                let literal = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+                match literal.parse::<IpAddr>() {
+                    Ok(ip) => {
+                        let (addr, prefix_len) = ipv6_form(ip, if ip.is_ipv4() { 32 } else { 128 });
+                        net.push(NetRule { agent: id, addr, prefix_len, port: *port });
+                    }
+                    Err(_) => hosts.push(HostRule {
+                        agent: id,
+                        host: host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase(),
+                        port: *port,
+                    }),
+                }
+            }
+        }
+    }
+    out.net.extend(unique(&net).cloned());
+    out.hosts.extend(unique(&hosts).cloned());
+    out.unix.extend(unique(&unix).cloned());
 }
 
 /// The comm map key: the name's first 15 bytes, NUL-padded to `TASK_COMM_LEN` (16), as the
@@ -123,10 +238,21 @@ impl fmt::Display for CompiledPolicy {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "hash {}", self.hash)?;
         for a in &self.agents {
+            let methods: Vec<&str> = http_methods_of(a.http_allow).collect();
+            let methods = if methods.is_empty() { "none".to_string() } else { methods.join("|") };
             writeln!(
                 f,
-                "agent {} {:?} action={} audit={} io_uring={} raw_socket={} bpf={}",
-                a.id, a.name, a.action, a.audit, a.allow_io_uring, a.allow_raw_socket, a.allow_bpf
+                "agent {} {:?} action={} audit={} io_uring={} raw_socket={} bpf={} http={} \
+                 require_http_visibility={}",
+                a.id,
+                a.name,
+                a.action,
+                a.audit,
+                a.allow_io_uring,
+                a.allow_raw_socket,
+                a.allow_bpf,
+                methods,
+                a.require_http_visibility
             )?;
         }
         for (key, id) in &self.comm {
@@ -145,6 +271,18 @@ impl fmt::Display for CompiledPolicy {
         for (id, path) in &self.writable {
             writeln!(f, "writable {id} {path:?}")?;
         }
+        fn port(p: Option<u16>) -> String {
+            p.map_or_else(|| "*".to_string(), |p| p.to_string())
+        }
+        for r in &self.net {
+            writeln!(f, "net {} {}/{} port {}", r.agent, r.addr, r.prefix_len, port(r.port))?;
+        }
+        for r in &self.hosts {
+            writeln!(f, "host {} {:?} port {}", r.agent, r.host, port(r.port))?;
+        }
+        for (id, path) in &self.unix {
+            writeln!(f, "unix {id} {path:?}")?;
+        }
         Ok(())
     }
 }
@@ -152,7 +290,7 @@ impl fmt::Display for CompiledPolicy {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::{default_policy, parse, AgentPolicy, DEFAULT_POLICY};
+    use crate::policy::{default_policy, parse, AgentPolicy, IpNet, DEFAULT_POLICY, KNOWN_HTTP_METHODS};
 
     const TWO_AGENTS: &str = r#"
 [daemon]
@@ -169,7 +307,7 @@ uid = [1500]
 [agent.files]
 writable = ["/var/lib/forum-analyst/", "/tmp", "/dev/null"]
 [agent.network]
-allow = ["forum.internal:443"]
+allow = ["forum.internal:443", "10.20.0.0/16:443", "127.0.0.53:53", "unix:/run/nscd/socket"]
 
 [[agent]]
 name = "builder"
@@ -178,6 +316,10 @@ audit = true
 [agent.match]
 comm = ["make"]
 uid = [1600, 1601]
+[agent.network]
+allow = ["[fd00::/8]:*", "localhost:*", "Forum.Internal:443", "10.20.0.0/16:443"]
+http_methods = ["GET", "POST"]
+require_http_visibility = true
 [agent.syscalls]
 allow = ["io_uring", "raw_socket", "bpf"]
 "#;
@@ -188,6 +330,23 @@ allow = ["io_uring", "raw_socket", "bpf"]
 
     fn implicit(id: u32) -> Vec<(u32, String)> {
         IMPLICIT_WRITABLE.iter().map(|p| (id, p.to_string())).collect()
+    }
+
+    fn rule(agent: u32, addr: &str, prefix_len: u8, port: Option<u16>) -> NetRule {
+        NetRule { agent, addr: addr.parse().unwrap(), prefix_len, port }
+    }
+
+    fn host(agent: u32, host: &str, port: Option<u16>) -> HostRule {
+        HostRule { agent, host: host.into(), port }
+    }
+
+    /// A one-agent policy allowing `allow` (parsed and validated like a file).
+    fn network_policy(allow: &[&str]) -> Policy {
+        let list: Vec<String> = allow.iter().map(|e| format!("{e:?}")).collect();
+        policy(&format!(
+            "[[agent]]\nname = \"a\"\n[agent.match]\ncomm = [\"a\"]\n[agent.network]\nallow = [{}]\n",
+            list.join(", ")
+        ))
     }
 
     #[test]
@@ -204,6 +363,8 @@ allow = ["io_uring", "raw_socket", "bpf"]
                     allow_io_uring: false,
                     allow_raw_socket: false,
                     allow_bpf: false,
+                    http_allow: 0b111,
+                    require_http_visibility: false,
                 },
                 CompiledAgent {
                     id: 2,
@@ -213,6 +374,8 @@ allow = ["io_uring", "raw_socket", "bpf"]
                     allow_io_uring: true,
                     allow_raw_socket: true,
                     allow_bpf: true,
+                    http_allow: 0b1001,
+                    require_http_visibility: true,
                 },
             ]
         );
@@ -225,6 +388,20 @@ allow = ["io_uring", "raw_socket", "bpf"]
         writable.extend(implicit(1));
         writable.extend(implicit(2));
         assert_eq!(c.writable, writable);
+        assert_eq!(
+            c.net,
+            [
+                rule(1, "::ffff:10.20.0.0", 112, Some(443)),
+                rule(1, "::ffff:127.0.0.53", 128, Some(53)),
+                rule(2, "fd00::", 8, None),
+                rule(2, "::ffff:10.20.0.0", 112, Some(443)),
+            ]
+        );
+        assert_eq!(
+            c.hosts,
+            [host(1, "forum.internal", Some(443)), host(2, "localhost", None), host(2, "forum.internal", Some(443))]
+        );
+        assert_eq!(c.unix, [(1, "/run/nscd/socket".to_string())]);
         assert_eq!(c.agent(2).unwrap().name, "builder");
         assert_eq!(c.agent(0), None);
         assert_eq!(c.agent(3), None);
@@ -237,8 +414,10 @@ allow = ["io_uring", "raw_socket", "bpf"]
         let c = compile(&policy(TWO_AGENTS));
         let expected = format!(
             "hash {}\n\
-             agent 1 \"forum-analyst\" action=kill audit=false io_uring=false raw_socket=false bpf=false\n\
-             agent 2 \"builder\" action=deny audit=true io_uring=true raw_socket=true bpf=true\n\
+             agent 1 \"forum-analyst\" action=kill audit=false io_uring=false raw_socket=false bpf=false \
+             http=GET|HEAD|OPTIONS require_http_visibility=false\n\
+             agent 2 \"builder\" action=deny audit=true io_uring=true raw_socket=true bpf=true \
+             http=GET|POST require_http_visibility=true\n\
              comm \"forum-agent\" -> 1\n\
              comm \"make\" -> 2\n\
              exe \"/opt/forum-agent/bin/agent\" -> 1\n\
@@ -263,7 +442,15 @@ allow = ["io_uring", "raw_socket", "bpf"]
              writable 2 \"/dev/pts\"\n\
              writable 2 \"/dev/ptmx\"\n\
              writable 2 \"/dev/random\"\n\
-             writable 2 \"/dev/urandom\"\n",
+             writable 2 \"/dev/urandom\"\n\
+             net 1 ::ffff:10.20.0.0/112 port 443\n\
+             net 1 ::ffff:127.0.0.53/128 port 53\n\
+             net 2 fd00::/8 port *\n\
+             net 2 ::ffff:10.20.0.0/112 port 443\n\
+             host 1 \"forum.internal\" port 443\n\
+             host 2 \"localhost\" port *\n\
+             host 2 \"forum.internal\" port 443\n\
+             unix 1 \"/run/nscd/socket\"\n",
             c.hash
         );
         assert_eq!(c.to_string(), expected);
@@ -289,6 +476,18 @@ allow = ["io_uring", "raw_socket", "bpf"]
         writable.extend(implicit(1));
         assert_eq!(c.writable, writable);
         assert!(c.exe.is_empty() && c.uid.is_empty() && c.cgroup.is_empty());
+        assert_eq!(c.agents[0].http_allow, 0b111);
+        assert!(!c.agents[0].require_http_visibility);
+        // 127.0.0.53:53, 0.0.0.0/0:443, [::/0]:443: nothing implicit, no host names.
+        assert_eq!(
+            c.net,
+            [
+                rule(1, "::ffff:127.0.0.53", 128, Some(53)),
+                rule(1, "::ffff:0.0.0.0", 96, Some(443)),
+                rule(1, "::", 0, Some(443))
+            ]
+        );
+        assert!(c.hosts.is_empty() && c.unix.is_empty());
         assert_eq!(c.hash.len(), 16);
         assert!(c.hash.bytes().all(|b| b.is_ascii_hexdigit()));
     }
@@ -348,5 +547,149 @@ allow = ["io_uring", "raw_socket", "bpf"]
         a.selector.exe.push("/opt/a \"quoted\" \\ name\tx".into());
         p.agents.push(a);
         assert_eq!(policy(&p.to_string()), p);
+    }
+
+    #[test]
+    fn ipv4_networks_become_mapped_with_host_bits_cleared() {
+        assert_eq!(ipv6_form("10.0.0.0".parse().unwrap(), 8), ("::ffff:10.0.0.0".parse().unwrap(), 104));
+        assert_eq!(ipv6_form("10.1.2.3".parse().unwrap(), 8), ("::ffff:10.0.0.0".parse().unwrap(), 104));
+        assert_eq!(ipv6_form("192.168.31.7".parse().unwrap(), 20), ("::ffff:192.168.16.0".parse().unwrap(), 116));
+        assert_eq!(ipv6_form("1.2.3.4".parse().unwrap(), 32), ("::ffff:1.2.3.4".parse().unwrap(), 128));
+        // /0 is every IPv4 address, and no IPv6 one: the mapped /96.
+        assert_eq!(ipv6_form("9.9.9.9".parse().unwrap(), 0), ("::ffff:0.0.0.0".parse().unwrap(), 96));
+        // A programmatic, unvalidated network: bits past the prefix are cleared in the rule.
+        let mut p = Policy::default();
+        let mut a = AgentPolicy::new("a");
+        a.network.allow.push(AllowEntry::Addr {
+            net: IpNet { addr: "172.16.99.1".parse().unwrap(), prefix_len: 12 },
+            port: Some(443),
+        });
+        p.agents.push(a);
+        assert_eq!(compile(&p).net, [rule(1, "::ffff:172.16.0.0", 108, Some(443))]);
+        // From a file.
+        let c = compile(&network_policy(&["10.20.0.0/16:443", "203.0.113.9:8080", "0.0.0.0/0:*"]));
+        assert_eq!(
+            c.net,
+            [
+                rule(1, "::ffff:10.20.0.0", 112, Some(443)),
+                rule(1, "::ffff:203.0.113.9", 128, Some(8080)),
+                rule(1, "::ffff:0.0.0.0", 96, None),
+            ]
+        );
+    }
+
+    #[test]
+    fn ipv6_networks_stay_including_mapped_ones() {
+        assert_eq!(ipv6_form("fd00::".parse().unwrap(), 8), ("fd00::".parse().unwrap(), 8));
+        assert_eq!(ipv6_form("fdab:cd::1".parse().unwrap(), 8), ("fd00::".parse().unwrap(), 8));
+        assert_eq!(ipv6_form("2001:db8::1".parse().unwrap(), 33), ("2001:db8::".parse().unwrap(), 33));
+        assert_eq!(ipv6_form("::".parse().unwrap(), 0), ("::".parse().unwrap(), 0));
+        assert_eq!(ipv6_form("::ffff:1.2.3.4".parse().unwrap(), 128), ("::ffff:1.2.3.4".parse().unwrap(), 128));
+        let c = compile(&network_policy(&[
+            "[fd00::/8]:443",
+            "[::1]:53",
+            "[::/0]:*",
+            "[::ffff:1.2.3.4]:443",
+            "[::ffff:10.0.0.0/104]:80",
+        ]));
+        assert_eq!(
+            c.net,
+            [
+                rule(1, "fd00::", 8, Some(443)),
+                rule(1, "::1", 128, Some(53)),
+                rule(1, "::", 0, None),
+                rule(1, "::ffff:1.2.3.4", 128, Some(443)),
+                rule(1, "::ffff:10.0.0.0", 104, Some(80)),
+            ]
+        );
+        assert!(c.hosts.is_empty() && c.unix.is_empty());
+    }
+
+    #[test]
+    fn star_is_any_port() {
+        let c = compile(&network_policy(&["10.0.0.0/8:*", "[fd00::/8]:*", "example.com:*", "example.com:443"]));
+        assert_eq!(c.net, [rule(1, "::ffff:10.0.0.0", 104, None), rule(1, "fd00::", 8, None)]);
+        // Any port and one port are two rules.
+        assert_eq!(c.hosts, [host(1, "example.com", None), host(1, "example.com", Some(443))]);
+    }
+
+    #[test]
+    fn unix_sockets_and_hosts() {
+        let c = compile(&network_policy(&[
+            "unix:/run/nscd/socket",
+            "API.Example.COM.:443",
+            "unix://run//dbus/system_bus_socket",
+            "localhost:8080",
+        ]));
+        assert_eq!(c.unix, [(1, "/run/nscd/socket".to_string()), (1, "/run/dbus/system_bus_socket".to_string())]);
+        // localhost is resolved by the daemon like any other name: no implicit loopback rule.
+        assert_eq!(c.hosts, [host(1, "api.example.com", Some(443)), host(1, "localhost", Some(8080))]);
+        assert!(c.net.is_empty());
+        // A programmatic Host that is an address literal goes to `net`; names are lower-cased.
+        let mut p = Policy::default();
+        let mut a = AgentPolicy::new("a");
+        a.network.allow.extend([
+            AllowEntry::Host { host: "192.0.2.1".into(), port: Some(80) },
+            AllowEntry::Host { host: "2001:db8::1".into(), port: None },
+            AllowEntry::Host { host: "Mixed.Case".into(), port: Some(1) },
+        ]);
+        p.agents.push(a);
+        let c = compile(&p);
+        assert_eq!(c.net, [rule(1, "::ffff:192.0.2.1", 128, Some(80)), rule(1, "2001:db8::1", 128, None)]);
+        assert_eq!(c.hosts, [host(1, "mixed.case", Some(1))]);
+    }
+
+    #[test]
+    fn http_masks() {
+        assert_eq!(HTTP_METHOD_BITS, KNOWN_HTTP_METHODS);
+        let strings = |v: &[&str]| v.iter().map(|m| m.to_string()).collect::<Vec<_>>();
+        assert_eq!(http_mask(&crate::policy::Network::default().http_methods), 0b111);
+        assert_eq!(http_mask(&strings(&["GET", "HEAD", "OPTIONS"])), 0b111);
+        assert_eq!(http_mask(&strings(&["GET", "POST"])), 0b1001);
+        assert_eq!(http_mask(&strings(&["POST", "GET", "GET"])), 0b1001);
+        assert_eq!(http_mask(&[]), 0);
+        assert_eq!(http_mask(&strings(&HTTP_METHOD_BITS)), 0x1ff);
+        // Methods the kernel does not know map to no bit.
+        assert_eq!(http_mask(&strings(&["PROPFIND", "M-SEARCH"])), 0);
+        assert_eq!(http_mask(&strings(&["PROPFIND", "DELETE"])), 1 << 6);
+        assert_eq!(http_methods_of(0b1001).collect::<Vec<_>>(), ["GET", "POST"]);
+        // Explicitly empty: no method is allowed.
+        let p = policy("[[agent]]\nname = \"a\"\n[agent.match]\ncomm = [\"a\"]\n[agent.network]\nhttp_methods = []\n");
+        assert_eq!(compile(&p).agents[0].http_allow, 0);
+    }
+
+    #[test]
+    fn network_rules_are_deduped_per_agent_in_policy_order() {
+        let text = r#"
+[[agent]]
+name = "a"
+[agent.match]
+comm = ["a"]
+[agent.network]
+allow = [
+    "10.0.0.0/8:443", "example.com:443", "unix:/run/x.sock", "[fd00::/8]:*",
+    "10.0.0.0/8:443", "Example.com:443", "unix://run/x.sock", "[fd00::/8]:*",
+    "[::ffff:10.0.0.0/104]:443", "10.0.0.0/8:80",
+]
+
+[[agent]]
+name = "b"
+[agent.match]
+comm = ["b"]
+[agent.network]
+allow = ["10.0.0.0/8:443", "example.com:443", "unix:/run/x.sock"]
+"#;
+        let c = compile(&policy(text));
+        assert_eq!(
+            c.net,
+            [
+                rule(1, "::ffff:10.0.0.0", 104, Some(443)),
+                rule(1, "fd00::", 8, None),
+                rule(1, "::ffff:10.0.0.0", 104, Some(80)),
+                rule(2, "::ffff:10.0.0.0", 104, Some(443)),
+            ]
+        );
+        assert_eq!(c.hosts, [host(1, "example.com", Some(443)), host(2, "example.com", Some(443))]);
+        assert_eq!(c.unix, [(1, "/run/x.sock".to_string()), (2, "/run/x.sock".to_string())]);
     }
 }

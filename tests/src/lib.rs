@@ -193,7 +193,7 @@ impl Drop for Daemon {
 pub fn http_get(addr: &str, path: &str) -> String {
     let mut s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes()).unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
     out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default()
@@ -264,4 +264,107 @@ pub fn is_alive(pid: u32) -> bool {
 /// Event field as a string ("" if absent).
 pub fn f<'a>(e: &'a Value, k: &str) -> &'a str {
     e.get(k).and_then(Value::as_str).unwrap_or("")
+}
+
+/// The fixtures directory (`tests/fixtures`).
+pub fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(name)
+}
+
+/// A child process killed on drop.
+pub struct Bg(pub Child);
+
+impl Drop for Bg {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The loopback forum server (`fixtures/forum_server.py`): every request that reaches it is a
+/// line in its log.
+pub struct Forum {
+    pub port: u16,
+    pub log: PathBuf,
+    _child: Bg,
+}
+
+impl Forum {
+    /// Start it, optionally with TLS (a self-signed certificate made with openssl) and
+    /// optionally inside a network namespace.
+    pub fn start(dir: &Path, host: &str, tls: bool, netns: Option<&str>) -> Forum {
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let log = dir.join(format!("forum-{n}.log"));
+        let ready = dir.join(format!("forum-{n}.port"));
+        let mut cmd = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, "python3"]);
+                c
+            }
+            None => Command::new("python3"),
+        };
+        cmd.arg(fixture("forum_server.py")).args(["--host", host, "--log"]).arg(&log).arg("--ready").arg(&ready);
+        cmd.args(["--lifetime", "300"]);
+        if tls {
+            let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+            if !cert.exists() {
+                let st = run(Command::new("openssl")
+                    .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=forum.local"])
+                    .arg("-keyout")
+                    .arg(&key)
+                    .arg("-out")
+                    .arg(&cert)
+                    .stderr(Stdio::null()));
+                assert!(st.success(), "openssl req failed");
+            }
+            cmd.arg("--tls").arg(&cert).arg(&key);
+        }
+        let child = Bg(cmd.stdout(Stdio::null()).spawn().expect("start forum_server.py"));
+        let t = Instant::now();
+        while !ready.exists() {
+            assert!(t.elapsed() < Duration::from_secs(10), "forum server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let port = fs::read_to_string(&ready).unwrap().trim().parse().unwrap();
+        Forum { port, log, _child: child }
+    }
+
+    /// The requests that reached the server, as "METHOD PATH BODYLEN" lines.
+    pub fn requests(&self) -> Vec<String> {
+        fs::read_to_string(&self.log).unwrap_or_default().lines().map(str::to_string).collect()
+    }
+
+    pub fn count(&self, method: &str) -> usize {
+        self.requests().iter().filter(|l| l.split(' ').next() == Some(method)).count()
+    }
+}
+
+/// A network namespace with only loopback, holding the given addresses: traffic to them
+/// cannot leave the machine. Deleted on drop.
+pub struct NetNs(pub String);
+
+impl NetNs {
+    pub fn new(addrs: &[&str]) -> NetNs {
+        let name = format!("am-e2e-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed));
+        assert!(run(Command::new("ip").args(["netns", "add", &name])).success(), "ip netns add");
+        assert!(run(Command::new("ip").args(["-n", &name, "link", "set", "lo", "up"])).success());
+        for a in addrs {
+            assert!(run(Command::new("ip").args(["-n", &name, "addr", "add", a, "dev", "lo"])).success(), "addr {a}");
+        }
+        NetNs(name)
+    }
+
+    /// `ip netns exec NS PROGRAM`: the program keeps its own name (comm), so an agent stays one.
+    pub fn cmd(&self, program: &Path) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.0]).arg(program);
+        c
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
 }

@@ -1,0 +1,325 @@
+//! The network boundary, end to end: real clients (curl with OpenSSL, python3's ssl, gnutls-cli),
+//! a real forum server on loopback or inside a network namespace made for the test, real eBPF.
+use std::{
+    fs,
+    io::Write,
+    path::Path,
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use agent_monitor_e2e::*;
+
+fn policy(name: &str, comms: &[&str], action: &str, allow: &[&str], extra: &str) -> String {
+    let comms: Vec<String> = comms.iter().map(|c| format!("\"{c}\"")).collect();
+    let allow: Vec<String> = allow.iter().map(|a| format!("\"{a}\"")).collect();
+    format!(
+        "[[agent]]\nname = \"{name}\"\naction = \"{action}\"\n[agent.match]\ncomm = [{}]\n[agent.files]\nwritable = [\"/tmp\"]\n[agent.network]\nallow = [{}]\n{extra}\n",
+        comms.join(", "),
+        allow.join(", ")
+    )
+}
+
+const PY_REQUEST: &str = r#"
+import http.client, ssl, sys
+method, scheme, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+if scheme == "https":
+    c = http.client.HTTPSConnection("127.0.0.1", port, context=ssl._create_unverified_context(), timeout=5)
+else:
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+c.request(method, "/answer" if method != "GET" else "/question", body=None if method == "GET" else b"answer=rotate it")
+print(c.getresponse().status)
+"#;
+
+#[test]
+fn read_only_http_in_clear_text_and_inside_tls() {
+    if !can_run_root_tests("read_only_http_in_clear_text_and_inside_tls") {
+        return;
+    }
+    let t = TempDir::new("http");
+    let plain = Forum::start(t.path(), "127.0.0.1", false, None);
+    let tls = Forum::start(t.path(), "127.0.0.1", true, None);
+    let d = Daemon::start(&policy("forum-analyst", &["am-curl", "am-py", "gnutls-cli"], "kill", &["127.0.0.1:*"], ""));
+    let curl = copy_binary(t.path(), "/usr/bin/curl", "am-curl");
+    let py = copy_binary(t.path(), &python3(), "am-py");
+
+    // Reads are allowed, in clear text and inside TLS, through both libraries' clients.
+    for (forum, scheme) in [(&plain, "http"), (&tls, "https")] {
+        let url = format!("{scheme}://127.0.0.1:{}/question", forum.port);
+        let st = run(Command::new(&curl).args(["-sk", "--max-time", "5", "-o", "/dev/null", &url]));
+        assert!(st.success(), "GET {url} by the agent failed: {st}");
+        let st = run(Command::new(&py)
+            .args(["-c", PY_REQUEST, "GET", scheme, &forum.port.to_string()])
+            .stdout(Stdio::null()));
+        assert!(st.success(), "python GET over {scheme} failed: {st}");
+    }
+    assert_eq!(plain.count("GET"), 2);
+    assert_eq!(tls.count("GET"), 2);
+
+    // Writes reach the server zero times: dropped in the kernel (clear text) or killed before
+    // SSL_write encrypts a byte (TLS). The agent dies either way.
+    for method in ["POST", "PUT", "PATCH", "DELETE"] {
+        for (forum, scheme) in [(&plain, "http"), (&tls, "https")] {
+            let url = format!("{scheme}://127.0.0.1:{}/answer", forum.port);
+            let st = run(Command::new(&curl).args(["-sk", "--max-time", "5", "-X", method, "-d", "answer=x", &url]));
+            assert!(killed_by_sigkill(&st), "curl {method} {url}: agent not killed: {st}");
+            let st = run(Command::new(&py)
+                .args(["-c", PY_REQUEST, method, scheme, &forum.port.to_string()])
+                .stderr(Stdio::null()));
+            assert!(killed_by_sigkill(&st), "python {method} over {scheme}: agent not killed: {st}");
+        }
+    }
+    // GnuTLS (gnutls_record_send).
+    if which("gnutls-cli") {
+        let mut child = Command::new("gnutls-cli")
+            .args(["--insecure", "--port", &tls.port.to_string(), "127.0.0.1"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(500)); // handshake
+        let _ = child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(b"POST /answer HTTP/1.1\r\nHost: forum.local\r\nContent-Length: 1\r\n\r\nx");
+        let st = Bg(child).0.wait().unwrap();
+        assert!(killed_by_sigkill(&st), "gnutls-cli POST: agent not killed: {st}");
+        d.wait_event("gnutls POST", |e| f(e, "comm") == "gnutls-cli" && f(e, "kind") == "net.http_write");
+    } else {
+        eprintln!("gnutls-cli missing (Debian package gnutls-bin): GnuTLS path not exercised");
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    for forum in [&plain, &tls] {
+        let writes: Vec<String> = forum.requests().into_iter().filter(|l| !l.starts_with("GET ")).collect();
+        assert!(writes.is_empty(), "the server received state-changing requests: {writes:?}");
+    }
+
+    let events = d.settle_events(|e| f(e, "kind") == "net.http_write" && f(e, "verdict") == "violation");
+    for layer in ["cgroup", "uprobe"] {
+        for method in ["POST", "PUT", "PATCH", "DELETE"] {
+            assert!(
+                events
+                    .iter()
+                    .any(|e| f(e, "layer") == layer && f(e, "detail").starts_with(&format!("{method} /answer"))),
+                "no {layer} event for {method}: {events:#?}"
+            );
+        }
+    }
+    let e = events.iter().find(|e| f(e, "layer") == "cgroup").unwrap();
+    assert_eq!(f(e, "target"), format!("127.0.0.1:{}", plain.port));
+    assert_eq!(f(e, "action"), "killed");
+    let m = d.metrics();
+    let v = metric_value(
+        &m,
+        "agent_monitor_violations_total",
+        &[("agent", "forum-analyst"), ("kind", "net.http_write"), ("action", "killed")],
+    );
+    assert!(v.unwrap_or(0.0) >= 16.0, "{m}");
+    assert_eq!(metric_value(&m, "agent_monitor_layer_up", &[("layer", "uprobe")]), Some(1.0));
+    assert_eq!(metric_value(&m, "agent_monitor_layer_up", &[("layer", "cgroup")]), Some(1.0));
+
+    // A process that is not an agent making the same requests is untouched.
+    for (forum, scheme) in [(&plain, "http"), (&tls, "https")] {
+        let url = format!("{scheme}://127.0.0.1:{}/answer", forum.port);
+        let st = run(Command::new("curl").args([
+            "-sk",
+            "--max-time",
+            "5",
+            "-o",
+            "/dev/null",
+            "-X",
+            "POST",
+            "-d",
+            "a=1",
+            &url,
+        ]));
+        assert!(st.success(), "non-agent POST {url}: {st}");
+        assert_eq!(forum.count("POST"), 1);
+    }
+}
+
+fn which(prog: &str) -> bool {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {prog}"))
+        .stdout(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+const PY_CONNECT: &str = r#"
+import socket, sys
+host, port, proto = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+try:
+    if proto == "tcp":
+        socket.create_connection((host, port), timeout=3).close()
+    else:
+        socket.socket(fam, socket.SOCK_DGRAM).sendto(b"x", (host, port))
+    print("ok")
+except PermissionError:
+    print("EPERM"); sys.exit(13)
+except OSError as e:
+    print(e); sys.exit(1)
+"#;
+
+#[test]
+fn unlisted_destinations_are_refused_in_the_kernel() {
+    if !can_run_root_tests("unlisted_destinations_are_refused_in_the_kernel") {
+        return;
+    }
+    let t = TempDir::new("egress");
+    // Private, documentation-"public" and IPv6 addresses, all on the namespace's loopback: a
+    // packet that got through would reach our own server there and nothing else.
+    let ns = NetNs::new(&["10.77.0.1/32", "198.51.100.7/32", "2001:db8::7/128", "192.0.2.9/32"]);
+    let forum = Forum::start(t.path(), "::", false, Some(&ns.0));
+    let p = forum.port;
+    let d = Daemon::start(&policy("egress", &["am-net"], "deny", &[&format!("192.0.2.9:{p}"), "127.0.0.53:53"], ""));
+    let agent = copy_binary(t.path(), &python3(), "am-net");
+    let connect = |host: &str, port: u16, proto: &str| {
+        let out = ns.cmd(&agent).args(["-c", PY_CONNECT, host, &port.to_string(), proto]).output().unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).trim().to_string())
+    };
+    // The listed destination works.
+    assert_eq!(connect("192.0.2.9", p, "tcp"), (Some(0), "ok".into()));
+    let before = forum.requests().len();
+    for host in ["10.77.0.1", "198.51.100.7", "2001:db8::7", "::ffff:10.77.0.1", "::ffff:198.51.100.7"] {
+        assert_eq!(connect(host, p, "tcp"), (Some(13), "EPERM".into()), "connect to {host}");
+        let target = if host.contains("::ffff:") {
+            format!("{}:{p}", &host[7..])
+        } else if host.contains(':') {
+            format!("[{host}]:{p}")
+        } else {
+            format!("{host}:{p}")
+        };
+        let e = d.wait_event(&format!("connect {host}"), |e| f(e, "kind") == "net.connect" && f(e, "target") == target);
+        assert_eq!((f(&e, "verdict"), f(&e, "action"), f(&e, "layer")), ("violation", "denied", "cgroup"));
+    }
+    // A datagram to a non-resolver; a datagram to the listed resolver is fine.
+    assert_eq!(connect("10.77.0.1", 53, "udp"), (Some(13), "EPERM".into()));
+    d.wait_event("udp", |e| f(e, "kind") == "net.send" && f(e, "target") == "10.77.0.1:53");
+    assert_eq!(connect("127.0.0.53", 53, "udp").0, Some(0));
+    // Loopback is reachable only when listed.
+    assert_eq!(connect("127.0.0.1", p, "tcp"), (Some(13), "EPERM".into()));
+    assert_eq!(forum.requests().len(), before, "a refused connection reached the server");
+
+    // The same connections from a process that is not an agent go through.
+    let out =
+        ns.cmd(Path::new("python3")).args(["-c", PY_CONNECT, "10.77.0.1", &p.to_string(), "tcp"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    assert_eq!(
+        d.metric(
+            "agent_monitor_violations_total",
+            &[("agent", "egress"), ("kind", "net.connect"), ("action", "denied")]
+        ),
+        Some(6.0)
+    );
+}
+
+#[test]
+fn io_uring_connect_is_covered_by_the_cgroup_hooks() {
+    if !can_run_root_tests("io_uring_connect_is_covered_by_the_cgroup_hooks") {
+        return;
+    }
+    let t = TempDir::new("uring");
+    let probe = t.join("am-uring-net");
+    let st = run(Command::new("cc").arg("-O2").arg("-o").arg(&probe).arg(fixture("uring_connect.c")));
+    assert!(st.success(), "cannot build the io_uring probe (gcc and libc6-dev are needed)");
+    let forum = Forum::start(t.path(), "127.0.0.1", false, None);
+    let allow = format!("127.0.0.1:{}", forum.port);
+    let d = Daemon::start(&policy(
+        "uring-net",
+        &["am-uring-net"],
+        "deny",
+        &[&allow],
+        "[agent.syscalls]\nallow = [\"io_uring\"]",
+    ));
+    let ok = run(Command::new(&probe).args(["127.0.0.1", &forum.port.to_string()]).stdout(Stdio::null()));
+    assert!(ok.success(), "an allowed io_uring connect failed: {ok}");
+    // 127.0.0.2 is loopback too, and not listed.
+    let out = Command::new(&probe).args(["127.0.0.2", &forum.port.to_string()]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "io_uring connect to an unlisted address was not refused");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "-1", "expected -EPERM from the completion");
+    let e = d.wait_event("io_uring connect", |e| {
+        f(e, "kind") == "net.connect" && f(e, "target") == format!("127.0.0.2:{}", forum.port)
+    });
+    assert_eq!(f(&e, "action"), "denied");
+}
+
+#[test]
+fn unix_socket_connects_need_a_listed_path() {
+    if !can_run_root_tests("unix_socket_connects_need_a_listed_path") {
+        return;
+    }
+    let t = TempDir::new("unix");
+    let ok_sock = t.join("allowed.sock");
+    let door = t.join("docker.sock");
+    let server = format!(
+        "import socket, os, time\nfor p in ['{}', '{}']:\n    s = socket.socket(socket.AF_UNIX); s.bind(p); s.listen(8); globals().setdefault('keep', []).append(s)\nopen('{}', 'w').close()\ntime.sleep(120)\n",
+        ok_sock.display(),
+        door.display(),
+        t.join("ready").display()
+    );
+    let _srv = Bg(Command::new("python3").args(["-c", &server]).spawn().unwrap());
+    let t0 = std::time::Instant::now();
+    while !t.join("ready").exists() {
+        assert!(t0.elapsed() < Duration::from_secs(10));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let d = Daemon::start(&policy("ipc", &["am-ipc"], "kill", &[&format!("unix:{}", ok_sock.display())], ""));
+    let agent = copy_binary(t.path(), &python3(), "am-ipc");
+    let client = "import socket, sys; s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); s.sendall(b'{}'); print('sent')";
+    let st = run(Command::new(&agent).args(["-c", client]).arg(&ok_sock).stdout(Stdio::null()));
+    assert!(st.success(), "a listed Unix socket was refused: {st}");
+    let out = Command::new(&agent).args(["-c", client]).arg(&door).output().unwrap();
+    assert!(killed_by_sigkill(&out.status), "connect to an unlisted Unix socket: {}", out.status);
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("sent"), "the agent sent a message after the violation");
+    let e = d.wait_event("ipc.connect", |e| f(e, "kind") == "ipc.connect");
+    assert_eq!(f(&e, "target"), format!("unix:{}", door.display()));
+    assert_eq!(f(&e, "action"), "killed");
+    // A connect that fails (no such socket) changed nothing and is no violation.
+    let st = run(Command::new(&agent).args(["-c", client, "/nonexistent/nscd.sock"]).stderr(Stdio::null()));
+    assert!(!st.success() && !killed_by_sigkill(&st));
+    assert_eq!(d.settle_events(|e| f(e, "kind") == "ipc.connect").len(), 1);
+}
+
+struct HostsGuard(String);
+
+impl Drop for HostsGuard {
+    fn drop(&mut self) {
+        let _ = fs::write("/etc/hosts", &self.0);
+    }
+}
+
+#[test]
+fn an_allowed_host_name_follows_its_address() {
+    if !can_run_root_tests("an_allowed_host_name_follows_its_address") {
+        return;
+    }
+    let t = TempDir::new("hosts");
+    let forum = Forum::start(t.path(), "0.0.0.0", false, None);
+    let original = fs::read_to_string("/etc/hosts").unwrap_or_default();
+    let _guard = HostsGuard(original.clone());
+    let name = format!("forum-{}.am-e2e.test", std::process::id());
+    fs::write("/etc/hosts", format!("{original}\n127.0.0.2 {name}\n")).unwrap();
+    let d = Daemon::start(&policy("named", &["am-named"], "deny", &[&format!("{name}:{}", forum.port)], ""));
+    let agent = copy_binary(t.path(), &python3(), "am-named");
+    let connect = |host: &str| {
+        run(Command::new(&agent).args(["-c", PY_CONNECT, host, &forum.port.to_string(), "tcp"]).stdout(Stdio::null()))
+            .code()
+    };
+    assert_eq!(connect(&name), Some(0), "the allowed name did not work");
+    assert_eq!(connect("127.0.0.3"), Some(13));
+    // The record changes: the agent, resolving the same name, reaches the new address.
+    fs::write("/etc/hosts", format!("{original}\n127.0.0.3 {name}\n")).unwrap();
+    let t0 = std::time::Instant::now();
+    while connect(&name) != Some(0) {
+        assert!(t0.elapsed() < Duration::from_secs(15), "the new address of {name} never became reachable");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert_eq!(connect("127.0.0.2"), Some(13), "the old address stayed allowed");
+    drop(d);
+}

@@ -173,6 +173,9 @@ pub mod agent_flags {
     pub const ALLOW_IO_URING: u32 = 1 << 2;
     pub const ALLOW_RAW_SOCKET: u32 = 1 << 3;
     pub const ALLOW_BPF: u32 = 1 << 4;
+    /// `require_http_visibility`: a TLS connection from a process whose TLS library is not
+    /// hooked (methods invisible) fails closed.
+    pub const REQUIRE_HTTP_VISIBILITY: u32 = 1 << 5;
 }
 
 /// Bits of [`Event::flags`].
@@ -198,6 +201,11 @@ pub mod event_flags {
     pub const HTTP_REQUEST: u32 = 1 << 7;
     /// The kill is left to userspace (a cgroup or socket program cannot signal).
     pub const KILL_FROM_USERSPACE: u32 = 1 << 8;
+    /// A TLS handshake from a process whose TLS library is not hooked: its HTTP methods are
+    /// not visible.
+    pub const TLS_INVISIBLE: u32 = 1 << 9;
+    /// A TLS ClientHello whose server name (in `path2`) is not an allowed host name.
+    pub const SNI_MISMATCH: u32 = 1 << 10;
 }
 
 /// Index of each kernel-side counter in the `STATS` per-CPU array.
@@ -287,6 +295,23 @@ pub struct UnixKey {
     pub path: [u8; UNIX_PATH_LEN],
 }
 
+/// Key of the `SNI_ALLOW` hash map: agent and an allowed TLS server name, NUL padded.
+pub const SNI_LEN: usize = 128;
+#[repr(C)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SniKey {
+    pub agent: u32,
+    pub name: [u8; SNI_LEN],
+}
+
+/// `NET_ALLOW` values: how a destination came to be allowed.
+pub mod net_origin {
+    /// A literal address or network in the policy.
+    pub const STATIC: u32 = 1;
+    /// Only a resolved host name: a TLS server name must match an allowed name.
+    pub const HOST: u32 = 2;
+}
+
 /// An outbound socket of an agent, keyed by socket cookie in `SOCKS`: what the packet-level
 /// HTTP check needs, since it does not run in the process's context.
 #[repr(C)]
@@ -300,7 +325,12 @@ pub struct SockInfo {
     pub addr: [u8; 16],
     /// 1 once a forbidden request was seen: every later packet of the socket is dropped.
     pub blocked: u8,
-    pub _pad: [u8; 5],
+    /// 1 once the first payload was inspected (TLS visibility and SNI are checked once).
+    pub seen: u8,
+    /// 1 if the destination is allowed only through a host name: a TLS server name must then
+    /// be one of the agent's allowed names.
+    pub via_host: u8,
+    pub _pad: [u8; 3],
 }
 const _: () = assert!(size_of::<SockInfo>() == 48);
 
@@ -424,6 +454,7 @@ mod user {
     unsafe impl aya::Pod for NetData {}
     unsafe impl aya::Pod for UnixKey {}
     unsafe impl aya::Pod for SockInfo {}
+    unsafe impl aya::Pod for SniKey {}
 }
 
 #[cfg(test)]

@@ -1,8 +1,8 @@
 //! Every map of the kernel side, in one place. Names are shared with userspace through
 //! `agent_monitor_common::maps` constants where userspace touches them.
 use agent_monitor_common::{
-    AgentCfg, Event, ExeKey, NetData, PathData, ProcState, SockInfo, UnixKey, COMM_LEN, MAX_PATH_DEPTH, PATH_LEN,
-    SCRATCH_LEN,
+    AgentCfg, Event, ExeKey, NetData, PathData, ProcState, SniKey, SockInfo, UnixKey, COMM_LEN, MAX_PATH_DEPTH,
+    PATH_LEN, SCRATCH_LEN,
 };
 use aya_ebpf::{
     macros::map,
@@ -68,6 +68,19 @@ pub static NET_ALLOW: LpmTrie<NetData, u32> = LpmTrie::with_max_entries(16384, 0
 /// Allowed Unix socket paths per agent.
 #[map]
 pub static UNIX_ALLOW: HashMap<UnixKey, u32> = HashMap::with_max_entries(4096, 0);
+
+/// Allowed TLS server names per agent (from the host names in `allow`).
+#[map]
+pub static SNI_ALLOW: HashMap<SniKey, u32> = HashMap::with_max_entries(4096, 0);
+
+/// Agent processes seen entering a hooked TLS library (handshake or write): their TLS
+/// plaintext is visible. Keyed by tgid.
+#[map]
+pub static VISIBLE: LruHashMap<u32, u32> = LruHashMap::with_max_entries(32768, 0);
+
+/// Per-CPU scratch for the TLS server name of the packet being inspected.
+#[map]
+pub static SNI_SCRATCH: PerCpuArray<SniKey> = PerCpuArray::with_max_entries(1, 0);
 
 /// Agents' allowed outbound TCP sockets by socket cookie, for the packet-level HTTP check.
 #[map]

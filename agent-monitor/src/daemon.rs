@@ -68,6 +68,8 @@ pub struct Shared {
     pub compiled: Mutex<CompiledPolicy>,
     /// The current resolution of the policy's host names.
     pub resolved: Mutex<Vec<crate::policy::NetRule>>,
+    /// Agent processes seen doing TLS the daemon cannot look into.
+    pub tls_invisible: Mutex<std::collections::HashSet<u32>>,
 }
 
 impl Shared {
@@ -157,19 +159,32 @@ impl Shared {
     /// Refresh gauges and kernel counters.
     fn refresh(&self, last_drops: &mut [u64; agent_monitor_common::stat::COUNT as usize]) {
         use agent_monitor_common::stat;
-        let (tracked, stats) = {
+        let (tracked, stats, visible) = {
             let k = self.kernel.lock().unwrap();
-            (kmaps::tracked(&k.ebpf), kmaps::stats(&k.ebpf))
+            (kmaps::tracked(&k.ebpf), kmaps::stats(&k.ebpf), kmaps::tls_visible(&k.ebpf))
         };
         let names: Vec<String> = self.compiled.lock().unwrap().agents.iter().map(|a| a.name.clone()).collect();
         let mut counts = vec![0i64; names.len() + 1];
-        for (_, st) in tracked {
+        let mut vis = vec![(0i64, 0i64); names.len() + 1];
+        let mut invisible = self.tls_invisible.lock().unwrap();
+        invisible.retain(|pid| tracked.iter().any(|(p, _)| p == pid));
+        for (pid, st) in &tracked {
             if let Some(c) = counts.get_mut(st.agent as usize) {
                 *c += 1;
             }
+            if let Some(v) = vis.get_mut(st.agent as usize) {
+                if invisible.contains(pid) {
+                    v.1 += 1;
+                } else if visible.contains(pid) {
+                    v.0 += 1;
+                }
+            }
         }
+        drop(invisible);
         for (i, name) in names.iter().enumerate() {
             self.metrics.tracked.with_label_values(&[name]).set(counts[i + 1]);
+            self.metrics.tls_visible.with_label_values(&[name, "true"]).set(vis[i + 1].0);
+            self.metrics.tls_visible.with_label_values(&[name, "false"]).set(vis[i + 1].1);
         }
         let reasons = [
             (stat::RINGBUF_FULL, "ringbuf_full"),
@@ -277,6 +292,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         sink: Mutex::new(sink),
         compiled: Mutex::new(compiled),
         resolved: Mutex::new(resolved),
+        tls_invisible: Mutex::new(Default::default()),
     });
 
     let listener =

@@ -17,6 +17,7 @@ pub struct Metrics {
     pub violations: IntCounterVec,
     pub kills: IntCounterVec,
     pub tracked: IntGaugeVec,
+    pub tls_visible: IntGaugeVec,
     pub events_lost: IntCounter,
     pub kernel_drops: IntCounterVec,
     pub decode_errors: IntCounter,
@@ -56,6 +57,11 @@ impl Metrics {
                 "agent_monitor_tracked_processes",
                 "Processes currently tracked as part of an agent.",
                 &["agent"],
+            ),
+            tls_visible: gv(
+                "agent_monitor_tls_visible_processes",
+                "Agent processes doing TLS, by whether their plaintext is visible (a hooked TLS library) or not.",
+                &["agent", "visible"],
             ),
             events_lost: reg(
                 &r,

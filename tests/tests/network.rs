@@ -323,3 +323,109 @@ fn an_allowed_host_name_follows_its_address() {
     assert_eq!(connect("127.0.0.2"), Some(13), "the old address stayed allowed");
     drop(d);
 }
+
+#[test]
+fn tls_server_name_must_be_an_allowed_host() {
+    if !can_run_root_tests("tls_server_name_must_be_an_allowed_host") {
+        return;
+    }
+    let t = TempDir::new("sni");
+    let forum = Forum::start(t.path(), "0.0.0.0", true, None);
+    let original = fs::read_to_string("/etc/hosts").unwrap_or_default();
+    let _guard = HostsGuard(original.clone());
+    let name = format!("forum-{}.am-e2e.test", std::process::id());
+    fs::write("/etc/hosts", format!("{original}\n127.0.0.2 {name}\n")).unwrap();
+    let d = Daemon::start(&policy("sni", &["am-sni"], "deny", &[&format!("{name}:{}", forum.port)], ""));
+    let curl = copy_binary(t.path(), "/usr/bin/curl", "am-sni");
+    let p = forum.port;
+    let st = run(Command::new(&curl).args([
+        "-sk",
+        "--max-time",
+        "5",
+        "-o",
+        "/dev/null",
+        &format!("https://{name}:{p}/question"),
+    ]));
+    assert!(st.success(), "GET to the allowed name failed: {st}");
+    assert_eq!(forum.count("GET"), 1);
+    // Same allowed address, another server name (domain fronting): refused in the kernel.
+    let st = run(Command::new(&curl).args([
+        "-sk",
+        "--max-time",
+        "4",
+        "-o",
+        "/dev/null",
+        "--connect-to",
+        &format!("evil.example:{p}:127.0.0.2:{p}"),
+        &format!("https://evil.example:{p}/question"),
+    ]));
+    assert!(!st.success(), "a TLS connection with a foreign server name went through");
+    assert_eq!(forum.count("GET"), 1, "the fronted request reached the server");
+    let e = d.wait_event("SNI mismatch", |e| f(e, "kind") == "net.connect" && f(e, "detail").contains("evil.example"));
+    assert_eq!((f(&e, "verdict"), f(&e, "action")), ("violation", "denied"));
+    assert_eq!(f(&e, "target"), format!("127.0.0.2:{p}"));
+}
+
+#[test]
+fn invisible_tls_is_reported_and_fails_closed_when_required() {
+    if !can_run_root_tests("invisible_tls_is_reported_and_fails_closed_when_required") {
+        return;
+    }
+    let t = TempDir::new("visibility");
+    let forum = Forum::start(t.path(), "127.0.0.1", true, None);
+    let p = forum.port;
+    let allow = format!("127.0.0.1:{p}");
+    let pol = format!(
+        "{}\n{}",
+        policy("blind", &["am-blind"], "kill", &[&allow], ""),
+        policy("strict", &["am-strict"], "kill", &[&allow], "require_http_visibility = true")
+    );
+    let d = Daemon::start(&pol);
+    // A private copy of libssl is a different file: the daemon's uprobes are not on it, as
+    // with a statically linked TLS stack.
+    let libdir = t.join("lib");
+    fs::create_dir(&libdir).unwrap();
+    for lib in ["libssl.so.3", "libcrypto.so.3"] {
+        let src = ["/usr/lib/x86_64-linux-gnu", "/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu"]
+            .iter()
+            .map(|d| Path::new(d).join(lib))
+            .find(|p| p.exists())
+            .expect("libssl.so.3");
+        fs::copy(src, libdir.join(lib)).unwrap();
+    }
+    let url = format!("https://127.0.0.1:{p}/question");
+    let blind = copy_binary(t.path(), "/usr/bin/curl", "am-blind");
+    let st = run(Command::new(&blind).env("LD_LIBRARY_PATH", &libdir).args([
+        "-sk",
+        "--max-time",
+        "5",
+        "-o",
+        "/dev/null",
+        &url,
+    ]));
+    assert!(st.success(), "without require_http_visibility an invisible client may connect: {st}");
+    let e =
+        d.wait_event("invisible TLS report", |e| f(e, "agent") == "blind" && f(e, "detail").contains("not visible"));
+    assert_eq!((f(&e, "verdict"), f(&e, "action")), ("allowed", "none"));
+
+    let strict = copy_binary(t.path(), "/usr/bin/curl", "am-strict");
+    let before = forum.count("GET");
+    let st = run(Command::new(&strict).env("LD_LIBRARY_PATH", &libdir).args([
+        "-sk",
+        "--max-time",
+        "4",
+        "-o",
+        "/dev/null",
+        &url,
+    ]));
+    assert!(!st.success(), "an invisible TLS client got through require_http_visibility");
+    assert_eq!(forum.count("GET"), before, "the invisible request reached the server");
+    let e = d.wait_event("invisible TLS refused", |e| f(e, "agent") == "strict" && f(e, "verdict") == "violation");
+    assert!(f(&e, "detail").contains("not visible"), "{e}");
+    // The same client through the system's (hooked) libssl is visible and allowed.
+    let st = run(Command::new(&strict).args(["-sk", "--max-time", "5", "-o", "/dev/null", &url]));
+    assert!(st.success(), "a visible TLS client was refused: {st}\n{:#?}", d.events());
+    assert_eq!(forum.count("GET"), before + 1);
+    let m = d.metrics();
+    assert!(m.contains("agent_monitor_tls_visible_processes"), "{m}");
+}

@@ -1,5 +1,6 @@
 //! `cargo xtask`: developer tasks for agent-monitor (see `cargo xtask --help`).
 
+mod demo;
 mod setup;
 mod test;
 
@@ -52,7 +53,12 @@ enum Cmd {
     },
     /// Benchmarks against no monitor, auditd and bpftrace (not implemented yet: issue 7).
     Bench,
-    /// Scripted demonstration of the forum-agent incident (not implemented yet: issue 3).
+    /// Reproduce the forum-agent incident on loopback, as root (about 15 s after the build).
+    ///
+    /// Runs setup and the debug build, starts a loopback HTTPS forum and the daemon with a
+    /// read-only policy for `forum-agent`, then runs the agent: it reads the question, then tries
+    /// to post its advice and is killed before the POST leaves. Shows the forum's log, the
+    /// violation event and the metrics; fails if the POST arrived or the agent was not killed.
     Demo,
     /// Release tarball with binary, unit, policy and dashboards (not implemented yet: issue 5).
     Dist,
@@ -76,12 +82,12 @@ fn real_main() -> Result<()> {
         Cmd::Test { vm: true, .. } => not_yet(6),
         Cmd::Test { no_root, filter, .. } => test::run(&home, no_root, &filter),
         Cmd::Bench => not_yet(7),
-        Cmd::Demo => not_yet(3),
+        Cmd::Demo => demo::run(&home),
         Cmd::Dist => not_yet(5),
     }
 }
 
-// STUB: bench (issue 7), demo (issue 3), dist (issue 5), test --vm (issue 6).
+// STUB: bench (issue 7), dist (issue 5), test --vm (issue 6).
 fn not_yet(issue: u32) -> Result<()> {
     bail!("not implemented yet: see issue {issue}")
 }

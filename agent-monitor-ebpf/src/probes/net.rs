@@ -11,8 +11,8 @@
 //!   plaintext before it is encrypted, killing the agent before the call runs.
 //! - `sys_enter_connect` tracepoint: `ipc.connect` to a Unix socket not in `allow`.
 use agent_monitor_common::{
-    action, agent_flags, event_flags, http_method, kind, layer, policy_action, verdict, AgentCfg, NetData, ProcState,
-    SockInfo, UnixKey, NET_KEY_FIXED_BITS, PATH_LEN, UNIX_PATH_LEN,
+    action, agent_flags, event_flags, http_method, kind, layer, net_origin, policy_action, verdict, AgentCfg, NetData,
+    ProcState, SniKey, SockInfo, UnixKey, NET_KEY_FIXED_BITS, SNI_LEN, UNIX_PATH_LEN,
 };
 use aya_ebpf::{
     bindings::bpf_sock_addr,
@@ -33,7 +33,10 @@ use core::ffi::c_void;
 use crate::{
     agent::{self, current_agent, emit, emit_as, reap_if_killed, PathRef, Rec, Who},
     kernel,
-    maps::{AGENTS, EVENTS_SCRATCH, KILLED, NET_ALLOW, PENDING_OPS, PROCS, SOCKS, UNIX_ALLOW},
+    maps::{
+        AGENTS, EVENTS_SCRATCH, KILLED, NET_ALLOW, PENDING_OPS, PROCS, SNI_ALLOW, SNI_SCRATCH, SOCKS, UNIX_ALLOW,
+        VISIBLE,
+    },
 };
 
 const PASS: i32 = 1;
@@ -65,16 +68,17 @@ fn who_current() -> Who {
     }
 }
 
-/// Is (addr, port) in the agent's `allow`? The exact port first, then "any port".
+/// Is (addr, port) in the agent's `allow`? The exact port first, then "any port". Returns
+/// how it is allowed (`net_origin`), or 0.
 #[inline(always)]
-fn net_allowed(agent: u32, port: [u8; 2], addr: [u8; 16]) -> bool {
+fn net_allowed(agent: u32, port: [u8; 2], addr: [u8; 16]) -> u32 {
     let bits = NET_KEY_FIXED_BITS + 128;
     let exact = Key::new(bits, NetData { agent, port, addr, _pad: [0; 2] });
-    if NET_ALLOW.get(&exact).is_some() {
-        return true;
+    if let Some(v) = NET_ALLOW.get(&exact) {
+        return *v;
     }
     let any = Key::new(bits, NetData { agent, port: [0, 0], addr, _pad: [0; 2] });
-    NET_ALLOW.get(&any).is_some()
+    NET_ALLOW.get(&any).copied().unwrap_or(0)
 }
 
 /// What a cgroup-layer violation gets: the return code and the action recorded. `kill`
@@ -132,7 +136,8 @@ fn sock_addr(ctx: &SockAddrContext, v6: bool, sendmsg: bool) -> i32 {
     if unsafe { KILLED.get(&st.run_id) }.is_some() {
         return REFUSE;
     }
-    let ok = net_allowed(st.agent, port, addr);
+    let origin = net_allowed(st.agent, port, addr);
+    let ok = origin != 0;
     let r =
         Rec { kind, verdict: verdict::ALLOWED, action: action::NONE, layer: layer::CGROUP, flags: 0, aux: 0, aux2: 0 };
     if ok {
@@ -146,7 +151,9 @@ fn sock_addr(ctx: &SockAddrContext, v6: bool, sendmsg: bool) -> i32 {
                 port,
                 addr,
                 blocked: 0,
-                _pad: [0; 5],
+                seen: 0,
+                via_host: (origin == net_origin::HOST) as u8,
+                _pad: [0; 3],
             };
             let _ = SOCKS.insert(&cookie, &info, 0);
         }
@@ -257,14 +264,21 @@ fn try_http_egress(ctx: &SkBuffContext) -> Result<i32, i64> {
     let Ok(start) = ctx.load::<[u8; 8]>(off as usize) else {
         return Ok(PASS);
     };
-    let Some(m) = http_method(&start) else {
-        return Ok(PASS);
-    };
     let Some(cfg) = AGENTS.get(info.agent).copied() else {
         return Ok(PASS);
     };
     let st = ProcState { agent: info.agent, flags: 0, run_id: info.run_id, start_ns: info.start_ns };
     let who = Who { pid: info.tgid, tid: info.tgid, ppid: 0, uid: ctx.get_socket_uid(), comm: [0; 16] };
+    if info.seen == 0 {
+        info.seen = 1;
+        // A TLS handshake record: check who can see inside it, and the server name.
+        if start[0] == 0x16 && start[1] == 0x03 {
+            return Ok(tls_first_flight(ctx, info, &st, &cfg, &who, off));
+        }
+    }
+    let Some(m) = http_method(&start) else {
+        return Ok(PASS);
+    };
     let n = load_request(ctx, off);
     let req = match EVENTS_SCRATCH.get_ptr(0) {
         Some(s) => PathRef(unsafe { (s as *const u8).add(16) }, n),
@@ -297,12 +311,148 @@ fn try_http_egress(ctx: &SkBuffContext) -> Result<i32, i64> {
     Ok(ret)
 }
 
+/// The first TLS flight of an agent's connection: visibility of its plaintext, and its SNI.
+#[inline(always)]
+fn tls_first_flight(
+    ctx: &SkBuffContext,
+    info: &mut SockInfo,
+    st: &ProcState,
+    cfg: &AgentCfg,
+    who: &Who,
+    off: u32,
+) -> i32 {
+    let base = Rec {
+        kind: kind::NET_CONNECT,
+        verdict: verdict::ALLOWED,
+        action: action::NONE,
+        layer: layer::CGROUP,
+        flags: 0,
+        aux: 0,
+        aux2: 0,
+    };
+    if unsafe { VISIBLE.get(&info.tgid) }.is_none() {
+        // Nothing we hook wrote this handshake: a statically linked TLS stack, or a library we
+        // do not know. Reported always; refused where the policy asks for visibility.
+        let mut r = Rec { flags: event_flags::TLS_INVISIBLE, ..base };
+        let mut ret = PASS;
+        if cfg.flags & agent_flags::REQUIRE_HTTP_VISIBILITY != 0 {
+            let (rr, act, f) = refuse_or_alert(st, cfg);
+            r.verdict = verdict::VIOLATION;
+            r.action = act;
+            r.flags |= f;
+            ret = rr;
+            if ret == REFUSE {
+                info.blocked = 1;
+            }
+        }
+        emit_net(st, who, r, &info.addr, info.port, SOCK_STREAM, PathRef::NONE);
+        if ret == REFUSE {
+            return ret;
+        }
+    }
+    if info.via_host == 0 {
+        return PASS;
+    }
+    let Some(key) = SNI_SCRATCH.get_ptr_mut(0) else { return PASS };
+    let key = unsafe { &mut *key };
+    let found = match server_name(ctx, off) {
+        Some((name_off, name_len)) => {
+            let words = key as *mut SniKey as *mut u64;
+            for i in 0..(core::mem::size_of::<SniKey>() / 8) {
+                unsafe { *words.add(i) = 0 };
+            }
+            key.agent = info.agent;
+            let n = kernel::opaque(name_len) & (SNI_LEN as u32 - 1);
+            if n == 0 || name_len >= SNI_LEN as u32 {
+                false
+            } else {
+                unsafe {
+                    bpf_skb_load_bytes(ctx.skb.skb as *mut c_void, name_off, key.name.as_mut_ptr() as *mut c_void, n)
+                        == 0
+                }
+            }
+        }
+        // No server name: nothing to compare; the address check stands.
+        None => return PASS,
+    };
+    if found && unsafe { SNI_ALLOW.get(&*key) }.is_some() {
+        return PASS;
+    }
+    let (ret, act, f) = refuse_or_alert(st, cfg);
+    if ret == REFUSE {
+        info.blocked = 1;
+    }
+    let r = Rec { verdict: verdict::VIOLATION, action: act, flags: f | event_flags::SNI_MISMATCH, ..base };
+    emit_net(st, who, r, &info.addr, info.port, SOCK_STREAM, PathRef(key.name.as_ptr(), SNI_LEN as u32));
+    ret
+}
+
+#[inline(always)]
+fn be16(ctx: &SkBuffContext, at: u32) -> Option<u32> {
+    ctx.load::<[u8; 2]>(at as usize).ok().map(|b| u16::from_be_bytes(b) as u32)
+}
+
+/// The server_name extension of the ClientHello starting at `off` (a TLS record): the offset
+/// and length of the first host name. RFC 8446 4.1.2 and RFC 6066 3.
+#[inline(always)]
+fn server_name(ctx: &SkBuffContext, off: u32) -> Option<(u32, u32)> {
+    const CLIENT_HELLO: u8 = 1;
+    if ctx.load::<u8>(off as usize + 5).ok()? != CLIENT_HELLO {
+        return None;
+    }
+    // record header (5), handshake header (4), legacy_version (2), random (32)
+    let mut p = off + 5 + 4 + 2 + 32;
+    p += 1 + ctx.load::<u8>(p as usize).ok()? as u32; // session id
+    p += 2 + be16(ctx, p)?; // cipher suites
+    p += 1 + ctx.load::<u8>(p as usize).ok()? as u32; // compression methods
+    let end = p + 2 + be16(ctx, p)?;
+    p += 2;
+    for _ in 0..32 {
+        if p + 4 > end {
+            return None;
+        }
+        let ty = be16(ctx, p)?;
+        let len = be16(ctx, p + 2)?;
+        if ty == 0 {
+            // server_name_list length (2), name_type (1), host_name length (2), host_name
+            return Some((p + 4 + 5, be16(ctx, p + 4 + 3)?));
+        }
+        p += 4 + len;
+    }
+    None
+}
+
+/// Record that the current agent process does TLS through a hooked library.
+#[inline(always)]
+fn mark_visible() {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if unsafe { PROCS.get(&tgid) }.is_some() {
+        let one: u32 = 1;
+        let _ = VISIBLE.insert(&tgid, &one, 0);
+    }
+}
+
+/// `int SSL_do_handshake(SSL *s)` (also reached through `SSL_connect`).
+#[uprobe]
+pub fn ssl_do_handshake(_ctx: ProbeContext) -> u32 {
+    mark_visible();
+    0
+}
+
+/// `int gnutls_handshake(gnutls_session_t session)`
+#[uprobe]
+pub fn gnutls_handshake(_ctx: ProbeContext) -> u32 {
+    mark_visible();
+    0
+}
+
 /// The plaintext handed to a TLS library, before it is encrypted.
 #[inline(always)]
 fn tls_write(buf: *const u8, len: u64) {
     let Some((st, cfg)) = current_agent() else {
         return;
     };
+    mark_visible();
     if reap_if_killed(&st) || len < 4 {
         return;
     }

@@ -30,8 +30,10 @@ pub enum Attach {
 }
 
 /// TLS libraries whose write functions carry plaintext, by the name their file starts with.
-pub const TLS_LIBS: &[(&str, &[&str])] =
-    &[("libssl.so", &["ssl_write", "ssl_write_ex"]), ("libgnutls.so", &["gnutls_record_send"])];
+pub const TLS_LIBS: &[(&str, &[&str])] = &[
+    ("libssl.so", &["ssl_write", "ssl_write_ex", "ssl_do_handshake"]),
+    ("libgnutls.so", &["gnutls_record_send", "gnutls_handshake"]),
+];
 
 /// One row of the probe table.
 #[derive(Clone, Copy, Debug)]
@@ -160,6 +162,8 @@ pub const PROBES: &[Probe] = &[
         required: false,
         layer: "uprobe",
     },
+    Probe { program: "ssl_do_handshake", attach: Attach::UProbe("SSL_do_handshake"), required: false, layer: "uprobe" },
+    Probe { program: "gnutls_handshake", attach: Attach::UProbe("gnutls_handshake"), required: false, layer: "uprobe" },
     tp("sys_enter_socket", true),
     tp("sys_enter_bpf", true),
 ];

@@ -8,8 +8,8 @@ use std::{
 };
 
 use agent_monitor_common::{
-    agent_flags, policy_action, stat, writable_key, AgentCfg, ExeKey, NetData, PathData, ProcState, UnixKey,
-    NET_KEY_FIXED_BITS, PATH_LEN, UNIX_PATH_LEN,
+    agent_flags, net_origin, policy_action, stat, writable_key, AgentCfg, ExeKey, NetData, PathData, ProcState, SniKey,
+    UnixKey, NET_KEY_FIXED_BITS, PATH_LEN, SNI_LEN, UNIX_PATH_LEN,
 };
 use anyhow::{anyhow, Context as _};
 use aya::{
@@ -33,6 +33,8 @@ pub mod names {
     pub const EVENTS: &str = "EVENTS";
     pub const NET_ALLOW: &str = "NET_ALLOW";
     pub const UNIX_ALLOW: &str = "UNIX_ALLOW";
+    pub const SNI_ALLOW: &str = "SNI_ALLOW";
+    pub const VISIBLE: &str = "VISIBLE";
 }
 
 fn map_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut aya::maps::Map> {
@@ -79,6 +81,9 @@ pub fn apply_policy(ebpf: &mut Ebpf, p: &CompiledPolicy, resolved: &[NetRule]) -
             }
             if a.allow_bpf {
                 flags |= agent_flags::ALLOW_BPF;
+            }
+            if a.require_http_visibility {
+                flags |= agent_flags::REQUIRE_HTTP_VISIBILITY;
             }
             let action = match a.action {
                 Action::Alert => policy_action::ALERT,
@@ -143,6 +148,17 @@ pub fn apply_policy(ebpf: &mut Ebpf, p: &CompiledPolicy, resolved: &[NetRule]) -
         })
         .collect();
     replace_hash(ebpf, names::UNIX_ALLOW, unix)?;
+    let sni: Vec<(SniKey, u32)> = p
+        .hosts
+        .iter()
+        .filter(|h| h.host.len() < SNI_LEN)
+        .map(|h| {
+            let mut k = SniKey { agent: h.agent, name: [0; SNI_LEN] };
+            k.name[..h.host.len()].copy_from_slice(h.host.as_bytes());
+            (k, 1)
+        })
+        .collect();
+    replace_hash(ebpf, names::SNI_ALLOW, sni)?;
     apply_net(ebpf, &p.net, resolved)?;
 
     let mut trie: LpmTrie<&mut MapData, PathData, u32> = LpmTrie::try_from(map_mut(ebpf, names::WRITABLE)?)?;
@@ -176,6 +192,22 @@ pub fn net_key(r: &NetRule) -> Key<NetData> {
     )
 }
 
+/// Does the static rule `s` allow every connection the resolved rule `r` allows?
+fn covers(s: &NetRule, r: &NetRule) -> bool {
+    if s.agent != r.agent || (s.port.is_some() && s.port != r.port) || s.prefix_len > r.prefix_len {
+        return false;
+    }
+    let mask = |a: std::net::Ipv6Addr, len: u8| -> u128 {
+        let bits = u128::from(a);
+        if len == 0 {
+            0
+        } else {
+            bits & (u128::MAX << (128 - len as u32))
+        }
+    };
+    mask(s.addr, s.prefix_len) == mask(r.addr, s.prefix_len)
+}
+
 /// Resolve the policy's host names (blocking: call off the async runtime).
 pub fn resolve_hosts(hosts: &[HostRule]) -> Vec<NetRule> {
     use std::net::ToSocketAddrs;
@@ -204,9 +236,19 @@ pub fn resolve_hosts(hosts: &[HostRule]) -> Vec<NetRule> {
 pub fn apply_net(ebpf: &mut Ebpf, rules: &[NetRule], resolved: &[NetRule]) -> anyhow::Result<()> {
     let mut trie: LpmTrie<&mut MapData, NetData, u32> = LpmTrie::try_from(map_mut(ebpf, names::NET_ALLOW)?)?;
     let mut wanted = HashSet::new();
-    for r in rules.iter().chain(resolved) {
+    for r in rules {
         let k = net_key(r);
-        trie.insert(&k, 1, 0).context("writing NET_ALLOW")?;
+        trie.insert(&k, net_origin::STATIC, 0).context("writing NET_ALLOW")?;
+        wanted.insert((k.prefix_len(), k.data()));
+    }
+    // A resolved address already covered by a literal rule keeps that rule's meaning (no
+    // server-name check); otherwise it is allowed only as that host name.
+    for r in resolved {
+        if rules.iter().any(|s| covers(s, r)) {
+            continue;
+        }
+        let k = net_key(r);
+        trie.insert(&k, net_origin::HOST, 0).context("writing NET_ALLOW")?;
         wanted.insert((k.prefix_len(), k.data()));
     }
     let stale: Vec<Key<NetData>> =
@@ -345,6 +387,13 @@ pub fn tracked(ebpf: &Ebpf) -> Vec<(u32, ProcState)> {
     let Some(m) = ebpf.map(names::PROCS) else { return vec![] };
     let Ok(m) = HashMap::<&MapData, u32, ProcState>::try_from(m) else { return vec![] };
     m.iter().filter_map(Result::ok).collect()
+}
+
+/// Agent processes whose TLS goes through a hooked library (tgids).
+pub fn tls_visible(ebpf: &Ebpf) -> HashSet<u32> {
+    let Some(m) = ebpf.map(names::VISIBLE) else { return HashSet::new() };
+    let Ok(m) = HashMap::<&MapData, u32, u32>::try_from(m) else { return HashSet::new() };
+    m.keys().filter_map(Result::ok).collect()
 }
 
 /// Kernel-side counters summed over CPUs, indexed by `agent_monitor_common::stat`.

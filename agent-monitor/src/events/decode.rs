@@ -260,6 +260,19 @@ impl Decoder {
                     if kind == Kind::NetSend {
                         detail.push("datagram".into());
                     }
+                    if ev.flags & event_flags::TLS_INVISIBLE != 0 {
+                        detail.push(
+                            "TLS handshake from a process whose TLS library is not hooked (statically linked?): its HTTP methods are not visible".into(),
+                        );
+                    }
+                    if ev.flags & event_flags::SNI_MISMATCH != 0 {
+                        let sni = cstr(&ev.path2[..(ev.path2_len as usize).min(ev.path2.len())]);
+                        detail.push(if sni.is_empty() {
+                            "TLS server name unreadable or too long: not an allowed host name".to_string()
+                        } else {
+                            format!("TLS server name {sni:?} is not an allowed host name for this address")
+                        });
+                    }
                     addr
                 }
             }

@@ -54,6 +54,9 @@ async fn handle(shared: &Arc<Shared>, ev: &Event) {
         warn!(kind = ev.kind, "event with an unknown kind dropped");
         return;
     };
+    if ev.flags & agent_monitor_common::event_flags::TLS_INVISIBLE != 0 {
+        shared.tls_invisible.lock().unwrap().insert(ev.pid);
+    }
     if ev.action == action::KILLED {
         // The kernel killed the offending process; finish the rest of its instance.
         let run_id = ev.run_id;

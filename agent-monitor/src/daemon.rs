@@ -19,6 +19,7 @@ use crate::{
     events::{reader, Decoder, EventRecord},
     metrics::{self, Metrics},
     policy::{self, CompiledPolicy, Policy},
+    sinks::webhook::WebhookSink,
 };
 
 pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9750";
@@ -70,6 +71,9 @@ pub struct Shared {
     pub resolved: Mutex<Vec<crate::policy::NetRule>>,
     /// Agent processes seen doing TLS the daemon cannot look into.
     pub tls_invisible: Mutex<std::collections::HashSet<u32>>,
+    pub webhooks: Vec<WebhookSink>,
+    /// Last kernel statistics per program, to turn them into counter increments.
+    pub prog_stats: Mutex<std::collections::HashMap<String, (u64, f64)>>,
 }
 
 impl Shared {
@@ -106,6 +110,9 @@ impl Shared {
                 action = rec.action,
                 "violation"
             );
+            for w in &self.webhooks {
+                w.send(rec);
+            }
         }
     }
 
@@ -159,10 +166,19 @@ impl Shared {
     /// Refresh gauges and kernel counters.
     fn refresh(&self, last_drops: &mut [u64; agent_monitor_common::stat::COUNT as usize]) {
         use agent_monitor_common::stat;
-        let (tracked, stats, visible) = {
+        let (tracked, stats, visible, progs) = {
             let k = self.kernel.lock().unwrap();
-            (kmaps::tracked(&k.ebpf), kmaps::stats(&k.ebpf), kmaps::tls_visible(&k.ebpf))
+            (kmaps::tracked(&k.ebpf), kmaps::stats(&k.ebpf), kmaps::tls_visible(&k.ebpf), k.program_stats())
         };
+        {
+            let mut last = self.prog_stats.lock().unwrap();
+            for (name, runs, secs) in progs {
+                let (r0, s0) = last.get(&name).copied().unwrap_or((0, 0.0));
+                self.metrics.prog_runs.with_label_values(&[&name]).inc_by(runs.saturating_sub(r0));
+                self.metrics.prog_seconds.with_label_values(&[&name]).inc_by((secs - s0).max(0.0));
+                last.insert(name, (runs, secs));
+            }
+        }
         let names: Vec<String> = self.compiled.lock().unwrap().agents.iter().map(|a| a.name.clone()).collect();
         let mut counts = vec![0i64; names.len() + 1];
         let mut vis = vec![(0i64, 0i64); names.len() + 1];
@@ -293,6 +309,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         compiled: Mutex::new(compiled),
         resolved: Mutex::new(resolved),
         tls_invisible: Mutex::new(Default::default()),
+        webhooks: policy.alerts.webhook.iter().map(|w| WebhookSink::start(w, metrics.clone())).collect(),
+        prog_stats: Mutex::new(Default::default()),
     });
 
     let listener =

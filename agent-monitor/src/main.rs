@@ -5,6 +5,7 @@ mod daemon;
 mod events;
 mod metrics;
 mod policy;
+mod sinks;
 
 use std::{
     io::{BufRead, BufReader, Seek, SeekFrom},

@@ -4,7 +4,7 @@
 //! lists; never a pid, path or address.
 use std::{net::SocketAddr, sync::Arc};
 
-use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{CounterVec, Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpListener,
@@ -26,6 +26,12 @@ pub struct Metrics {
     pub layer_up: IntGaugeVec,
     pub build_info: IntGaugeVec,
     pub policy_agents: IntGauge,
+    pub webhook_sent: IntCounterVec,
+    pub webhook_failures: IntCounterVec,
+    pub webhook_dropped: IntCounterVec,
+    pub webhook_queue: IntGauge,
+    pub prog_runs: IntCounterVec,
+    pub prog_seconds: CounterVec,
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
@@ -71,6 +77,38 @@ impl Metrics {
                 )
                 .unwrap(),
             ),
+            webhook_sent: cv("agent_monitor_webhook_sent_total", "Violations delivered to a webhook.", &["receiver"]),
+            webhook_failures: cv(
+                "agent_monitor_webhook_failures_total",
+                "Failed webhook posts (each attempt).",
+                &["receiver"],
+            ),
+            webhook_dropped: cv(
+                "agent_monitor_webhook_dropped_total",
+                "Violations not delivered to a webhook (queue full or retries exhausted); still in the events log.",
+                &["receiver"],
+            ),
+            webhook_queue: reg(
+                &r,
+                IntGauge::new("agent_monitor_webhook_queue_length", "Violations waiting for webhook delivery.")
+                    .unwrap(),
+            ),
+            prog_runs: cv(
+                "agent_monitor_bpf_program_runs_total",
+                "Runs of each eBPF program (kernel statistics).",
+                &["program"],
+            ),
+            prog_seconds: reg(
+                &r,
+                CounterVec::new(
+                    Opts::new(
+                        "agent_monitor_bpf_program_run_seconds_total",
+                        "CPU time spent in each eBPF program (kernel statistics).",
+                    ),
+                    &["program"],
+                )
+                .unwrap(),
+            ),
             kernel_drops: cv(
                 "agent_monitor_kernel_drops_total",
                 "Kernel-side drops and failures, by reason.",
@@ -95,6 +133,7 @@ impl Metrics {
             registry: r,
         };
         m.build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        let _ = m.registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()));
         for result in ["success", "failure"] {
             m.reloads.with_label_values(&[result]);
         }

@@ -186,6 +186,8 @@ pub struct Kernel {
     pub layers: LayerStatus,
     /// TLS library files whose write functions are hooked.
     pub tls_libs: BTreeSet<PathBuf>,
+    /// Keeps the kernel's per-program run-time statistics on while the daemon runs.
+    pub _stats: Option<std::os::fd::OwnedFd>,
 }
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/agent-monitor"));
@@ -259,7 +261,15 @@ impl Kernel {
         for n in &layers.notes {
             warn!("{n}");
         }
-        let mut kernel = Kernel { ebpf, layers, tls_libs: BTreeSet::new() };
+        // Per-program run count and run time (BPF_ENABLE_STATS): a few ns per program run.
+        let stats = match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
+            Ok(fd) => Some(fd),
+            Err(e) => {
+                warn!(error = %e, "kernel BPF statistics unavailable: agent_monitor_bpf_program_* stay at 0");
+                None
+            }
+        };
+        let mut kernel = Kernel { ebpf, layers, tls_libs: BTreeSet::new(), _stats: stats };
         for lib in system_tls_libs() {
             kernel.hook_tls_lib(&lib);
         }
@@ -275,6 +285,17 @@ impl Kernel {
 }
 
 impl Kernel {
+    /// (program, run count, run time in seconds) of every loaded program.
+    pub fn program_stats(&self) -> Vec<(String, u64, f64)> {
+        self.ebpf
+            .programs()
+            .filter_map(|(name, p)| {
+                let info = p.info().ok()?;
+                Some((name.to_string(), info.run_count(), info.run_time().as_secs_f64()))
+            })
+            .collect()
+    }
+
     /// Hook the write functions of a TLS library file (idempotent). Returns true if it is
     /// hooked after the call.
     pub fn hook_tls_lib(&mut self, path: &Path) -> bool {

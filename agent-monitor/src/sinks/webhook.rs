@@ -1,0 +1,181 @@
+//! Webhook alert sink.
+//!
+//! Sending never blocks or slows enforcement: the event path only `try_send`s into a bounded
+//! queue per receiver; a worker thread posts with retries and backoff. Every send, failure and
+//! drop is counted (`agent_monitor_webhook_*`). The events log stays the complete record.
+use std::{
+    sync::{
+        mpsc::{sync_channel, Receiver, SyncSender, TrySendError},
+        Arc,
+    },
+    time::Duration,
+};
+
+use serde_json::json;
+use tracing::{debug, warn};
+
+use crate::{
+    events::EventRecord,
+    metrics::Metrics,
+    policy::{Webhook, WebhookFormat},
+};
+
+/// Events waiting per receiver before new ones are dropped (and counted).
+pub const QUEUE: usize = 1024;
+/// Attempts per event, with exponential backoff from `BACKOFF`.
+pub const ATTEMPTS: u32 = 4;
+pub const BACKOFF: Duration = Duration::from_millis(250);
+
+pub struct WebhookSink {
+    name: String,
+    tx: SyncSender<EventRecord>,
+    metrics: Arc<Metrics>,
+}
+
+/// The receiver's label: scheme, host and path, never credentials or a query string.
+pub fn receiver_label(url: &str) -> String {
+    let no_query = url.split(['?', '#']).next().unwrap_or(url);
+    match no_query.split_once("://") {
+        Some((scheme, rest)) => {
+            let rest = rest.rsplit_once('@').map(|(_, r)| r).unwrap_or(rest);
+            format!("{scheme}://{rest}")
+        }
+        None => no_query.to_string(),
+    }
+}
+
+/// The Alertmanager API v2 body for one violation.
+pub fn alertmanager_body(e: &EventRecord) -> serde_json::Value {
+    let severity = if e.action == "killed" { "critical" } else { "warning" };
+    json!([{
+        "labels": {
+            "alertname": "AgentMonitorViolation",
+            "agent": e.agent,
+            "kind": e.kind,
+            "action": e.action,
+            "severity": severity,
+            "source": "agent-monitor",
+        },
+        "annotations": {
+            "summary": format!("agent {} {}: {} {}", e.agent, e.action, e.kind, e.target),
+            "target": e.target,
+            "event_id": e.id,
+            "process": format!("{} (pid {}, {})", e.comm, e.pid, e.exe),
+            "detail": e.detail,
+            "run": e.run,
+        },
+        "startsAt": e.ts,
+    }])
+}
+
+impl WebhookSink {
+    pub fn start(hook: &Webhook, metrics: Arc<Metrics>) -> WebhookSink {
+        let name = receiver_label(&hook.url);
+        let (tx, rx) = sync_channel(QUEUE);
+        let (url, format, m, n) = (hook.url.clone(), hook.format, metrics.clone(), name.clone());
+        std::thread::Builder::new()
+            .name("webhook".into())
+            .spawn(move || worker(rx, url, format, m, n))
+            .expect("spawn webhook worker");
+        for c in [&metrics.webhook_sent, &metrics.webhook_failures, &metrics.webhook_dropped] {
+            c.with_label_values(&[&name]);
+        }
+        WebhookSink { name, tx, metrics }
+    }
+
+    /// Queue a violation; never blocks.
+    pub fn send(&self, e: &EventRecord) {
+        match self.tx.try_send(e.clone()) {
+            Ok(()) => self.metrics.webhook_queue.inc(),
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                self.metrics.webhook_dropped.with_label_values(&[&self.name]).inc();
+            }
+        }
+    }
+}
+
+fn worker(rx: Receiver<EventRecord>, url: String, format: WebhookFormat, metrics: Arc<Metrics>, name: String) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(5)))
+        .http_status_as_error(true)
+        .build()
+        .into();
+    while let Ok(e) = rx.recv() {
+        metrics.webhook_queue.dec();
+        let body = match format {
+            WebhookFormat::Alertmanager => alertmanager_body(&e),
+            WebhookFormat::Json => serde_json::to_value(&e).unwrap_or_default(),
+        };
+        let mut delay = BACKOFF;
+        let mut ok = false;
+        for attempt in 1..=ATTEMPTS {
+            match agent.post(&url).content_type("application/json").send(body.to_string()) {
+                Ok(_) => {
+                    ok = true;
+                    break;
+                }
+                Err(err) => {
+                    metrics.webhook_failures.with_label_values(&[&name]).inc();
+                    debug!(receiver = name, attempt, error = %err, "webhook post failed");
+                    if attempt < ATTEMPTS {
+                        std::thread::sleep(delay);
+                        delay *= 2;
+                    }
+                }
+            }
+        }
+        if ok {
+            metrics.webhook_sent.with_label_values(&[&name]).inc();
+        } else {
+            metrics.webhook_dropped.with_label_values(&[&name]).inc();
+            warn!(
+                receiver = name,
+                event = e.id,
+                "webhook gave up after {ATTEMPTS} attempts; the event is in the events log"
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_hide_credentials_and_queries() {
+        assert_eq!(receiver_label("http://127.0.0.1:9093/api/v2/alerts"), "http://127.0.0.1:9093/api/v2/alerts");
+        assert_eq!(receiver_label("https://user:secret@hooks.example/x?token=abc"), "https://hooks.example/x");
+    }
+
+    #[test]
+    fn alertmanager_payload_carries_labels_and_annotations() {
+        let e = EventRecord {
+            ts: "2026-11-27T09:24:43Z".into(),
+            id: "abc-1".into(),
+            agent: "forum-analyst".into(),
+            run: "00ff".into(),
+            pid: 42,
+            ppid: 1,
+            uid: 0,
+            comm: "forum-agent".into(),
+            exe: "/opt/forum-agent".into(),
+            kind: "net.http_write".into(),
+            target: "forum.internal:443".into(),
+            verdict: "violation".into(),
+            action: "killed".into(),
+            layer: "uprobe".into(),
+            rule: "network.http_methods".into(),
+            detail: "POST /answer HTTP/1.1".into(),
+        };
+        let b = alertmanager_body(&e);
+        let a = &b[0];
+        assert_eq!(a["labels"]["alertname"], "AgentMonitorViolation");
+        assert_eq!(a["labels"]["agent"], "forum-analyst");
+        assert_eq!(a["labels"]["kind"], "net.http_write");
+        assert_eq!(a["labels"]["action"], "killed");
+        assert_eq!(a["labels"]["severity"], "critical");
+        assert_eq!(a["annotations"]["target"], "forum.internal:443");
+        assert_eq!(a["annotations"]["event_id"], "abc-1");
+        assert_eq!(a["startsAt"], "2026-11-27T09:24:43Z");
+    }
+}

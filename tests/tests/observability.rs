@@ -1,0 +1,163 @@
+//! The alert pipeline and the metrics against the real servers from Debian's packages:
+//! Alertmanager receives the webhook alert; with the webhook down, enforcement and the events
+//! log are unaffected and the failures are counted; Prometheus scrapes the daemon during a
+//! scenario and every dashboard query and alert expression is run against it.
+use std::{fs, process::Command, time::Duration};
+
+use agent_monitor_e2e::*;
+
+fn file_policy(extra: &str, work: &std::path::Path, comm: &str) -> String {
+    format!(
+        "{extra}\n[[agent]]\nname = \"observed\"\naction = \"kill\"\n[agent.match]\ncomm = [\"{comm}\"]\n[agent.files]\nwritable = [\"{}\"]\n",
+        work.display()
+    )
+}
+
+fn violate(t: &TempDir, comm: &str) -> std::process::ExitStatus {
+    let agent = copy_binary(t.path(), "/bin/bash", comm);
+    let outside = t.join("outside.txt");
+    fs::write(&outside, "original\n").unwrap();
+    let st = run(Command::new(&agent).arg("-c").arg(format!("echo x >> {}", outside.display())));
+    assert_eq!(fs::read_to_string(&outside).unwrap(), "original\n");
+    st
+}
+
+#[test]
+fn alertmanager_receives_the_violation() {
+    if !can_run_root_tests("alertmanager_receives_the_violation") {
+        return;
+    }
+    if !have("prometheus-alertmanager") {
+        panic!(
+            "prometheus-alertmanager is not installed (Debian package prometheus-alertmanager; .ci/run installs it)"
+        );
+    }
+    let t = TempDir::new("am");
+    let work = t.join("work");
+    fs::create_dir(&work).unwrap();
+    let cfg = t.join("alertmanager.yml");
+    fs::write(&cfg, "route:\n  receiver: blackhole\n  group_wait: 1s\nreceivers:\n  - name: blackhole\n").unwrap();
+    let am_port = port();
+    let _am = Bg(Command::new("prometheus-alertmanager")
+        .arg(format!("--config.file={}", cfg.display()))
+        .arg(format!("--storage.path={}", t.join("am-data").display()))
+        .arg(format!("--web.listen-address=127.0.0.1:{am_port}"))
+        .arg("--cluster.listen-address=")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap());
+    let am = format!("127.0.0.1:{am_port}");
+    wait_for("alertmanager to start", 30, || std::net::TcpStream::connect(&am).ok());
+    let hook = format!("[[alerts.webhook]]\nurl = \"http://{am}/api/v2/alerts\"\nformat = \"alertmanager\"\n");
+    let d = Daemon::start(&file_policy(&hook, &work, "am-observed"));
+    assert!(killed_by_sigkill(&violate(&t, "am-observed")));
+    let ev = d.wait_event("violation", |e| f(e, "verdict") == "violation");
+    let alert = wait_for("the alert in Alertmanager", 20, || {
+        let body = http_get(&am, "/api/v2/alerts");
+        let alerts: Value = serde_json::from_str(&body).ok()?;
+        alerts.as_array()?.iter().find(|a| a["labels"]["alertname"] == "AgentMonitorViolation").cloned()
+    });
+    let labels = &alert["labels"];
+    assert_eq!(labels["agent"], "observed");
+    assert_eq!(labels["kind"], "file.write");
+    assert_eq!(labels["action"], "killed");
+    assert_eq!(labels["severity"], "critical");
+    assert_eq!(alert["annotations"]["event_id"].as_str(), Some(f(&ev, "id")));
+    assert_eq!(alert["annotations"]["target"], f(&ev, "target"));
+    let sent = wait_for("webhook_sent metric", 10, || {
+        d.metric("agent_monitor_webhook_sent_total", &[("receiver", &format!("http://{am}/api/v2/alerts"))])
+            .filter(|v| *v >= 1.0)
+    });
+    assert_eq!(sent, 1.0);
+}
+
+#[test]
+fn a_dead_webhook_changes_nothing_but_its_counters() {
+    if !can_run_root_tests("a_dead_webhook_changes_nothing_but_its_counters") {
+        return;
+    }
+    let t = TempDir::new("deadhook");
+    let work = t.join("work");
+    fs::create_dir(&work).unwrap();
+    let dead = format!("127.0.0.1:{}", port()); // nothing listens there
+    let hook = format!("[[alerts.webhook]]\nurl = \"http://{dead}/api/v2/alerts\"\n");
+    let d = Daemon::start(&file_policy(&hook, &work, "am-deadhook"));
+    let t0 = std::time::Instant::now();
+    assert!(killed_by_sigkill(&violate(&t, "am-deadhook")), "enforcement changed with the webhook down");
+    d.wait_event("violation in the events log", |e| f(e, "verdict") == "violation" && f(e, "action") == "killed");
+    assert!(t0.elapsed() < Duration::from_secs(5), "the events log waited for the webhook");
+    let receiver = format!("http://{dead}/api/v2/alerts");
+    wait_for("webhook failures to be counted", 15, || {
+        d.metric("agent_monitor_webhook_failures_total", &[("receiver", &receiver)]).filter(|v| *v >= 2.0)
+    });
+    wait_for("the undelivered alert to be counted as dropped", 15, || {
+        d.metric("agent_monitor_webhook_dropped_total", &[("receiver", &receiver)]).filter(|v| *v >= 1.0)
+    });
+    assert_eq!(d.metric("agent_monitor_webhook_sent_total", &[("receiver", &receiver)]), Some(0.0));
+}
+
+#[test]
+fn prometheus_scrapes_a_scenario_and_every_dashboard_query_answers() {
+    if !can_run_root_tests("prometheus_scrapes_a_scenario_and_every_dashboard_query_answers") {
+        return;
+    }
+    if !have("prometheus") {
+        panic!("prometheus is not installed (Debian package prometheus; .ci/run installs it)");
+    }
+    let t = TempDir::new("prom");
+    let work = t.join("work");
+    fs::create_dir(&work).unwrap();
+    let d = Daemon::start(&file_policy("", &work, "am-prom"));
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let rules = root.join("dashboards/alerts.yml");
+    let prom_port = port();
+    let cfg = t.join("prometheus.yml");
+    fs::write(
+        &cfg,
+        format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {}\nscrape_configs:\n  - job_name: agent-monitor\n    static_configs:\n      - targets: ['{}']\n",
+            rules.display(),
+            d.metrics_addr
+        ),
+    )
+    .unwrap();
+    let _prom = Bg(Command::new("prometheus")
+        .arg(format!("--config.file={}", cfg.display()))
+        .arg(format!("--storage.tsdb.path={}", t.join("tsdb").display()))
+        .arg(format!("--web.listen-address=127.0.0.1:{prom_port}"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap());
+    let prom = format!("127.0.0.1:{prom_port}");
+    wait_for("prometheus to scrape the daemon", 30, || {
+        let body = http_get(&prom, "/api/v1/query?query=up%7Bjob%3D%22agent-monitor%22%7D");
+        body.contains("\"value\":[").then_some(())
+    });
+    // The scenario: allowed work, a violation and a kill.
+    let agent = copy_binary(t.path(), "/bin/bash", "am-prom");
+    assert!(run(Command::new(&agent).arg("-c").arg(format!("echo ok > {}/in.txt", work.display()))).success());
+    assert!(killed_by_sigkill(&violate(&t, "am-prom")));
+    d.wait_event("violation", |e| f(e, "verdict") == "violation");
+    // Let Prometheus see the new values (several scrapes) and evaluate the rules.
+    std::thread::sleep(Duration::from_secs(5));
+    let out = Command::new("python3")
+        .arg(root.join("dashboards/check_dashboard.py"))
+        .args(["--prometheus", &format!("http://{prom}")])
+        .arg(root.join("dashboards/agent-monitor.json"))
+        .output()
+        .expect("check_dashboard.py");
+    let report = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "dashboard queries failed:\n{report}");
+    // The panels the scenario must have filled.
+    for must in ["agent_monitor_violations_total", "agent_monitor_kills_total", "agent_monitor_tracked_processes"] {
+        assert!(!report.lines().any(|l| l.contains("NO DATA") && l.contains(must)), "no data for {must}:\n{report}");
+    }
+    // The violation and kill alerts fire in Prometheus from the scraped metrics.
+    let alerts = wait_for("AgentMonitorAgentKilled to fire", 30, || {
+        let body = http_get(&prom, "/api/v1/alerts");
+        (body.contains("AgentMonitorAgentKilled") && body.contains("AgentMonitorViolation")).then_some(body)
+    });
+    assert!(alerts.contains("\"agent\":\"observed\""), "{alerts}");
+}

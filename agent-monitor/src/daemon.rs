@@ -299,6 +299,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         metrics.layer_up.with_label_values(&[layer]).set(up as i64);
     }
     metrics.policy_agents.set(compiled.agents.len() as i64);
+    metrics.init_agents(&compiled.agents.iter().map(|a| a.name.as_str()).collect::<Vec<_>>());
 
     let names = compiled.agents.iter().map(|a| a.name.clone()).collect();
     let shared = Arc::new(Shared {
@@ -393,6 +394,7 @@ pub fn reload(source: &PolicySource, shared: &Shared) {
         Ok(()) => {
             shared.decoder.lock().unwrap().agent_names = compiled.agents.iter().map(|a| a.name.clone()).collect();
             shared.metrics.policy_agents.set(compiled.agents.len() as i64);
+            shared.metrics.init_agents(&compiled.agents.iter().map(|a| a.name.as_str()).collect::<Vec<_>>());
             info!(hash = compiled.hash, agents = compiled.agents.len(), "policy reloaded");
             *shared.compiled.lock().unwrap() = compiled;
             shared.metrics.reloads.with_label_values(&["success"]).inc();

@@ -140,6 +140,20 @@ impl Metrics {
         m
     }
 
+    /// Create each agent's violation and kill series at 0, so that the first violation is an
+    /// increase Prometheus can see (a series born at 1 has no increase).
+    pub fn init_agents(&self, agents: &[&str]) {
+        use agent_monitor_common::Kind;
+        for agent in agents {
+            self.kills.with_label_values(&[agent]);
+            for kind in Kind::ALL.iter().filter(|k| !matches!(k, Kind::ProcessExec | Kind::ProcessExit)) {
+                for action in ["alerted", "denied", "killed"] {
+                    self.violations.with_label_values(&[agent, kind.name(), action]);
+                }
+            }
+        }
+    }
+
     pub fn render(&self) -> String {
         let mut buf = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);

@@ -131,6 +131,7 @@ fn prometheus_scrapes_a_scenario_and_every_dashboard_query_answers() {
         .spawn()
         .unwrap());
     let prom = format!("127.0.0.1:{prom_port}");
+    wait_for("prometheus to listen", 30, || std::net::TcpStream::connect(&prom).ok());
     wait_for("prometheus to scrape the daemon", 30, || {
         let body = http_get(&prom, "/api/v1/query?query=up%7Bjob%3D%22agent-monitor%22%7D");
         body.contains("\"value\":[").then_some(())
@@ -144,16 +145,16 @@ fn prometheus_scrapes_a_scenario_and_every_dashboard_query_answers() {
     std::thread::sleep(Duration::from_secs(5));
     let out = Command::new("python3")
         .arg(root.join("dashboards/check_dashboard.py"))
-        .args(["--prometheus", &format!("http://{prom}")])
+        .args(["--url", &format!("http://{prom}"), "--require-data"])
+        // Panels this scenario cannot fill: no webhook is configured, no agent did TLS, and
+        // nothing failed to decode or to write.
+        .args(["--allow-empty", "(?i)webhook|alert delivery|tls|decode|sink"])
         .arg(root.join("dashboards/agent-monitor.json"))
         .output()
         .expect("check_dashboard.py");
     let report = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "dashboard queries failed:\n{report}");
-    // The panels the scenario must have filled.
-    for must in ["agent_monitor_violations_total", "agent_monitor_kills_total", "agent_monitor_tracked_processes"] {
-        assert!(!report.lines().any(|l| l.contains("NO DATA") && l.contains(must)), "no data for {must}:\n{report}");
-    }
+    assert!(report.contains(" 0 errors"), "{report}");
     // The violation and kill alerts fire in Prometheus from the scraped metrics.
     let alerts = wait_for("AgentMonitorAgentKilled to fire", 30, || {
         let body = http_get(&prom, "/api/v1/alerts");

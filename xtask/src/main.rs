@@ -1,6 +1,7 @@
 //! `cargo xtask`: developer tasks for agent-monitor (see `cargo xtask --help`).
 
 mod demo;
+mod promtool;
 mod setup;
 mod test;
 

@@ -28,6 +28,16 @@ pub fn run(home: &Path, no_root: bool, filter: &[String]) -> Result<()> {
     // The eBPF crate is built for the bpf target by agent-monitor's build.rs, never for the host.
     let unit = ["test", "--workspace", "--exclude", "agent-monitor-e2e", "--exclude", "agent-monitor-ebpf"];
     steps.push(step("unit tests", cargo().args(unit)));
+    match crate::promtool::ensure_installed() {
+        Ok(()) => {
+            steps.push(step("alert rules: check", &mut crate::promtool::check_rules()));
+            steps.push(step("alert rules: tests", &mut crate::promtool::test_rules()));
+        }
+        Err(e) => {
+            eprintln!("xtask: alert rules: {e:#}");
+            steps.push(Step { name: "alert rules", outcome: Outcome::Failed, time: Duration::ZERO });
+        }
+    }
     steps.push(match (no_root, built) {
         (true, _) => skipped("e2e tests (root)", "--no-root"),
         (false, false) => skipped("e2e tests (root)", "the build failed"),

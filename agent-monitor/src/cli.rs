@@ -20,20 +20,49 @@ pub enum Command {
         file: PathBuf,
     },
     /// Start CMD as an instance of agent NAME, inside the boundary from its first instruction.
+    ///
+    /// The command runs with no_new_privs and a Landlock ruleset compiled from the agent's profile
+    /// (writes only beneath `writable`, TCP connects only to the ports of `allow`, no signals to
+    /// processes outside it), in its own cgroup. Exits with the command's status (128+N if
+    /// killed by signal N).
     Exec {
+        /// The `[[agent]]` profile to apply.
         #[arg(long)]
         agent: String,
+        /// Policy file (default: /etc/agent-monitor/agent-monitor.toml, else the embedded default).
         #[arg(long)]
         config: Option<PathBuf>,
-        #[arg(trailing_var_arg = true, required = true)]
+        /// Start the command even if the daemon is not answering (Landlock still applies).
+        #[arg(long)]
+        allow_unmonitored: bool,
+        /// The command and its arguments, after `--`.
+        #[arg(trailing_var_arg = true, required = true, value_name = "CMD")]
         cmd: Vec<String>,
     },
-    /// Show the daemon's layers, agents and counters.
-    Status,
-    /// Print the event log; --follow keeps printing new events.
+    /// Show the daemon's layers, agents and their processes, TLS visibility and counters.
+    Status {
+        /// Control socket (default: the policy's control_socket).
+        #[arg(long)]
+        control_socket: Option<PathBuf>,
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Print the raw JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Ask the running daemon to re-read its policy (like SIGHUP); a bad policy is refused.
+    Reload {
+        #[arg(long)]
+        control_socket: Option<PathBuf>,
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Print the event log; --follow streams live events from the daemon.
     Events {
         #[arg(long, short)]
         follow: bool,
+        #[arg(long)]
+        control_socket: Option<PathBuf>,
         /// Events file (default: the policy's events_file).
         #[arg(long)]
         file: Option<PathBuf>,

@@ -72,6 +72,8 @@ pub struct Shared {
     /// Agent processes seen doing TLS the daemon cannot look into.
     pub tls_invisible: Mutex<std::collections::HashSet<u32>>,
     pub webhooks: Vec<WebhookSink>,
+    /// Live event stream for `events --follow` on the control socket.
+    pub live: tokio::sync::broadcast::Sender<String>,
     /// Last kernel statistics per program, to turn them into counter increments.
     pub prog_stats: Mutex<std::collections::HashMap<String, (u64, f64)>>,
 }
@@ -96,6 +98,7 @@ impl Shared {
                 return;
             }
         };
+        let _ = self.live.send(line.clone());
         let mut sink = self.sink.lock().unwrap();
         if let Err(e) = writeln!(sink, "{line}").and_then(|_| sink.flush()) {
             m.sink_errors.with_label_values(&["events_file"]).inc();
@@ -302,6 +305,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     metrics.init_agents(&compiled.agents.iter().map(|a| a.name.as_str()).collect::<Vec<_>>());
 
     let names = compiled.agents.iter().map(|a| a.name.clone()).collect();
+    let (live, _) = tokio::sync::broadcast::channel(4096);
     let shared = Arc::new(Shared {
         kernel: Mutex::new(kernel),
         decoder: Mutex::new(Decoder::new(names)),
@@ -311,6 +315,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         resolved: Mutex::new(resolved),
         tls_invisible: Mutex::new(Default::default()),
         webhooks: policy.alerts.webhook.iter().map(|w| WebhookSink::start(w, metrics.clone())).collect(),
+        live: live.clone(),
         prog_stats: Mutex::new(Default::default()),
     });
 
@@ -348,7 +353,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         });
     }
 
-    info!(events = events_path, metrics = %metrics_addr, "enforcing");
+    let control_path = args
+        .control_socket
+        .clone()
+        .or_else(|| policy.daemon.control_socket.clone().map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from(crate::control::DEFAULT_CONTROL_SOCKET));
+    let (listener, control) = crate::control::Control::bind(&control_path, policy.daemon.admin_group.as_deref(), live)?;
+    tokio::spawn(crate::control::serve(listener, Arc::new(control), shared.clone(), source.clone()));
+
+    info!(events = events_path, metrics = %metrics_addr, control = %control_path.display(), "enforcing");
     sd_notify("READY=1\nSTATUS=enforcing");
 
     let mut hup = signal(SignalKind::hangup())?;
@@ -358,7 +371,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         tokio::select! {
             _ = hup.recv() => {
                 sd_notify("RELOADING=1");
-                reload(&source, &shared);
+                let (src, sh) = (source.clone(), shared.clone());
+                let _ = tokio::task::spawn_blocking(move || reload(&src, &sh)).await;
                 sd_notify("READY=1");
             }
             _ = term.recv() => break,
@@ -366,12 +380,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
     }
     sd_notify("STOPPING=1");
+    let _ = std::fs::remove_file(&control_path);
     info!("stopping: programs are detached and agents are no longer confined by this daemon");
     Ok(())
 }
 
 /// Re-read the policy; a bad one is rejected with its errors and the old one keeps enforcing.
-pub fn reload(source: &PolicySource, shared: &Shared) {
+/// Returns whether the new policy is enforcing.
+pub fn reload(source: &PolicySource, shared: &Shared) -> bool {
     let policy = match source.load() {
         Ok(p) => p,
         Err(diags) => {
@@ -380,7 +396,7 @@ pub fn reload(source: &PolicySource, shared: &Shared) {
             }
             shared.metrics.reloads.with_label_values(&["failure"]).inc();
             error!(errors = diags.len(), "policy reload rejected; the previous policy is still enforcing");
-            return;
+            return false;
         }
     };
     let compiled = policy::compile(&policy);
@@ -398,10 +414,12 @@ pub fn reload(source: &PolicySource, shared: &Shared) {
             info!(hash = compiled.hash, agents = compiled.agents.len(), "policy reloaded");
             *shared.compiled.lock().unwrap() = compiled;
             shared.metrics.reloads.with_label_values(&["success"]).inc();
+            true
         }
         Err(e) => {
             shared.metrics.reloads.with_label_values(&["failure"]).inc();
             error!(error = %format!("{e:#}"), "applying the reloaded policy failed");
+            false
         }
     }
 }

@@ -1,6 +1,7 @@
 //! agent-monitor: a kernel-enforced read-only boundary around AI agent processes.
 mod bpf;
 mod cli;
+mod control;
 mod daemon;
 mod events;
 mod metrics;
@@ -74,6 +75,78 @@ fn events(follow: bool, file: Option<PathBuf>, config: Option<PathBuf>) -> anyho
     }
 }
 
+/// Talk to the daemon over its control socket and print what it says.
+fn client(socket: Option<PathBuf>, config: Option<PathBuf>, cmd: &str, raw: bool) -> anyhow::Result<()> {
+    let path = match socket {
+        Some(p) => p,
+        None => {
+            let p = daemon::PolicySource::resolve(config).load().ok().and_then(|p| p.daemon.control_socket);
+            PathBuf::from(p.unwrap_or_else(|| control::DEFAULT_CONTROL_SOCKET.into()))
+        }
+    };
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(async {
+        let mut lines = control::request(&path, cmd).await?;
+        let mut any = false;
+        while let Some(line) = lines.next_line().await? {
+            any = true;
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap_or(serde_json::Value::String(line.clone()));
+            if let Some(err) = v.get("error").and_then(|e| e.as_str()) {
+                anyhow::bail!("{err}");
+            }
+            if raw || cmd == "events" {
+                println!("{line}");
+            } else {
+                print_status(&v);
+            }
+        }
+        if !any {
+            anyhow::bail!("the daemon closed the connection without an answer");
+        }
+        Ok(())
+    })
+}
+
+fn print_status(v: &serde_json::Value) {
+    println!(
+        "agent-monitor {}  policy {} ({})",
+        v["version"].as_str().unwrap_or("?"),
+        v["policy"]["hash"].as_str().unwrap_or("?"),
+        v["policy"]["source"].as_str().unwrap_or("?")
+    );
+    println!("layers:");
+    for layer in ["tracepoint", "cgroup", "uprobe", "bpf_lsm", "landlock"] {
+        let up = v["layers"][layer].as_bool().unwrap_or(false);
+        println!("  {layer:<11} {}", if up { "up" } else { "DOWN" });
+    }
+    for n in v["layers"]["notes"].as_array().into_iter().flatten() {
+        println!("  note: {}", n.as_str().unwrap_or_default());
+    }
+    for lib in v["tls_libraries"].as_array().into_iter().flatten() {
+        println!("  TLS hooked: {}", lib.as_str().unwrap_or_default());
+    }
+    println!("agents:");
+    for a in v["agents"].as_array().into_iter().flatten() {
+        let procs = a["processes"].as_array().cloned().unwrap_or_default();
+        println!(
+            "  {} (action {}): {} process(es)",
+            a["name"].as_str().unwrap_or("?"),
+            a["action"].as_str().unwrap_or("?"),
+            procs.len()
+        );
+        for p in procs {
+            println!(
+                "    pid {:<7} {:<16} run {} tls {}",
+                p["pid"],
+                p["comm"].as_str().unwrap_or(""),
+                p["run"].as_str().unwrap_or(""),
+                p["tls"].as_str().unwrap_or("")
+            );
+        }
+    }
+    println!("counters: {}", v["counters"]);
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
@@ -87,10 +160,15 @@ fn main() -> ExitCode {
                 .expect("tokio runtime");
             rt.block_on(daemon::run(args))
         }
-        Command::Events { follow, file, config } => events(follow, file, config),
-        Command::Exec { .. } | Command::Status | Command::Approve { .. } | Command::Deny { .. } => Err(
-            anyhow::anyhow!("this subcommand needs the daemon's control socket, which this build does not have yet"),
-        ),
+        Command::Events { follow: true, control_socket, file: None, config } => {
+            client(control_socket, config, "events", false)
+        }
+        Command::Events { follow, file, config, .. } => events(follow, file, config),
+        Command::Status { control_socket, config, json } => client(control_socket, config, "status", json),
+        Command::Reload { control_socket, config } => client(control_socket, config, "reload", true),
+        Command::Exec { .. } | Command::Approve { .. } | Command::Deny { .. } => Err(anyhow::anyhow!(
+            "this subcommand needs the daemon's control socket, which this build does not have yet"
+        )),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,232 @@
+//! The control socket: `status`, `events --follow` and `reload` for the CLI.
+//!
+//! One JSON request line per connection (`{"cmd":"status"}`, `{"cmd":"events"}`,
+//! `{"cmd":"reload"}`), answered with JSON lines. Callers are authorised by the kernel's
+//! credentials of the peer (SO_PEERCRED): root or a member of `admin_group`; a process that is
+//! an agent is always refused, whatever its uid.
+use std::{
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use anyhow::Context as _;
+use serde_json::{json, Value};
+use tokio::{
+    io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
+    net::{UnixListener, UnixStream},
+    sync::broadcast,
+};
+use tracing::{info, warn};
+
+use crate::{
+    bpf::maps as kmaps,
+    daemon::{reload, PolicySource, Shared},
+};
+
+pub const DEFAULT_CONTROL_SOCKET: &str = "/run/agent-monitor/control.sock";
+
+/// The group id of `name` (a name from /etc/group, or a number).
+pub fn group_id(name: &str) -> Option<u32> {
+    if let Ok(gid) = name.parse() {
+        return Some(gid);
+    }
+    std::fs::read_to_string("/etc/group").ok()?.lines().find_map(|l| {
+        let mut f = l.split(':');
+        (f.next()? == name).then(|| f.nth(1)?.parse().ok()).flatten()
+    })
+}
+
+/// Supplementary groups of a process (from /proc).
+fn groups_of(pid: u32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| {
+                l.strip_prefix("Groups:").map(|g| g.split_whitespace().filter_map(|x| x.parse().ok()).collect())
+            })
+        })
+        .unwrap_or_default()
+}
+
+pub struct Control {
+    pub path: PathBuf,
+    pub admin_gid: Option<u32>,
+    pub events: broadcast::Sender<String>,
+}
+
+impl Control {
+    pub fn bind(
+        path: &Path,
+        admin_group: Option<&str>,
+        events: broadcast::Sender<String>,
+    ) -> anyhow::Result<(UnixListener, Control)> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        let _ = std::fs::remove_file(path);
+        let listener =
+            UnixListener::bind(path).with_context(|| format!("binding the control socket {}", path.display()))?;
+        let admin_gid = admin_group.and_then(|g| {
+            let gid = group_id(g);
+            if gid.is_none() {
+                warn!(group = g, "admin_group not found; only root may use the control socket");
+            }
+            gid
+        });
+        // rw for root and the admin group; the kernel credential check below is the real gate.
+        let mode = if admin_gid.is_some() { 0o660 } else { 0o600 };
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+        if let Some(gid) = admin_gid {
+            let _ = nix::unistd::chown(path, None, Some(nix::unistd::Gid::from_raw(gid)));
+        }
+        Ok((listener, Control { path: path.to_path_buf(), admin_gid, events }))
+    }
+
+    /// Why the peer may not use the socket, if it may not.
+    fn refuse(&self, shared: &Shared, pid: u32, uid: u32, gid: u32) -> Option<String> {
+        let is_agent = {
+            let k = shared.kernel.lock().unwrap();
+            kmaps::tracked(&k.ebpf).iter().any(|(p, _)| *p == pid)
+        };
+        if is_agent {
+            return Some(format!("refused: pid {pid} is an agent process; agents cannot control agent-monitor"));
+        }
+        if uid == 0 {
+            return None;
+        }
+        if let Some(admin) = self.admin_gid {
+            if gid == admin || groups_of(pid).contains(&admin) {
+                return None;
+            }
+        }
+        Some(format!("refused: uid {uid} is neither root nor in the admin group"))
+    }
+}
+
+pub async fn serve(listener: UnixListener, control: Arc<Control>, shared: Arc<Shared>, source: PolicySource) {
+    info!(path = %control.path.display(), "control socket listening");
+    loop {
+        let Ok((sock, _)) = listener.accept().await else { continue };
+        let (control, shared, source) = (control.clone(), shared.clone(), source.clone());
+        tokio::spawn(async move {
+            if let Err(e) = handle(sock, &control, &shared, &source).await {
+                warn!(error = %format!("{e:#}"), "control connection failed");
+            }
+        });
+    }
+}
+
+async fn handle(
+    sock: UnixStream,
+    control: &Control,
+    shared: &Arc<Shared>,
+    source: &PolicySource,
+) -> anyhow::Result<()> {
+    let cred = sock.peer_cred()?;
+    let (pid, uid, gid) = (cred.pid().unwrap_or(0) as u32, cred.uid(), cred.gid());
+    let (rd, mut wr) = sock.into_split();
+    let mut lines = BufReader::new(rd).lines();
+    if let Some(why) = control.refuse(shared, pid, uid, gid) {
+        warn!(pid, uid, "control socket: {why}");
+        wr.write_all(format!("{}\n", json!({"error": why})).as_bytes()).await?;
+        return Ok(());
+    }
+    let Some(line) = lines.next_line().await? else { return Ok(()) };
+    let req: Value = serde_json::from_str(&line).unwrap_or_default();
+    match req["cmd"].as_str().unwrap_or_default() {
+        "status" => {
+            let s = status(shared, source);
+            wr.write_all(format!("{s}\n").as_bytes()).await?;
+        }
+        "reload" => {
+            let sh = shared.clone();
+            let src = source.clone();
+            let ok = tokio::task::spawn_blocking(move || reload(&src, &sh)).await.unwrap_or(false);
+            let reply = if ok {
+                json!({"ok": true})
+            } else {
+                json!({"error": "the policy was rejected; the previous one is still enforcing (see the daemon's log)"})
+            };
+            wr.write_all(format!("{reply}\n").as_bytes()).await?;
+        }
+        "events" => {
+            let mut rx = control.events.subscribe();
+            loop {
+                match rx.recv().await {
+                    Ok(line) => wr.write_all(format!("{line}\n").as_bytes()).await?,
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        let note =
+                            json!({"lagged": n, "note": "the follower fell behind; the events log has every event"});
+                        wr.write_all(format!("{note}\n").as_bytes()).await?
+                    }
+                    Err(_) => break,
+                }
+            }
+        }
+        other => {
+            wr.write_all(format!("{}\n", json!({"error": format!("unknown command {other:?}")})).as_bytes()).await?;
+        }
+    }
+    Ok(())
+}
+
+fn status(shared: &Shared, source: &PolicySource) -> Value {
+    let (tracked, layers, tls_libs, visible) = {
+        let k = shared.kernel.lock().unwrap();
+        (kmaps::tracked(&k.ebpf), k.layers.clone(), k.tls_libs.clone(), kmaps::tls_visible(&k.ebpf))
+    };
+    let compiled = shared.compiled.lock().unwrap().clone();
+    let invisible = shared.tls_invisible.lock().unwrap().clone();
+    let agents: Vec<Value> = compiled
+        .agents
+        .iter()
+        .map(|a| {
+            let procs: Vec<Value> = tracked
+                .iter()
+                .filter(|(_, st)| st.agent == a.id)
+                .map(|(pid, st)| {
+                    let tls = if invisible.contains(pid) {
+                        "invisible"
+                    } else if visible.contains(pid) {
+                        "visible"
+                    } else {
+                        "none seen"
+                    };
+                    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+                    json!({"pid": pid, "run": format!("{:016x}", st.run_id), "comm": comm.trim(), "tls": tls})
+                })
+                .collect();
+            json!({"name": a.name, "action": a.action.as_str(), "processes": procs})
+        })
+        .collect();
+    let m = &shared.metrics;
+    json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "policy": {"source": source.describe(), "hash": compiled.hash},
+        "layers": {
+            "tracepoint": layers.tracepoint, "cgroup": layers.cgroup, "uprobe": layers.uprobe,
+            "bpf_lsm": layers.bpf_lsm, "landlock": layers.landlock, "notes": layers.notes,
+        },
+        "tls_libraries": tls_libs.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
+        "agents": agents,
+        "counters": {
+            "events_lost": m.events_lost.get(),
+            "reloads_failed": m.reloads.with_label_values(&["failure"]).get(),
+            "reloads_succeeded": m.reloads.with_label_values(&["success"]).get(),
+        },
+    })
+}
+
+/// Client side: send one request, return the connected reader.
+pub async fn request(
+    path: &Path,
+    cmd: &str,
+) -> anyhow::Result<tokio::io::Lines<BufReader<tokio::net::unix::OwnedReadHalf>>> {
+    let sock = UnixStream::connect(path).await.with_context(|| {
+        format!("cannot reach agent-monitor at {} (is it running? are you root or in its admin group?)", path.display())
+    })?;
+    let (rd, mut wr) = sock.into_split();
+    wr.write_all(format!("{}\n", json!({"cmd": cmd})).as_bytes()).await?;
+    Ok(BufReader::new(rd).lines())
+}

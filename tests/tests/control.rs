@@ -1,0 +1,119 @@
+//! The control socket as an operator uses it: `status`, `events --follow`, `reload`, and who
+//! may use it (root yes; another uid no; an agent process never).
+use std::{
+    fs,
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use agent_monitor_e2e::*;
+
+fn policy(ctl: &std::path::Path, work: &std::path::Path) -> String {
+    format!(
+        "[daemon]\ncontrol_socket = \"{c}\"\n\n[[agent]]\nname = \"ctl-agent\"\naction = \"deny\"\n[agent.match]\ncomm = [\"am-ctl\"]\n[agent.files]\nwritable = [\"{w}\"]\n[agent.network]\nallow = [\"unix:{c}\"]\n",
+        c = ctl.display(),
+        w = work.display()
+    )
+}
+
+fn cli(args: &[&str]) -> std::process::Output {
+    Command::new(binary().unwrap()).args(args).output().unwrap()
+}
+
+#[test]
+fn status_events_and_reload_over_the_control_socket() {
+    if !can_run_root_tests("status_events_and_reload_over_the_control_socket") {
+        return;
+    }
+    let t = TempDir::new("ctl");
+    let work = t.join("work");
+    fs::create_dir(&work).unwrap();
+    let sock = t.join("control.sock");
+    let d = Daemon::start(&policy(&sock, &work));
+    let s = sock.display().to_string();
+    let agent = copy_binary(t.path(), &python3(), "am-ctl");
+    let _sleeper = Bg(Command::new(&agent).args(["-c", "import time; time.sleep(60)"]).spawn().unwrap());
+    let sleeper_pid = _sleeper.0.id();
+
+    let status = wait_for("the agent in status", 10, || {
+        let out = cli(&["status", "--json", "--control-socket", &s]);
+        assert!(out.status.success(), "status failed: {}", String::from_utf8_lossy(&out.stderr));
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let pids: Vec<u64> = v["agents"][0]["processes"].as_array()?.iter().filter_map(|p| p["pid"].as_u64()).collect();
+        pids.contains(&(sleeper_pid as u64)).then_some(v)
+    });
+    assert_eq!(status["layers"]["tracepoint"], true);
+    assert_eq!(status["layers"]["cgroup"], true);
+    assert_eq!(status["layers"]["bpf_lsm"], false);
+    assert_eq!(status["agents"][0]["name"], "ctl-agent");
+    assert!(status["layers"]["notes"].as_array().unwrap().iter().any(|n| n.as_str().unwrap().contains("bpf_lsm")));
+    let human = cli(&["status", "--control-socket", &s]);
+    assert!(String::from_utf8_lossy(&human.stdout).contains("ctl-agent (action deny): 1 process(es)"));
+
+    // events --follow streams a violation as it happens.
+    let mut follow = Bg(Command::new(binary().unwrap())
+        .args(["events", "--follow", "--control-socket", &s])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap());
+    std::thread::sleep(Duration::from_millis(300));
+    let st = run(Command::new(&agent).args(["-c", &format!("open('{}/x', 'w')", t.path().display())]));
+    assert!(!st.success());
+    let mut out = follow.0.stdout.take().unwrap();
+    let line = {
+        use std::io::BufRead;
+        let mut r = std::io::BufReader::new(&mut out);
+        let mut line = String::new();
+        loop {
+            line.clear();
+            assert!(r.read_line(&mut line).unwrap() > 0, "the event stream ended");
+            if line.contains("\"verdict\":\"violation\"") {
+                break line;
+            }
+        }
+    };
+    assert!(line.contains("file.write"), "{line}");
+
+    // reload: a bad policy is refused and reported; the good one is taken.
+    fs::write(&d.config, "[[agent]]\nname = \"x\"\n").unwrap();
+    let out = cli(&["reload", "--control-socket", &s]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("still enforcing"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    fs::write(&d.config, policy(&sock, &work)).unwrap();
+    let out = cli(&["reload", "--control-socket", &s]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn only_root_and_never_an_agent_may_control_the_daemon() {
+    if !can_run_root_tests("only_root_and_never_an_agent_may_control_the_daemon") {
+        return;
+    }
+    let t = TempDir::new("ctlauth");
+    let work = t.join("work");
+    fs::create_dir(&work).unwrap();
+    let sock = t.join("control.sock");
+    let d = Daemon::start(&policy(&sock, &work));
+    let s = sock.display().to_string();
+    // Another uid: the socket is 0600 root; even with the file opened up, the credential check refuses.
+    fs::set_permissions(t.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(binary().unwrap())
+        .args(["status", "--control-socket", &s])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "uid 65534 got a status");
+    // An agent process, even as root: refused by the daemon, whose log says why.
+    let ctl = copy_binary(t.path(), &binary().unwrap().display().to_string(), "am-ctl");
+    let out = Command::new(&ctl).args(["status", "--control-socket", &s]).output().unwrap();
+    assert!(!out.status.success(), "an agent process got a status");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("is an agent process"), "{err}");
+    let mut d = d;
+    d.wait_log("agents cannot control agent-monitor", Duration::from_secs(5));
+}

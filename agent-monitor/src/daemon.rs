@@ -166,6 +166,30 @@ impl Shared {
         }
     }
 
+    /// Hook the TLS libraries agent processes actually map (a vendored or private copy of
+    /// libssl is a different file from the system's, with its own uprobes).
+    fn hook_mapped_tls_libs(&self, tracked: &[(u32, agent_monitor_common::ProcState)]) {
+        let mut found = std::collections::BTreeSet::new();
+        for (pid, _) in tracked {
+            let Ok(maps) = std::fs::read_to_string(format!("/proc/{pid}/maps")) else { continue };
+            for path in maps.lines().filter_map(|l| l.split_whitespace().nth(5)) {
+                let name = path.rsplit('/').next().unwrap_or_default();
+                if crate::bpf::loader::TLS_LIBS.iter().any(|(prefix, _)| name.starts_with(prefix)) {
+                    found.insert(PathBuf::from(path));
+                }
+            }
+        }
+        if found.is_empty() {
+            return;
+        }
+        let mut k = self.kernel.lock().unwrap();
+        for lib in found {
+            if !k.tls_libs.contains(&lib) {
+                k.hook_tls_lib(&lib);
+            }
+        }
+    }
+
     /// Refresh gauges and kernel counters.
     fn refresh(&self, last_drops: &mut [u64; agent_monitor_common::stat::COUNT as usize]) {
         use agent_monitor_common::stat;
@@ -173,6 +197,7 @@ impl Shared {
             let k = self.kernel.lock().unwrap();
             (kmaps::tracked(&k.ebpf), kmaps::stats(&k.ebpf), kmaps::tls_visible(&k.ebpf), k.program_stats())
         };
+        self.hook_mapped_tls_libs(&tracked);
         {
             let mut last = self.prog_stats.lock().unwrap();
             for (name, runs, secs) in progs {

@@ -70,7 +70,7 @@ fn read_only_http_in_clear_text_and_inside_tls() {
         }
     }
     // GnuTLS (gnutls_record_send).
-    if which("gnutls-cli") {
+    if have("gnutls-cli") {
         let mut child = Command::new("gnutls-cli")
             .args(["--insecure", "--port", &tls.port.to_string(), "127.0.0.1"])
             .stdin(Stdio::piped())
@@ -138,16 +138,6 @@ fn read_only_http_in_clear_text_and_inside_tls() {
         assert!(st.success(), "non-agent POST {url}: {st}");
         assert_eq!(forum.count("POST"), 1);
     }
-}
-
-fn which(prog: &str) -> bool {
-    Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {prog}"))
-        .stdout(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
 }
 
 const PY_CONNECT: &str = r#"
@@ -374,7 +364,11 @@ fn invisible_tls_is_reported_and_fails_closed_when_required() {
     // Node.js as shipped here links OpenSSL statically: the daemon's uprobes cannot see its
     // plaintext (DESIGN.md: "TLS libraries linked statically ... defeat uprobes on libssl").
     let node = "/usr/bin/node";
-    let ldd = Command::new("ldd").arg(node).output().map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
+    let ldd = Command::new("ldd")
+        .arg(node)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
     if !Path::new(node).exists() || ldd.contains("libssl") {
         eprintln!("SKIPPED: needs a Node.js with statically linked OpenSSL at {node} (none here, or it uses the system libssl)");
         return;
@@ -395,7 +389,8 @@ fn invisible_tls_is_reported_and_fails_closed_when_required() {
     let blind = copy_binary(t.path(), node, "am-blind");
     let st = run(Command::new(&blind).args(["-e", &get]));
     assert!(st.success(), "without require_http_visibility an invisible client may connect: {st}");
-    let e = d.wait_event("invisible TLS report", |e| f(e, "agent") == "blind" && f(e, "detail").contains("not visible"));
+    let e =
+        d.wait_event("invisible TLS report", |e| f(e, "agent") == "blind" && f(e, "detail").contains("not visible"));
     assert_eq!((f(&e, "verdict"), f(&e, "action")), ("allowed", "none"));
 
     let strict = copy_binary(t.path(), node, "am-strict");
@@ -407,7 +402,14 @@ fn invisible_tls_is_reported_and_fails_closed_when_required() {
     assert!(f(&e, "detail").contains("not visible"), "{e}");
     // A client whose TLS goes through the system's (hooked) libssl is visible and allowed.
     let curl = copy_binary(t.path(), "/usr/bin/curl", "am-strict-curl");
-    let st = run(Command::new(&curl).args(["-sk", "--max-time", "5", "-o", "/dev/null", &format!("https://127.0.0.1:{p}/question")]));
+    let st = run(Command::new(&curl).args([
+        "-sk",
+        "--max-time",
+        "5",
+        "-o",
+        "/dev/null",
+        &format!("https://127.0.0.1:{p}/question"),
+    ]));
     assert!(st.success(), "a visible TLS client was refused: {st}\n{:#?}", d.events());
     assert_eq!(forum.count("GET"), before + 1);
     let m = d.metrics();

@@ -44,18 +44,6 @@ const REFUSE: i32 = 0;
 const SOCK_STREAM: u32 = 1;
 const SOCK_RAW: u32 = 3;
 
-/// The agent state of the current process, for programs without task helpers.
-#[inline(always)]
-fn agent_of_current() -> Option<(ProcState, AgentCfg)> {
-    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    let st = unsafe { PROCS.get(&tgid) }.copied()?;
-    let cfg = AGENTS.get(st.agent).copied()?;
-    if cfg.flags & agent_flags::ACTIVE == 0 {
-        return None;
-    }
-    Some((st, cfg))
-}
-
 #[inline(always)]
 fn who_current() -> Who {
     let pid_tgid = bpf_get_current_pid_tgid();
@@ -114,7 +102,7 @@ fn emit_net(st: &ProcState, who: &Who, mut r: Rec, addr: &[u8; 16], port: [u8; 2
 
 #[inline(always)]
 fn sock_addr(ctx: &SockAddrContext, v6: bool, sendmsg: bool) -> i32 {
-    let Some((st, cfg)) = agent_of_current() else {
+    let Some((st, cfg)) = current_agent() else {
         return PASS;
     };
     let sa: *const bpf_sock_addr = ctx.sock_addr;
@@ -196,7 +184,7 @@ pub fn sock_create(ctx: SockContext) -> i32 {
     if ty != SOCK_RAW {
         return PASS;
     }
-    let Some((st, cfg)) = agent_of_current() else {
+    let Some((st, cfg)) = current_agent() else {
         return PASS;
     };
     if cfg.flags & agent_flags::ALLOW_RAW_SOCKET != 0 {

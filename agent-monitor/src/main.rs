@@ -4,6 +4,7 @@ mod cli;
 mod control;
 mod daemon;
 mod events;
+mod exec;
 mod metrics;
 mod policy;
 mod sinks;
@@ -166,7 +167,10 @@ fn main() -> ExitCode {
         Command::Events { follow, file, config, .. } => events(follow, file, config),
         Command::Status { control_socket, config, json } => client(control_socket, config, "status", json),
         Command::Reload { control_socket, config } => client(control_socket, config, "reload", true),
-        Command::Exec { .. } | Command::Approve { .. } | Command::Deny { .. } => Err(anyhow::anyhow!(
+        Command::Exec { agent, config, allow_unmonitored, cmd } => {
+            return exec::main(&agent, config, allow_unmonitored, &cmd)
+        }
+        Command::Approve { .. } | Command::Deny { .. } => Err(anyhow::anyhow!(
             "this subcommand needs the daemon's control socket, which this build does not have yet"
         )),
     };

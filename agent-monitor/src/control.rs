@@ -139,6 +139,27 @@ async fn handle(
             let s = status(shared, source);
             wr.write_all(format!("{s}\n").as_bytes()).await?;
         }
+        "register" | "unregister" => {
+            let agent = req["agent"].as_str().unwrap_or_default().to_string();
+            let cgroup = req["cgroup"].as_str().unwrap_or_default().to_string();
+            let register = req["cmd"] == "register";
+            let sh = shared.clone();
+            let result = tokio::task::spawn_blocking(move || {
+                if register {
+                    sh.register_exec(&agent, &cgroup)
+                } else {
+                    sh.unregister_exec(&cgroup);
+                    Ok(())
+                }
+            })
+            .await
+            .unwrap_or_else(|e| Err(anyhow::anyhow!("{e}")));
+            let reply = match result {
+                Ok(()) => json!({"ok": true}),
+                Err(e) => json!({"error": format!("{e:#}")}),
+            };
+            wr.write_all(format!("{reply}\n").as_bytes()).await?;
+        }
         "reload" => {
             let sh = shared.clone();
             let src = source.clone();
@@ -216,6 +237,22 @@ fn status(shared: &Shared, source: &PolicySource) -> Value {
             "reloads_succeeded": m.reloads.with_label_values(&["success"]).get(),
         },
     })
+}
+
+/// Client side, blocking: one request, one JSON answer (`exec` uses it before it forks).
+pub fn call(path: &Path, req: &Value) -> anyhow::Result<Value> {
+    use std::io::{BufRead, Write};
+    let mut sock = std::os::unix::net::UnixStream::connect(path)
+        .with_context(|| format!("no control socket at {}", path.display()))?;
+    sock.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
+    sock.write_all(format!("{req}\n").as_bytes())?;
+    let mut line = String::new();
+    std::io::BufReader::new(&sock).read_line(&mut line)?;
+    let v: Value = serde_json::from_str(&line).with_context(|| format!("bad answer {line:?}"))?;
+    if let Some(e) = v.get("error").and_then(Value::as_str) {
+        anyhow::bail!("{e}");
+    }
+    Ok(v)
 }
 
 /// Client side: send one request, return the connected reader.

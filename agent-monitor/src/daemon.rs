@@ -72,6 +72,9 @@ pub struct Shared {
     /// Agent processes seen doing TLS the daemon cannot look into.
     pub tls_invisible: Mutex<std::collections::HashSet<u32>>,
     pub webhooks: Vec<WebhookSink>,
+    /// Cgroups registered by `agent-monitor exec` (cgroup path, agent name): dynamic selectors
+    /// kept across reloads.
+    pub registered: Mutex<Vec<(String, String)>>,
     /// Live event stream for `events --follow` on the control socket.
     pub live: tokio::sync::broadcast::Sender<String>,
     /// Last kernel statistics per program, to turn them into counter increments.
@@ -140,6 +143,45 @@ impl Shared {
             std::thread::sleep(Duration::from_millis(20));
         }
         warn!(run = format!("{run_id:016x}"), "agent instance still has live processes after repeated SIGKILL");
+    }
+
+    /// `agent-monitor exec` asks for its command's cgroup to select `agent`: the command is
+    /// that agent from its first instruction (the exec hook matches the cgroup).
+    pub fn register_exec(&self, agent: &str, cgroup: &str) -> anyhow::Result<()> {
+        let id = self.compiled.lock().unwrap().agent_id(agent).ok_or_else(|| anyhow!("no agent named {agent:?}"))?;
+        let root = kmaps::cgroup2_root().ok_or_else(|| anyhow!("no cgroup v2 hierarchy"))?;
+        let dir = root.join(cgroup.trim_start_matches('/'));
+        let ino = std::os::unix::fs::MetadataExt::ino(
+            &fs::metadata(&dir).with_context(|| format!("cgroup {}", dir.display()))?,
+        );
+        {
+            let mut k = self.kernel.lock().unwrap();
+            kmaps::add_cgroup_selector(&mut k.ebpf, ino, id)?;
+        }
+        self.registered.lock().unwrap().push((cgroup.to_string(), agent.to_string()));
+        info!(agent, cgroup, "exec instance registered");
+        Ok(())
+    }
+
+    pub fn unregister_exec(&self, cgroup: &str) {
+        self.registered.lock().unwrap().retain(|(c, _)| c != cgroup);
+        if let Some(root) = kmaps::cgroup2_root() {
+            if let Ok(m) = fs::metadata(root.join(cgroup.trim_start_matches('/'))) {
+                let mut k = self.kernel.lock().unwrap();
+                kmaps::remove_cgroup_selector(&mut k.ebpf, std::os::unix::fs::MetadataExt::ino(&m));
+            }
+        }
+    }
+
+    /// Put the registered exec cgroups back after a reload rewrote the selectors.
+    fn reapply_registrations(&self) {
+        let regs = self.registered.lock().unwrap().clone();
+        self.registered.lock().unwrap().clear();
+        for (cgroup, agent) in regs {
+            if let Err(e) = self.register_exec(&agent, &cgroup) {
+                warn!(agent, cgroup, error = %format!("{e:#}"), "exec instance lost its registration on reload");
+            }
+        }
     }
 
     /// Resolve the policy's host names again and update the kernel when an address changed.
@@ -341,6 +383,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         tls_invisible: Mutex::new(Default::default()),
         webhooks: policy.alerts.webhook.iter().map(|w| WebhookSink::start(w, metrics.clone())).collect(),
         live: live.clone(),
+        registered: Mutex::new(Vec::new()),
         prog_stats: Mutex::new(Default::default()),
     });
 
@@ -438,6 +481,7 @@ pub fn reload(source: &PolicySource, shared: &Shared) -> bool {
             shared.metrics.init_agents(&compiled.agents.iter().map(|a| a.name.as_str()).collect::<Vec<_>>());
             info!(hash = compiled.hash, agents = compiled.agents.len(), "policy reloaded");
             *shared.compiled.lock().unwrap() = compiled;
+            shared.reapply_registrations();
             shared.metrics.reloads.with_label_values(&["success"]).inc();
             true
         }

@@ -5,11 +5,12 @@
 //!
 //! 1. loads the policy the way `run` does and finds the agent profile (a bad policy or an unknown
 //!    agent name is an error, exit 1);
-//! 2. checks that the daemon is up by asking its `/healthz` (at the policy's `metrics_listen`); a
-//!    daemon that does not answer is an error unless `--allow-unmonitored`;
-//! 3. builds, in this process, a Landlock ruleset compiled from the profile (see [`Sandbox`]);
-//! 4. creates a cgroup v2 for the command, `<cgroup2 root>/agent-monitor.slice/exec-NAME-PID`
-//!    (PID: this process's), best effort;
+//! 2. builds, in this process, a Landlock ruleset compiled from the profile (see [`Sandbox`]);
+//! 3. creates a cgroup v2 for the command, `<cgroup2 root>/agent-monitor.slice/exec-NAME-PID`
+//!    (PID: this process's), and registers it with the daemon over its control socket: the
+//!    daemon adds it as a cgroup selector of agent NAME, so the command's exec starts an
+//!    instance of that agent and every hook sees it from its first instruction. A daemon that
+//!    does not answer (or a cgroup that cannot be made) is an error unless `--allow-unmonitored`;
 //! 5. forks; the child joins the cgroup, sets `no_new_privs` and restricts itself with the ruleset,
 //!    then execs the command: nothing of the command runs outside the boundary;
 //! 6. waits for the command, removes the (empty) cgroup, and exits with the command's status
@@ -23,22 +24,10 @@
 //! UDP and named Unix sockets are not covered, and a `writable` path that does not exist when the
 //! command starts cannot be granted (it stays read-only for this run).
 //!
-//! The daemon sees the command as agent NAME only if the agent's selectors select it: the
-//! daemon picks agents when they exec, by comm, uid, cgroup or exe, and this build has no control
-//! socket call that registers an `exec` instance with it. So:
-//! * `exe` and `uid` work as for any process;
-//! * `comm`: the kernel sets a process's comm from the basename of the program it execs
-//!   (truncated to 15 bytes), so `exec` cannot give the command the agent's comm (a
-//!   `prctl(PR_SET_NAME)` before exec does not survive the exec); a comm selector matches only if
-//!   the program has that name (e.g. a copy or symlink of the binary under that name);
-//! * `cgroup`: the daemon matches a cgroup exactly, and the exec cgroup's name carries a pid, so
-//!   it cannot be listed in the policy in advance.
-//!
-//! Whatever the daemon sees, the Landlock boundary holds.
+//! With `--allow-unmonitored` and no daemon, only the Landlock boundary holds.
 use std::{
     fs::{self, File, OpenOptions},
-    io::{self, Read, Write},
-    net::{SocketAddr, TcpStream},
+    io::{self, Read},
     os::{
         fd::{AsRawFd, RawFd},
         unix::process::{CommandExt, ExitStatusExt},
@@ -100,19 +89,29 @@ fn exec(name: &str, config: Option<PathBuf>, allow_unmonitored: bool, cmd: &[Str
         }
     })?;
 
-    let metrics = policy.daemon.metrics_listen.clone().unwrap_or_else(|| crate::daemon::DEFAULT_METRICS_LISTEN.into());
-    if let Err(why) = probe_daemon(&metrics) {
-        if !allow_unmonitored {
-            return Err(anyhow!(
-                "agent-monitor is not running (no answer on {metrics}/healthz: {why}); start it or pass \
-                 --allow-unmonitored"
-            ));
-        }
-        warn!(addr = %metrics, reason = %why, "agent-monitor is not running: the command runs unmonitored (Landlock still applies)");
-    }
-
     let sandbox = Sandbox::build(agent).context("building the Landlock ruleset")?;
     let cgroup = ExecCgroup::create(name);
+    let control = PathBuf::from(
+        policy.daemon.control_socket.clone().unwrap_or_else(|| crate::control::DEFAULT_CONTROL_SOCKET.into()),
+    );
+    let registered = match &cgroup {
+        Some(c) => {
+            crate::control::call(&control, &serde_json::json!({"cmd": "register", "agent": name, "cgroup": c.rel}))
+                .map(|_| c.rel.clone())
+        }
+        None => Err(anyhow!("the command has no cgroup of its own to register")),
+    };
+    if let Err(why) = &registered {
+        if !allow_unmonitored {
+            if let Some(c) = cgroup {
+                c.remove();
+            }
+            return Err(anyhow!(
+                "agent-monitor is not running or refused the instance ({why:#}); start it or pass --allow-unmonitored"
+            ));
+        }
+        warn!(reason = %format!("{why:#}"), "agent-monitor does not watch this command: it runs unmonitored (Landlock still applies)");
+    }
 
     let mut command = Command::new(program);
     command.args(args);
@@ -201,6 +200,9 @@ fn exec(name: &str, config: Option<PathBuf>, allow_unmonitored: bool, cmd: &[Str
             Err(e) => return Err(anyhow!("waiting for {program:?}: {e}")),
         }
     };
+    if let Ok(rel) = &registered {
+        let _ = crate::control::call(&control, &serde_json::json!({"cmd": "unregister", "cgroup": rel}));
+    }
     if let Some(c) = cgroup {
         c.remove();
     }
@@ -228,28 +230,6 @@ fn encode_status(status: &RestrictionStatus, out: &mut [u8]) {
         LandlockStatus::Available { effective_abi, .. } => effective_abi as u8,
         _ => 0,
     };
-}
-
-/// Ask the daemon's `/healthz`: 1 s to connect, 1 s for the answer. Err says why not.
-fn probe_daemon(addr: &str) -> Result<(), String> {
-    let sa: SocketAddr = addr.parse().map_err(|e| format!("bad address: {e}"))?;
-    let timeout = Duration::from_secs(1);
-    let mut s = TcpStream::connect_timeout(&sa, timeout).map_err(|e| e.to_string())?;
-    s.set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
-    s.set_write_timeout(Some(timeout)).map_err(|e| e.to_string())?;
-    let req = format!("GET /healthz HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
-    let mut buf = Vec::new();
-    let _ = s.take(4096).read_to_end(&mut buf);
-    let text = String::from_utf8_lossy(&buf);
-    let status_line = text.lines().next().unwrap_or("");
-    if status_line.split_whitespace().nth(1) == Some("200") {
-        Ok(())
-    } else if status_line.is_empty() {
-        Err("no HTTP answer".into())
-    } else {
-        Err(format!("answered {status_line:?}"))
-    }
 }
 
 /// The Landlock ruleset of one agent, created (it holds a ruleset fd) but not yet enforced.
@@ -343,6 +323,8 @@ impl Sandbox {
 /// command has exited (if it is empty by then).
 struct ExecCgroup {
     dir: PathBuf,
+    /// The path relative to the cgroup v2 root, as the daemon names cgroups (`/a/b`).
+    rel: String,
     /// `cgroup.procs`, opened here so the child only has to write "0" to it.
     procs: File,
 }
@@ -355,10 +337,11 @@ impl ExecCgroup {
         };
         let dir = root.join(EXEC_SLICE).join(format!("exec-{agent}-{}", std::process::id()));
         let r = fs::create_dir_all(&dir).and_then(|()| {
-            OpenOptions::new()
-                .write(true)
-                .open(dir.join("cgroup.procs"))
-                .map(|procs| ExecCgroup { dir: dir.clone(), procs })
+            OpenOptions::new().write(true).open(dir.join("cgroup.procs")).map(|procs| ExecCgroup {
+                dir: dir.clone(),
+                rel: format!("/{EXEC_SLICE}/exec-{agent}-{}", std::process::id()),
+                procs,
+            })
         });
         match r {
             Ok(c) => Some(c),

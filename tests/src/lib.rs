@@ -73,6 +73,7 @@ pub struct Daemon {
     pub log: PathBuf,
     pub config: PathBuf,
     pub metrics_addr: String,
+    pub control: PathBuf,
 }
 
 impl Daemon {
@@ -84,19 +85,22 @@ impl Daemon {
         let events = dir.join("events.jsonl");
         let log = dir.join("daemon.log");
         let metrics_addr = format!("127.0.0.1:{}", free_port());
+        let control = dir.join("control.sock");
         let child = Command::new(binary().expect("AGENT_MONITOR_BIN"))
             .args(["run", "--config"])
             .arg(&config)
             .arg("--events")
             .arg(&events)
             .args(["--metrics-listen", &metrics_addr])
+            .arg("--control-socket")
+            .arg(&control)
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .stdout(Stdio::null())
             .stderr(fs::File::create(&log).unwrap())
             .spawn()
             .expect("spawn agent-monitor");
-        let mut d = Daemon { child: Some(child), dir, events, log, config, metrics_addr };
+        let mut d = Daemon { child: Some(child), dir, events, log, config, metrics_addr, control };
         d.wait_log("enforcing", Duration::from_secs(120));
         d
     }

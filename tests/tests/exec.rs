@@ -13,8 +13,9 @@ use agent_monitor_e2e::*;
 
 /// Agent `execd`: writable `work`, TCP to 127.0.0.1:`port` only, action deny. Selected by the
 /// comm `am-execd` (a copy of sh under that name is also an agent for the daemon).
-fn policy(work: &Path, port: u16, metrics_listen: Option<&str>) -> String {
-    let daemon = metrics_listen.map(|m| format!("[daemon]\nmetrics_listen = \"{m}\"\n\n")).unwrap_or_default();
+fn policy(work: &Path, port: u16, control_socket: Option<&Path>) -> String {
+    let daemon =
+        control_socket.map(|c| format!("[daemon]\ncontrol_socket = \"{}\"\n\n", c.display())).unwrap_or_default();
     format!(
         r#"{daemon}[[agent]]
 name = "execd"
@@ -30,13 +31,13 @@ allow = ["127.0.0.1:{port}"]
     )
 }
 
-/// A daemon running `policy`, whose policy file also names its metrics address, so that `exec
-/// --config d.config` finds it.
+/// A daemon running `policy`, whose policy file also names its control socket, so that `exec
+/// --config d.config` registers with it.
 fn start_daemon(work: &Path, port: u16) -> Daemon {
     let d = Daemon::start(&policy(work, port, None));
-    // `run` was given --metrics-listen; the file now says the same, for `exec` (the daemon only
+    // `run` was given --control-socket; the file now says the same, for `exec` (the daemon only
     // re-reads it on SIGHUP, and the flag would win then too).
-    fs::write(&d.config, policy(work, port, Some(&d.metrics_addr))).unwrap();
+    fs::write(&d.config, policy(work, port, Some(&d.control))).unwrap();
     d
 }
 
@@ -146,6 +147,19 @@ fn tcp_connects_only_to_allowed_ports() {
     let o = exec(&d.config, &[], &[&py, "-c", &connect(allowed_port)]);
     assert!(o.status.success(), "the connect to the allowed port failed: {}", stderr(&o));
     assert!(String::from_utf8_lossy(&o.stdout).contains("connected"));
+
+    // The command is an instance of the agent for the daemon too, from its first instruction
+    // (registered cgroup): an allowed port on an unlisted address passes Landlock (ports only)
+    // and is refused by the cgroup layer, which records it as agent "execd".
+    let unlisted = format!(
+        "import socket\ntry:\n    socket.create_connection(('127.0.0.2', {allowed_port}), timeout=5).close()\nexcept PermissionError:\n    raise SystemExit(3)\n"
+    );
+    let o = exec(&d.config, &[], &[&py, "-c", &unlisted]);
+    assert_eq!(o.status.code(), Some(3), "the daemon's cgroup layer did not refuse an exec'd agent");
+    let e = d.wait_event("exec instance net.connect", |e| {
+        f(e, "kind") == "net.connect" && f(e, "target") == format!("127.0.0.2:{allowed_port}")
+    });
+    assert_eq!((f(&e, "agent"), f(&e, "action"), f(&e, "layer")), ("execd", "denied", "cgroup"));
     drop((allowed, other));
 }
 
@@ -177,8 +191,8 @@ fn refuses_to_start_without_the_daemon_unless_allowed() {
     let t = TempDir::new("exec-nodaemon");
     let work = t.join("work");
     fs::create_dir(&work).unwrap();
-    // A port nobody listens on.
-    let closed = format!("127.0.0.1:{}", port());
+    // A control socket nobody listens on.
+    let closed = t.join("no-daemon.sock");
     let config = t.join("policy.toml");
     fs::write(&config, policy(&work, port(), Some(&closed))).unwrap();
     let marker = t.join("ran");
@@ -188,7 +202,7 @@ fn refuses_to_start_without_the_daemon_unless_allowed() {
     assert_eq!(o.status.code(), Some(1));
     let err = stderr(&o);
     assert!(err.contains("agent-monitor is not running"), "{err}");
-    assert!(err.contains(&format!("{closed}/healthz")), "{err}");
+    assert!(err.contains(&closed.display().to_string()), "{err}");
     assert!(err.contains("--allow-unmonitored"), "{err}");
     assert!(!work.join("ran").exists() && !marker.exists(), "the command ran");
 

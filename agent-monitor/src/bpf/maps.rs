@@ -183,6 +183,21 @@ pub fn apply_policy(ebpf: &mut Ebpf, p: &CompiledPolicy, resolved: &[NetRule]) -
     Ok(())
 }
 
+/// Add a dynamic cgroup selector (an `exec` instance's cgroup).
+pub fn add_cgroup_selector(ebpf: &mut Ebpf, cgroup_id: u64, agent: u32) -> anyhow::Result<()> {
+    let mut m: HashMap<&mut MapData, u64, u32> = HashMap::try_from(map_mut(ebpf, names::SEL_CGROUP)?)?;
+    m.insert(cgroup_id, agent, 0).context("writing SEL_CGROUP")?;
+    Ok(())
+}
+
+pub fn remove_cgroup_selector(ebpf: &mut Ebpf, cgroup_id: u64) {
+    if let Ok(map) = map_mut(ebpf, names::SEL_CGROUP) {
+        if let Ok(mut m) = HashMap::<&mut MapData, u64, u32>::try_from(map) {
+            let _ = m.remove(&cgroup_id);
+        }
+    }
+}
+
 /// The `NET_ALLOW` key of a rule.
 pub fn net_key(r: &NetRule) -> Key<NetData> {
     let port = r.port.unwrap_or(0).to_be_bytes();

@@ -69,6 +69,13 @@ pub enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Remove everything the daemon left pinned (its programs detach).
+    Cleanup {
+        #[arg(long)]
+        pin_path: Option<PathBuf>,
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Approve a held action.
     Approve { id: String },
     /// Deny a held action.
@@ -89,4 +96,8 @@ pub struct RunArgs {
     /// Control socket path (default: the policy's control_socket).
     #[arg(long)]
     pub control_socket: Option<PathBuf>,
+    /// Pin programs and maps under this bpffs directory so that enforcement survives the
+    /// daemon (default: the policy's pin_path; none: programs detach when the daemon exits).
+    #[arg(long)]
+    pub pin_path: Option<PathBuf>,
 }

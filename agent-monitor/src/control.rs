@@ -193,9 +193,10 @@ async fn handle(
 }
 
 fn status(shared: &Shared, source: &PolicySource) -> Value {
-    let (tracked, layers, tls_libs, visible) = {
+    let (tracked, layers, tls_libs, visible, pins) = {
         let k = shared.kernel.lock().unwrap();
-        (kmaps::tracked(&k.ebpf), k.layers.clone(), k.tls_libs.clone(), kmaps::tls_visible(&k.ebpf))
+        let pins = k.pin_dir.as_ref().map(|d| json!({"dir": d.display().to_string(), "adopted": k.adopted}));
+        (kmaps::tracked(&k.ebpf), k.layers.clone(), k.tls_libs.clone(), kmaps::tls_visible(&k.ebpf), pins)
     };
     let compiled = shared.compiled.lock().unwrap().clone();
     let invisible = shared.tls_invisible.lock().unwrap().clone();
@@ -229,6 +230,7 @@ fn status(shared: &Shared, source: &PolicySource) -> Value {
             "tracepoint": layers.tracepoint, "cgroup": layers.cgroup, "uprobe": layers.uprobe,
             "bpf_lsm": layers.bpf_lsm, "landlock": layers.landlock, "notes": layers.notes,
         },
+        "pins": pins,
         "tls_libraries": tls_libs.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
         "agents": agents,
         "counters": {

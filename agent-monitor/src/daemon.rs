@@ -353,7 +353,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let sink = open_sink(&events_path)?;
 
     let metrics = Arc::new(Metrics::new());
-    let mut kernel = Kernel::load()?;
+    let pins = args.pin_path.clone().or_else(|| policy.daemon.pin_path.clone().map(PathBuf::from));
+    let mut kernel = Kernel::load(pins.as_deref())?;
     let resolved = kmaps::resolve_hosts(&compiled.hosts);
     kmaps::apply_policy(&mut kernel.ebpf, &compiled, &resolved).context("writing the policy into the kernel maps")?;
     kmaps::adopt_running(&mut kernel.ebpf, &compiled)?;
@@ -435,6 +436,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut hup = signal(SignalKind::hangup())?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    let mut interactive = false;
     loop {
         tokio::select! {
             _ = hup.recv() => {
@@ -444,12 +446,23 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 sd_notify("READY=1");
             }
             _ = term.recv() => break,
-            _ = int.recv() => break,
+            _ = int.recv() => { interactive = true; break }
         }
     }
     sd_notify("STOPPING=1");
     let _ = std::fs::remove_file(&control_path);
-    info!("stopping: programs are detached and agents are no longer confined by this daemon");
+    let k = shared.kernel.lock().unwrap();
+    match (&k.pin_dir, interactive) {
+        (Some(dir), false) => info!(
+            pins = %dir.display(),
+            "stopping: the programs stay attached and enforcing from their pins (the next start adopts them); `agent-monitor cleanup` removes them"
+        ),
+        (Some(dir), true) => {
+            k.unpin_all();
+            info!(pins = %dir.display(), "stopping (interrupted): pins removed, programs detached; agents are no longer confined")
+        }
+        (None, _) => info!("stopping: programs are detached and agents are no longer confined by this daemon"),
+    }
     Ok(())
 }
 

@@ -76,6 +76,25 @@ fn events(follow: bool, file: Option<PathBuf>, config: Option<PathBuf>) -> anyho
     }
 }
 
+fn cleanup(pin_path: Option<PathBuf>, config: Option<PathBuf>) -> anyhow::Result<()> {
+    let path = match pin_path {
+        Some(p) => p,
+        None => daemon::PolicySource::resolve(config)
+            .load()
+            .ok()
+            .and_then(|p| p.daemon.pin_path)
+            .map(PathBuf::from)
+            .ok_or_else(|| anyhow::anyhow!("no pin path: pass --pin-path or set pin_path in [daemon]"))?,
+    };
+    if !path.exists() {
+        println!("nothing pinned at {}", path.display());
+        return Ok(());
+    }
+    std::fs::remove_dir_all(&path).map_err(|e| anyhow::anyhow!("removing {}: {e}", path.display()))?;
+    println!("removed {}: agent-monitor's programs are detached", path.display());
+    Ok(())
+}
+
 /// Talk to the daemon over its control socket and print what it says.
 fn client(socket: Option<PathBuf>, config: Option<PathBuf>, cmd: &str, raw: bool) -> anyhow::Result<()> {
     let path = match socket {
@@ -165,6 +184,7 @@ fn main() -> ExitCode {
             client(control_socket, config, "events", false)
         }
         Command::Events { follow, file, config, .. } => events(follow, file, config),
+        Command::Cleanup { pin_path, config } => cleanup(pin_path, config),
         Command::Status { control_socket, config, json } => client(control_socket, config, "status", json),
         Command::Reload { control_socket, config } => client(control_socket, config, "reload", true),
         Command::Exec { agent, config, allow_unmonitored, cmd } => {

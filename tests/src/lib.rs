@@ -79,6 +79,11 @@ pub struct Daemon {
 impl Daemon {
     /// Start `agent-monitor run` with this policy and wait until it says it is enforcing.
     pub fn start(policy: &str) -> Daemon {
+        Self::start_with(policy, &[])
+    }
+
+    /// `start`, with more arguments for `run`.
+    pub fn start_with(policy: &str, extra: &[&str]) -> Daemon {
         let dir = TempDir::new("daemon");
         let config = dir.join("policy.toml");
         fs::write(&config, policy).unwrap();
@@ -94,6 +99,7 @@ impl Daemon {
             .args(["--metrics-listen", &metrics_addr])
             .arg("--control-socket")
             .arg(&control)
+            .args(extra)
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .stdout(Stdio::null())
@@ -169,6 +175,15 @@ impl Daemon {
     /// The value of one sample, matched by name and a subset of labels.
     pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
         metric_value(&self.metrics(), name, labels)
+    }
+
+    /// SIGKILL the daemon and reap it: nothing of it runs any more, only what it left in the
+    /// kernel.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 
     pub fn signal(&self, sig: nix::sys::signal::Signal) {

@@ -6,8 +6,8 @@ use std::{collections::BTreeSet, fs::File, path::PathBuf};
 
 use aya::{
     programs::{
-        cgroup_skb::CgroupSkbAttachType, CgroupAttachMode, CgroupSkb, CgroupSock, CgroupSockAddr, RawTracePoint,
-        TracePoint, UProbe,
+        cgroup_skb::CgroupSkbAttachType, links::FdLink, CgroupAttachMode, CgroupSkb, CgroupSock, CgroupSockAddr,
+        RawTracePoint, TracePoint, UProbe,
     },
     Ebpf, EbpfLoader,
 };
@@ -184,6 +184,13 @@ pub struct LayerStatus {
 pub struct Kernel {
     pub ebpf: Ebpf,
     pub layers: LayerStatus,
+    /// Links held by this process (dropped with it) when not pinning.
+    links: Vec<FdLink>,
+    /// Where this build's maps and links are pinned, if pinning.
+    pub pin_dir: Option<PathBuf>,
+    pinned: usize,
+    /// True if the programs were adopted from pins left by an earlier run of this build.
+    pub adopted: bool,
     /// TLS library files whose write functions are hooked.
     pub tls_libs: BTreeSet<PathBuf>,
     /// Keeps the kernel's per-program run-time statistics on while the daemon runs.
@@ -213,7 +220,12 @@ fn landlock_abi() -> i64 {
 
 impl Kernel {
     /// Load every program with offsets from the running kernel's BTF and attach it.
-    pub fn load() -> anyhow::Result<Self> {
+    ///
+    /// With `pins` (a directory on bpffs), maps and links are pinned under
+    /// `pins/<build id>/`: they keep enforcing if this process dies, and the next start of the
+    /// same build adopts them without attaching twice (a new build attaches its own programs,
+    /// then removes the old build's pins).
+    pub fn load(pins: Option<&Path>) -> anyhow::Result<Self> {
         if OBJECT.is_empty() {
             bail!("this binary was built with AYA_BUILD_SKIP: it carries no eBPF programs");
         }
@@ -222,26 +234,65 @@ impl Kernel {
         let offsets = Btf::from_file(btf_path)
             .and_then(|b| b.offsets())
             .with_context(|| format!("reading kernel struct offsets from {}", btf_path.display()))?;
-        let mut ebpf = EbpfLoader::new()
-            .override_global("OFFSETS", &offsets, true)
-            .load(OBJECT)
-            .context("loading the eBPF object")?;
-        let mut attached = Vec::new();
+        let pin_dir = pins.map(|base| base.join(build_id()));
+        let mut adopted = false;
+        let mut loader = EbpfLoader::new();
+        loader.override_global("OFFSETS", &offsets, true);
+        let map_paths: Vec<(&str, PathBuf)> = match &pin_dir {
+            Some(dir) => {
+                std::fs::create_dir_all(dir.join("maps"))
+                    .and_then(|_| std::fs::create_dir_all(dir.join("links")))
+                    .with_context(|| format!("creating {} (is bpffs mounted there?)", dir.display()))?;
+                adopted = std::fs::read_dir(dir.join("links"))?.next().is_some();
+                PINNED_MAPS.iter().map(|m| (*m, dir.join("maps").join(m))).collect()
+            }
+            None => Vec::new(),
+        };
+        for (name, path) in &map_paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf = loader.load(OBJECT).context("loading the eBPF object")?;
+        let mut links: Vec<(String, FdLink)> = Vec::new();
         let mut up = BTreeSet::new();
-        let cgroup_root = super::maps::cgroup2_root().and_then(|p| File::open(&p).ok());
-        for probe in PROBES {
-            let t = std::time::Instant::now();
-            let r = attach(&mut ebpf, probe, cgroup_root.as_ref());
-            debug!(program = probe.program, ms = t.elapsed().as_millis() as u64, "loaded");
-            match r {
-                Ok(n) => {
-                    attached.extend(n);
-                    up.insert(probe.layer);
+        let mut tls_libs = BTreeSet::new();
+        if adopted {
+            // The same build left its programs attached: keep them, attach nothing.
+            let dir = pin_dir.as_ref().unwrap().join("links");
+            for entry in std::fs::read_dir(&dir)? {
+                let name = entry?.file_name().to_string_lossy().into_owned();
+                if let Some(hex) = name
+                    .strip_prefix("uprobe=")
+                    .and_then(|r| r.split_once('='))
+                    .map(|(_, l)| l.split('=').next().unwrap_or(l).to_string())
+                {
+                    let bytes: Vec<u8> = (0..hex.len() / 2)
+                        .filter_map(|i| u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok())
+                        .collect();
+                    tls_libs.insert(PathBuf::from(String::from_utf8_lossy(&bytes).into_owned()));
+                    up.insert("uprobe");
+                } else if name.starts_with("cgroup:") {
+                    up.insert("cgroup");
+                } else {
+                    up.insert("tracepoint");
                 }
-                Err(e) if probe.required => {
-                    return Err(e.context(format!("attaching required probe {}", probe.program)))
+            }
+            info!(pins = %dir.display(), "adopted the programs and maps this build left pinned: no gap, nothing attached twice");
+        } else {
+            let cgroup_root = super::maps::cgroup2_root().and_then(|p| File::open(&p).ok());
+            for probe in PROBES {
+                let t = std::time::Instant::now();
+                let r = attach(&mut ebpf, probe, cgroup_root.as_ref());
+                debug!(program = probe.program, ms = t.elapsed().as_millis() as u64, "loaded");
+                match r {
+                    Ok(l) => {
+                        links.extend(l);
+                        up.insert(probe.layer);
+                    }
+                    Err(e) if probe.required => {
+                        return Err(e.context(format!("attaching required probe {}", probe.program)))
+                    }
+                    Err(e) => warn!(program = probe.program, error = %format!("{e:#}"), "optional probe not attached"),
                 }
-                Err(e) => warn!(program = probe.program, error = %format!("{e:#}"), "optional probe not attached"),
             }
         }
         let mut layers =
@@ -256,8 +307,7 @@ impl Kernel {
         if !layers.landlock {
             layers.notes.push("landlock: not available in this kernel".into());
         }
-        info!(attached = attached.len(), landlock_abi = abi, "eBPF programs attached");
-        debug!(?attached, "attach points");
+        info!(links = links.len(), adopted, landlock_abi = abi, "eBPF programs attached");
         for n in &layers.notes {
             warn!("{n}");
         }
@@ -269,7 +319,12 @@ impl Kernel {
                 None
             }
         };
-        let mut kernel = Kernel { ebpf, layers, tls_libs: BTreeSet::new(), _stats: stats };
+        let mut kernel =
+            Kernel { ebpf, layers, tls_libs, _stats: stats, links: Vec::new(), pin_dir, pinned: 0, adopted };
+        for (label, link) in links {
+            kernel.keep_link(label, link)?;
+        }
+        kernel.layers.uprobe = !kernel.tls_libs.is_empty();
         for lib in system_tls_libs() {
             kernel.hook_tls_lib(&lib);
         }
@@ -280,20 +335,93 @@ impl Kernel {
                 .push("uprobe: no OpenSSL or GnuTLS library found: HTTP methods inside TLS are not visible".into());
             warn!("no TLS library found to hook: HTTPS request methods are not visible");
         }
+        if let (Some(dir), Some(base)) = (&kernel.pin_dir, pins) {
+            // Other builds' pins: this build's programs are attached now, so theirs can go.
+            for old in std::fs::read_dir(base)?.flatten().map(|e| e.path()).filter(|p| p != dir) {
+                info!(pins = %old.display(), "removing another build's pinned programs");
+                let _ = std::fs::remove_dir_all(&old);
+            }
+        }
         Ok(kernel)
     }
+
+    /// Keep a link attached for the life of this process, and beyond it when pinning.
+    fn keep_link(&mut self, label: String, link: FdLink) -> anyhow::Result<()> {
+        let Some(dir) = &self.pin_dir else {
+            self.links.push(link);
+            return Ok(());
+        };
+        let n = self.links.len() + self.pinned;
+        let path = dir.join("links").join(format!("{label}={n}"));
+        let pinned = link.pin(&path).with_context(|| format!("pinning {}", path.display()))?;
+        // The pin holds the link; dropping our handle does not detach it.
+        drop(pinned);
+        self.pinned += 1;
+        Ok(())
+    }
+
+    /// Remove every pin of this daemon (programs detach once nothing holds their links).
+    pub fn unpin_all(&self) {
+        if let Some(dir) = &self.pin_dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+/// Maps pinned with the programs (all of them: state survives a restart).
+pub const PINNED_MAPS: &[&str] = &[
+    "PROCS",
+    "AGENTS",
+    "SEL_COMM",
+    "SEL_EXE",
+    "SEL_UID",
+    "SEL_CGROUP",
+    "WRITABLE",
+    "KILLED",
+    "PENDING",
+    "PENDING_OPS",
+    "NET_ALLOW",
+    "UNIX_ALLOW",
+    "SNI_ALLOW",
+    "VISIBLE",
+    "SOCKS",
+    "EVENTS",
+    "STATS",
+];
+
+/// This build's identity for pins: the version and a hash of the eBPF object.
+pub fn build_id() -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in OBJECT {
+        h = (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    // bpffs refuses names with a '.', so the version's dots become '_'.
+    format!("{}-{h:016x}", env!("CARGO_PKG_VERSION").replace('.', "_"))
 }
 
 impl Kernel {
     /// (program, run count, run time in seconds) of every loaded program.
+    /// Read from the kernel's list of loaded programs, so that adopted (pinned) programs are
+    /// counted too; kernel names are cut at 15 bytes and mapped back to the probe table's.
     pub fn program_stats(&self) -> Vec<(String, u64, f64)> {
-        self.ebpf
-            .programs()
-            .filter_map(|(name, p)| {
-                let info = p.info().ok()?;
-                Some((name.to_string(), info.run_count(), info.run_time().as_secs_f64()))
-            })
-            .collect()
+        let mut out: Vec<(String, u64, f64)> = Vec::new();
+        for info in aya::programs::loaded_programs().flatten() {
+            let Some(kname) = info.name_as_str() else { continue };
+            let Some(probe) =
+                PROBES.iter().find(|p| p.program.starts_with(kname) && kname.len() >= p.program.len().min(15))
+            else {
+                continue;
+            };
+            // Several instances of one program (a uprobe loaded again for a new library) add up.
+            match out.iter_mut().find(|(n, _, _)| n == probe.program) {
+                Some(e) => {
+                    e.1 += info.run_count();
+                    e.2 += info.run_time().as_secs_f64();
+                }
+                None => out.push((probe.program.to_string(), info.run_count(), info.run_time().as_secs_f64())),
+            }
+        }
+        out
     }
 
     /// Hook the write functions of a TLS library file (idempotent). Returns true if it is
@@ -311,8 +439,27 @@ impl Kernel {
             let Attach::UProbe(symbol) = probe.attach else { continue };
             let Some(prog) = self.ebpf.program_mut(program) else { continue };
             let Ok(p) = <&mut UProbe>::try_from(prog) else { continue };
-            match p.attach(symbol, &canon, aya::programs::uprobe::UProbeScope::AllProcesses) {
-                Ok(_) => hooked += 1,
+            if p.fd().is_err() {
+                // Adopted programs are not loaded in this process: load the uprobe on demand.
+                if let Err(e) = p.load() {
+                    debug!(program, error = %e, "uprobe program not loaded");
+                    continue;
+                }
+            }
+            let link = p
+                .attach(symbol, &canon, aya::programs::uprobe::UProbeScope::AllProcesses)
+                .map_err(anyhow::Error::from)
+                .and_then(|id| Ok(FdLink::try_from(p.take_link(id)?)?));
+            match link {
+                Ok(link) => {
+                    // bpffs names cannot hold '/' or '.': the library path is hex-encoded.
+                    let hex: String = canon.as_os_str().as_encoded_bytes().iter().map(|b| format!("{b:02x}")).collect();
+                    let label = format!("uprobe={program}={hex}");
+                    match self.keep_link(label, link) {
+                        Ok(()) => hooked += 1,
+                        Err(e) => warn!(error = %format!("{e:#}"), "uprobe link not kept"),
+                    }
+                }
                 Err(e) => debug!(lib = %canon.display(), symbol, error = %e, "uprobe not attached"),
             }
         }
@@ -343,11 +490,13 @@ fn system_tls_libs() -> Vec<PathBuf> {
     libs
 }
 
-fn attach(ebpf: &mut Ebpf, probe: &Probe, cgroup: Option<&File>) -> anyhow::Result<Vec<String>> {
+/// Load and attach one probe; returns its links (label, link), taken from aya so that they can
+/// be pinned and outlive this process.
+fn attach(ebpf: &mut Ebpf, probe: &Probe, cgroup: Option<&File>) -> anyhow::Result<Vec<(String, FdLink)>> {
     let prog = ebpf
         .program_mut(probe.program)
         .with_context(|| format!("program {} missing from the object", probe.program))?;
-    let mut names = Vec::new();
+    let mut links = Vec::new();
     match probe.attach {
         Attach::TracePoint(category, names_list) => {
             let p: &mut TracePoint = prog.try_into()?;
@@ -357,12 +506,12 @@ fn attach(ebpf: &mut Ebpf, probe: &Probe, cgroup: Option<&File>) -> anyhow::Resu
             // this architecture is logged, not fatal.
             for name in &list {
                 match p.attach(category, name) {
-                    Ok(_) => names.push(format!("{category}/{name}")),
+                    Ok(id) => links.push((format!("{category}:{name}"), FdLink::try_from(p.take_link(id)?)?)),
                     Err(e) if list.len() > 1 => warn!(tracepoint = name, error = %e, "tracepoint not attached"),
                     Err(e) => return Err(anyhow::Error::new(e).context(format!("attaching {category}/{name}"))),
                 }
             }
-            if names.is_empty() {
+            if links.is_empty() {
                 bail!("none of the tracepoints of {} could be attached", probe.program);
             }
         }
@@ -372,24 +521,27 @@ fn attach(ebpf: &mut Ebpf, probe: &Probe, cgroup: Option<&File>) -> anyhow::Resu
             // root (systemd's, other tools'); the link API takes no attach flags, so `Single`
             // here means "flags 0", not exclusivity.
             let mode = CgroupAttachMode::Single;
-            match probe.attach {
+            let link = match probe.attach {
                 Attach::CgroupSockAddr => {
                     let p: &mut CgroupSockAddr = prog.try_into()?;
                     p.load().with_context(|| format!("loading {}", probe.program))?;
-                    p.attach(cg, mode)?;
+                    let id = p.attach(cg, mode)?;
+                    FdLink::try_from(p.take_link(id)?)?
                 }
                 Attach::CgroupSock => {
                     let p: &mut CgroupSock = prog.try_into()?;
                     p.load().with_context(|| format!("loading {}", probe.program))?;
-                    p.attach(cg, mode)?;
+                    let id = p.attach(cg, mode)?;
+                    FdLink::try_from(p.take_link(id)?)?
                 }
                 _ => {
                     let p: &mut CgroupSkb = prog.try_into()?;
                     p.load().with_context(|| format!("loading {}", probe.program))?;
-                    p.attach(cg, CgroupSkbAttachType::Egress, mode)?;
+                    let id = p.attach(cg, CgroupSkbAttachType::Egress, mode)?;
+                    FdLink::try_from(p.take_link(id)?)?
                 }
-            }
-            names.push(format!("cgroup/{}", probe.program));
+            };
+            links.push((format!("cgroup:{}", probe.program), link));
         }
         Attach::UProbe(_) => {
             // Loaded now; attached per library by `Kernel::hook_tls_lib`.
@@ -399,9 +551,9 @@ fn attach(ebpf: &mut Ebpf, probe: &Probe, cgroup: Option<&File>) -> anyhow::Resu
         Attach::RawTracePoint(name) => {
             let p: &mut RawTracePoint = prog.try_into()?;
             p.load().with_context(|| format!("loading {}", probe.program))?;
-            p.attach(name).with_context(|| format!("attaching raw tracepoint {name}"))?;
-            names.push(format!("raw/{name}"));
+            let id = p.attach(name).with_context(|| format!("attaching raw tracepoint {name}"))?;
+            links.push((format!("raw:{name}"), FdLink::from(p.take_link(id)?)));
         }
     }
-    Ok(names)
+    Ok(links)
 }

@@ -90,15 +90,22 @@ impl Daemon {
         let events = dir.join("events.jsonl");
         let log = dir.join("daemon.log");
         let metrics_addr = format!("127.0.0.1:{}", free_port());
-        let control = dir.join("control.sock");
+        // A test that names its own control socket passes `--control-socket PATH` in `extra`.
+        let control = match extra.iter().position(|a| *a == "--control-socket") {
+            Some(i) => PathBuf::from(extra[i + 1]),
+            None => dir.join("control.sock"),
+        };
         let child = Command::new(binary().expect("AGENT_MONITOR_BIN"))
             .args(["run", "--config"])
             .arg(&config)
             .arg("--events")
             .arg(&events)
             .args(["--metrics-listen", &metrics_addr])
-            .arg("--control-socket")
-            .arg(&control)
+            .args(if extra.contains(&"--control-socket") {
+                vec![]
+            } else {
+                vec!["--control-socket".into(), control.clone()]
+            })
             .args(extra)
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")

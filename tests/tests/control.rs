@@ -29,8 +29,8 @@ fn status_events_and_reload_over_the_control_socket() {
     let work = t.join("work");
     fs::create_dir(&work).unwrap();
     let sock = t.join("control.sock");
-    let d = Daemon::start(&policy(&sock, &work));
     let s = sock.display().to_string();
+    let d = Daemon::start_with(&policy(&sock, &work), &["--control-socket", &s]);
     let agent = copy_binary(t.path(), &python3(), "am-ctl");
     let _sleeper = Bg(Command::new(&agent).args(["-c", "import time; time.sleep(60)"]).spawn().unwrap());
     let sleeper_pid = _sleeper.0.id();
@@ -97,8 +97,8 @@ fn only_root_and_never_an_agent_may_control_the_daemon() {
     let work = t.join("work");
     fs::create_dir(&work).unwrap();
     let sock = t.join("control.sock");
-    let d = Daemon::start(&policy(&sock, &work));
     let s = sock.display().to_string();
+    let d = Daemon::start_with(&policy(&sock, &work), &["--control-socket", &s]);
     // Another uid: the socket is 0600 root; even with the file opened up, the credential check refuses.
     fs::set_permissions(t.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let out = Command::new("setpriv")

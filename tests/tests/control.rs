@@ -113,7 +113,7 @@ fn only_root_and_never_an_agent_may_control_the_daemon() {
     let out = Command::new(&ctl).args(["status", "--control-socket", &s]).output().unwrap();
     assert!(!out.status.success(), "an agent process got a status");
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("is an agent process"), "{err}");
+    assert!(err.contains("is an agent process"), "status {}: {err}\n{}", out.status, d.log_text());
     let mut d = d;
     d.wait_log("agents cannot control agent-monitor", Duration::from_secs(5));
 }

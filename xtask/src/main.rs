@@ -4,6 +4,7 @@ mod demo;
 mod promtool;
 mod setup;
 mod test;
+mod vm;
 
 use anyhow::{bail, ensure, Context, Result};
 use clap::{Parser, Subcommand};
@@ -45,9 +46,20 @@ enum Cmd {
         /// Skip the root end-to-end tests (and the mounts setup needs root for).
         #[arg(long)]
         no_root: bool,
-        /// Run the end-to-end tests in a QEMU guest with BPF LSM (not implemented yet: issue 6).
+        /// Instead of the host tiers, run the end-to-end tests inside QEMU guests (TCG), one per
+        /// Debian kernel series: the newest of bookworm (6.1), bookworm-backports (6.12) and
+        /// trixie-backports (7.x), each booted with BPF LSM enabled. Without --full or a FILTER
+        /// only the `files` test binary runs (the whole suite is too slow under TCG for CI).
+        /// Kernels are downloaded once into ~/.cache/agent-monitor/vm; outputs and console logs
+        /// go to target/vm/KVER/. AGENT_MONITOR_VM_TIMEOUT (seconds) bounds each guest.
         #[arg(long)]
         vm: bool,
+        /// With --vm: run every end-to-end test binary in each guest.
+        #[arg(long, requires = "vm")]
+        full: bool,
+        /// With --vm: only these kernels, by suite (`bookworm`) or version prefix (`6.1`, `7`).
+        #[arg(long = "kernel", value_name = "KERNEL", requires = "vm")]
+        kernels: Vec<String>,
         /// Test name filters passed to the end-to-end test harness.
         #[arg(last = true, value_name = "FILTER")]
         filter: Vec<String>,
@@ -80,7 +92,9 @@ fn real_main() -> Result<()> {
     match cli.cmd {
         Cmd::Setup => setup::run(&home, true),
         Cmd::Run { args } => run_daemon(&home, &args),
-        Cmd::Test { vm: true, .. } => not_yet(6),
+        Cmd::Test { vm: true, full, kernels, filter, .. } => {
+            vm::run(&home, &vm::Options { full, kernels: &kernels, filter: &filter })
+        }
         Cmd::Test { no_root, filter, .. } => test::run(&home, no_root, &filter),
         Cmd::Bench => not_yet(7),
         Cmd::Demo => demo::run(&home),
@@ -88,7 +102,7 @@ fn real_main() -> Result<()> {
     }
 }
 
-// STUB: bench (issue 7), dist (issue 5), test --vm (issue 6).
+// STUB: bench (issue 7), dist (issue 5).
 fn not_yet(issue: u32) -> Result<()> {
     bail!("not implemented yet: see issue {issue}")
 }

@@ -134,7 +134,7 @@ fn mount(fstype: &str, source: &str, dir: &str, already: bool) -> Result<()> {
 }
 
 /// Effective uid 0, from the second field of `Uid:` in /proc/self/status.
-fn is_root() -> Result<bool> {
+pub fn is_root() -> Result<bool> {
     let status = fs::read_to_string("/proc/self/status").context("cannot read /proc/self/status")?;
     let uid = status.lines().find_map(|l| l.strip_prefix("Uid:")?.split_whitespace().nth(1).map(str::to_owned));
     Ok(uid.as_deref() == Some("0"))

@@ -92,6 +92,11 @@ pub static SOCKS: LruHashMap<u64, SockInfo> = LruHashMap::with_max_entries(16384
 #[map]
 pub static EVENTS_SCRATCH: PerCpuArray<[u8; 16 + PATH_LEN + 16]> = PerCpuArray::with_max_entries(1, 0);
 
+/// The daemon's own tgid (index 0), set by the daemon at start: signals and ptrace aimed at it
+/// by an agent are `self.tamper`.
+#[map]
+pub static DAEMON: Array<u32> = Array::with_max_entries(1, 0);
+
 /// The event stream to userspace.
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);

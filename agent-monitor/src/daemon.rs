@@ -358,6 +358,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let resolved = kmaps::resolve_hosts(&compiled.hosts);
     kmaps::apply_policy(&mut kernel.ebpf, &compiled, &resolved).context("writing the policy into the kernel maps")?;
     kmaps::adopt_running(&mut kernel.ebpf, &compiled)?;
+    kmaps::set_daemon(&mut kernel.ebpf, std::process::id())?;
     let ring =
         RingBuf::try_from(kernel.ebpf.take_map(kmaps::names::EVENTS).ok_or_else(|| anyhow!("EVENTS map missing"))?)?;
     for (layer, up) in [

@@ -342,3 +342,37 @@ fn reload_with_a_bad_policy_keeps_the_old_one() {
     assert!(st.success(), "the reloaded policy did not take effect: {st}");
     assert_eq!(d.metric("agent_monitor_policy_reloads_total", &[("result", "success")]), Some(1.0));
 }
+
+#[test]
+fn signalling_or_tracing_the_daemon_is_self_tamper() {
+    if !can_run_root_tests("signalling_or_tracing_the_daemon_is_self_tamper") {
+        return;
+    }
+    let t = TempDir::new("tamper");
+    let work = t.join("work");
+    fs::create_dir(&work).unwrap();
+    let d = Daemon::start(&policy("tamperer", "am-tamper", "kill", &work, ""));
+    let agent = copy_binary(t.path(), "/bin/bash", "am-tamper");
+    // SIGCONT is harmless to a running daemon: the point is the attempt.
+    let st = sh(&agent, &format!("kill -CONT {}; echo survived > {}/after", d.pid(), work.display()), t.path());
+    assert!(killed_by_sigkill(&st), "an agent signalling the daemon was not killed: {st}");
+    assert!(!work.join("after").exists());
+    let e = d.wait_event("self.tamper", |e| f(e, "kind") == "self.tamper");
+    assert_eq!(f(&e, "target"), format!("agent-monitor pid {}", d.pid()));
+    assert_eq!((f(&e, "verdict"), f(&e, "action"), f(&e, "rule")), ("violation", "killed", "self_protection"));
+    assert!(f(&e, "detail").contains("kill(signal 18)"), "{e}");
+    // ptrace (PTRACE_SEIZE, which does not stop the tracee) through python's libc.
+    let pydir = t.join("py");
+    fs::create_dir(&pydir).unwrap();
+    let py = copy_binary(&pydir, &python3(), "am-tamper");
+    let seize = format!("import ctypes; ctypes.CDLL(None).ptrace(0x4206, {}, 0, 0); print('traced')", d.pid());
+    let out = Command::new(&py).args(["-c", &seize]).output().unwrap();
+    assert!(killed_by_sigkill(&out.status), "an agent tracing the daemon was not killed: {}", out.status);
+    d.wait_event("ptrace tamper", |e| {
+        f(e, "kind") == "self.tamper" && f(e, "detail").contains("ptrace(request=16902)")
+    });
+    // The daemon is untouched and still enforcing.
+    let st = sh(&agent, &format!("echo x > {}/ok", work.display()), t.path());
+    assert!(st.success());
+    assert!(nix::sys::signal::kill(nix::unistd::Pid::from_raw(d.pid() as i32), None).is_ok(), "the daemon is gone");
+}

@@ -78,7 +78,10 @@ pub struct Options<'a> {
 
 pub fn run(home: &Path, opts: &Options) -> Result<()> {
     let start = Instant::now();
-    ensure!(setup::is_root()?, "`cargo xtask test --vm` must run as root (it installs QEMU and exports / to the guest)");
+    ensure!(
+        setup::is_root()?,
+        "`cargo xtask test --vm` must run as root (it installs QEMU and exports / to the guest)"
+    );
     setup::run(home, true)?;
     let cache = home.join(".cache/agent-monitor/vm");
     let apt = Apt::new(&cache.join("apt"))?;
@@ -111,7 +114,12 @@ pub fn run(home: &Path, opts: &Options) -> Result<()> {
         failed += r.failed();
         skipped += r.skipped();
     }
-    println!("  {} kernels in {:.0}s; logs and outputs in {}", reports.len(), start.elapsed().as_secs_f64(), results_root().display());
+    println!(
+        "  {} kernels in {:.0}s; logs and outputs in {}",
+        reports.len(),
+        start.elapsed().as_secs_f64(),
+        results_root().display()
+    );
     println!("vm: {passed} passed, {failed} failed, {skipped} skipped");
     let bad: Vec<_> = reports.iter().filter(|r| !r.ok()).map(|r| r.kver.as_str()).collect();
     if !bad.is_empty() {
@@ -398,7 +406,7 @@ fn kernels(apt: &Apt, cache: &Path, select: &[String]) -> Result<Vec<Kernel>> {
             bail!("no kernel package matching {} in {}", s.pattern, s.suite);
         };
         let kver = kernel_release(&package).with_context(|| format!("cannot tell the kernel release of {package}"))?;
-        if !select.is_empty() && !select.iter().any(|want| want == s.suite || kver.starts_with(want.as_str())) {
+        if !select.is_empty() && !select.iter().any(|want| selects(want, s.suite, &kver)) {
             continue;
         }
         println!("vm: kernel {kver}: {package} {version} ({})", s.suite);
@@ -406,6 +414,12 @@ fn kernels(apt: &Apt, cache: &Path, select: &[String]) -> Result<Vec<Kernel>> {
     }
     ensure!(!kernels.is_empty(), "no kernel matches --kernel {}", select.join(" "));
     Ok(kernels)
+}
+
+/// `--kernel` matches a suite, or a version prefix ending at a part boundary (`6.1` is not `6.12`).
+fn selects(want: &str, suite: &str, kver: &str) -> bool {
+    let at_boundary = |rest: &str| rest.is_empty() || rest.starts_with(['.', '-', '+']);
+    want == suite || kver.strip_prefix(want).is_some_and(at_boundary)
 }
 
 /// `linux-image-6.1.0-50-amd64-unsigned` -> `6.1.0-50-amd64`; `linux-binary-unsigned-7.3.4+deb13-amd64` -> `7.3.4+deb13-amd64`.
@@ -459,14 +473,11 @@ fn unpack(
         }
     }
     let modules = root.join("lib/modules").join(&kver);
-    let vmlinuz = [
-        root.join("boot").join(format!("vmlinuz-{kver}")),
-        modules.join("vmlinuz.unsigned"),
-        modules.join("vmlinuz"),
-    ]
-    .into_iter()
-    .find(|p| p.is_file())
-    .with_context(|| format!("no vmlinuz in {}", root.display()))?;
+    let vmlinuz =
+        [root.join("boot").join(format!("vmlinuz-{kver}")), modules.join("vmlinuz.unsigned"), modules.join("vmlinuz")]
+            .into_iter()
+            .find(|p| p.is_file())
+            .with_context(|| format!("no vmlinuz in {}", root.display()))?;
     ensure!(modules.join("modules.dep").is_file(), "no modules.dep in {}", modules.display());
     Ok(Kernel { suite, package, version, kver, vmlinuz, modules })
 }
@@ -493,7 +504,10 @@ fn deb_version_cmp(a: &str, b: &str) -> std::cmp::Ordering {
         while !a.is_empty() || !b.is_empty() {
             // Non-digit prefixes, character by character.
             loop {
-                let (ca, cb) = (a.first().copied().filter(|c| !c.is_ascii_digit()), b.first().copied().filter(|c| !c.is_ascii_digit()));
+                let (ca, cb) = (
+                    a.first().copied().filter(|c| !c.is_ascii_digit()),
+                    b.first().copied().filter(|c| !c.is_ascii_digit()),
+                );
                 if ca.is_none() && cb.is_none() {
                     break;
                 }
@@ -634,7 +648,8 @@ impl Cpio {
     fn entry(&mut self, name: &str, mode: u32, data: &[u8], rdev: (u32, u32)) {
         self.ino += 1;
         let nlink = if mode & 0o170000 == 0o040000 { 2 } else { 1 };
-        let fields = [self.ino, mode, 0, 0, nlink, 0, data.len() as u32, 0, 0, rdev.0, rdev.1, name.len() as u32 + 1, 0];
+        let fields =
+            [self.ino, mode, 0, 0, nlink, 0, data.len() as u32, 0, 0, rdev.0, rdev.1, name.len() as u32 + 1, 0];
         self.buf.extend_from_slice(b"070701");
         for f in fields {
             self.buf.extend_from_slice(format!("{f:08x}").as_bytes());
@@ -726,7 +741,8 @@ fn run_kernel(k: &Kernel, busybox: &Path, bins: &[TestBinary], filter: &[String]
         }
         writeln!(tests, "{}\t{}\t{}", b.name, b.exe.display(), b.cwd.display()).unwrap();
     }
-    let args: Vec<String> = ["--test-threads=1", "--show-output"].iter().map(|s| s.to_string()).chain(filter.iter().cloned()).collect();
+    let args: Vec<String> =
+        ["--test-threads=1", "--show-output"].iter().map(|s| s.to_string()).chain(filter.iter().cloned()).collect();
     let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
     let env = [
         format!("AGENT_MONITOR_BIN={}", target_dir().join("debug/agent-monitor").display()),
@@ -762,13 +778,7 @@ fn run_kernel(k: &Kernel, busybox: &Path, bins: &[TestBinary], filter: &[String]
     let time = start.elapsed();
 
     let read = |name: &str| fs::read_to_string(share.join(name)).unwrap_or_default().trim().to_string();
-    let mut report = Report {
-        kver: k.kver.clone(),
-        lsm: read("lsm"),
-        time,
-        problem: None,
-        bins: Vec::new(),
-    };
+    let mut report = Report { kver: k.kver.clone(), lsm: read("lsm"), time, problem: None, bins: Vec::new() };
     if timed_out {
         report.problem = Some(format!("QEMU killed after {}s (AGENT_MONITOR_VM_TIMEOUT)", timeout.as_secs()));
     } else if !share.join("done").exists() {
@@ -990,7 +1000,8 @@ mod tests {
 
     #[test]
     fn sources_in_both_formats() {
-        let deb822 = "Types: deb\n# a comment\nURIs: http://deb.debian.org/debian/\nSuites: bookworm bookworm-updates\n\
+        let deb822 =
+            "Types: deb\n# a comment\nURIs: http://deb.debian.org/debian/\nSuites: bookworm bookworm-updates\n\
                       Components: main\n\nTypes: deb-src\nURIs: http://x/\nSuites: bookworm\n\n\
                       Types: deb\nURIs: http://y/\nSuites: sid\nEnabled: no\n";
         let e = parse_deb822_sources(deb822);
@@ -1002,7 +1013,10 @@ mod tests {
             ]
         );
         let list = "# x\ndeb [signed-by=/k.gpg arch=amd64] http://m/debian bookworm main\ndeb-src http://m/debian bookworm main\n";
-        assert_eq!(parse_one_line_sources(list), [SourceEntry { uri: "http://m/debian".into(), suite: "bookworm".into() }]);
+        assert_eq!(
+            parse_one_line_sources(list),
+            [SourceEntry { uri: "http://m/debian".into(), suite: "bookworm".into() }]
+        );
         assert_eq!(os_codename("ID=debian\nVERSION_CODENAME=bookworm\n").as_deref(), Some("bookworm"));
     }
 
@@ -1010,10 +1024,20 @@ mod tests {
     fn madison_lines_are_filtered_by_suite() {
         let out = "linux-image-6.1.0-50-amd64-unsigned |  6.1.176-1 | http://m/debian bookworm/main amd64 Packages\n\
                    linux-image-6.12.95+deb12-amd64-unsigned | 6.12.95-1~bpo12+1 | http://m/debian bookworm-backports/main amd64 Packages\n";
-        assert_eq!(madison_in_suite(out, "bookworm"), [("linux-image-6.1.0-50-amd64-unsigned".into(), "6.1.176-1".into())]);
+        assert_eq!(
+            madison_in_suite(out, "bookworm"),
+            [("linux-image-6.1.0-50-amd64-unsigned".into(), "6.1.176-1".into())]
+        );
         assert_eq!(madison_in_suite(out, "bookworm-backports").len(), 1);
         assert_eq!(kernel_release("linux-image-6.1.0-50-amd64-unsigned").as_deref(), Some("6.1.0-50-amd64"));
         assert_eq!(kernel_release("linux-binary-unsigned-7.3.4+deb13-amd64").as_deref(), Some("7.3.4+deb13-amd64"));
+        assert!(
+            selects("6.1", "bookworm", "6.1.0-50-amd64")
+                && !selects("6.1", "bookworm-backports", "6.12.95+deb12-amd64")
+        );
+        assert!(
+            selects("7", "trixie-backports", "7.3.4+deb13-amd64") && selects("bookworm", "bookworm", "6.1.0-50-amd64")
+        );
     }
 
     #[test]

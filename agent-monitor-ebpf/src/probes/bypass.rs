@@ -4,7 +4,10 @@
 use agent_monitor_common::{action, agent_flags, kind, layer, verdict};
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 
-use crate::agent::{current_agent, decide, reap_if_killed, PathRef, Rec};
+use crate::{
+    agent::{current_agent, decide, reap_if_killed, PathRef, Rec},
+    maps::DAEMON,
+};
 
 #[inline(always)]
 fn arg(ctx: &TracePointContext, i: usize) -> u64 {
@@ -52,5 +55,85 @@ pub fn sys_enter_socket(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn sys_enter_bpf(ctx: TracePointContext) -> u32 {
     bypass(kind::SELF_TAMPER, agent_flags::ALLOW_BPF, arg(&ctx, 0), 0);
+    0
+}
+
+/// An agent aiming a signal, ptrace or a memory write at the daemon: `self.tamper`. The
+/// tracepoint layer cannot stop the call (with pinned programs, enforcement survives even a
+/// SIGKILL of the daemon); the agent is killed and the attempt is on the record.
+#[inline(always)]
+fn tamper(target: u64, what: u64, detail: u64) {
+    let daemon = DAEMON.get(0).copied().unwrap_or(0);
+    if daemon == 0 || target as u32 != daemon || target >> 32 != 0 {
+        return;
+    }
+    let Some((st, cfg)) = current_agent() else {
+        return;
+    };
+    if reap_if_killed(&st) {
+        return;
+    }
+    let r = Rec {
+        kind: kind::SELF_TAMPER,
+        verdict: verdict::ALLOWED,
+        action: action::NONE,
+        layer: layer::TRACEPOINT,
+        flags: 0,
+        aux: what,
+        aux2: (detail << 32) | target,
+    };
+    decide(&st, &cfg, false, r, PathRef::NONE, PathRef::NONE);
+}
+
+/// Syscall numbers as recorded in `aux` (x86_64 numbering; decoded by the daemon).
+pub mod tamper_call {
+    pub const KILL: u64 = 62;
+    pub const TKILL: u64 = 200;
+    pub const TGKILL: u64 = 234;
+    pub const PTRACE: u64 = 101;
+    pub const PROCESS_VM_WRITEV: u64 = 311;
+    pub const RT_SIGQUEUEINFO: u64 = 129;
+    pub const RT_TGSIGQUEUEINFO: u64 = 297;
+}
+
+#[tracepoint]
+pub fn sys_enter_kill(ctx: TracePointContext) -> u32 {
+    tamper(arg(&ctx, 0), tamper_call::KILL, arg(&ctx, 1));
+    0
+}
+
+#[tracepoint]
+pub fn sys_enter_tkill(ctx: TracePointContext) -> u32 {
+    tamper(arg(&ctx, 0), tamper_call::TKILL, arg(&ctx, 1));
+    0
+}
+
+#[tracepoint]
+pub fn sys_enter_tgkill(ctx: TracePointContext) -> u32 {
+    tamper(arg(&ctx, 0), tamper_call::TGKILL, arg(&ctx, 2));
+    0
+}
+
+#[tracepoint]
+pub fn sys_enter_rt_sigqueueinfo(ctx: TracePointContext) -> u32 {
+    tamper(arg(&ctx, 0), tamper_call::RT_SIGQUEUEINFO, arg(&ctx, 1));
+    0
+}
+
+#[tracepoint]
+pub fn sys_enter_rt_tgsigqueueinfo(ctx: TracePointContext) -> u32 {
+    tamper(arg(&ctx, 0), tamper_call::RT_TGSIGQUEUEINFO, arg(&ctx, 2));
+    0
+}
+
+#[tracepoint]
+pub fn sys_enter_ptrace(ctx: TracePointContext) -> u32 {
+    tamper(arg(&ctx, 1), tamper_call::PTRACE, arg(&ctx, 0));
+    0
+}
+
+#[tracepoint]
+pub fn sys_enter_process_vm_writev(ctx: TracePointContext) -> u32 {
+    tamper(arg(&ctx, 0), tamper_call::PROCESS_VM_WRITEV, 0);
     0
 }

@@ -166,6 +166,13 @@ pub const PROBES: &[Probe] = &[
     Probe { program: "gnutls_handshake", attach: Attach::UProbe("gnutls_handshake"), required: false, layer: "uprobe" },
     tp("sys_enter_socket", true),
     tp("sys_enter_bpf", true),
+    tp("sys_enter_kill", true),
+    tp("sys_enter_tkill", false),
+    tp("sys_enter_tgkill", true),
+    tp("sys_enter_rt_sigqueueinfo", false),
+    tp("sys_enter_rt_tgsigqueueinfo", false),
+    tp("sys_enter_ptrace", true),
+    tp("sys_enter_process_vm_writev", false),
 ];
 
 /// What the daemon found out about each layer at start-up.

@@ -183,6 +183,13 @@ pub fn apply_policy(ebpf: &mut Ebpf, p: &CompiledPolicy, resolved: &[NetRule]) -
     Ok(())
 }
 
+/// Tell the kernel side which process is the daemon (self-protection).
+pub fn set_daemon(ebpf: &mut Ebpf, tgid: u32) -> anyhow::Result<()> {
+    let mut a: Array<&mut MapData, u32> = Array::try_from(map_mut(ebpf, "DAEMON")?)?;
+    a.set(0, tgid, 0)?;
+    Ok(())
+}
+
 /// Add a dynamic cgroup selector (an `exec` instance's cgroup).
 pub fn add_cgroup_selector(ebpf: &mut Ebpf, cgroup_id: u64, agent: u32) -> anyhow::Result<()> {
     let mut m: HashMap<&mut MapData, u64, u32> = HashMap::try_from(map_mut(ebpf, names::SEL_CGROUP)?)?;

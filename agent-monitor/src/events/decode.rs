@@ -224,9 +224,34 @@ impl Decoder {
                 "raw_socket".into()
             }
             Kind::SelfTamper => {
-                rule = "syscalls.allow".into();
-                detail.push(format!("bpf(cmd={})", ev.aux));
-                "bpf".into()
+                let call = match ev.aux {
+                    62 => Some("kill"),
+                    200 => Some("tkill"),
+                    234 => Some("tgkill"),
+                    101 => Some("ptrace"),
+                    311 => Some("process_vm_writev"),
+                    129 => Some("rt_sigqueueinfo"),
+                    297 => Some("rt_tgsigqueueinfo"),
+                    _ => None,
+                };
+                match call {
+                    Some(call) if ev.aux2 != 0 || ev.aux == 311 => {
+                        rule = "self_protection".into();
+                        let target = (ev.aux2 & 0xffff_ffff) as u32;
+                        let arg = ev.aux2 >> 32;
+                        detail.push(match call {
+                            "ptrace" => format!("ptrace(request={arg}) on the daemon"),
+                            "process_vm_writev" => "process_vm_writev into the daemon".to_string(),
+                            _ => format!("{call}(signal {arg}) to the daemon"),
+                        });
+                        format!("agent-monitor pid {target}")
+                    }
+                    _ => {
+                        rule = "syscalls.allow".into();
+                        detail.push(format!("bpf(cmd={})", ev.aux));
+                        "bpf".into()
+                    }
+                }
             }
             Kind::IpcConnect => {
                 rule = "network.allow".into();

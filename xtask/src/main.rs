@@ -1,6 +1,7 @@
 //! `cargo xtask`: developer tasks for agent-monitor (see `cargo xtask --help`).
 
 mod demo;
+mod dist;
 mod promtool;
 mod setup;
 mod test;
@@ -73,7 +74,8 @@ enum Cmd {
     /// to post its advice and is killed before the POST leaves. Shows the forum's log, the
     /// violation event and the metrics; fails if the POST arrived or the agent was not killed.
     Demo,
-    /// Release tarball with binary, unit, policy and dashboards (not implemented yet: issue 5).
+    /// Build a Debian package (target/dist/*.deb): binary, systemd unit, default configuration
+    /// (a conffile) and dashboards; installing it enables and starts the service under systemd.
     Dist,
 }
 
@@ -98,7 +100,7 @@ fn real_main() -> Result<()> {
         Cmd::Test { no_root, filter, .. } => test::run(&home, no_root, &filter),
         Cmd::Bench => not_yet(7),
         Cmd::Demo => demo::run(&home),
-        Cmd::Dist => not_yet(5),
+        Cmd::Dist => dist::run().map(|_| ()),
     }
 }
 

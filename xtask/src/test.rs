@@ -38,10 +38,29 @@ pub fn run(home: &Path, no_root: bool, filter: &[String]) -> Result<()> {
             steps.push(Step { name: "alert rules", outcome: Outcome::Failed, time: Duration::ZERO });
         }
     }
+    // The .deb the package test installs (release build).
+    let t = Instant::now();
+    let deb = match crate::dist::run() {
+        Ok(deb) => {
+            steps.push(Step { name: "dist (.deb)", outcome: Outcome::Ok, time: t.elapsed() });
+            Some(deb)
+        }
+        Err(e) => {
+            eprintln!("xtask: dist: {e:#}");
+            steps.push(Step { name: "dist (.deb)", outcome: Outcome::Failed, time: t.elapsed() });
+            None
+        }
+    };
     steps.push(match (no_root, built) {
         (true, _) => skipped("e2e tests (root)", "--no-root"),
         (false, false) => skipped("e2e tests (root)", "the build failed"),
-        (false, true) => step("e2e tests (root)", &mut e2e(filter)),
+        (false, true) => {
+            let mut cmd = e2e(filter);
+            if let Some(deb) = &deb {
+                cmd.env("AGENT_MONITOR_DEB", deb);
+            }
+            step("e2e tests (root)", &mut cmd)
+        }
     });
 
     summary(&steps, start.elapsed());

@@ -104,7 +104,7 @@ fn real_main() -> Result<()> {
     }
 }
 
-// STUB: bench (issue 7), dist (issue 5).
+// STUB: bench (issue 7).
 fn not_yet(issue: u32) -> Result<()> {
     bail!("not implemented yet: see issue {issue}")
 }

@@ -76,6 +76,11 @@ pub enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// The tamper-evident audit trail of the events log.
+    Audit {
+        #[command(subcommand)]
+        cmd: AuditCmd,
+    },
     /// Approve a held action.
     Approve { id: String },
     /// Deny a held action.
@@ -100,4 +105,14 @@ pub struct RunArgs {
     /// daemon (default: the policy's pin_path; none: programs detach when the daemon exits).
     #[arg(long)]
     pub pin_path: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCmd {
+    /// Check the hash chain of events logs (rotated files oldest first); names the first
+    /// broken line.
+    Verify {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
 }

@@ -66,6 +66,9 @@ pub struct Shared {
     pub decoder: Mutex<Decoder>,
     pub metrics: Arc<Metrics>,
     pub sink: Mutex<Box<dyn Write + Send>>,
+    /// The events log's path ("-": stdout) and its hash chain (see `audit`).
+    pub events_path: String,
+    pub chain: Mutex<crate::audit::Chain>,
     pub compiled: Mutex<CompiledPolicy>,
     /// The current resolution of the policy's host names.
     pub resolved: Mutex<Vec<crate::policy::NetRule>>,
@@ -93,7 +96,7 @@ impl Shared {
         if rec.action == "killed" {
             m.kills.with_label_values(&[&rec.agent]).inc();
         }
-        let line = match serde_json::to_string(rec) {
+        let json = match serde_json::to_string(rec) {
             Ok(l) => l,
             Err(e) => {
                 m.sink_errors.with_label_values(&["events_file"]).inc();
@@ -101,12 +104,7 @@ impl Shared {
                 return;
             }
         };
-        let _ = self.live.send(line.clone());
-        let mut sink = self.sink.lock().unwrap();
-        if let Err(e) = writeln!(sink, "{line}").and_then(|_| sink.flush()) {
-            m.sink_errors.with_label_values(&["events_file"]).inc();
-            error!(error = %e, "writing the events log failed");
-        }
+        self.write_line(&json);
         if rec.verdict == "violation" {
             warn!(
                 agent = rec.agent,
@@ -118,6 +116,47 @@ impl Shared {
             );
             for w in &self.webhooks {
                 w.send(rec);
+            }
+        }
+    }
+
+    /// Seal a JSON object into the audit chain and append it to the events log (and the live
+    /// stream).
+    pub fn write_line(&self, json: &str) {
+        let mut sink = self.sink.lock().unwrap();
+        let line = self.chain.lock().unwrap().seal(json);
+        let _ = self.live.send(line.clone());
+        if let Err(e) = writeln!(sink, "{line}").and_then(|_| sink.flush()) {
+            self.metrics.sink_errors.with_label_values(&["events_file"]).inc();
+            error!(error = %e, "writing the events log failed");
+        }
+    }
+
+    /// A `policy.load` record: which policy is enforcing from here on.
+    pub fn record_policy(&self, source: &PolicySource, compiled: &CompiledPolicy) {
+        let d = self.decoder.lock().unwrap();
+        let rec = serde_json::json!({
+            "ts": crate::events::decode::rfc3339(now_ns()),
+            "id": d.next_id(),
+            "kind": "policy.load",
+            "policy": source.describe(),
+            "policy_hash": compiled.hash,
+            "agents": compiled.agents.len(),
+        });
+        drop(d);
+        self.write_line(&rec.to_string());
+    }
+
+    /// Reopen the events log (after logrotate moved it away); the chain goes on in the new file.
+    pub fn reopen_sink(&self) {
+        if self.events_path == "-" {
+            return;
+        }
+        match open_sink(&self.events_path) {
+            Ok(s) => *self.sink.lock().unwrap() = s,
+            Err(e) => {
+                self.metrics.sink_errors.with_label_values(&["events_file"]).inc();
+                error!(error = %format!("{e:#}"), "reopening the events log failed; still writing the old file");
             }
         }
     }
@@ -295,6 +334,11 @@ impl Shared {
     }
 }
 
+fn now_ns() -> i128 {
+    let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    d.as_nanos() as i128
+}
+
 fn open_sink(path: &str) -> anyhow::Result<Box<dyn Write + Send>> {
     if path == "-" {
         return Ok(Box::new(io::stdout()));
@@ -380,6 +424,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         decoder: Mutex::new(Decoder::new(names)),
         metrics: metrics.clone(),
         sink: Mutex::new(sink),
+        chain: Mutex::new(if events_path == "-" {
+            crate::audit::Chain::new()
+        } else {
+            crate::audit::Chain::resume(Path::new(&events_path))
+        }),
+        events_path: events_path.clone(),
         compiled: Mutex::new(compiled),
         resolved: Mutex::new(resolved),
         tls_invisible: Mutex::new(Default::default()),
@@ -431,6 +481,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let (listener, control) = crate::control::Control::bind(&control_path, policy.daemon.admin_group.as_deref(), live)?;
     tokio::spawn(crate::control::serve(listener, Arc::new(control), shared.clone(), source.clone()));
 
+    shared.record_policy(&source, &shared.compiled.lock().unwrap().clone());
     info!(events = events_path, metrics = %metrics_addr, control = %control_path.display(), "enforcing");
     sd_notify("READY=1\nSTATUS=enforcing");
 
@@ -442,6 +493,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         tokio::select! {
             _ = hup.recv() => {
                 sd_notify("RELOADING=1");
+                // SIGHUP also reopens the events log, for logrotate.
+                shared.reopen_sink();
                 let (src, sh) = (source.clone(), shared.clone());
                 let _ = tokio::task::spawn_blocking(move || reload(&src, &sh)).await;
                 sd_notify("READY=1");
@@ -494,6 +547,7 @@ pub fn reload(source: &PolicySource, shared: &Shared) -> bool {
             shared.metrics.policy_agents.set(compiled.agents.len() as i64);
             shared.metrics.init_agents(&compiled.agents.iter().map(|a| a.name.as_str()).collect::<Vec<_>>());
             info!(hash = compiled.hash, agents = compiled.agents.len(), "policy reloaded");
+            shared.record_policy(source, &compiled);
             *shared.compiled.lock().unwrap() = compiled;
             shared.reapply_registrations();
             shared.metrics.reloads.with_label_values(&["success"]).inc();

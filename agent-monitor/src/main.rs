@@ -1,4 +1,5 @@
 //! agent-monitor: a kernel-enforced read-only boundary around AI agent processes.
+mod audit;
 mod bpf;
 mod cli;
 mod control;
@@ -185,6 +186,16 @@ fn main() -> ExitCode {
         }
         Command::Events { follow, file, config, .. } => events(follow, file, config),
         Command::Cleanup { pin_path, config } => cleanup(pin_path, config),
+        Command::Audit { cmd: cli::AuditCmd::Verify { files } } => match audit::verify(&files) {
+            Ok(n) => {
+                println!("ok: {n} lines, the chain is intact");
+                Ok(())
+            }
+            Err(b) => {
+                eprintln!("{b}");
+                return ExitCode::from(1);
+            }
+        },
         Command::Status { control_socket, config, json } => client(control_socket, config, "status", json),
         Command::Reload { control_socket, config } => client(control_socket, config, "reload", true),
         Command::Exec { agent, config, allow_unmonitored, cmd } => {

@@ -376,3 +376,55 @@ fn signalling_or_tracing_the_daemon_is_self_tamper() {
     assert!(st.success());
     assert!(nix::sys::signal::kill(nix::unistd::Pid::from_raw(d.pid() as i32), None).is_ok(), "the daemon is gone");
 }
+
+#[test]
+fn the_events_log_is_a_hash_chain_that_names_the_first_broken_line() {
+    if !can_run_root_tests("the_events_log_is_a_hash_chain_that_names_the_first_broken_line") {
+        return;
+    }
+    let t = TempDir::new("audit");
+    let work = t.join("work");
+    fs::create_dir(&work).unwrap();
+    let events = {
+        let d = Daemon::start(&policy("audited", "am-audited", "alert", &work, ""));
+        let agent = copy_binary(t.path(), "/bin/bash", "am-audited");
+        for i in 0..3 {
+            assert!(sh(&agent, &format!("echo {i} > {}/out{i}", t.path().display()), t.path()).success());
+        }
+        d.wait_event("three violations", |e| f(e, "target").ends_with("out2"));
+        // A reload records the policy again, in the chain.
+        d.signal(nix::sys::signal::Signal::SIGHUP);
+        std::thread::sleep(Duration::from_millis(500));
+        let kept = t.join("events.jsonl");
+        fs::copy(&d.events, &kept).unwrap();
+        kept
+    };
+    let text = fs::read_to_string(&events).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines.len() >= 6, "{text}");
+    assert!(lines[0].contains("\"kind\":\"policy.load\"") && lines[0].contains("policy_hash"), "{}", lines[0]);
+    assert_eq!(lines.iter().filter(|l| l.contains("policy.load")).count(), 2, "the reload is not on the record");
+    let verify =
+        |p: &std::path::Path| Command::new(binary().unwrap()).args(["audit", "verify"]).arg(p).output().unwrap();
+    let out = verify(&events);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // Edit one line (hide a violation's target): the report names that line.
+    let k = lines.iter().position(|l| l.contains("out1")).unwrap();
+    let mut edited: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
+    edited[k] = edited[k].replace("out1", "elsewhere");
+    let e = t.join("edited.jsonl");
+    fs::write(&e, edited.join("\n") + "\n").unwrap();
+    let out = verify(&e);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.starts_with(&format!("{}:{}: chain broken", e.display(), k + 1)), "{err}");
+
+    // Remove it instead: the line before the gap is named.
+    let mut removed: Vec<&str> = lines.clone();
+    removed.remove(k);
+    let r = t.join("removed.jsonl");
+    fs::write(&r, removed.join("\n") + "\n").unwrap();
+    let err = String::from_utf8_lossy(&verify(&r).stderr).to_string();
+    assert!(err.starts_with(&format!("{}:{}: chain broken", r.display(), k)), "{err}");
+}

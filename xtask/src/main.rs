@@ -1,5 +1,6 @@
 //! `cargo xtask`: developer tasks for agent-monitor (see `cargo xtask --help`).
 
+mod bench;
 mod demo;
 mod dist;
 mod promtool;
@@ -7,7 +8,7 @@ mod setup;
 mod test;
 mod vm;
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use clap::{Parser, Subcommand};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -65,8 +66,37 @@ enum Cmd {
         #[arg(last = true, value_name = "FILTER")]
         filter: Vec<String>,
     },
-    /// Benchmarks against no monitor, auditd and bpftrace (not implemented yet: issue 7).
-    Bench,
+    /// Benchmarks against no monitor, auditd and bpftrace, as root (about 5 minutes).
+    ///
+    /// Runs setup, the release build and builds `xtask/bench/load.c`, then measures syscall
+    /// overhead (open, TCP connect, UDP send, fork, exec) with no monitor, with the daemon
+    /// loaded, for a non-agent and for an agent (allowed, and refused with alert), interleaved
+    /// in rounds, beside auditd and bpftrace on the open workload; then start-up time, RSS and
+    /// CPU, the bytes of refused requests that reach a server, and the time to a kill. Writes
+    /// `bench/results-DATE.json` and `.md` and prints the Markdown.
+    Bench {
+        /// Rounds; every case is measured once per round.
+        #[arg(long, default_value_t = 7)]
+        rounds: usize,
+        /// Runs per case in a round (alternating between the cases of a state); the fastest counts.
+        #[arg(long, default_value_t = 3)]
+        reps: usize,
+        /// Seconds one run of a workload takes with no monitor (sets the operations per run).
+        #[arg(long, default_value_t = 0.1)]
+        run_secs: f64,
+        /// Refused HTTP requests sent by the agent.
+        #[arg(long, default_value_t = 1000)]
+        attempts: u64,
+        /// Kills timed (forbidden open to death).
+        #[arg(long, default_value_t = 200)]
+        kills: u64,
+        /// Do not run (or install) auditd and bpftrace.
+        #[arg(long)]
+        no_peers: bool,
+        /// Where the results go (default: bench/ in the workspace).
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
     /// Reproduce the forum-agent incident on loopback, as root (about 15 s after the build).
     ///
     /// Runs setup and the debug build, starts a loopback HTTPS forum and the daemon with a
@@ -98,15 +128,13 @@ fn real_main() -> Result<()> {
             vm::run(&home, &vm::Options { full, kernels: &kernels, filter: &filter })
         }
         Cmd::Test { no_root, filter, .. } => test::run(&home, no_root, &filter),
-        Cmd::Bench => not_yet(7),
+        Cmd::Bench { rounds, reps, run_secs, attempts, kills, no_peers, out } => {
+            let out = out.unwrap_or_else(|| root().join("bench"));
+            bench::run(&home, bench::Options { rounds, reps, run_secs, attempts, kills, peers: !no_peers, out })
+        }
         Cmd::Demo => demo::run(&home),
         Cmd::Dist => dist::run().map(|_| ()),
     }
-}
-
-// STUB: bench (issue 7).
-fn not_yet(issue: u32) -> Result<()> {
-    bail!("not implemented yet: see issue {issue}")
 }
 
 /// `cargo xtask run`: setup, release build, then replace this process with the daemon.

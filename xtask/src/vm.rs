@@ -954,6 +954,9 @@ impl Report {
             println!("  warning: bpf is not among the active LSMs: the BPF LSM path was not tested");
         }
         for b in &self.bins {
+            if b.rc == Some(0) && b.counts.is_some_and(|(p, f, i)| p + f + i == 0) {
+                continue; // the filter matched none of its tests
+            }
             let rc = b.rc.map_or("did not finish".to_string(), |rc| format!("exit {rc}"));
             println!(
                 "  {}: {} passed, {} failed, {} skipped ({rc}; output in {})",

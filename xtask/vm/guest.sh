@@ -6,7 +6,7 @@
 #   run/args   arguments for every binary, one a line (--test-threads=1, filters...)
 #   run/env    KEY=VALUE a line, exported before the tests run
 # and writes back NAME.out (the harness's stdout and stderr), NAME.rc (its exit code), lsm,
-# kernel, and done (last, so the host can tell a finished run from a crashed one). Then powers off.
+# kernel, dmesg, and done (last, so the host can tell a finished run from a crashed one). Then powers off.
 R=/am-vm/results
 say() { echo "am-vm: $*"; }
 off() {
@@ -51,9 +51,17 @@ mapfile -t args <"$R/run/args"
 while IFS=$'\t' read -r name exe cwd; do
     say "running $name"
     start=$SECONDS
-    (cd "$cwd" && exec "$exe" "${args[@]}") </dev/null 2>&1 | tee "$R/$name.out"
-    rc=${PIPESTATUS[0]}
+    # Not through a pipe: processes a test leaves behind would hold it open. tail follows the
+    # file to the console and stops when the harness exits.
+    (cd "$cwd" && exec "$exe" "${args[@]}") </dev/null >"$R/$name.out" 2>&1 &
+    pid=$!
+    tail -n +1 -s 0.5 -f --pid=$pid "$R/$name.out" &
+    tailpid=$!
+    wait $pid
+    rc=$?
+    wait $tailpid
     echo "$rc" >"$R/$name.rc"
     say "$name: exit $rc in $((SECONDS - start))s"
 done <"$R/run/tests"
+dmesg >"$R/dmesg" 2>&1
 touch "$R/done"

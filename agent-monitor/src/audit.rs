@@ -1,0 +1,179 @@
+//! The tamper-evident audit trail: every line of the events log carries `prev`, the SHA-256 of
+//! the line before it (as written, without its newline), so that an edited or deleted line breaks
+//! the chain where it was. The chain continues across daemon restarts (the last line of the
+//! existing log is read at start) and across rotation (the first line of a new file carries the
+//! hash of the last line of the old one). A `policy.load` record with the policy's hash opens
+//! the log and follows every policy change.
+//!
+//! What it does not prove: that the *last* lines were not removed (nothing comes after them);
+//! ship the log off the host (webhooks, a collector) for that.
+use std::{
+    fs,
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+};
+
+use sha2::{Digest, Sha256};
+
+/// The `prev` of the first line ever written.
+pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+pub fn sha256_hex(b: &[u8]) -> String {
+    Sha256::digest(b).iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// The running end of the chain.
+#[derive(Debug)]
+pub struct Chain {
+    prev: String,
+}
+
+impl Chain {
+    pub fn new() -> Self {
+        Chain { prev: GENESIS.to_string() }
+    }
+
+    /// Continue the chain of an existing log: the hash of its last line.
+    pub fn resume(path: &Path) -> Self {
+        let last = fs::File::open(path)
+            .ok()
+            .and_then(|f| BufReader::new(f).lines().map_while(Result::ok).filter(|l| !l.trim().is_empty()).last());
+        Chain { prev: last.map(|l| sha256_hex(l.as_bytes())).unwrap_or_else(|| GENESIS.to_string()) }
+    }
+
+    /// Append `prev` to a serialised JSON object and advance the chain; returns the line.
+    pub fn seal(&mut self, json_object: &str) -> String {
+        let body = json_object.trim_end();
+        let body = body.strip_suffix('}').unwrap_or(body);
+        let sep = if body.trim_end().ends_with('{') { "" } else { "," };
+        let line = format!("{body}{sep}\"prev\":\"{}\"}}", self.prev);
+        self.prev = sha256_hex(line.as_bytes());
+        line
+    }
+}
+
+impl Default for Chain {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Where the chain breaks.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Break {
+    pub file: PathBuf,
+    pub line: usize,
+    pub message: String,
+}
+
+impl std::fmt::Display for Break {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}: {}", self.file.display(), self.line, self.message)
+    }
+}
+
+/// Check one log, or several in order (rotated files, oldest first). Returns the number of
+/// lines checked, or the first break.
+pub fn verify(files: &[PathBuf]) -> Result<usize, Break> {
+    let mut prev: Option<(String, PathBuf, usize)> = None;
+    let mut n = 0;
+    for file in files {
+        let text = fs::read_to_string(file).map_err(|e| Break {
+            file: file.clone(),
+            line: 0,
+            message: format!("cannot read: {e}"),
+        })?;
+        for (i, line) in text.lines().enumerate() {
+            let lineno = i + 1;
+            if line.trim().is_empty() {
+                continue;
+            }
+            let v: serde_json::Value = serde_json::from_str(line).map_err(|e| Break {
+                file: file.clone(),
+                line: lineno,
+                message: format!("not a JSON object: {e}"),
+            })?;
+            let Some(p) = v.get("prev").and_then(|p| p.as_str()) else {
+                return Err(Break {
+                    file: file.clone(),
+                    line: lineno,
+                    message: "no `prev` field: not an agent-monitor audit line".into(),
+                });
+            };
+            if let Some((h, pf, pl)) = &prev {
+                if p != h {
+                    let (bf, bl) = (pf.clone(), *pl);
+                    return Err(Break {
+                        file: bf,
+                        line: bl,
+                        message: format!(
+                            "chain broken: this line does not hash to the `prev` of the next line ({}:{lineno}): it was changed, or lines were removed after it",
+                            file.display()
+                        ),
+                    });
+                }
+            }
+            prev = Some((sha256_hex(line.as_bytes()), file.clone(), lineno));
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn log(lines: &[&str]) -> Vec<String> {
+        let mut c = Chain::new();
+        lines.iter().map(|l| c.seal(l)).collect()
+    }
+
+    fn write(dir: &Path, name: &str, lines: &[String]) -> PathBuf {
+        let p = dir.join(name);
+        fs::write(&p, lines.iter().map(|l| format!("{l}\n")).collect::<String>()).unwrap();
+        p
+    }
+
+    #[test]
+    fn an_untouched_log_verifies_and_edits_or_deletions_are_located() {
+        let dir = std::env::temp_dir().join(format!("am-audit-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let lines = log(&[r#"{"a":1}"#, r#"{"a":2}"#, r#"{"a":3}"#, r#"{"a":4}"#]);
+        assert!(lines[0].ends_with(&format!("\"prev\":\"{GENESIS}\"}}")));
+        let ok = write(&dir, "ok.jsonl", &lines);
+        assert_eq!(verify(&[ok]), Ok(4));
+
+        let mut edited = lines.clone();
+        edited[1] = edited[1].replace("\"a\":2", "\"a\":20");
+        let f = write(&dir, "edited.jsonl", &edited);
+        let b = verify(std::slice::from_ref(&f)).unwrap_err();
+        assert_eq!(b.line, 2, "{b}");
+
+        let mut removed = lines.clone();
+        removed.remove(2);
+        let f = write(&dir, "removed.jsonl", &removed);
+        assert_eq!(verify(&[f]).unwrap_err().line, 2);
+
+        // Rotation: the chain goes on in the next file.
+        let a = write(&dir, "a.jsonl", &lines[..2]);
+        let b = write(&dir, "b.jsonl", &lines[2..]);
+        assert_eq!(verify(&[a.clone(), b.clone()]), Ok(4));
+        assert!(verify(&[b, a]).is_err(), "files in the wrong order do not chain");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn resume_continues_from_the_last_line() {
+        let dir = std::env::temp_dir().join(format!("am-audit-resume-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let lines = log(&[r#"{"a":1}"#, r#"{"a":2}"#]);
+        let f = write(&dir, "log.jsonl", &lines);
+        let mut c = Chain::resume(&f);
+        let next = c.seal(r#"{"a":3}"#);
+        fs::write(&f, format!("{}\n{}\n{next}\n", lines[0], lines[1])).unwrap();
+        assert_eq!(verify(&[f]), Ok(3));
+        assert_eq!(Chain::resume(&dir.join("missing")).seal("{}"), format!("{{\"prev\":\"{GENESIS}\"}}"));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -147,6 +147,8 @@ pub mod action {
     pub const ALERTED: u32 = 1;
     pub const DENIED: u32 = 2;
     pub const KILLED: u32 = 3;
+    /// Paused or refused, waiting for `agent-monitor approve` / `deny`.
+    pub const HELD: u32 = 4;
 }
 
 pub mod layer {
@@ -163,6 +165,8 @@ pub mod policy_action {
     pub const ALERT: u32 = 0;
     pub const DENY: u32 = 1;
     pub const KILL: u32 = 2;
+    /// Pause (SIGSTOP, where the call can still be held) or refuse, and wait for a person.
+    pub const HOLD: u32 = 3;
 }
 
 /// Bits of [`AgentCfg::flags`].
@@ -294,6 +298,18 @@ pub struct UnixKey {
     pub agent: u32,
     pub path: [u8; UNIX_PATH_LEN],
 }
+
+/// Key of the `GRANTS` hash map: an approved held connect, for one agent instance and one
+/// destination (value: expiry, `bpf_ktime_get_boot_ns` ns).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct GrantKey {
+    pub run_id: u64,
+    pub addr: [u8; 16],
+    pub port: [u8; 2],
+    pub _pad: [u8; 6],
+}
+const _: () = assert!(size_of::<GrantKey>() == 32);
 
 /// Key of the `SNI_ALLOW` hash map: agent and an allowed TLS server name, NUL padded.
 pub const SNI_LEN: usize = 128;
@@ -455,6 +471,7 @@ mod user {
     unsafe impl aya::Pod for UnixKey {}
     unsafe impl aya::Pod for SockInfo {}
     unsafe impl aya::Pod for SniKey {}
+    unsafe impl aya::Pod for GrantKey {}
 }
 
 #[cfg(test)]

@@ -76,10 +76,12 @@ pub unsafe fn is_writable(s: *mut Scratch, agent: u32, b: Built) -> bool {
 #[inline(always)]
 pub fn enforce_after(st: &ProcState, cfg: &AgentCfg) -> (u32, u32) {
     match cfg.action {
-        policy_action::KILL | policy_action::DENY => {
+        // Hold cannot pause a call the tracepoint layer sees after the fact: it is a denial,
+        // which here means kill.
+        policy_action::KILL | policy_action::DENY | policy_action::HOLD => {
             kill_instance(st);
             let mut f = event_flags::AFTER_EFFECT;
-            if cfg.action == policy_action::DENY {
+            if cfg.action != policy_action::KILL {
                 f |= event_flags::DENY_FELL_BACK;
             }
             (action::KILLED, f)

@@ -1,8 +1,8 @@
 //! Every map of the kernel side, in one place. Names are shared with userspace through
 //! `agent_monitor_common::maps` constants where userspace touches them.
 use agent_monitor_common::{
-    AgentCfg, Event, ExeKey, NetData, PathData, ProcState, SniKey, SockInfo, UnixKey, COMM_LEN, MAX_PATH_DEPTH,
-    PATH_LEN, SCRATCH_LEN,
+    AgentCfg, Event, ExeKey, GrantKey, NetData, PathData, ProcState, SniKey, SockInfo, UnixKey, COMM_LEN,
+    MAX_PATH_DEPTH, PATH_LEN, SCRATCH_LEN,
 };
 use aya_ebpf::{
     macros::map,
@@ -96,6 +96,10 @@ pub static EVENTS_SCRATCH: PerCpuArray<[u8; 16 + PATH_LEN + 16]> = PerCpuArray::
 /// by an agent are `self.tamper`.
 #[map]
 pub static DAEMON: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Approved held connects (see `agent_monitor_common::GrantKey`), written by the daemon.
+#[map]
+pub static GRANTS: HashMap<GrantKey, u64> = HashMap::with_max_entries(4096, 0);
 
 /// The event stream to userspace.
 #[map]

@@ -81,10 +81,30 @@ pub enum Command {
         #[command(subcommand)]
         cmd: AuditCmd,
     },
-    /// Approve a held action.
-    Approve { id: String },
-    /// Deny a held action.
-    Deny { id: String },
+    /// Approve a held action (`status` lists them): a paused call continues once; a held
+    /// connect is granted once (within 60 s) or, with --for, to that instance and destination
+    /// for a while.
+    Approve {
+        id: String,
+        /// Grant the held action once (the default).
+        #[arg(long, conflicts_with = "for")]
+        once: bool,
+        /// Grant it for this long (e.g. 90s, 10m, 2h).
+        #[arg(long = "for", value_name = "DURATION")]
+        r#for: Option<String>,
+        #[arg(long)]
+        control_socket: Option<PathBuf>,
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Deny a held action: a paused call's instance is killed; a held request stays refused.
+    Deny {
+        id: String,
+        #[arg(long)]
+        control_socket: Option<PathBuf>,
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Clone, Args)]

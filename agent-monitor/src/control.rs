@@ -127,17 +127,38 @@ async fn handle(
     let (pid, uid, gid) = (cred.pid().unwrap_or(0) as u32, cred.uid(), cred.gid());
     let (rd, mut wr) = sock.into_split();
     let mut lines = BufReader::new(rd).lines();
+    // Read the request first: answering before it arrived would reset the connection under
+    // the client's write, and it would see EPIPE instead of the reason.
+    let Some(line) = lines.next_line().await? else { return Ok(()) };
     if let Some(why) = control.refuse(shared, pid, uid, gid) {
         warn!(pid, uid, "control socket: {why}");
         wr.write_all(format!("{}\n", json!({"error": why})).as_bytes()).await?;
         return Ok(());
     }
-    let Some(line) = lines.next_line().await? else { return Ok(()) };
     let req: Value = serde_json::from_str(&line).unwrap_or_default();
     match req["cmd"].as_str().unwrap_or_default() {
         "status" => {
             let s = status(shared, source);
             wr.write_all(format!("{s}\n").as_bytes()).await?;
+        }
+        "approve" | "deny" => {
+            let id = req["id"].as_str().unwrap_or_default().to_string();
+            let approve = req["cmd"] == "approve";
+            let grant = match req["for_secs"].as_u64() {
+                Some(secs) if secs > 0 => crate::enforce_holds::Grant::For(std::time::Duration::from_secs(secs)),
+                _ => crate::enforce_holds::Grant::Once,
+            };
+            let who = (uid, crate::enforce_holds::user_name(uid));
+            let sh = shared.clone();
+            let outcome = if approve { "approved" } else { "denied" };
+            let result = tokio::task::spawn_blocking(move || sh.decide_hold(&id, approve, grant, who, outcome))
+                .await
+                .unwrap_or_else(|e| Err(anyhow::anyhow!("{e}")));
+            let reply = match result {
+                Ok(rec) => rec,
+                Err(e) => json!({"error": format!("{e:#}")}),
+            };
+            wr.write_all(format!("{reply}\n").as_bytes()).await?;
         }
         "register" | "unregister" => {
             let agent = req["agent"].as_str().unwrap_or_default().to_string();
@@ -231,6 +252,7 @@ fn status(shared: &Shared, source: &PolicySource) -> Value {
             "bpf_lsm": layers.bpf_lsm, "landlock": layers.landlock, "notes": layers.notes,
         },
         "pins": pins,
+        "holds": shared.holds.list().iter().map(|h| h.json()).collect::<Vec<_>>(),
         "tls_libraries": tls_libs.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
         "agents": agents,
         "counters": {
@@ -260,12 +282,13 @@ pub fn call(path: &Path, req: &Value) -> anyhow::Result<Value> {
 /// Client side: send one request, return the connected reader.
 pub async fn request(
     path: &Path,
-    cmd: &str,
+    req: Value,
 ) -> anyhow::Result<tokio::io::Lines<BufReader<tokio::net::unix::OwnedReadHalf>>> {
     let sock = UnixStream::connect(path).await.with_context(|| {
         format!("cannot reach agent-monitor at {} (is it running? are you root or in its admin group?)", path.display())
     })?;
     let (rd, mut wr) = sock.into_split();
-    wr.write_all(format!("{}\n", json!({"cmd": cmd})).as_bytes()).await?;
+    // A refusal may close the connection early: what the daemon said matters, not the EPIPE.
+    let _ = wr.write_all(format!("{req}\n").as_bytes()).await;
     Ok(BufReader::new(rd).lines())
 }

@@ -10,6 +10,7 @@ use std::{
 
 use anyhow::{anyhow, bail, Context as _};
 use aya::maps::RingBuf;
+use serde_json::{json, Value};
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::{error, info, warn};
 
@@ -78,6 +79,8 @@ pub struct Shared {
     /// Cgroups registered by `agent-monitor exec` (cgroup path, agent name): dynamic selectors
     /// kept across reloads.
     pub registered: Mutex<Vec<(String, String)>>,
+    pub holds: crate::enforce_holds::Holds,
+    pub hold_timeout: Duration,
     /// Live event stream for `events --follow` on the control socket.
     pub live: tokio::sync::broadcast::Sender<String>,
     /// Last kernel statistics per program, to turn them into counter increments.
@@ -182,6 +185,98 @@ impl Shared {
             std::thread::sleep(Duration::from_millis(20));
         }
         warn!(run = format!("{run_id:016x}"), "agent instance still has live processes after repeated SIGKILL");
+    }
+
+    /// A person's (or the timeout's) decision on a held action. `approver` is (uid, name).
+    pub fn decide_hold(
+        &self,
+        id: &str,
+        approve: bool,
+        grant: crate::enforce_holds::Grant,
+        approver: (u32, String),
+        outcome: &str,
+    ) -> anyhow::Result<Value> {
+        use crate::enforce_holds::Grant;
+        let h = self.holds.take(id)?;
+        self.metrics.holds_pending.set(self.holds.len() as i64);
+        self.metrics.hold_wait.observe(h.since.elapsed().as_secs_f64());
+        let mut granted = Value::Null;
+        if approve {
+            if h.paused {
+                // The call was stopped at its entry: continuing it sends the request, once.
+                unsafe { libc::kill(h.pid as i32, libc::SIGCONT) };
+                granted = json!("the paused call continues, once");
+            }
+            if let Some(key) = h.grant {
+                let (window, once) = match grant {
+                    Grant::Once => (crate::enforce_holds::ONCE_WINDOW, 1u64 << 63),
+                    Grant::For(d) => (d, 0),
+                };
+                let value = (kmaps::boot_clock_ns() + window.as_nanos() as u64) | once;
+                let mut k = self.kernel.lock().unwrap();
+                kmaps::add_grant(&mut k.ebpf, key, value)?;
+                granted = match grant {
+                    Grant::Once => json!(format!("one {} to {} within {}s", h.kind, h.target, window.as_secs())),
+                    Grant::For(d) => json!(format!("{} to {} for {}s", h.kind, h.target, d.as_secs())),
+                };
+            }
+        } else if h.paused {
+            // The paused call must never run: the instance dies.
+            self.kill_instance(h.run_id);
+        }
+        self.metrics.hold_decisions.with_label_values(&[outcome]).inc();
+        let rec = json!({
+            "ts": crate::events::decode::rfc3339(now_ns()),
+            "id": self.decoder.lock().unwrap().next_id(),
+            "kind": "hold.decision",
+            "hold": h.id,
+            "agent": h.agent,
+            "pid": h.pid,
+            "target": h.target,
+            "detail": h.detail,
+            "decision": if approve { "approved" } else { "denied" },
+            "outcome": outcome,
+            "granted": granted,
+            "approver_uid": approver.0,
+            "approver": approver.1,
+            "waited_secs": h.since.elapsed().as_secs(),
+        });
+        self.write_line(&rec.to_string());
+        info!(hold = h.id, approve, approver = approver.1, "hold decided");
+        Ok(rec)
+    }
+
+    /// Deny the holds nobody answered in time.
+    pub fn expire_holds(&self) {
+        for h in self.holds.expired(self.hold_timeout) {
+            // Put it back so decide_hold can take it with the same bookkeeping.
+            let id = h.id.clone();
+            self.holds.restore(h);
+            if let Err(e) =
+                self.decide_hold(&id, false, crate::enforce_holds::Grant::Once, (u32::MAX, "timeout".into()), "timeout")
+            {
+                warn!(hold = id, error = %format!("{e:#}"), "expiring a hold failed");
+            }
+        }
+    }
+
+    /// Agent processes a previous daemon left stopped on a hold: nobody can approve them now.
+    pub fn deny_stale_holds(&self) {
+        let tracked = {
+            let k = self.kernel.lock().unwrap();
+            kmaps::tracked(&k.ebpf)
+        };
+        for (pid, st) in tracked {
+            let stopped = fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|s| s.rsplit_once(')').map(|(_, r)| r.trim_start().starts_with('T')))
+                .unwrap_or(false);
+            if stopped {
+                warn!(pid, "an agent process was left paused on a hold by a previous daemon: denied (killed)");
+                self.metrics.hold_decisions.with_label_values(&["restart"]).inc();
+                self.kill_instance(st.run_id);
+            }
+        }
     }
 
     /// `agent-monitor exec` asks for its command's cgroup to select `agent`: the command is
@@ -436,6 +531,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         webhooks: policy.alerts.webhook.iter().map(|w| WebhookSink::start(w, metrics.clone())).collect(),
         live: live.clone(),
         registered: Mutex::new(Vec::new()),
+        holds: Default::default(),
+        hold_timeout: policy
+            .daemon
+            .hold_timeout_secs
+            .map(Duration::from_secs)
+            .unwrap_or(crate::enforce_holds::DEFAULT_TIMEOUT),
         prog_stats: Mutex::new(Default::default()),
     });
 
@@ -482,6 +583,17 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     tokio::spawn(crate::control::serve(listener, Arc::new(control), shared.clone(), source.clone()));
 
     shared.record_policy(&source, &shared.compiled.lock().unwrap().clone());
+    shared.deny_stale_holds();
+    {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let sh = shared.clone();
+                let _ = tokio::task::spawn_blocking(move || sh.expire_holds()).await;
+            }
+        });
+    }
     info!(events = events_path, metrics = %metrics_addr, control = %control_path.display(), "enforcing");
     sd_notify("READY=1\nSTATUS=enforcing");
 

@@ -4,6 +4,7 @@ mod bpf;
 mod cli;
 mod control;
 mod daemon;
+mod enforce_holds;
 mod events;
 mod exec;
 mod metrics;
@@ -98,6 +99,17 @@ fn cleanup(pin_path: Option<PathBuf>, config: Option<PathBuf>) -> anyhow::Result
 
 /// Talk to the daemon over its control socket and print what it says.
 fn client(socket: Option<PathBuf>, config: Option<PathBuf>, cmd: &str, raw: bool) -> anyhow::Result<()> {
+    client_req(socket, config, serde_json::json!({"cmd": cmd}), raw)
+}
+
+fn client_req(
+    socket: Option<PathBuf>,
+    config: Option<PathBuf>,
+    req: serde_json::Value,
+    raw: bool,
+) -> anyhow::Result<()> {
+    let cmd = req["cmd"].as_str().unwrap_or_default().to_string();
+    let cmd = cmd.as_str();
     let path = match socket {
         Some(p) => p,
         None => {
@@ -107,7 +119,7 @@ fn client(socket: Option<PathBuf>, config: Option<PathBuf>, cmd: &str, raw: bool
     };
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async {
-        let mut lines = control::request(&path, cmd).await?;
+        let mut lines = control::request(&path, req.clone()).await?;
         let mut any = false;
         while let Some(line) = lines.next_line().await? {
             any = true;
@@ -201,9 +213,19 @@ fn main() -> ExitCode {
         Command::Exec { agent, config, allow_unmonitored, cmd } => {
             return exec::main(&agent, config, allow_unmonitored, &cmd)
         }
-        Command::Approve { .. } | Command::Deny { .. } => Err(anyhow::anyhow!(
-            "this subcommand needs the daemon's control socket, which this build does not have yet"
-        )),
+        Command::Approve { id, once: _, r#for, control_socket, config } => {
+            let secs = match r#for.as_deref().map(enforce_holds::parse_duration).transpose() {
+                Ok(d) => d.map(|d| d.as_secs()).unwrap_or(0),
+                Err(e) => {
+                    eprintln!("agent-monitor: {e:#}");
+                    return ExitCode::from(2);
+                }
+            };
+            client_req(control_socket, config, serde_json::json!({"cmd": "approve", "id": id, "for_secs": secs}), true)
+        }
+        Command::Deny { id, control_socket, config } => {
+            client_req(control_socket, config, serde_json::json!({"cmd": "deny", "id": id}), true)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

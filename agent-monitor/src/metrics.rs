@@ -31,6 +31,9 @@ pub struct Metrics {
     pub webhook_dropped: IntCounterVec,
     pub webhook_queue: IntGauge,
     pub prog_runs: IntCounterVec,
+    pub holds_pending: IntGauge,
+    pub hold_decisions: IntCounterVec,
+    pub hold_wait: prometheus::Histogram,
     pub prog_seconds: CounterVec,
 }
 
@@ -109,6 +112,26 @@ impl Metrics {
                 )
                 .unwrap(),
             ),
+            holds_pending: reg(
+                &r,
+                IntGauge::new("agent_monitor_holds_pending", "Held actions waiting for a person.").unwrap(),
+            ),
+            hold_decisions: cv(
+                "agent_monitor_hold_decisions_total",
+                "Decisions on held actions, by outcome.",
+                &["outcome"],
+            ),
+            hold_wait: reg(
+                &r,
+                prometheus::Histogram::with_opts(
+                    prometheus::HistogramOpts::new(
+                        "agent_monitor_hold_wait_seconds",
+                        "How long held actions waited for a decision.",
+                    )
+                    .buckets(vec![1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 900.0, 3600.0]),
+                )
+                .unwrap(),
+            ),
             kernel_drops: cv(
                 "agent_monitor_kernel_drops_total",
                 "Kernel-side drops and failures, by reason.",
@@ -134,6 +157,9 @@ impl Metrics {
         };
         m.build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
         let _ = m.registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()));
+        for outcome in ["approved", "denied", "timeout", "restart"] {
+            m.hold_decisions.with_label_values(&[outcome]);
+        }
         for result in ["success", "failure"] {
             m.reloads.with_label_values(&[result]);
         }

@@ -11,8 +11,8 @@
 //!   plaintext before it is encrypted, killing the agent before the call runs.
 //! - `sys_enter_connect` tracepoint: `ipc.connect` to a Unix socket not in `allow`.
 use agent_monitor_common::{
-    action, agent_flags, event_flags, http_method, kind, layer, net_origin, policy_action, verdict, AgentCfg, NetData,
-    ProcState, SniKey, SockInfo, UnixKey, NET_KEY_FIXED_BITS, SNI_LEN, UNIX_PATH_LEN,
+    action, agent_flags, event_flags, http_method, kind, layer, net_origin, policy_action, verdict, AgentCfg, GrantKey,
+    NetData, ProcState, SniKey, SockInfo, UnixKey, NET_KEY_FIXED_BITS, SNI_LEN, UNIX_PATH_LEN,
 };
 use aya_ebpf::{
     bindings::bpf_sock_addr,
@@ -34,12 +34,13 @@ use crate::{
     agent::{self, current_agent, emit, emit_as, reap_if_killed, PathRef, Rec, Who},
     kernel,
     maps::{
-        AGENTS, EVENTS_SCRATCH, KILLED, NET_ALLOW, PENDING_OPS, PROCS, SNI_ALLOW, SNI_SCRATCH, SOCKS, UNIX_ALLOW,
-        VISIBLE,
+        AGENTS, EVENTS_SCRATCH, GRANTS, KILLED, NET_ALLOW, PENDING_OPS, PROCS, SNI_ALLOW, SNI_SCRATCH, SOCKS,
+        UNIX_ALLOW, VISIBLE,
     },
 };
 
 const PASS: i32 = 1;
+const SIGSTOP: u32 = 19;
 const REFUSE: i32 = 0;
 const SOCK_STREAM: u32 = 1;
 const SOCK_RAW: u32 = 3;
@@ -81,6 +82,8 @@ fn refuse_or_alert(st: &ProcState, cfg: &AgentCfg) -> (i32, u32, u32) {
             (REFUSE, action::KILLED, event_flags::KILL_FROM_USERSPACE)
         }
         policy_action::DENY => (REFUSE, action::DENIED, 0),
+        // A refused request waits for a person; approval grants exactly it (see GRANTS).
+        policy_action::HOLD => (REFUSE, action::HELD, 0),
         _ => (PASS, action::ALERTED, 0),
     }
 }
@@ -124,7 +127,20 @@ fn sock_addr(ctx: &SockAddrContext, v6: bool, sendmsg: bool) -> i32 {
     if unsafe { KILLED.get(&st.run_id) }.is_some() {
         return REFUSE;
     }
-    let origin = net_allowed(st.agent, port, addr);
+    let mut origin = net_allowed(st.agent, port, addr);
+    if origin == 0 {
+        // An approved hold for this instance and destination, not yet expired.
+        let key = GrantKey { run_id: st.run_id, addr, port, _pad: [0; 6] };
+        if let Some(v) = unsafe { GRANTS.get(&key) }.copied() {
+            // Expiry in ns since boot; the top bit marks a grant for one connect only.
+            if v & !(1u64 << 63) > unsafe { aya_ebpf::helpers::bpf_ktime_get_boot_ns() } {
+                origin = net_origin::STATIC;
+                if v >> 63 == 1 {
+                    let _ = GRANTS.remove(&key);
+                }
+            }
+        }
+    }
     let ok = origin != 0;
     let r =
         Rec { kind, verdict: verdict::ALLOWED, action: action::NONE, layer: layer::CGROUP, flags: 0, aux: 0, aux2: 0 };
@@ -472,7 +488,15 @@ fn tls_write(buf: *const u8, len: u64) {
         return;
     }
     // A uprobe cannot make the call fail: deny falls back to kill, before the call encrypts
-    // or sends a byte.
+    // or sends a byte. Hold stops the process here, before the call runs: continued on
+    // approval (the request goes out once), killed on denial.
+    if cfg.action == policy_action::HOLD {
+        unsafe { aya_ebpf::helpers::generated::bpf_send_signal(SIGSTOP) };
+        r.verdict = verdict::VIOLATION;
+        r.action = action::HELD;
+        emit(&st, &r, PathRef::NONE, req);
+        return;
+    }
     let (a, f) = agent::enforce_after(&st, &cfg);
     r.verdict = verdict::VIOLATION;
     r.action = a;

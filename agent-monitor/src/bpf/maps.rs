@@ -89,6 +89,7 @@ pub fn apply_policy(ebpf: &mut Ebpf, p: &CompiledPolicy, resolved: &[NetRule]) -
                 Action::Alert => policy_action::ALERT,
                 Action::Deny => policy_action::DENY,
                 Action::Kill => policy_action::KILL,
+                Action::Hold => policy_action::HOLD,
             };
             if a.id >= max {
                 return Err(anyhow!("agent id {} exceeds the AGENTS map ({max})", a.id));
@@ -188,6 +189,19 @@ pub fn set_daemon(ebpf: &mut Ebpf, tgid: u32) -> anyhow::Result<()> {
     let mut a: Array<&mut MapData, u32> = Array::try_from(map_mut(ebpf, "DAEMON")?)?;
     a.set(0, tgid, 0)?;
     Ok(())
+}
+
+/// Let one held connect through: `value` is the expiry (ns since boot), top bit = once.
+pub fn add_grant(ebpf: &mut Ebpf, key: agent_monitor_common::GrantKey, value: u64) -> anyhow::Result<()> {
+    let mut m: HashMap<&mut MapData, agent_monitor_common::GrantKey, u64> =
+        HashMap::try_from(map_mut(ebpf, "GRANTS")?)?;
+    m.insert(key, value, 0).context("writing GRANTS")?;
+    Ok(())
+}
+
+/// Nanoseconds since boot (the clock of `bpf_ktime_get_boot_ns`).
+pub fn boot_clock_ns() -> u64 {
+    boot_ns()
 }
 
 /// Add a dynamic cgroup selector (an `exec` instance's cgroup).

@@ -41,6 +41,7 @@ pub fn action_name(a: u32) -> &'static str {
         action::ALERTED => "alerted",
         action::DENIED => "denied",
         action::KILLED => "killed",
+        action::HELD => "held",
         _ => "none",
     }
 }

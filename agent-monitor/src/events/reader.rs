@@ -49,13 +49,26 @@ async fn handle(shared: &Arc<Shared>, ev: &Event) {
         let mut d = shared.decoder.lock().unwrap();
         d.decode(ev)
     };
-    let Some(rec) = rec else {
+    let Some(mut rec) = rec else {
         shared.metrics.decode_errors.inc();
         warn!(kind = ev.kind, "event with an unknown kind dropped");
         return;
     };
     if ev.flags & agent_monitor_common::event_flags::TLS_INVISIBLE != 0 {
         shared.tls_invisible.lock().unwrap().insert(ev.pid);
+    }
+    if ev.action == action::HELD {
+        if let Ok(kind) = agent_monitor_common::Kind::try_from(ev.kind) {
+            let h = shared.holds.create(ev, &rec.agent, kind, &rec.target, &rec.detail, &rec.ts);
+            shared.metrics.holds_pending.set(shared.holds.len() as i64);
+            let what = if h.paused { "paused before the call" } else { "refused and held as a request" };
+            rec.detail = format!(
+                "{}{}{what}: `agent-monitor approve {id}` or `agent-monitor deny {id}`",
+                rec.detail,
+                if rec.detail.is_empty() { "" } else { "; " },
+                id = h.id
+            );
+        }
     }
     if ev.action == action::KILLED {
         // The kernel killed the offending process; finish the rest of its instance.

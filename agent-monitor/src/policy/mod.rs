@@ -654,7 +654,7 @@ allow = ["io_uring", "bpf"]
     fn bad_enum_values_point_at_the_value() {
         expect(
             "[[agent]]\nname = \"a\"\naction = \"block\"\n",
-            &[(3, 10, "unknown variant `block`, expected one of `alert`, `deny`, `kill`")],
+            &[(3, 10, "unknown variant `block`, expected one of `alert`, `deny`, `kill`, `hold`")],
         );
         expect("[[agent]]\nname = \"a\"\naction = \"Kill\"\n", &[(3, 10, "unknown variant `Kill`")]);
         expect(

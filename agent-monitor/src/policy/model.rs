@@ -147,6 +147,10 @@ pub enum Action {
     Deny,
     /// SIGKILL to the agent's whole process tree.
     Kill,
+    /// Paused (TLS writes: the process is stopped before the call) or refused and held as a
+    /// request (connects), until a person runs `agent-monitor approve ID` or `deny ID`; nobody
+    /// answering within `hold_timeout_secs` is a denial.
+    Hold,
 }
 
 impl Action {
@@ -155,6 +159,7 @@ impl Action {
             Action::Alert => "alert",
             Action::Deny => "deny",
             Action::Kill => "kill",
+            Action::Hold => "hold",
         }
     }
 }

@@ -47,9 +47,16 @@ pub fn receiver_label(url: &str) -> String {
 /// The Alertmanager API v2 body for one violation.
 pub fn alertmanager_body(e: &EventRecord) -> serde_json::Value {
     let severity = if e.action == "killed" { "critical" } else { "warning" };
+    // A held action waits for a person: its own alert, carrying the command that approves it.
+    let (alertname, approve) = if e.action == "held" {
+        let cmd = e.detail.split('`').nth(1).unwrap_or_default().to_string();
+        ("AgentMonitorHold", cmd)
+    } else {
+        ("AgentMonitorViolation", String::new())
+    };
     json!([{
         "labels": {
-            "alertname": "AgentMonitorViolation",
+            "alertname": alertname,
             "agent": e.agent,
             "kind": e.kind,
             "action": e.action,
@@ -63,6 +70,7 @@ pub fn alertmanager_body(e: &EventRecord) -> serde_json::Value {
             "process": format!("{} (pid {}, {})", e.comm, e.pid, e.exe),
             "detail": e.detail,
             "run": e.run,
+            "approve": approve,
         },
         "startsAt": e.ts,
     }])

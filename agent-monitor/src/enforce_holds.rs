@@ -1,0 +1,196 @@
+//! Held actions: `action = "hold"` pauses or refuses an outbound write until a person decides.
+//!
+//! - Inside TLS, the uprobe stops the process (SIGSTOP) before `SSL_write` runs: approval
+//!   continues it (SIGCONT) and the request goes out exactly once; denial or timeout kills the
+//!   instance, so the request never leaves.
+//! - A connect (cgroup layer) cannot be paused: it is refused and held as a request; approval
+//!   writes a grant for exactly that (instance, destination) into the kernel (`GRANTS`), for a
+//!   bounded time or for one connect, so that a retry passes.
+//!
+//! Each hold has an id, goes out through the alert pipeline like any violation (its detail says
+//! how to approve it), and is listed by `status`. Decisions carry the approver's uid and name (from
+//! the control socket's credentials; agent processes are refused there) and are written to the
+//! events log, inside the audit chain. A hold nobody answers within `hold_timeout_secs` is
+//! denied; holds do not survive the daemon: at start, agent processes left stopped are killed.
+use std::{
+    collections::HashMap,
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+use agent_monitor_common::{event_flags, Event, GrantKey, Kind};
+use anyhow::{anyhow, bail};
+use serde_json::{json, Value};
+
+/// Default `hold_timeout_secs`.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
+/// How long an `approve` without `--for` lets the held connect through (one use).
+pub const ONCE_WINDOW: Duration = Duration::from_secs(60);
+
+#[derive(Clone, Debug)]
+pub struct Hold {
+    pub id: String,
+    pub agent: String,
+    pub pid: u32,
+    pub run_id: u64,
+    pub kind: String,
+    pub target: String,
+    pub detail: String,
+    pub since: Instant,
+    pub ts: String,
+    /// Stopped in the kernel (TLS write): continued or killed on decision.
+    pub paused: bool,
+    /// For a held connect: the grant approval would write.
+    pub grant: Option<GrantKey>,
+}
+
+impl Hold {
+    pub fn json(&self) -> Value {
+        json!({
+            "id": self.id, "agent": self.agent, "pid": self.pid, "run": format!("{:016x}", self.run_id),
+            "kind": self.kind, "target": self.target, "detail": self.detail, "since": self.ts,
+            "waiting_secs": self.since.elapsed().as_secs(), "paused": self.paused,
+        })
+    }
+}
+
+/// How an approval is bounded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Grant {
+    Once,
+    For(Duration),
+}
+
+#[derive(Default)]
+pub struct Holds {
+    pending: Mutex<HashMap<String, Hold>>,
+    next: Mutex<u64>,
+}
+
+impl Holds {
+    /// A held event from the kernel becomes a pending hold.
+    pub fn create(&self, ev: &Event, agent: &str, kind: Kind, target: &str, detail: &str, ts: &str) -> Hold {
+        let id = {
+            let mut n = self.next.lock().unwrap();
+            *n += 1;
+            format!("hold-{}", *n)
+        };
+        let grant =
+            (ev.flags & event_flags::NET_ADDR != 0 && matches!(kind, Kind::NetConnect | Kind::NetSend)).then(|| {
+                let mut addr = [0u8; 16];
+                addr.copy_from_slice(&ev.path[..16]);
+                GrantKey { run_id: ev.run_id, addr, port: (ev.aux as u16).to_be_bytes(), _pad: [0; 6] }
+            });
+        let h = Hold {
+            id: id.clone(),
+            agent: agent.to_string(),
+            pid: ev.pid,
+            run_id: ev.run_id,
+            kind: kind.name().to_string(),
+            target: target.to_string(),
+            detail: detail.to_string(),
+            since: Instant::now(),
+            ts: ts.to_string(),
+            paused: grant.is_none(),
+            grant,
+        };
+        self.pending.lock().unwrap().insert(id, h.clone());
+        h
+    }
+
+    pub fn list(&self) -> Vec<Hold> {
+        let mut v: Vec<Hold> = self.pending.lock().unwrap().values().cloned().collect();
+        v.sort_by_key(|h| h.since);
+        v
+    }
+
+    pub fn take(&self, id: &str) -> anyhow::Result<Hold> {
+        self.pending
+            .lock()
+            .unwrap()
+            .remove(id)
+            .ok_or_else(|| anyhow!("no pending hold {id:?} (already decided, timed out, or never existed)"))
+    }
+
+    /// Holds older than `timeout`, removed from the pending set.
+    pub fn expired(&self, timeout: Duration) -> Vec<Hold> {
+        let mut p = self.pending.lock().unwrap();
+        let ids: Vec<String> = p.values().filter(|h| h.since.elapsed() >= timeout).map(|h| h.id.clone()).collect();
+        ids.into_iter().filter_map(|id| p.remove(&id)).collect()
+    }
+
+    /// Put a hold back (the timeout path decides through the same code as a person).
+    pub fn restore(&self, h: Hold) {
+        self.pending.lock().unwrap().insert(h.id.clone(), h);
+    }
+
+    pub fn len(&self) -> usize {
+        self.pending.lock().unwrap().len()
+    }
+}
+
+/// `--for 10m` / `90s` / `2h`.
+pub fn parse_duration(s: &str) -> anyhow::Result<Duration> {
+    let (num, unit) = s.trim().split_at(s.trim().find(|c: char| !c.is_ascii_digit()).unwrap_or(s.trim().len()));
+    let n: u64 = num.parse().map_err(|_| anyhow!("bad duration {s:?}: expected e.g. 90s, 10m, 2h"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        _ => bail!("bad duration {s:?}: expected e.g. 90s, 10m, 2h"),
+    };
+    if secs == 0 {
+        bail!("a grant of zero seconds grants nothing");
+    }
+    Ok(Duration::from_secs(secs))
+}
+
+/// The user name of a uid, from /etc/passwd.
+pub fn user_name(uid: u32) -> String {
+    std::fs::read_to_string("/etc/passwd")
+        .ok()
+        .and_then(|t| {
+            t.lines().find_map(|l| {
+                let f: Vec<&str> = l.split(':').collect();
+                (f.get(2)?.parse::<u32>().ok()? == uid).then(|| f[0].to_string())
+            })
+        })
+        .unwrap_or_else(|| format!("uid{uid}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90s").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("10m").unwrap(), Duration::from_secs(600));
+        assert_eq!(parse_duration("2h").unwrap(), Duration::from_secs(7200));
+        assert_eq!(parse_duration("45").unwrap(), Duration::from_secs(45));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("ten").is_err());
+        assert!(parse_duration("5d").is_err());
+    }
+
+    #[test]
+    fn holds_are_created_listed_taken_and_expire() {
+        let holds = Holds::default();
+        // SAFETY: Event is plain old data.
+        let mut ev: Event = unsafe { std::mem::zeroed() };
+        ev.pid = 7;
+        ev.run_id = 9;
+        let h = holds.create(&ev, "a", Kind::NetHttpWrite, "forum:443", "POST /x", "t");
+        assert!(h.paused && h.grant.is_none());
+        ev.flags = event_flags::NET_ADDR;
+        ev.aux = 443;
+        let c = holds.create(&ev, "a", Kind::NetConnect, "10.0.0.1:443", "", "t");
+        assert_eq!(c.grant.unwrap().port, 443u16.to_be_bytes());
+        assert_ne!(h.id, c.id);
+        assert_eq!(holds.len(), 2);
+        assert_eq!(holds.take(&h.id).unwrap().pid, 7);
+        assert!(holds.take(&h.id).is_err());
+        assert_eq!(holds.expired(Duration::ZERO).len(), 1);
+        assert_eq!(holds.len(), 0);
+    }
+}

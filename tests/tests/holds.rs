@@ -1,0 +1,185 @@
+//! `action = "hold"`: a state-changing request waits for a person. An HTTPS POST is paused in
+//! the kernel before it is encrypted; approval sends it exactly once, denial or timeout means it
+//! never leaves. A held connect is refused, and approval grants exactly that destination to that
+//! instance for a while. The approver is on the record; an agent cannot approve.
+use std::{
+    fs,
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use agent_monitor_e2e::*;
+
+const POST: &str = r#"
+import http.client, ssl, sys
+c = http.client.HTTPSConnection("127.0.0.1", int(sys.argv[1]), context=ssl._create_unverified_context(), timeout=60)
+c.request("POST", "/answer", body=b"rotate the key")
+print(c.getresponse().status)
+"#;
+
+fn policy(ctl: &std::path::Path, port: u16, timeout: u64) -> String {
+    format!(
+        "[daemon]\nhold_timeout_secs = {timeout}\n\n[[agent]]\nname = \"held\"\naction = \"hold\"\n[agent.match]\ncomm = [\"am-hold\"]\n[agent.files]\nwritable = [\"/tmp\"]\n[agent.network]\nallow = [\"127.0.0.1:{port}\", \"unix:{}\"]\n",
+        ctl.display()
+    )
+}
+
+fn hold_id(e: &Value) -> String {
+    let d = f(e, "detail");
+    let i =
+        d.find("agent-monitor approve ").expect("the held event says how to approve") + "agent-monitor approve ".len();
+    d[i..].split(['`', ' ']).next().unwrap().to_string()
+}
+
+fn state(pid: u32) -> char {
+    fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(')').and_then(|(_, r)| r.trim_start().chars().next()))
+        .unwrap_or('?')
+}
+
+fn ctl(sock: &str, args: &[&str]) -> std::process::Output {
+    Command::new(binary().unwrap()).args(args).args(["--control-socket", sock]).output().unwrap()
+}
+
+#[test]
+fn a_held_https_post_goes_out_once_on_approval_and_never_on_denial() {
+    if !can_run_root_tests("a_held_https_post_goes_out_once_on_approval_and_never_on_denial") {
+        return;
+    }
+    let t = TempDir::new("hold");
+    let forum = Forum::start(t.path(), "127.0.0.1", true, None);
+    let sock = t.join("control.sock");
+    let s = sock.display().to_string();
+    let d = Daemon::start_with(&policy(&sock, forum.port, 300), &["--control-socket", &s]);
+    let agent = copy_binary(t.path(), &python3(), "am-hold");
+    let port = forum.port.to_string();
+
+    // Approved: paused before SSL_write, then sent exactly once.
+    let mut child = Bg(Command::new(&agent).args(["-c", POST, &port]).stdout(Stdio::piped()).spawn().unwrap());
+    let e = d.wait_event("held POST", |e| f(e, "action") == "held" && f(e, "kind") == "net.http_write");
+    let id = hold_id(&e);
+    wait_for("the agent to be stopped", 5, || (state(child.0.id()) == 'T').then_some(()));
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(forum.count("POST"), 0, "the held POST reached the server before approval");
+    let status = ctl(&s, &["status", "--json"]);
+    assert!(String::from_utf8_lossy(&status.stdout).contains(&id), "status does not list {id}");
+    let out = ctl(&s, &["approve", &id]);
+    assert!(out.status.success(), "approve failed: {}", String::from_utf8_lossy(&out.stderr));
+    let st = child.0.wait().unwrap();
+    assert!(st.success(), "the approved agent did not finish: {st}");
+    assert_eq!(forum.count("POST"), 1, "the approved POST was not sent exactly once");
+    let decision = d.wait_event("decision", |e| f(e, "kind") == "hold.decision" && f(e, "hold") == id);
+    assert_eq!((f(&decision, "decision"), f(&decision, "approver")), ("approved", "root"));
+    assert_eq!(decision["approver_uid"], 0);
+
+    // Denied: the agent dies, nothing is sent.
+    let mut child = Bg(Command::new(&agent).args(["-c", POST, &port]).stdout(Stdio::null()).spawn().unwrap());
+    let e = d.wait_event("second held POST", |e| f(e, "action") == "held" && hold_id(e) != id);
+    let id2 = hold_id(&e);
+    let out = ctl(&s, &["deny", &id2]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let st = child.0.wait().unwrap();
+    assert!(killed_by_sigkill(&st), "the denied agent was not killed: {st}");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(forum.count("POST"), 1, "the denied POST reached the server");
+    // Deciding twice is an error, and says so.
+    let out = ctl(&s, &["approve", &id2]);
+    assert!(!out.status.success());
+    assert_eq!(d.metric("agent_monitor_hold_decisions_total", &[("outcome", "approved")]), Some(1.0));
+    assert_eq!(d.metric("agent_monitor_hold_decisions_total", &[("outcome", "denied")]), Some(1.0));
+
+    // An agent cannot approve (the control socket refuses agent processes).
+    let mut child = Bg(Command::new(&agent).args(["-c", POST, &port]).stdout(Stdio::null()).spawn().unwrap());
+    let e = d.wait_event("third held POST", |e| f(e, "action") == "held" && hold_id(e) != id && hold_id(e) != id2);
+    let id3 = hold_id(&e);
+    let dir = t.join("bin");
+    fs::create_dir(&dir).unwrap();
+    let am = copy_binary(&dir, &binary().unwrap().display().to_string(), "am-hold");
+    let out = Command::new(&am).args(["approve", &id3, "--control-socket", &s]).output().unwrap();
+    assert!(!out.status.success(), "an agent approved a hold");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("is an agent process"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(state(child.0.id()), 'T', "the hold did not stay paused");
+    let _ = ctl(&s, &["deny", &id3]);
+    let _ = child.0.wait();
+    assert_eq!(forum.count("POST"), 1);
+}
+
+#[test]
+fn unanswered_holds_time_out_and_held_connects_are_granted_then_expire() {
+    if !can_run_root_tests("unanswered_holds_time_out_and_held_connects_are_granted_then_expire") {
+        return;
+    }
+    let t = TempDir::new("holdtimeout");
+    let forum = Forum::start(t.path(), "0.0.0.0", true, None);
+    let sock = t.join("control.sock");
+    let s = sock.display().to_string();
+    let d = Daemon::start_with(&policy(&sock, forum.port, 2), &["--control-socket", &s]);
+    let agent = copy_binary(t.path(), &python3(), "am-hold");
+    let port = forum.port.to_string();
+
+    let mut child = Bg(Command::new(&agent).args(["-c", POST, &port]).stdout(Stdio::null()).spawn().unwrap());
+    d.wait_event("held POST", |e| f(e, "action") == "held");
+    let st = child.0.wait().unwrap();
+    assert!(killed_by_sigkill(&st), "an unanswered hold did not end in a kill: {st}");
+    assert_eq!(forum.count("POST"), 0);
+    let e = d.wait_event("timeout decision", |e| f(e, "kind") == "hold.decision");
+    assert_eq!((f(&e, "decision"), f(&e, "outcome")), ("denied", "timeout"));
+
+    // A held connect: refused now; approved for 3 s, the same instance's retry passes; once
+    // the grant has expired, refused again.
+    let script = format!(
+        r#"
+import os, socket, sys, time
+def attempt():
+    try:
+        socket.create_connection(("127.0.0.2", {port}), timeout=3).close()
+        return "ok"
+    except PermissionError:
+        return "EPERM"
+def wait(name):
+    while not os.path.exists(os.path.join("{dir}", name)):
+        time.sleep(0.05)
+print(attempt(), flush=True)
+wait("go")
+print(attempt(), flush=True)
+wait("later")
+print(attempt(), flush=True)
+"#,
+        port = forum.port,
+        dir = t.path().display()
+    );
+    let mut inst = Bg(Command::new(&agent).args(["-c", &script]).stdout(Stdio::piped()).spawn().unwrap());
+    let e = d.wait_event("held connect", |e| f(e, "action") == "held" && f(e, "kind") == "net.connect");
+    assert_eq!(f(&e, "target"), format!("127.0.0.2:{port}"));
+    let id = hold_id(&e);
+    let out = ctl(&s, &["approve", &id, "--for", "3s"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    fs::write(t.join("go"), "").unwrap();
+    std::thread::sleep(Duration::from_secs(4));
+    fs::write(t.join("later"), "").unwrap();
+    let out = inst.0.wait_with_output_bounded();
+    assert_eq!(out, ["EPERM", "ok", "EPERM"], "refused, granted, expired");
+}
+
+trait WaitBounded {
+    fn wait_with_output_bounded(&mut self) -> Vec<String>;
+}
+
+impl WaitBounded for std::process::Child {
+    fn wait_with_output_bounded(&mut self) -> Vec<String> {
+        use std::io::Read;
+        let t = std::time::Instant::now();
+        while self.try_wait().unwrap().is_none() {
+            assert!(t.elapsed() < Duration::from_secs(20), "the agent did not finish");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let mut out = String::new();
+        self.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+        out.lines().map(str::to_string).collect()
+    }
+}

@@ -584,6 +584,25 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
 
     shared.record_policy(&source, &shared.compiled.lock().unwrap().clone());
     shared.deny_stale_holds();
+    // systemd's watchdog: ping at half the period, only while the runtime runs and the lock on
+    // the kernel maps can be taken (a deadlocked daemon stops pinging and is restarted).
+    if let Some(usec) = std::env::var("WATCHDOG_USEC").ok().and_then(|v| v.parse::<u64>().ok()).filter(|u| *u > 0) {
+        let shared = shared.clone();
+        let period = Duration::from_micros(usec / 2);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(period).await;
+                let sh = shared.clone();
+                let alive =
+                    tokio::time::timeout(period, tokio::task::spawn_blocking(move || drop(sh.kernel.lock().unwrap())));
+                if matches!(alive.await, Ok(Ok(()))) {
+                    sd_notify("WATCHDOG=1");
+                } else {
+                    warn!("watchdog: the kernel maps' lock was not available in time; not pinging");
+                }
+            }
+        });
+    }
     {
         let shared = shared.clone();
         tokio::spawn(async move {

@@ -84,6 +84,11 @@ impl Daemon {
 
     /// `start`, with more arguments for `run`.
     pub fn start_with(policy: &str, extra: &[&str]) -> Daemon {
+        Self::start_env(policy, extra, &[])
+    }
+
+    /// `start_with`, with environment variables (e.g. systemd's NOTIFY_SOCKET).
+    pub fn start_env(policy: &str, extra: &[&str], env: &[(&str, &str)]) -> Daemon {
         let dir = TempDir::new("daemon");
         let config = dir.join("policy.toml");
         fs::write(&config, policy).unwrap();
@@ -107,6 +112,7 @@ impl Daemon {
                 vec!["--control-socket".into(), control.clone()]
             })
             .args(extra)
+            .envs(env.iter().copied())
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .stdout(Stdio::null())

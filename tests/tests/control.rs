@@ -117,3 +117,40 @@ fn only_root_and_never_an_agent_may_control_the_daemon() {
     let mut d = d;
     d.wait_log("agents cannot control agent-monitor", Duration::from_secs(5));
 }
+
+#[test]
+fn systemd_hears_ready_only_once_enforcing_and_then_watchdog_pings() {
+    if !can_run_root_tests("systemd_hears_ready_only_once_enforcing_and_then_watchdog_pings") {
+        return;
+    }
+    let t = TempDir::new("notify");
+    let work = t.join("work");
+    fs::create_dir(&work).unwrap();
+    // Play systemd: a datagram socket for sd_notify, a 1 s watchdog.
+    let notify = t.join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&notify).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let ctl = t.join("control.sock");
+    let c = ctl.display().to_string();
+    let n = notify.display().to_string();
+    let d = Daemon::start_env(
+        &policy(&ctl, &work),
+        &["--control-socket", &c],
+        &[("NOTIFY_SOCKET", &n), ("WATCHDOG_USEC", "1000000")],
+    );
+    let mut buf = [0u8; 256];
+    let len = sock.recv(&mut buf).unwrap();
+    let first = String::from_utf8_lossy(&buf[..len]).to_string();
+    assert!(first.starts_with("READY=1"), "first notification: {first:?}");
+    // READY comes after the programs are attached: the log already says so.
+    assert!(d.log_text().contains("eBPF programs attached"));
+    let mut pings = 0;
+    let t0 = std::time::Instant::now();
+    while pings < 2 && t0.elapsed() < Duration::from_secs(5) {
+        let len = sock.recv(&mut buf).unwrap();
+        if &buf[..len] == b"WATCHDOG=1" {
+            pings += 1;
+        }
+    }
+    assert_eq!(pings, 2, "no watchdog pings at half the period");
+}

@@ -383,7 +383,7 @@ impl Shared {
                 last.insert(name, (runs, secs));
             }
         }
-        let names: Vec<String> = self.compiled.lock().unwrap().agents.iter().map(|a| a.name.clone()).collect();
+        let names: Vec<String> = self.compiled.lock().unwrap().names_by_id();
         let mut counts = vec![0i64; names.len() + 1];
         let mut vis = vec![(0i64, 0i64); names.len() + 1];
         let mut invisible = self.tls_invisible.lock().unwrap();
@@ -401,7 +401,7 @@ impl Shared {
             }
         }
         drop(invisible);
-        for (i, name) in names.iter().enumerate() {
+        for (i, name) in names.iter().enumerate().filter(|(_, n)| !n.is_empty()) {
             self.metrics.tracked.with_label_values(&[name]).set(counts[i + 1]);
             self.metrics.tls_visible.with_label_values(&[name, "true"]).set(vis[i + 1].0);
             self.metrics.tls_visible.with_label_values(&[name, "false"]).set(vis[i + 1].1);
@@ -512,7 +512,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     metrics.policy_agents.set(compiled.agents.len() as i64);
     metrics.init_agents(&compiled.agents.iter().map(|a| a.name.as_str()).collect::<Vec<_>>());
 
-    let names = compiled.agents.iter().map(|a| a.name.clone()).collect();
+    let names = compiled.names_by_id();
     let (live, _) = tokio::sync::broadcast::channel(4096);
     let shared = Arc::new(Shared {
         kernel: Mutex::new(kernel),
@@ -665,7 +665,8 @@ pub fn reload(source: &PolicySource, shared: &Shared) -> bool {
             return false;
         }
     };
-    let compiled = policy::compile(&policy);
+    // Running agent processes carry their agent's id: keep ids stable by name.
+    let compiled = policy::compile(&policy).with_stable_ids(&shared.compiled.lock().unwrap());
     let resolved = kmaps::resolve_hosts(&compiled.hosts);
     let mut k = shared.kernel.lock().unwrap();
     let result = kmaps::apply_policy(&mut k.ebpf, &compiled, &resolved)
@@ -674,7 +675,7 @@ pub fn reload(source: &PolicySource, shared: &Shared) -> bool {
     *shared.resolved.lock().unwrap() = resolved;
     match result {
         Ok(()) => {
-            shared.decoder.lock().unwrap().agent_names = compiled.agents.iter().map(|a| a.name.clone()).collect();
+            shared.decoder.lock().unwrap().agent_names = compiled.names_by_id();
             shared.metrics.policy_agents.set(compiled.agents.len() as i64);
             shared.metrics.init_agents(&compiled.agents.iter().map(|a| a.name.as_str()).collect::<Vec<_>>());
             info!(hash = compiled.hash, agents = compiled.agents.len(), "policy reloaded");

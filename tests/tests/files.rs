@@ -428,3 +428,36 @@ fn the_events_log_is_a_hash_chain_that_names_the_first_broken_line() {
     let err = String::from_utf8_lossy(&verify(&r).stderr).to_string();
     assert!(err.starts_with(&format!("{}:{}: chain broken", r.display(), k)), "{err}");
 }
+
+#[test]
+fn a_reload_that_reorders_agents_keeps_running_processes_in_their_agent() {
+    if !can_run_root_tests("a_reload_that_reorders_agents_keeps_running_processes_in_their_agent") {
+        return;
+    }
+    let t = TempDir::new("reorder");
+    let work = t.join("work");
+    fs::create_dir(&work).unwrap();
+    let outside = t.join("outside.txt");
+    fs::write(&outside, "original\n").unwrap();
+    let strict = policy("strict", "am-strict", "kill", &work, "");
+    let lax = policy("lax", "am-lax", "alert", &work, "");
+    let mut d = Daemon::start(&format!("{strict}\n{lax}"));
+    let agent = copy_binary(t.path(), "/bin/bash", "am-strict");
+    let go = t.join("go");
+    let mut child = Bg(Command::new(&agent)
+        .arg("-c")
+        .arg(format!("while [ ! -e {} ]; do sleep 0.05; done; echo x >> {}", go.display(), outside.display()))
+        .spawn()
+        .unwrap());
+    std::thread::sleep(Duration::from_millis(300));
+    // The same agents, the other way round: "strict" must stay strict for its running process.
+    fs::write(&d.config, format!("{lax}\n{strict}")).unwrap();
+    d.signal(nix::sys::signal::Signal::SIGHUP);
+    d.wait_log("policy reloaded", Duration::from_secs(10));
+    fs::write(&go, "").unwrap();
+    let st = child.0.wait().unwrap();
+    assert!(killed_by_sigkill(&st), "after the reorder the running agent fell under another profile: {st}");
+    assert_eq!(fs::read_to_string(&outside).unwrap(), "original\n");
+    let e = d.wait_event("violation", |e| f(e, "kind") == "file.write" && f(e, "verdict") == "violation");
+    assert_eq!(f(&e, "agent"), "strict");
+}

@@ -96,7 +96,8 @@ pub fn apply_policy(ebpf: &mut Ebpf, p: &CompiledPolicy, resolved: &[NetRule]) -
             }
             agents.set(a.id, AgentCfg { action, flags, http_allow: a.http_allow, _pad: 0 }, 0)?;
         }
-        for id in (p.agents.len() as u32 + 1)..max {
+        // Ids are stable across reloads (not contiguous): clear every slot no agent uses.
+        for id in (1..max).filter(|id| !p.agents.iter().any(|a| a.id == *id)) {
             agents.set(id, AgentCfg::default(), 0)?;
         }
     }

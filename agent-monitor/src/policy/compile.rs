@@ -129,8 +129,55 @@ pub struct CompiledAgent {
 impl CompiledPolicy {
     /// The agent with id `id` (1-based), if any.
     pub fn agent(&self, id: u32) -> Option<&CompiledAgent> {
-        let index = usize::try_from(id.checked_sub(1)?).ok()?;
-        self.agents.get(index)
+        self.agents.iter().find(|a| a.id == id)
+    }
+
+    /// Agent names indexed by `id - 1` ("" where no agent has that id).
+    pub fn names_by_id(&self) -> Vec<String> {
+        let max = self.agents.iter().map(|a| a.id).max().unwrap_or(0) as usize;
+        let mut v = vec![String::new(); max];
+        for a in &self.agents {
+            v[a.id as usize - 1] = a.name.clone();
+        }
+        v
+    }
+
+    /// Keep the ids of agents that `previous` had (by name): running agent processes carry their
+    /// agent's id in the kernel, so a reload that reorders or removes profiles must not hand
+    /// that id to another agent. New agents get ids no previous agent had, while any are free.
+    pub fn with_stable_ids(mut self, previous: &CompiledPolicy) -> CompiledPolicy {
+        use std::collections::HashMap;
+        let mut map: HashMap<u32, u32> = HashMap::new();
+        let mut taken: HashSet<u32> = HashSet::new();
+        for a in &self.agents {
+            if let Some(old) = previous.agent_id(&a.name) {
+                map.insert(a.id, old);
+                taken.insert(old);
+            }
+        }
+        let retired: HashSet<u32> = previous.agents.iter().map(|a| a.id).collect();
+        for a in &self.agents {
+            if map.contains_key(&a.id) {
+                continue;
+            }
+            let fresh = (1..=MAX_AGENT_ID).find(|id| !taken.contains(id) && !retired.contains(id));
+            let id = fresh.or_else(|| (1..=MAX_AGENT_ID).find(|id| !taken.contains(id))).unwrap_or(a.id);
+            map.insert(a.id, id);
+            taken.insert(id);
+        }
+        let m = |id: &mut u32| *id = map.get(id).copied().unwrap_or(*id);
+        for a in &mut self.agents {
+            m(&mut a.id);
+        }
+        self.comm.iter_mut().for_each(|(_, id)| m(id));
+        self.exe.iter_mut().for_each(|(_, id)| m(id));
+        self.uid.iter_mut().for_each(|(_, id)| m(id));
+        self.cgroup.iter_mut().for_each(|(_, id)| m(id));
+        self.writable.iter_mut().for_each(|(id, _)| m(id));
+        self.unix.iter_mut().for_each(|(id, _)| m(id));
+        self.net.iter_mut().for_each(|r| m(&mut r.agent));
+        self.hosts.iter_mut().for_each(|r| m(&mut r.agent));
+        self
     }
 
     /// The id of the agent named `name`, if any.
@@ -138,6 +185,9 @@ impl CompiledPolicy {
         self.agents.iter().find(|a| a.name == name).map(|a| a.id)
     }
 }
+
+/// The largest agent id (the kernel's AGENTS array has 256 slots; 0 is "not an agent").
+pub const MAX_AGENT_ID: u32 = 255;
 
 pub fn compile(p: &Policy) -> CompiledPolicy {
     let mut out = CompiledPolicy { hash: policy_hash(p), ..CompiledPolicy::default() };
@@ -284,6 +334,31 @@ impl fmt::Display for CompiledPolicy {
             writeln!(f, "unix {id} {path:?}")?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod stable_id_tests {
+    use super::*;
+
+    fn pol(text: &str) -> CompiledPolicy {
+        compile(&crate::policy::parse("t", text).unwrap())
+    }
+
+    const AB: &str = "[[agent]]\nname = \"a\"\nmatch.comm = [\"a\"]\n[[agent]]\nname = \"b\"\nmatch.comm = [\"b\"]\nfiles.writable = [\"/b\"]\n";
+    const BC: &str = "[[agent]]\nname = \"b\"\nmatch.comm = [\"b\"]\nfiles.writable = [\"/b\"]\n[[agent]]\nname = \"c\"\nmatch.comm = [\"c\"]\n";
+
+    #[test]
+    fn a_reload_keeps_ids_and_never_reuses_a_removed_agents_id() {
+        let old = pol(AB);
+        assert_eq!((old.agent_id("a"), old.agent_id("b")), (Some(1), Some(2)));
+        let new = pol(BC).with_stable_ids(&old);
+        assert_eq!(new.agent_id("b"), Some(2), "b keeps its id although it moved to the front");
+        assert_eq!(new.agent_id("c"), Some(3), "c must not get a's old id 1: a's processes still carry it");
+        assert!(new.comm.contains(&(comm_key("b"), 2)) && new.comm.contains(&(comm_key("c"), 3)));
+        assert!(new.writable.contains(&(2, "/b".to_string())));
+        assert_eq!(new.agent(2).unwrap().name, "b");
+        assert_eq!(new.names_by_id(), ["", "b", "c"]);
     }
 }
 

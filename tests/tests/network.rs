@@ -276,11 +276,28 @@ fn unix_socket_connects_need_a_listed_path() {
     assert_eq!(d.settle_events(|e| f(e, "kind") == "ipc.connect").len(), 1);
 }
 
-struct HostsGuard(String);
+/// A test host name in /etc/hosts, pointing where the test says; the file is restored on drop.
+struct TestHost {
+    original: String,
+    name: String,
+}
 
-impl Drop for HostsGuard {
+impl TestHost {
+    fn new(addr: &str) -> TestHost {
+        let original = fs::read_to_string("/etc/hosts").unwrap_or_default();
+        let h = TestHost { original, name: format!("forum-{}.am-e2e.test", std::process::id()) };
+        h.point(addr);
+        h
+    }
+
+    fn point(&self, addr: &str) {
+        fs::write("/etc/hosts", format!("{}\n{addr} {}\n", self.original, self.name)).unwrap();
+    }
+}
+
+impl Drop for TestHost {
     fn drop(&mut self) {
-        let _ = fs::write("/etc/hosts", &self.0);
+        let _ = fs::write("/etc/hosts", &self.original);
     }
 }
 
@@ -291,10 +308,8 @@ fn an_allowed_host_name_follows_its_address() {
     }
     let t = TempDir::new("hosts");
     let forum = Forum::start(t.path(), "0.0.0.0", false, None);
-    let original = fs::read_to_string("/etc/hosts").unwrap_or_default();
-    let _guard = HostsGuard(original.clone());
-    let name = format!("forum-{}.am-e2e.test", std::process::id());
-    fs::write("/etc/hosts", format!("{original}\n127.0.0.2 {name}\n")).unwrap();
+    let host = TestHost::new("127.0.0.2");
+    let name = host.name.clone();
     let d = Daemon::start(&policy("named", &["am-named"], "deny", &[&format!("{name}:{}", forum.port)], ""));
     let agent = copy_binary(t.path(), &python3(), "am-named");
     let connect = |host: &str| {
@@ -304,7 +319,7 @@ fn an_allowed_host_name_follows_its_address() {
     assert_eq!(connect(&name), Some(0), "the allowed name did not work");
     assert_eq!(connect("127.0.0.3"), Some(13));
     // The record changes: the agent, resolving the same name, reaches the new address.
-    fs::write("/etc/hosts", format!("{original}\n127.0.0.3 {name}\n")).unwrap();
+    host.point("127.0.0.3");
     let t0 = std::time::Instant::now();
     while connect(&name) != Some(0) {
         assert!(t0.elapsed() < Duration::from_secs(15), "the new address of {name} never became reachable");
@@ -321,10 +336,8 @@ fn tls_server_name_must_be_an_allowed_host() {
     }
     let t = TempDir::new("sni");
     let forum = Forum::start(t.path(), "0.0.0.0", true, None);
-    let original = fs::read_to_string("/etc/hosts").unwrap_or_default();
-    let _guard = HostsGuard(original.clone());
-    let name = format!("forum-{}.am-e2e.test", std::process::id());
-    fs::write("/etc/hosts", format!("{original}\n127.0.0.2 {name}\n")).unwrap();
+    let host = TestHost::new("127.0.0.2");
+    let name = host.name.clone();
     let d = Daemon::start(&policy("sni", &["am-sni"], "deny", &[&format!("{name}:{}", forum.port)], ""));
     let curl = copy_binary(t.path(), "/usr/bin/curl", "am-sni");
     let p = forum.port;

@@ -140,6 +140,10 @@ pub unsafe fn file_path(file: *const u8) -> Result<(*const u8, *const u8), i64> 
     path_of(file, off!(file_f_path))
 }
 
+pub unsafe fn file_f_mode(file: *const u8) -> Result<u32, i64> {
+    rd::<u32>(file, off!(file_f_mode))
+}
+
 pub unsafe fn file_mode_type(file: *const u8) -> Result<u16, i64> {
     let inode = rd_ptr(file, off!(file_f_inode))?;
     let mode: u16 = rd(inode, off!(inode_i_mode))?;

@@ -27,6 +27,8 @@ pub enum Attach {
     CgroupSkbEgress,
     /// Uprobes on TLS library functions, attached to each library file found (see [`TLS_LIBS`]).
     UProbe(&'static str),
+    /// A BPF LSM hook; loaded only where the kernel runs BPF LSM programs.
+    Lsm(&'static str),
 }
 
 /// TLS libraries whose write functions carry plaintext, by the name their file starts with.
@@ -148,6 +150,17 @@ pub const PROBES: &[Probe] = &[
     tp("sys_enter_fchown", true),
     tp("sys_enter_io_uring_setup", false),
     tp("sys_enter_connect", true),
+    Probe { program: "lsm_file_open", attach: Attach::Lsm("file_open"), required: false, layer: "bpf_lsm" },
+    Probe { program: "lsm_path_unlink", attach: Attach::Lsm("path_unlink"), required: false, layer: "bpf_lsm" },
+    Probe { program: "lsm_path_rmdir", attach: Attach::Lsm("path_rmdir"), required: false, layer: "bpf_lsm" },
+    Probe { program: "lsm_path_mkdir", attach: Attach::Lsm("path_mkdir"), required: false, layer: "bpf_lsm" },
+    Probe { program: "lsm_path_mknod", attach: Attach::Lsm("path_mknod"), required: false, layer: "bpf_lsm" },
+    Probe { program: "lsm_path_symlink", attach: Attach::Lsm("path_symlink"), required: false, layer: "bpf_lsm" },
+    Probe { program: "lsm_path_rename", attach: Attach::Lsm("path_rename"), required: false, layer: "bpf_lsm" },
+    Probe { program: "lsm_path_link", attach: Attach::Lsm("path_link"), required: false, layer: "bpf_lsm" },
+    Probe { program: "lsm_path_chmod", attach: Attach::Lsm("path_chmod"), required: false, layer: "bpf_lsm" },
+    Probe { program: "lsm_path_chown", attach: Attach::Lsm("path_chown"), required: false, layer: "bpf_lsm" },
+    Probe { program: "lsm_path_truncate", attach: Attach::Lsm("path_truncate"), required: false, layer: "bpf_lsm" },
     Probe { program: "connect4", attach: Attach::CgroupSockAddr, required: true, layer: "cgroup" },
     Probe { program: "connect6", attach: Attach::CgroupSockAddr, required: true, layer: "cgroup" },
     Probe { program: "sendmsg4", attach: Attach::CgroupSockAddr, required: true, layer: "cgroup" },
@@ -243,6 +256,7 @@ impl Kernel {
             .with_context(|| format!("reading kernel struct offsets from {}", btf_path.display()))?;
         let pin_dir = pins.map(|base| base.join(build_id()));
         let mut adopted = false;
+        let mut lsm_note: Option<String> = None;
         let mut loader = EbpfLoader::new();
         loader.override_global("OFFSETS", &offsets, true);
         let map_paths: Vec<(&str, PathBuf)> = match &pin_dir {
@@ -279,6 +293,8 @@ impl Kernel {
                     up.insert("uprobe");
                 } else if name.starts_with("cgroup:") {
                     up.insert("cgroup");
+                } else if name.starts_with("lsm:") {
+                    up.insert("bpf_lsm");
                 } else {
                     up.insert("tracepoint");
                 }
@@ -286,7 +302,11 @@ impl Kernel {
             info!(pins = %dir.display(), "adopted the programs and maps this build left pinned: no gap, nothing attached twice");
         } else {
             let cgroup_root = super::maps::cgroup2_root().and_then(|p| File::open(&p).ok());
+            let mut lsm_refused: Option<String> = None;
             for probe in PROBES {
+                if matches!(probe.attach, Attach::Lsm(_)) && lsm_refused.is_some() {
+                    continue;
+                }
                 let t = std::time::Instant::now();
                 let r = attach(&mut ebpf, probe, cgroup_root.as_ref());
                 debug!(program = probe.program, ms = t.elapsed().as_millis() as u64, "loaded");
@@ -298,17 +318,30 @@ impl Kernel {
                     Err(e) if probe.required => {
                         return Err(e.context(format!("attaching required probe {}", probe.program)))
                     }
+                    Err(e) if matches!(probe.attach, Attach::Lsm(_)) => {
+                        lsm_refused = Some(format!("{e:#}"));
+                    }
                     Err(e) => warn!(program = probe.program, error = %format!("{e:#}"), "optional probe not attached"),
                 }
             }
+            if let Some(why) = &lsm_refused {
+                lsm_note = Some(format!(
+                    "bpf_lsm: the kernel refused the LSM programs ({}); file writes are decided by the tracepoint layer after the syscall (deny falls back to kill)",
+                    why.lines().next().unwrap_or_default()
+                ));
+            }
         }
-        let mut layers =
-            LayerStatus { tracepoint: up.contains("tracepoint"), cgroup: up.contains("cgroup"), ..Default::default() };
-        // BPF LSM is not built into this version: file and process kinds use the tracepoint
-        // layer, whose `deny` falls back to `kill` after the syscall has run.
-        layers.notes.push(
-            "bpf_lsm: not active; file writes cannot be refused in-kernel for agents not started by `exec` (deny falls back to kill after the syscall)".into(),
-        );
+        let mut layers = LayerStatus {
+            tracepoint: up.contains("tracepoint"),
+            cgroup: up.contains("cgroup"),
+            bpf_lsm: up.contains("bpf_lsm"),
+            ..Default::default()
+        };
+        if !layers.bpf_lsm {
+            layers.notes.push(lsm_note.unwrap_or_else(|| {
+                "bpf_lsm: not active; file writes cannot be refused in-kernel for agents not started by `exec` (deny falls back to kill after the syscall)".into()
+            }));
+        }
         let abi = landlock_abi();
         layers.landlock = abi > 0;
         if !layers.landlock {
@@ -554,6 +587,13 @@ fn attach(ebpf: &mut Ebpf, probe: &Probe, cgroup: Option<&File>) -> anyhow::Resu
             // Loaded now; attached per library by `Kernel::hook_tls_lib`.
             let p: &mut UProbe = prog.try_into()?;
             p.load().with_context(|| format!("loading {}", probe.program))?;
+        }
+        Attach::Lsm(hook) => {
+            let btf = aya::Btf::from_sys_fs().context("reading the kernel's BTF for LSM hooks")?;
+            let p: &mut aya::programs::Lsm = prog.try_into()?;
+            p.load(hook, &btf).with_context(|| format!("loading LSM hook {hook}"))?;
+            let id = p.attach().with_context(|| format!("attaching LSM hook {hook}"))?;
+            links.push((format!("lsm:{hook}"), FdLink::from(p.take_link(id)?)));
         }
         Attach::RawTracePoint(name) => {
             let p: &mut RawTracePoint = prog.try_into()?;

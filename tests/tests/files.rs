@@ -55,10 +55,15 @@ fn kill_on_append_outside_writable_and_not_for_others() {
     assert_eq!(f(&e, "agent"), "appender");
     assert_eq!(f(&e, "target"), outside.display().to_string());
     assert_eq!(f(&e, "action"), "killed");
-    assert_eq!(f(&e, "layer"), "tracepoint");
     assert_eq!(f(&e, "comm"), "am-append");
     assert_eq!(f(&e, "rule"), "files.writable");
-    assert!(f(&e, "detail").contains("O_APPEND"), "{e}");
+    if d.metric("agent_monitor_layer_up", &[("layer", "bpf_lsm")]) == Some(1.0) {
+        // Refused by the LSM layer before the open (VM tier).
+        assert_eq!(f(&e, "layer"), "bpf_lsm");
+    } else {
+        assert_eq!(f(&e, "layer"), "tracepoint");
+        assert!(f(&e, "detail").contains("O_APPEND"), "{e}");
+    }
     assert!(!f(&e, "run").is_empty() && !f(&e, "id").is_empty() && !f(&e, "ts").is_empty());
     for k in ["pid", "ppid", "uid"] {
         assert!(e.get(k).and_then(Value::as_u64).is_some(), "missing {k}: {e}");
@@ -213,6 +218,9 @@ fn kill_and_deny_for_namespace_changes_say_what_happened() {
         policy("ns-deny", "am-nsdeny", "deny", &work, "")
     );
     let d = Daemon::start(&p);
+    // Where the kernel runs BPF LSM (the VM tier), the LSM layer refuses before the operation;
+    // elsewhere the tracepoint layer acts after it, and says so.
+    let lsm = d.metric("agent_monitor_layer_up", &[("layer", "bpf_lsm")]) == Some(1.0);
     let killer = copy_binary(t.path(), "/bin/bash", "am-nskill");
     let denier = copy_binary(t.path(), "/bin/bash", "am-nsdeny");
     let st = sh(&killer, &format!("mkdir {}/k; echo survived > {}/s", t.path().display(), work.display()), &work);
@@ -220,15 +228,26 @@ fn kill_and_deny_for_namespace_changes_say_what_happened() {
     assert!(!work.join("s").exists());
     let e = d.wait_event("mkdir kill", |e| f(e, "agent") == "ns-kill" && f(e, "kind") == "file.mkdir");
     assert_eq!(f(&e, "action"), "killed");
-    // Honest: the tracepoint layer kills after the syscall ran.
-    assert!(f(&e, "detail").contains("completed before the kill"), "{e}");
+    if lsm {
+        assert_eq!(f(&e, "layer"), "bpf_lsm");
+        assert!(!t.join("k").exists(), "the LSM layer let the mkdir happen before the kill");
+    } else {
+        // Honest: the tracepoint layer kills after the syscall ran.
+        assert!(f(&e, "detail").contains("completed before the kill"), "{e}");
+    }
 
-    // deny has no refusing layer for file kinds on this host: falls back to kill, and says so.
     let st = sh(&denier, &format!("chmod 600 {}/victim.txt", t.path().display()), &work);
-    assert!(killed_by_sigkill(&st));
     let e = d.wait_event("chmod deny", |e| f(e, "agent") == "ns-deny" && f(e, "kind") == "file.chmod");
-    assert_eq!(f(&e, "action"), "killed");
-    assert!(f(&e, "detail").contains("deny requested"), "{e}");
+    if lsm {
+        // deny is EPERM, nothing killed.
+        assert!(!killed_by_sigkill(&st) && !st.success(), "{st}");
+        assert_eq!((f(&e, "action"), f(&e, "layer")), ("denied", "bpf_lsm"));
+    } else {
+        // deny has no refusing layer for file kinds on this host: falls back to kill, and says so.
+        assert!(killed_by_sigkill(&st));
+        assert_eq!(f(&e, "action"), "killed");
+        assert!(f(&e, "detail").contains("deny requested"), "{e}");
+    }
 }
 
 #[test]

@@ -79,7 +79,8 @@ pub fn lsm_file_open(ctx: LsmContext) -> i32 {
         let _ = S_IFCHR;
     }
     let Ok((d, m)) = (unsafe { kernel::file_path(file) }) else { return 0 };
-    decide_path(kind::FILE_WRITE, d, m, mode as u64)
+    // aux stays 0: events decode `aux` of file.write as open(2) flags, and this is an f_mode.
+    decide_path(kind::FILE_WRITE, d, m, 0)
 }
 
 /// Hooks of the form `(const struct path *dir, struct dentry *dentry, ...)`.

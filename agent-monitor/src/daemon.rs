@@ -125,11 +125,20 @@ impl Shared {
 
     /// Seal a JSON object into the audit chain and append it to the events log (and the live
     /// stream).
+    /// Buffered: the reader flushes once per ring-buffer batch (`flush`), other writers right
+    /// after writing.
     pub fn write_line(&self, json: &str) {
         let mut sink = self.sink.lock().unwrap();
         let line = self.chain.lock().unwrap().seal(json);
         let _ = self.live.send(line.clone());
-        if let Err(e) = writeln!(sink, "{line}").and_then(|_| sink.flush()) {
+        if let Err(e) = writeln!(sink, "{line}") {
+            self.metrics.sink_errors.with_label_values(&["events_file"]).inc();
+            error!(error = %e, "writing the events log failed");
+        }
+    }
+
+    pub fn flush(&self) {
+        if let Err(e) = self.sink.lock().unwrap().flush() {
             self.metrics.sink_errors.with_label_values(&["events_file"]).inc();
             error!(error = %e, "writing the events log failed");
         }
@@ -148,6 +157,7 @@ impl Shared {
         });
         drop(d);
         self.write_line(&rec.to_string());
+        self.flush();
     }
 
     /// Reopen the events log (after logrotate moved it away); the chain goes on in the new file.
@@ -242,6 +252,7 @@ impl Shared {
             "waited_secs": h.since.elapsed().as_secs(),
         });
         self.write_line(&rec.to_string());
+        self.flush();
         info!(hold = h.id, approve, approver = approver.1, "hold decided");
         Ok(rec)
     }
@@ -436,7 +447,7 @@ fn now_ns() -> i128 {
 
 fn open_sink(path: &str) -> anyhow::Result<Box<dyn Write + Send>> {
     if path == "-" {
-        return Ok(Box::new(io::stdout()));
+        return Ok(Box::new(io::BufWriter::new(io::stdout())));
     }
     if let Some(dir) = Path::new(path).parent() {
         fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -446,7 +457,7 @@ fn open_sink(path: &str) -> anyhow::Result<Box<dyn Write + Send>> {
         .append(true)
         .open(path)
         .with_context(|| format!("opening events file {path}"))?;
-    Ok(Box::new(f))
+    Ok(Box::new(io::BufWriter::with_capacity(1 << 16, f)))
 }
 
 fn print_diagnostics(diags: &[policy::Diagnostic]) {

@@ -41,6 +41,8 @@ pub async fn run(ring: RingBuf<MapData>, shared: Arc<Shared>) {
         for ev in batch {
             handle(&shared, &ev).await;
         }
+        // One write(2) per batch, not per event.
+        shared.flush();
     }
 }
 

@@ -87,30 +87,36 @@ pub fn current_task() -> *const u8 {
     unsafe { bpf_get_current_task() as *const u8 }
 }
 
+#[inline(always)]
 pub unsafe fn task_tgid(task: *const u8) -> Result<u32, i64> {
     rd::<u32>(task, off!(task_tgid))
 }
 
+#[inline(always)]
 pub unsafe fn task_start_ns(task: *const u8) -> Result<u64, i64> {
     rd::<u64>(task, off!(task_start_time))
 }
 
 /// Start time of the thread group leader: the identity of the process.
+#[inline(always)]
 pub unsafe fn process_start_ns(task: *const u8) -> Result<u64, i64> {
     let leader = rd_ptr(task, off!(task_group_leader))?;
     task_start_ns(leader)
 }
 
+#[inline(always)]
 pub unsafe fn task_ppid(task: *const u8) -> Result<u32, i64> {
     let parent = rd_ptr(task, off!(task_real_parent))?;
     task_tgid(parent)
 }
 
+#[inline(always)]
 pub unsafe fn task_exit_code(task: *const u8) -> Result<u32, i64> {
     rd::<u32>(task, off!(task_exit_code))
 }
 
 /// The `struct file *` behind `fd` in the current task, or null.
+#[inline(always)]
 pub unsafe fn fd_file(task: *const u8, fd: i64) -> Result<*const u8, i64> {
     if fd < 0 {
         return Err(-9);
@@ -130,31 +136,37 @@ pub unsafe fn fd_file(task: *const u8, fd: i64) -> Result<*const u8, i64> {
 }
 
 /// `(dentry, vfsmount)` of a `struct path` at `base + off`.
+#[inline(always)]
 pub unsafe fn path_of(base: *const u8, off: usize) -> Result<(*const u8, *const u8), i64> {
     let dentry = rd_ptr(base, off + off!(path_dentry))?;
     let mnt = rd_ptr(base, off + off!(path_mnt))?;
     Ok((dentry, mnt))
 }
 
+#[inline(always)]
 pub unsafe fn file_path(file: *const u8) -> Result<(*const u8, *const u8), i64> {
     path_of(file, off!(file_f_path))
 }
 
+#[inline(always)]
 pub unsafe fn file_f_mode(file: *const u8) -> Result<u32, i64> {
     rd::<u32>(file, off!(file_f_mode))
 }
 
+#[inline(always)]
 pub unsafe fn file_mode_type(file: *const u8) -> Result<u16, i64> {
     let inode = rd_ptr(file, off!(file_f_inode))?;
     let mode: u16 = rd(inode, off!(inode_i_mode))?;
     Ok(mode & S_IFMT)
 }
 
+#[inline(always)]
 pub unsafe fn cwd_path(task: *const u8) -> Result<(*const u8, *const u8), i64> {
     let fs = rd_ptr(task, off!(task_fs))?;
     path_of(fs, off!(fs_pwd))
 }
 
+#[inline(always)]
 pub unsafe fn exe_path(task: *const u8) -> Result<(*const u8, *const u8), i64> {
     let mm = rd_ptr(task, off!(task_mm))?;
     let exe = rd_ptr(mm, off!(mm_exe_file))?;
@@ -170,6 +182,7 @@ pub struct Built {
 
 /// Rebuild the absolute path of `(dentry, vfsmnt)` into `s.buf`, crossing mount points up to
 /// the root of the mount namespace tree (not the process's chroot: policy paths are the host's).
+#[inline(always)]
 pub unsafe fn dentry_path(s: *mut Scratch, dentry: *const u8, vfsmnt: *const u8) -> Result<Built, i64> {
     use core::ptr::{read_volatile as rv, write_volatile as wv};
     let mut d = dentry;
@@ -236,6 +249,7 @@ pub unsafe fn dentry_path(s: *mut Scratch, dentry: *const u8, vfsmnt: *const u8)
 ///
 /// Symlinks in the directories of the string are not followed here (only the LSM layer sees
 /// the resolved dentry); opens are decided on the file the kernel actually opened instead.
+#[inline(always)]
 pub unsafe fn resolve_user_path(s: *mut Scratch, dirfd: i64, upath: *const u8) -> Result<Built, i64> {
     let tmp = &mut (*s).tmp;
     // Returns the length including the NUL, or a negative error.
@@ -277,6 +291,7 @@ pub unsafe fn resolve_user_path(s: *mut Scratch, dirfd: i64, upath: *const u8) -
 /// One pass, one byte per step, run by `bpf_loop` (5.17+) so that the verifier checks the step
 /// once instead of once per byte; the write position and the component stack live in the
 /// scratch map.
+#[inline(always)]
 unsafe fn normalize(s: *mut Scratch, len: u32) -> u32 {
     use core::ptr::{read_volatile as rv, write_volatile as wv};
     wv(&mut (*s).w, 0);
@@ -343,7 +358,7 @@ unsafe fn normalize_byte(s: *mut Scratch, i: usize) -> i64 {
         if depth > 0 {
             let d = depth - 1;
             wv(&mut (*s).depth, d);
-            wv(&mut (*s).w, rv(&(*s).stack[d as usize & 63]));
+            wv(&mut (*s).w, rv(&(*s).stack[opaque(d as usize) & 63]));
         } else {
             wv(&mut (*s).w, 0);
         }

@@ -298,11 +298,24 @@ fn bypasses_of_syscall_tracing_are_violations_unless_allowed() {
     let st = run(Command::new(&allowed).args(["-c", script]));
     assert!(st.success(), "io_uring allowed by policy was stopped: {st}");
 
-    // A raw socket and bpf() are the other two ways around.
-    let st = run(Command::new(&denied)
-        .args(["-c", "import socket; socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)"]));
-    assert!(killed_by_sigkill(&st), "raw socket: {st}");
-    d.wait_event("raw socket", |e| f(e, "kind") == "net.raw_socket" && f(e, "agent") == "uring");
+    // A raw socket and bpf() are the other two ways around. A raw inet socket is refused by the
+    // cgroup layer (EPERM) before it exists; the daemon then kills the instance (asynchronously:
+    // the process may exit on the EPERM first).
+    let out = Command::new(&denied)
+        .args([
+            "-c",
+            "import socket, time; socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP); print('created'); time.sleep(5)",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "raw socket: {}", out.status);
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("created"), "a raw socket was created");
+    let e = d.wait_event("raw socket", |e| f(e, "kind") == "net.raw_socket" && f(e, "agent") == "uring");
+    assert_eq!((f(&e, "layer"), f(&e, "action")), ("cgroup", "killed"));
+    // A packet socket never reaches the cgroup hook: the tracepoint layer kills.
+    let st =
+        run(Command::new(&denied).args(["-c", "import socket; socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)"]));
+    assert!(killed_by_sigkill(&st), "packet socket: {st}");
     let st = run(Command::new(&denied).args(["-c", "import ctypes; ctypes.CDLL(None).syscall(321, 0, 0, 0)"]));
     assert!(killed_by_sigkill(&st), "bpf(): {st}");
     d.wait_event("bpf", |e| f(e, "kind") == "self.tamper" && f(e, "agent") == "uring");

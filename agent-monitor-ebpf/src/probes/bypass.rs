@@ -29,12 +29,14 @@ fn bypass(kind: u32, allow_flag: u32, aux: u64, aux2: u64) {
 }
 
 #[tracepoint]
+#[inline(always)]
 pub fn sys_enter_io_uring_setup(ctx: TracePointContext) -> u32 {
     bypass(kind::SYS_IO_URING, agent_flags::ALLOW_IO_URING, arg(&ctx, 0), 0);
     0
 }
 
 #[tracepoint]
+#[inline(always)]
 pub fn sys_enter_socket(ctx: TracePointContext) -> u32 {
     const AF_PACKET: u64 = 17;
     const SOCK_RAW: u64 = 3;
@@ -53,6 +55,7 @@ pub fn sys_enter_socket(ctx: TracePointContext) -> u32 {
 }
 
 #[tracepoint]
+#[inline(always)]
 pub fn sys_enter_bpf(ctx: TracePointContext) -> u32 {
     bypass(kind::SELF_TAMPER, agent_flags::ALLOW_BPF, arg(&ctx, 0), 0);
     0
@@ -97,42 +100,49 @@ pub mod tamper_call {
 }
 
 #[tracepoint]
+#[inline(always)]
 pub fn sys_enter_kill(ctx: TracePointContext) -> u32 {
     tamper(arg(&ctx, 0), tamper_call::KILL, arg(&ctx, 1));
     0
 }
 
 #[tracepoint]
+#[inline(always)]
 pub fn sys_enter_tkill(ctx: TracePointContext) -> u32 {
     tamper(arg(&ctx, 0), tamper_call::TKILL, arg(&ctx, 1));
     0
 }
 
 #[tracepoint]
+#[inline(always)]
 pub fn sys_enter_tgkill(ctx: TracePointContext) -> u32 {
     tamper(arg(&ctx, 0), tamper_call::TGKILL, arg(&ctx, 2));
     0
 }
 
 #[tracepoint]
+#[inline(always)]
 pub fn sys_enter_rt_sigqueueinfo(ctx: TracePointContext) -> u32 {
     tamper(arg(&ctx, 0), tamper_call::RT_SIGQUEUEINFO, arg(&ctx, 1));
     0
 }
 
 #[tracepoint]
+#[inline(always)]
 pub fn sys_enter_rt_tgsigqueueinfo(ctx: TracePointContext) -> u32 {
     tamper(arg(&ctx, 0), tamper_call::RT_TGSIGQUEUEINFO, arg(&ctx, 2));
     0
 }
 
 #[tracepoint]
+#[inline(always)]
 pub fn sys_enter_ptrace(ctx: TracePointContext) -> u32 {
     tamper(arg(&ctx, 1), tamper_call::PTRACE, arg(&ctx, 0));
     0
 }
 
 #[tracepoint]
+#[inline(always)]
 pub fn sys_enter_process_vm_writev(ctx: TracePointContext) -> u32 {
     tamper(arg(&ctx, 0), tamper_call::PROCESS_VM_WRITEV, 0);
     0

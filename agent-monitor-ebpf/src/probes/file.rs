@@ -33,6 +33,7 @@ fn dirfd(ctx: &TracePointContext, i: Option<usize>) -> i64 {
     }
 }
 
+#[inline(always)]
 fn rec(kind: u32, flags: u32, aux: u64) -> Rec {
     Rec { kind, verdict: verdict::ALLOWED, action: action::NONE, layer: layer::TRACEPOINT, flags, aux, aux2: 0 }
 }
@@ -91,6 +92,7 @@ fn path_op(
 
 /// Attached to the `sys_exit` of every syscall [`path_op`] watches.
 #[tracepoint]
+#[inline(always)]
 pub fn sys_exit_path_any(ctx: TracePointContext) -> u32 {
     let key = bpf_get_current_pid_tgid();
     let Some(op) = PENDING_OPS.get_ptr(&key) else {
@@ -155,6 +157,7 @@ fn open_enter(flags: u64) {
 macro_rules! path_probe {
     ($name:ident, $kind:expr, $p1:expr, $p2:expr, $aux:expr) => {
         #[tracepoint]
+        #[inline(always)]
         pub fn $name(ctx: TracePointContext) -> u32 {
             let _ = path_op(&ctx, $kind, $p1, $p2, $aux);
             0
@@ -187,30 +190,35 @@ path_probe!(sys_enter_lchown, kind::FILE_CHMOD, (None, 0), None, Some(1));
 path_probe!(sys_enter_fchownat, kind::FILE_CHMOD, (Some(0), 1), None, Some(2));
 
 #[tracepoint]
+#[inline(always)]
 pub fn sys_enter_fchmod(ctx: TracePointContext) -> u32 {
     let _ = fd_op(&ctx, kind::FILE_CHMOD, 0, Some(1));
     0
 }
 
 #[tracepoint]
+#[inline(always)]
 pub fn sys_enter_fchown(ctx: TracePointContext) -> u32 {
     let _ = fd_op(&ctx, kind::FILE_CHMOD, 0, Some(1));
     0
 }
 
 #[tracepoint]
+#[inline(always)]
 pub fn sys_enter_open(ctx: TracePointContext) -> u32 {
     open_enter(arg(&ctx, 1));
     0
 }
 
 #[tracepoint]
+#[inline(always)]
 pub fn sys_enter_openat(ctx: TracePointContext) -> u32 {
     open_enter(arg(&ctx, 2));
     0
 }
 
 #[tracepoint]
+#[inline(always)]
 pub fn sys_enter_creat(_ctx: TracePointContext) -> u32 {
     const O_WRONLY_CREAT_TRUNC: u64 = 0o1101;
     open_enter(O_WRONLY_CREAT_TRUNC);
@@ -218,6 +226,7 @@ pub fn sys_enter_creat(_ctx: TracePointContext) -> u32 {
 }
 
 #[tracepoint]
+#[inline(always)]
 pub fn sys_enter_openat2(ctx: TracePointContext) -> u32 {
     // struct open_how { u64 flags; u64 mode; u64 resolve; }
     let how = arg(&ctx, 2) as *const u64;
@@ -228,11 +237,13 @@ pub fn sys_enter_openat2(ctx: TracePointContext) -> u32 {
 
 /// Attached to `sys_exit_{open,openat,openat2,creat}`.
 #[tracepoint]
+#[inline(always)]
 pub fn sys_exit_open_any(ctx: TracePointContext) -> u32 {
     let _ = try_open_exit(&ctx);
     0
 }
 
+#[inline(always)]
 fn try_open_exit(ctx: &TracePointContext) -> Result<(), i64> {
     let key = bpf_get_current_pid_tgid();
     let Some(flags) = (unsafe { PENDING.get(&key) }).copied() else {

@@ -66,6 +66,7 @@ fn path_arg(p: *const u8) -> Option<(*const u8, *const u8)> {
 }
 
 #[lsm(hook = "file_open")]
+#[inline(always)]
 pub fn lsm_file_open(ctx: LsmContext) -> i32 {
     let file: *const u8 = ctx.arg(0);
     let Ok(mode) = (unsafe { kernel::file_f_mode(file) }) else { return 0 };
@@ -87,6 +88,7 @@ pub fn lsm_file_open(ctx: LsmContext) -> i32 {
 macro_rules! dir_dentry_hook {
     ($name:ident, $hook:literal, $kind:expr) => {
         #[lsm(hook = $hook)]
+        #[inline(always)]
         pub fn $name(ctx: LsmContext) -> i32 {
             let dir: *const u8 = ctx.arg(0);
             let dentry: *const u8 = ctx.arg(1);
@@ -105,6 +107,7 @@ dir_dentry_hook!(lsm_path_symlink, "path_symlink", kind::FILE_LINK);
 
 /// `path_rename(old_dir, old_dentry, new_dir, new_dentry, flags)`: both ends must be writable.
 #[lsm(hook = "path_rename")]
+#[inline(always)]
 pub fn lsm_path_rename(ctx: LsmContext) -> i32 {
     let (od, odent, nd, ndent): (*const u8, *const u8, *const u8, *const u8) =
         (ctx.arg(0), ctx.arg(1), ctx.arg(2), ctx.arg(3));
@@ -120,6 +123,7 @@ pub fn lsm_path_rename(ctx: LsmContext) -> i32 {
 /// `path_link(old_dentry, new_dir, new_dentry)`: a hard link to a file outside `writable` is a
 /// way to write it.
 #[lsm(hook = "path_link")]
+#[inline(always)]
 pub fn lsm_path_link(ctx: LsmContext) -> i32 {
     let (odent, nd, ndent): (*const u8, *const u8, *const u8) = (ctx.arg(0), ctx.arg(1), ctx.arg(2));
     let Some((_, nm)) = path_arg(nd) else { return 0 };
@@ -134,6 +138,7 @@ pub fn lsm_path_link(ctx: LsmContext) -> i32 {
 macro_rules! path_hook {
     ($name:ident, $hook:literal, $kind:expr) => {
         #[lsm(hook = $hook)]
+        #[inline(always)]
         pub fn $name(ctx: LsmContext) -> i32 {
             let p: *const u8 = ctx.arg(0);
             let Some((d, m)) = path_arg(p) else { return 0 };

@@ -173,21 +173,25 @@ fn sock_addr(ctx: &SockAddrContext, v6: bool, sendmsg: bool) -> i32 {
 }
 
 #[cgroup_sock_addr(connect4)]
+#[inline(always)]
 pub fn connect4(ctx: SockAddrContext) -> i32 {
     sock_addr(&ctx, false, false)
 }
 
 #[cgroup_sock_addr(connect6)]
+#[inline(always)]
 pub fn connect6(ctx: SockAddrContext) -> i32 {
     sock_addr(&ctx, true, false)
 }
 
 #[cgroup_sock_addr(sendmsg4)]
+#[inline(always)]
 pub fn sendmsg4(ctx: SockAddrContext) -> i32 {
     sock_addr(&ctx, false, true)
 }
 
 #[cgroup_sock_addr(sendmsg6)]
+#[inline(always)]
 pub fn sendmsg6(ctx: SockAddrContext) -> i32 {
     sock_addr(&ctx, true, true)
 }
@@ -195,6 +199,7 @@ pub fn sendmsg6(ctx: SockAddrContext) -> i32 {
 /// Raw inet sockets bypass connect/sendmsg: refused to agents unless the policy allows them.
 /// (`AF_PACKET` never reaches this hook: the `socket` tracepoint covers it.)
 #[cgroup_sock(sock_create)]
+#[inline(always)]
 pub fn sock_create(ctx: SockContext) -> i32 {
     let ty = unsafe { (*ctx.sock).type_ };
     if ty != SOCK_RAW {
@@ -225,7 +230,9 @@ pub fn sock_create(ctx: SockContext) -> i32 {
 #[inline(always)]
 fn load_request(ctx: &SkBuffContext, off: u32) -> u32 {
     let Some(s) = EVENTS_SCRATCH.get_ptr_mut(0) else { return 0 };
-    let dst = unsafe { (s as *mut u8).add(16) } as *mut c_void;
+    // opaque: keep the arithmetic after the null check (older verifiers refuse it on
+    // map_value_or_null, and LLVM would hoist it).
+    let dst = unsafe { kernel::opaque(s as *mut u8).add(16) } as *mut c_void;
     let skb = ctx.skb.skb as *mut c_void;
     for n in [192u32, 96, 32, 8] {
         if unsafe { bpf_skb_load_bytes(skb, off, dst, n) } == 0 {
@@ -237,10 +244,12 @@ fn load_request(ctx: &SkBuffContext, off: u32) -> u32 {
 
 /// Clear-text HTTP on an agent's allowed connection.
 #[cgroup_skb(egress)]
+#[inline(always)]
 pub fn http_egress(ctx: SkBuffContext) -> i32 {
     try_http_egress(&ctx).unwrap_or(PASS)
 }
 
+#[inline(always)]
 fn try_http_egress(ctx: &SkBuffContext) -> Result<i32, i64> {
     let cookie = unsafe { bpf_get_socket_cookie(ctx.skb.skb as *mut c_void) };
     let Some(info) = SOCKS.get_ptr_mut(&cookie) else {
@@ -285,7 +294,7 @@ fn try_http_egress(ctx: &SkBuffContext) -> Result<i32, i64> {
     };
     let n = load_request(ctx, off);
     let req = match EVENTS_SCRATCH.get_ptr(0) {
-        Some(s) => PathRef(unsafe { (s as *const u8).add(16) }, n),
+        Some(s) => PathRef(unsafe { kernel::opaque(s as *const u8).add(16) }, n),
         None => PathRef::NONE,
     };
     let mut r = Rec {
@@ -366,10 +375,12 @@ fn tls_first_flight(
                 unsafe { *words.add(i) = 0 };
             }
             key.agent = info.agent;
-            let n = kernel::opaque(name_len) & (SNI_LEN as u32 - 1);
-            if n == 0 || name_len >= SNI_LEN as u32 {
+            if name_len == 0 || name_len >= SNI_LEN as u32 {
                 false
             } else {
+                // ((n - 1) & 127) + 1 is n for 1..=127, and the verifier sees 1..=128 on the
+                // very register it is given (older verifiers refuse a size that may be 0).
+                let n = ((kernel::opaque(name_len) - 1) & (SNI_LEN as u32 - 1)) + 1;
                 unsafe {
                     bpf_skb_load_bytes(ctx.skb.skb as *mut c_void, name_off, key.name.as_mut_ptr() as *mut c_void, n)
                         == 0
@@ -438,6 +449,7 @@ fn mark_visible() {
 
 /// `int SSL_do_handshake(SSL *s)` (also reached through `SSL_connect`).
 #[uprobe]
+#[inline(always)]
 pub fn ssl_do_handshake(_ctx: ProbeContext) -> u32 {
     mark_visible();
     0
@@ -445,6 +457,7 @@ pub fn ssl_do_handshake(_ctx: ProbeContext) -> u32 {
 
 /// `int gnutls_handshake(gnutls_session_t session)`
 #[uprobe]
+#[inline(always)]
 pub fn gnutls_handshake(_ctx: ProbeContext) -> u32 {
     mark_visible();
     0
@@ -469,9 +482,13 @@ fn tls_write(buf: *const u8, len: u64) {
     let Some(s) = EVENTS_SCRATCH.get_ptr_mut(0) else { return };
     let want = if len > 192 { 192 } else { len as u32 };
     let got = unsafe {
-        raw_read_user((s as *mut u8).add(16) as *mut c_void, kernel::opaque(want) & 255, buf as *const c_void)
+        raw_read_user(
+            kernel::opaque(s as *mut u8).add(16) as *mut c_void,
+            kernel::opaque(want) & 255,
+            buf as *const c_void,
+        )
     };
-    let req = PathRef(unsafe { (s as *const u8).add(16) }, if got == 0 { want } else { 0 });
+    let req = PathRef(unsafe { kernel::opaque(s as *const u8).add(16) }, if got == 0 { want } else { 0 });
     let mut r = Rec {
         kind: kind::NET_HTTP_WRITE,
         verdict: verdict::ALLOWED,
@@ -506,6 +523,7 @@ fn tls_write(buf: *const u8, len: u64) {
 
 /// `int SSL_write(SSL *ssl, const void *buf, int num)`
 #[uprobe]
+#[inline(always)]
 pub fn ssl_write(ctx: ProbeContext) -> u32 {
     tls_write(ctx.arg::<*const u8>(1).unwrap_or(core::ptr::null()), ctx.arg::<u64>(2).unwrap_or(0) as u32 as u64);
     0
@@ -513,6 +531,7 @@ pub fn ssl_write(ctx: ProbeContext) -> u32 {
 
 /// `int SSL_write_ex(SSL *s, const void *buf, size_t num, size_t *written)`
 #[uprobe]
+#[inline(always)]
 pub fn ssl_write_ex(ctx: ProbeContext) -> u32 {
     tls_write(ctx.arg::<*const u8>(1).unwrap_or(core::ptr::null()), ctx.arg::<u64>(2).unwrap_or(0));
     0
@@ -520,6 +539,7 @@ pub fn ssl_write_ex(ctx: ProbeContext) -> u32 {
 
 /// `ssize_t gnutls_record_send(gnutls_session_t session, const void *data, size_t data_size)`
 #[uprobe]
+#[inline(always)]
 pub fn gnutls_record_send(ctx: ProbeContext) -> u32 {
     tls_write(ctx.arg::<*const u8>(1).unwrap_or(core::ptr::null()), ctx.arg::<u64>(2).unwrap_or(0));
     0
@@ -530,11 +550,13 @@ pub fn gnutls_record_send(ctx: ProbeContext) -> u32 {
 /// probing an nscd socket that does not exist reaches nothing). Tracepoint layer: a kill lands
 /// after the connect, before any message.
 #[tracepoint]
+#[inline(always)]
 pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
     let _ = try_unix_connect(&ctx);
     0
 }
 
+#[inline(always)]
 fn try_unix_connect(ctx: &TracePointContext) -> Result<(), i64> {
     const AF_UNIX: u16 = 1;
     let Some((st, cfg)) = current_agent() else {

@@ -19,11 +19,13 @@ use crate::{
 
 /// `sched_process_fork(struct task_struct *parent, struct task_struct *child)`.
 #[raw_tracepoint(tracepoint = "sched_process_fork")]
+#[inline(always)]
 pub fn sched_process_fork(ctx: RawTracePointContext) -> i32 {
     let _ = try_fork(&ctx);
     0
 }
 
+#[inline(always)]
 fn try_fork(ctx: &RawTracePointContext) -> Result<(), i64> {
     let ptgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     let Some(parent) = (unsafe { PROCS.get(&ptgid) }).copied() else {
@@ -48,12 +50,14 @@ fn try_fork(ctx: &RawTracePointContext) -> Result<(), i64> {
 }
 
 #[tracepoint(category = "sched", name = "sched_process_exec")]
+#[inline(always)]
 pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
     let _ = try_exec(&ctx);
     0
 }
 
 /// Which agent, if any, does the current (just exec'd) process select?
+#[inline(always)]
 unsafe fn select(s: *mut Scratch, task: *const u8) -> Option<u32> {
     if let Ok(comm) = bpf_get_current_comm() {
         let comm: [u8; COMM_LEN] = comm;
@@ -89,6 +93,7 @@ unsafe fn select(s: *mut Scratch, task: *const u8) -> Option<u32> {
     SEL_EXE.get(&*key).copied()
 }
 
+#[inline(always)]
 fn try_exec(_ctx: &TracePointContext) -> Result<(), i64> {
     if !kernel::offsets_valid() {
         return Ok(());
@@ -140,6 +145,7 @@ fn try_exec(_ctx: &TracePointContext) -> Result<(), i64> {
 }
 
 #[tracepoint(category = "sched", name = "sched_process_exit")]
+#[inline(always)]
 pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
@@ -168,6 +174,7 @@ pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
 /// member of its instance that broke the policy was killed dies before it runs another
 /// instruction, instead of carrying on until userspace sweeps the tree.
 #[tracepoint]
+#[inline(always)]
 pub fn sys_exit_reap(_ctx: TracePointContext) -> u32 {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     if let Some(st) = unsafe { PROCS.get(&tgid) } {

@@ -50,10 +50,12 @@ enum Cmd {
         no_root: bool,
         /// Instead of the host tiers, run the end-to-end tests inside QEMU guests (TCG), one per
         /// Debian kernel series: the newest of bookworm (6.1), bookworm-backports (6.12) and
-        /// trixie-backports (7.x), each booted with BPF LSM enabled. Without --full or a FILTER
-        /// only the `files` test binary runs (the whole suite is too slow under TCG for CI).
-        /// Kernels are downloaded once into ~/.cache/agent-monitor/vm; outputs and console logs
-        /// go to target/vm/KVER/. AGENT_MONITOR_VM_TIMEOUT (seconds) bounds each guest.
+        /// trixie-backports (7.x), each booted with BPF LSM enabled, as root. Without --full or a
+        /// FILTER only the `files` and `lsm` test binaries run (about 5 min a kernel; the whole suite
+        /// takes about 14 min a kernel under TCG, too long for CI); with a FILTER every binary
+        /// runs, filtered. Kernels are downloaded once into ~/.cache/agent-monitor/vm; outputs
+        /// and console logs go to target/vm/KVER/. Each guest is killed after 10 min (30 with
+        /// --full), or AGENT_MONITOR_VM_TIMEOUT seconds. See xtask/vm/README.md.
         #[arg(long)]
         vm: bool,
         /// With --vm: run every end-to-end test binary in each guest.

@@ -36,6 +36,7 @@ mnt cgroup2 /sys/fs/cgroup
 ln -sf /proc/self/fd/0 /dev/stdin
 ln -sf /proc/self/fd/1 /dev/stdout
 ln -sf /proc/self/fd/2 /dev/stderr
+mkdir -p /run/am-vm
 ip link set lo up || say "cannot bring up lo"
 hostname am-vm
 
@@ -52,14 +53,17 @@ while IFS=$'\t' read -r name exe cwd; do
     say "running $name"
     start=$SECONDS
     # Not through a pipe: processes a test leaves behind would hold it open. tail follows the
-    # file to the console and stops when the harness exits.
-    (cd "$cwd" && exec "$exe" "${args[@]}") </dev/null >"$R/$name.out" 2>&1 &
+    # file (on tmpfs: tail's reads of a growing file over 9p fail with ENODATA) to the console,
+    # so the console log has the output even if the guest dies, and stops when the harness exits.
+    out=/run/am-vm/$name.out
+    (cd "$cwd" && exec "$exe" "${args[@]}") </dev/null >"$out" 2>&1 &
     pid=$!
-    tail -n +1 -s 0.5 -f --pid=$pid "$R/$name.out" &
+    tail -n +1 -s 0.5 -f --pid=$pid "$out" &
     tailpid=$!
     wait $pid
     rc=$?
     wait $tailpid
+    cp "$out" "$R/$name.out"
     echo "$rc" >"$R/$name.rc"
     say "$name: exit $rc in $((SECONDS - start))s"
 done <"$R/run/tests"

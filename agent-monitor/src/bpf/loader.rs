@@ -352,11 +352,17 @@ impl Kernel {
             warn!("{n}");
         }
         // Per-program run count and run time (BPF_ENABLE_STATS): a few ns per program run.
-        let stats = match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
-            Ok(fd) => Some(fd),
-            Err(e) => {
-                warn!(error = %e, "kernel BPF statistics unavailable: agent_monitor_bpf_program_* stay at 0");
-                None
+        // AGENT_MONITOR_BPF_STATS=0 leaves them off (to measure what they cost).
+        let stats = if std::env::var("AGENT_MONITOR_BPF_STATS").as_deref() == Ok("0") {
+            info!("kernel BPF statistics left off (AGENT_MONITOR_BPF_STATS=0)");
+            None
+        } else {
+            match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
+                Ok(fd) => Some(fd),
+                Err(e) => {
+                    warn!(error = %e, "kernel BPF statistics unavailable: agent_monitor_bpf_program_* stay at 0");
+                    None
+                }
             }
         };
         let mut kernel =

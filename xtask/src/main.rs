@@ -51,7 +51,7 @@ enum Cmd {
         /// Instead of the host tiers, run the end-to-end tests inside QEMU guests (TCG), one per
         /// Debian kernel series: the newest of bookworm (6.1), bookworm-backports (6.12) and
         /// trixie-backports (7.x), each booted with BPF LSM enabled, as root. Without --full or a
-        /// FILTER only the `files` and `lsm` test binaries run (about 5 min a kernel; the whole suite
+        /// FILTER only the `files` and `lsm` test binaries run (5-6 min a kernel; the whole suite
         /// takes about 14 min a kernel under TCG, too long for CI); with a FILTER every binary
         /// runs, filtered. Kernels are downloaded once into ~/.cache/agent-monitor/vm; outputs
         /// and console logs go to target/vm/KVER/. Each guest is killed after 10 min (30 with

@@ -85,10 +85,7 @@ impl Control {
 
     /// Why the peer may not use the socket, if it may not.
     fn refuse(&self, shared: &Shared, pid: u32, uid: u32, gid: u32) -> Option<String> {
-        let is_agent = {
-            let k = shared.kernel.lock().unwrap();
-            kmaps::tracked(&k.ebpf).iter().any(|(p, _)| *p == pid)
-        };
+        let is_agent = kmaps::is_tracked(&shared.kernel.lock().unwrap().ebpf, pid);
         if is_agent {
             return Some(format!("refused: pid {pid} is an agent process; agents cannot control agent-monitor"));
         }

@@ -259,10 +259,7 @@ impl Shared {
 
     /// Deny the holds nobody answered in time.
     pub fn expire_holds(&self) {
-        for h in self.holds.expired(self.hold_timeout) {
-            // Put it back so decide_hold can take it with the same bookkeeping.
-            let id = h.id.clone();
-            self.holds.restore(h);
+        for id in self.holds.expired(self.hold_timeout) {
             if let Err(e) =
                 self.decide_hold(&id, false, crate::enforce_holds::Grant::Once, (u32::MAX, "timeout".into()), "timeout")
             {

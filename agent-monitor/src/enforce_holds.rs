@@ -112,16 +112,10 @@ impl Holds {
             .ok_or_else(|| anyhow!("no pending hold {id:?} (already decided, timed out, or never existed)"))
     }
 
-    /// Holds older than `timeout`, removed from the pending set.
-    pub fn expired(&self, timeout: Duration) -> Vec<Hold> {
-        let mut p = self.pending.lock().unwrap();
-        let ids: Vec<String> = p.values().filter(|h| h.since.elapsed() >= timeout).map(|h| h.id.clone()).collect();
-        ids.into_iter().filter_map(|id| p.remove(&id)).collect()
-    }
-
-    /// Put a hold back (the timeout path decides through the same code as a person).
-    pub fn restore(&self, h: Hold) {
-        self.pending.lock().unwrap().insert(h.id.clone(), h);
+    /// Ids of the holds older than `timeout` (still pending: the timeout decides them through
+    /// the same `take` as a person).
+    pub fn expired(&self, timeout: Duration) -> Vec<String> {
+        self.pending.lock().unwrap().values().filter(|h| h.since.elapsed() >= timeout).map(|h| h.id.clone()).collect()
     }
 
     pub fn len(&self) -> usize {
@@ -190,7 +184,9 @@ mod tests {
         assert_eq!(holds.len(), 2);
         assert_eq!(holds.take(&h.id).unwrap().pid, 7);
         assert!(holds.take(&h.id).is_err());
-        assert_eq!(holds.expired(Duration::ZERO).len(), 1);
+        assert_eq!(holds.expired(Duration::ZERO), std::slice::from_ref(&c.id));
+        assert!(holds.expired(Duration::from_secs(3600)).is_empty());
+        assert_eq!(holds.take(&c.id).unwrap().pid, 7);
         assert_eq!(holds.len(), 0);
     }
 }

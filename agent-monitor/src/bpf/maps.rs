@@ -419,6 +419,12 @@ pub fn adopt_running(ebpf: &mut Ebpf, p: &CompiledPolicy) -> anyhow::Result<usiz
     Ok(adopted)
 }
 
+/// Is this tgid an agent process? One lookup, not a scan of the table.
+pub fn is_tracked(ebpf: &Ebpf, tgid: u32) -> bool {
+    let Some(m) = ebpf.map(names::PROCS) else { return false };
+    HashMap::<&MapData, u32, ProcState>::try_from(m).map(|m| m.get(&tgid, 0).is_ok()).unwrap_or(false)
+}
+
 /// Every tracked process: (tgid, state).
 pub fn tracked(ebpf: &Ebpf) -> Vec<(u32, ProcState)> {
     let Some(m) = ebpf.map(names::PROCS) else { return vec![] };

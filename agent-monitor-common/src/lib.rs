@@ -248,9 +248,26 @@ pub struct AgentCfg {
     pub flags: u32,
     /// Allowed HTTP methods: bit i is [`HTTP_METHODS`]`[i]`.
     pub http_allow: u32,
-    pub _pad: u32,
+    /// Where this agent's rules live in the kernel tables: `agent_slot(id, generation)`.
+    pub slot: u32,
 }
 const _: () = assert!(size_of::<AgentCfg>() == 16);
+
+/// Agent ids per policy generation. The kernel keeps two generations of rules (`AGENTS`,
+/// `WRITABLE`, `NET_ALLOW`, `UNIX_ALLOW`, `SNI_ALLOW` are keyed by slot, not by id); a reload
+/// writes the inactive one completely, then flips `GENERATION[0]` — one 4-byte store — so that
+/// every decision sees either the whole old policy or the whole new one, never a mix.
+pub const AGENT_SLOTS_PER_GEN: u32 = 256;
+
+/// Set in an event's `agent` field (with the slot: id in bits 0..8, generation in bit 8) when
+/// the event comes from a decision, which names the policy generation that made it.
+pub const AGENT_GEN_KNOWN: u32 = 0x200;
+
+/// The table slot of agent `id` in generation `gen` (0 or 1).
+#[inline(always)]
+pub const fn agent_slot(id: u32, gen: u32) -> u32 {
+    (id & (AGENT_SLOTS_PER_GEN - 1)) + (gen & 1) * AGENT_SLOTS_PER_GEN
+}
 
 /// The request-line tokens the kernel recognises at the start of an HTTP/1.x request, in bit
 /// order. A request starting with anything else is not HTTP as far as the check goes.
@@ -339,7 +356,7 @@ pub struct SockInfo {
     pub start_ns: u64,
     pub port: [u8; 2],
     pub addr: [u8; 16],
-    /// 1 once a forbidden request was seen: every later packet of the socket is dropped.
+    /// [`sock_state`]: what the HTTP check does with the socket's next packets.
     pub blocked: u8,
     /// 1 once the first payload was inspected (TLS visibility and SNI are checked once).
     pub seen: u8,
@@ -347,8 +364,24 @@ pub struct SockInfo {
     /// be one of the agent's allowed names.
     pub via_host: u8,
     pub _pad: [u8; 3],
+    /// The TCP sequence number (as on the wire) of the held request's first segment.
+    pub held_seq: u32,
+    pub _pad2: u32,
 }
-const _: () = assert!(size_of::<SockInfo>() == 48);
+const _: () = assert!(size_of::<SockInfo>() == 56);
+
+/// `SockInfo::blocked`.
+pub mod sock_state {
+    /// Checked as usual.
+    pub const OPEN: u8 = 0;
+    /// A forbidden request was seen: every later packet is dropped.
+    pub const BLOCKED: u8 = 1;
+    /// A request is held: every packet is dropped (TCP keeps them queued) until a decision.
+    pub const HELD: u8 = 2;
+    /// The held request was approved: its segment (`held_seq`) passes, retransmissions
+    /// included; later requests are checked as usual.
+    pub const APPROVED: u8 = 3;
+}
 
 /// Data of a `WRITABLE` LPM trie key (the trie adds the `u32` prefix length in front): the agent
 /// id, then the path prefix with a trailing `/`. The prefix length counts bits of `agent` plus
@@ -401,6 +434,13 @@ pub struct Offsets {
     pub mount_mnt: u32,
     pub mount_mnt_parent: u32,
     pub mount_mnt_mountpoint: u32,
+    pub file_private_data: u32,
+    pub pid_numbers: u32,
+    pub inode_i_private: u32,
+    pub socket_type: u32,
+    pub msghdr_msg_name: u32,
+    pub inode_i_sb: u32,
+    pub sb_s_flags: u32,
     /// 1 once the daemon has filled the table; programs refuse to walk kernel memory before.
     pub valid: u32,
 }

@@ -10,7 +10,7 @@ use core::ffi::c_void;
 
 use crate::{
     kernel::{self, Built},
-    maps::{Scratch, AGENTS, EVENTS, KILLED, PROCS, SCRATCH, STATS, WRITABLE},
+    maps::{Scratch, AGENTS, EVENTS, GENERATION, KILLED, PROCS, SCRATCH, STATS, WRITABLE},
 };
 
 pub const SIGKILL: u32 = 9;
@@ -31,12 +31,22 @@ pub fn scratch() -> Option<*mut Scratch> {
 #[inline(always)]
 pub fn current_agent() -> Option<(ProcState, AgentCfg)> {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    let st = unsafe { PROCS.get(&tgid) }.copied()?;
-    let cfg = AGENTS.get(st.agent).copied()?;
+    let mut st = unsafe { PROCS.get(&tgid) }.copied()?;
+    let cfg = agent_cfg(st.agent)?;
     if cfg.flags & agent_flags::ACTIVE == 0 {
         return None;
     }
+    // Events of this decision name the generation (the policy) that made it.
+    st.agent = cfg.slot | agent_monitor_common::AGENT_GEN_KNOWN;
     Some((st, cfg))
+}
+
+/// The configuration of agent `id` in the active generation. Read once per decision: every
+/// later lookup of the decision goes through `cfg.slot`, so it sees one policy whole.
+#[inline(always)]
+pub fn agent_cfg(id: u32) -> Option<AgentCfg> {
+    let gen = GENERATION.get(0).copied().unwrap_or(0);
+    AGENTS.get(agent_monitor_common::agent_slot(id, gen)).copied()
 }
 
 /// Kill the current process if its instance has already been killed; true if it was.
@@ -49,14 +59,14 @@ pub fn reap_if_killed(st: &ProcState) -> bool {
     false
 }
 
-/// Is `s.buf[0..b.len]` under one of `agent`'s writable prefixes?
+/// Is `s.buf[0..b.len]` under one of the writable prefixes of the agent in table slot `slot`?
 #[inline(always)]
-pub unsafe fn is_writable(s: *mut Scratch, agent: u32, b: Built) -> bool {
+pub unsafe fn is_writable(s: *mut Scratch, slot: u32, b: Built) -> bool {
     let mut len = b.len as usize;
     if len > PATH_LEN - 1 {
         len = PATH_LEN - 1;
     }
-    (*s).key.agent = agent;
+    (*s).key.agent = slot;
     raw_read_kernel((*s).key.path.as_mut_ptr() as *mut c_void, PATH_LEN as u32, (*s).buf.as_ptr() as *const c_void);
     // The trailing '/' makes the match component-wise. A truncated path keeps only the bytes
     // it has: a prefix can still match them, and nothing past them is claimed.

@@ -41,6 +41,13 @@ static OFFSETS: Offsets = Offsets {
     mount_mnt: 0,
     mount_mnt_parent: 0,
     mount_mnt_mountpoint: 0,
+    file_private_data: 0,
+    pid_numbers: 0,
+    inode_i_private: 0,
+    socket_type: 0,
+    msghdr_msg_name: 0,
+    inode_i_sb: 0,
+    sb_s_flags: 0,
     valid: 0,
 };
 
@@ -135,6 +142,37 @@ pub unsafe fn fd_file(task: *const u8, fd: i64) -> Result<*const u8, i64> {
     Ok(file)
 }
 
+/// `socket->type` (SOCK_STREAM, SOCK_DGRAM, ...).
+#[inline(always)]
+pub unsafe fn socket_type(sock: *const u8) -> Result<u16, i64> {
+    rd::<u16>(sock, off!(socket_type))
+}
+
+/// `msghdr->msg_name`: the destination of a `sendmsg`/`sendto`, or null.
+#[inline(always)]
+pub unsafe fn msghdr_name(msg: *const u8) -> Result<*const u8, i64> {
+    rd_ptr(msg, off!(msghdr_msg_name))
+}
+
+/// Is the pidfd `fd` of the current task one that names process `target` (global pid)? Its
+/// `struct pid` is `file->private_data` on anon-inode pidfds (before pidfs, 6.9) and the
+/// inode's `i_private` on pidfs; both are read, and `numbers[0].nr` is the global pid.
+#[inline(always)]
+pub unsafe fn pidfd_names(fd: i64, target: u32) -> bool {
+    let Ok(file) = fd_file(current_task(), fd) else { return false };
+    let nr = |pid: *const u8| -> u32 {
+        if pid.is_null() {
+            return 0;
+        }
+        rd::<u32>(pid, off!(pid_numbers)).unwrap_or(0)
+    };
+    if nr(rd_ptr(file, off!(file_private_data)).unwrap_or(core::ptr::null())) == target {
+        return true;
+    }
+    let inode = rd_ptr(file, off!(file_f_inode)).unwrap_or(core::ptr::null());
+    !inode.is_null() && nr(rd_ptr(inode, off!(inode_i_private)).unwrap_or(core::ptr::null())) == target
+}
+
 /// `(dentry, vfsmount)` of a `struct path` at `base + off`.
 #[inline(always)]
 pub unsafe fn path_of(base: *const u8, off: usize) -> Result<(*const u8, *const u8), i64> {
@@ -158,6 +196,17 @@ pub unsafe fn file_mode_type(file: *const u8) -> Result<u16, i64> {
     let inode = rd_ptr(file, off!(file_f_inode))?;
     let mode: u16 = rd(inode, off!(inode_i_mode))?;
     Ok(mode & S_IFMT)
+}
+
+/// Is the file on a filesystem the kernel mounted for itself (`SB_KERNMOUNT`: pidfs,
+/// anon_inodefs, pipefs, sockfs, the shmem behind memfd)? No path names such a file: opening
+/// one for writing (a pidfd, say) writes nothing anyone else can read as a file.
+#[inline(always)]
+pub unsafe fn file_on_kernel_mount(file: *const u8) -> bool {
+    const SB_KERNMOUNT: u64 = 1 << 22;
+    let Ok(inode) = rd_ptr(file, off!(file_f_inode)) else { return false };
+    let Ok(sb) = rd_ptr(inode, off!(inode_i_sb)) else { return false };
+    rd::<u64>(sb, off!(sb_s_flags)).map(|f| f & SB_KERNMOUNT != 0).unwrap_or(false)
 }
 
 #[inline(always)]

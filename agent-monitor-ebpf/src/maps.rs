@@ -14,9 +14,14 @@ use aya_ebpf::{
 #[map]
 pub static PROCS: HashMap<u32, ProcState> = HashMap::with_max_entries(32768, 0);
 
-/// Per-agent configuration, indexed by agent id (0 unused).
+/// Per-agent configuration, indexed by `agent_slot(id, generation)` (id 0 unused).
 #[map]
-pub static AGENTS: Array<AgentCfg> = Array::with_max_entries(256, 0);
+pub static AGENTS: Array<AgentCfg> = Array::with_max_entries(2 * agent_monitor_common::AGENT_SLOTS_PER_GEN, 0);
+
+/// The active policy generation (index 0: 0 or 1), flipped by the daemon after it has written
+/// the other generation's rules in full (see `agent_monitor_common::agent_slot`).
+#[map]
+pub static GENERATION: Array<u32> = Array::with_max_entries(1, 0);
 
 /// Selectors: which new processes become agent instances (value: agent id).
 #[map]
@@ -92,10 +97,23 @@ pub static SOCKS: LruHashMap<u64, SockInfo> = LruHashMap::with_max_entries(16384
 #[map]
 pub static EVENTS_SCRATCH: PerCpuArray<[u8; 16 + PATH_LEN + 16]> = PerCpuArray::with_max_entries(1, 0);
 
-/// The daemon's own tgid (index 0), set by the daemon at start: signals and ptrace aimed at it
-/// by an agent are `self.tamper`.
+/// Index 0: the daemon's own tgid, set by the daemon at start: signals and ptrace aimed at it
+/// by an agent are `self.tamper`. Index 1: 1 when the BPF LSM layer is attached, so that the
+/// tracepoint layer leaves to it what it refuses before the call runs (no event twice).
 #[map]
-pub static DAEMON: Array<u32> = Array::with_max_entries(1, 0);
+pub static DAEMON: Array<u32> = Array::with_max_entries(2, 0);
+
+/// Is the BPF LSM layer deciding?
+#[inline(always)]
+pub fn lsm_active() -> bool {
+    DAEMON.get(1).copied().unwrap_or(0) == 1
+}
+
+/// Per-CPU: the tgid whose clear-text request the HTTP check has just held (0: none). The
+/// `skb:kfree_skb` tracepoint that fires for the dropped packet, on the same CPU and usually
+/// still in the writer's `send`, stops the writer there (SIGSTOP) before the call returns.
+#[map]
+pub static HOLD_STOP: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 
 /// Approved held connects (see `agent_monitor_common::GrantKey`), written by the daemon.
 #[map]

@@ -212,6 +212,17 @@ impl Shared {
         self.metrics.hold_wait.observe(h.since.elapsed().as_secs_f64());
         let mut granted = Value::Null;
         if approve {
+            if let Some(cookie) = h.socket {
+                // Let exactly the held segment through, then push TCP's queue so it leaves now
+                // rather than at the next retransmission timer, then continue the writer.
+                {
+                    let mut k = self.kernel.lock().unwrap();
+                    kmaps::approve_socket(&mut k.ebpf, cookie)?;
+                }
+                if let Err(e) = crate::enforce_holds::push_socket(h.pid, cookie) {
+                    warn!(hold = h.id, error = %format!("{e:#}"), "could not push the approved request; TCP sends it at its next retransmission");
+                }
+            }
             if h.paused {
                 // The call was stopped at its entry: continuing it sends the request, once.
                 unsafe { libc::kill(h.pid as i32, libc::SIGCONT) };
@@ -315,15 +326,31 @@ impl Shared {
         }
     }
 
-    /// Put the registered exec cgroups back after a reload rewrote the selectors.
-    fn reapply_registrations(&self) {
-        let regs = self.registered.lock().unwrap().clone();
-        self.registered.lock().unwrap().clear();
-        for (cgroup, agent) in regs {
-            if let Err(e) = self.register_exec(&agent, &cgroup) {
-                warn!(agent, cgroup, error = %format!("{e:#}"), "exec instance lost its registration on reload");
+    /// The registered `exec` cgroups as selectors of `compiled` (cgroup inode, agent id). An
+    /// instance whose agent the new policy no longer has loses its registration (its running
+    /// processes keep the agent they are); said in the log.
+    fn exec_selectors(&self, compiled: &CompiledPolicy) -> Vec<(u64, u32)> {
+        let root = kmaps::cgroup2_root();
+        let mut regs = self.registered.lock().unwrap();
+        let mut out = Vec::new();
+        regs.retain(|(cgroup, agent)| {
+            let Some(id) = compiled.agent_id(agent) else {
+                warn!(agent, cgroup, "the reloaded policy has no such agent: exec instance no longer selected");
+                return false;
+            };
+            let ino = root
+                .as_ref()
+                .and_then(|r| fs::metadata(r.join(cgroup.trim_start_matches('/'))).ok())
+                .map(|m| std::os::unix::fs::MetadataExt::ino(&m));
+            match ino {
+                Some(ino) => {
+                    out.push((ino, id));
+                    true
+                }
+                None => false,
             }
-        }
+        });
+        out
     }
 
     /// Resolve the policy's host names again and update the kernel when an address changed.
@@ -503,9 +530,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let pins = args.pin_path.clone().or_else(|| policy.daemon.pin_path.clone().map(PathBuf::from));
     let mut kernel = Kernel::load(pins.as_deref())?;
     let resolved = kmaps::resolve_hosts(&compiled.hosts);
-    kmaps::apply_policy(&mut kernel.ebpf, &compiled, &resolved).context("writing the policy into the kernel maps")?;
+    let gen = kmaps::apply_policy(&mut kernel.ebpf, &compiled, &resolved, &[])
+        .context("writing the policy into the kernel maps")?;
     kmaps::adopt_running(&mut kernel.ebpf, &compiled)?;
-    kmaps::set_daemon(&mut kernel.ebpf, std::process::id())?;
+    kmaps::set_daemon(&mut kernel.ebpf, std::process::id(), kernel.layers.bpf_lsm)?;
     let ring =
         RingBuf::try_from(kernel.ebpf.take_map(kmaps::names::EVENTS).ok_or_else(|| anyhow!("EVENTS map missing"))?)?;
     for (layer, up) in [
@@ -524,7 +552,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let (live, _) = tokio::sync::broadcast::channel(4096);
     let shared = Arc::new(Shared {
         kernel: Mutex::new(kernel),
-        decoder: Mutex::new(Decoder::new(names)),
+        decoder: Mutex::new({
+            let mut d = Decoder::new(names);
+            d.policy_by_gen[gen as usize] = Some(compiled.hash.clone());
+            d
+        }),
         metrics: metrics.clone(),
         sink: Mutex::new(sink),
         chain: Mutex::new(if events_path == "-" {
@@ -676,8 +708,22 @@ pub fn reload(source: &PolicySource, shared: &Shared) -> bool {
     // Running agent processes carry their agent's id: keep ids stable by name.
     let compiled = policy::compile(&policy).with_stable_ids(&shared.compiled.lock().unwrap());
     let resolved = kmaps::resolve_hosts(&compiled.hosts);
+    let exec_cgroups = shared.exec_selectors(&compiled);
     let mut k = shared.kernel.lock().unwrap();
-    let result = kmaps::apply_policy(&mut k.ebpf, &compiled, &resolved)
+    // Events decided by the new generation may be read before apply_policy returns.
+    let next = 1 - kmaps::generation(&k.ebpf);
+    {
+        let mut d = shared.decoder.lock().unwrap();
+        d.policy_by_gen[next as usize] = Some(compiled.hash.clone());
+        // Names of both policies while both may be deciding (ids are stable by name).
+        let new = compiled.names_by_id();
+        let n = new.len().max(d.agent_names.len());
+        let merged = (0..n)
+            .map(|i| new.get(i).filter(|s| !s.is_empty()).or(d.agent_names.get(i)).cloned().unwrap_or_default())
+            .collect();
+        d.agent_names = merged;
+    }
+    let result = kmaps::apply_policy(&mut k.ebpf, &compiled, &resolved, &exec_cgroups)
         .and_then(|_| kmaps::adopt_running(&mut k.ebpf, &compiled).map(|_| ()));
     drop(k);
     *shared.resolved.lock().unwrap() = resolved;
@@ -689,7 +735,6 @@ pub fn reload(source: &PolicySource, shared: &Shared) -> bool {
             info!(hash = compiled.hash, agents = compiled.agents.len(), "policy reloaded");
             shared.record_policy(source, &compiled);
             *shared.compiled.lock().unwrap() = compiled;
-            shared.reapply_registrations();
             shared.metrics.reloads.with_label_values(&["success"]).inc();
             true
         }

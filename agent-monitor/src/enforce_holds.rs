@@ -3,6 +3,12 @@
 //! - Inside TLS, the uprobe stops the process (SIGSTOP) before `SSL_write` runs: approval
 //!   continues it (SIGCONT) and the request goes out exactly once; denial or timeout kills the
 //!   instance, so the request never leaves.
+//! - In clear-text HTTP, the cgroup_skb program drops the request's first segment (TCP keeps
+//!   it queued and sends it again later) and holds the socket; the writer is stopped inside its
+//!   `send` (SIGSTOP from the `skb:kfree_skb` tracepoint, and from the daemon in case the packet
+//!   left from another context). Approval lets exactly that segment through, pushes the queue
+//!   and continues the writer: the server receives the request once. Denial kills the instance;
+//!   the socket stays held, so nothing of the request reaches the server.
 //! - A connect (cgroup layer) cannot be paused: it is refused and held as a request; approval
 //!   writes a grant for exactly that (instance, destination) into the kernel (`GRANTS`), for a
 //!   bounded time or for one connect, so that a retry passes.
@@ -42,6 +48,8 @@ pub struct Hold {
     pub paused: bool,
     /// For a held connect: the grant approval would write.
     pub grant: Option<GrantKey>,
+    /// For a clear-text HTTP request held in the kernel: the socket's cookie.
+    pub socket: Option<u64>,
 }
 
 impl Hold {
@@ -81,6 +89,9 @@ impl Holds {
                 addr.copy_from_slice(&ev.path[..16]);
                 GrantKey { run_id: ev.run_id, addr, port: (ev.aux as u16).to_be_bytes(), _pad: [0; 6] }
             });
+        let socket = (kind == Kind::NetHttpWrite && ev.layer == agent_monitor_common::layer::CGROUP)
+            .then_some(ev.aux2 >> 8)
+            .filter(|&c| c != 0);
         let h = Hold {
             id: id.clone(),
             agent: agent.to_string(),
@@ -93,6 +104,7 @@ impl Holds {
             ts: ts.to_string(),
             paused: grant.is_none(),
             grant,
+            socket,
         };
         self.pending.lock().unwrap().insert(id, h.clone());
         h
@@ -121,6 +133,61 @@ impl Holds {
     pub fn len(&self) -> usize {
         self.pending.lock().unwrap().len()
     }
+}
+
+/// Push the send queue of the socket with cookie `cookie` in process `pid`: take a copy of its
+/// descriptor (pidfd_getfd) and set TCP_NODELAY, which sends what is queued at once; the
+/// option is put back as it was.
+pub fn push_socket(pid: u32, cookie: u64) -> anyhow::Result<()> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    // SAFETY: plain syscalls; every descriptor returned is owned and closed here.
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::c_int, 0) };
+    if pidfd < 0 {
+        bail!("pidfd_open({pid}): {}", std::io::Error::last_os_error());
+    }
+    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as i32) };
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fd"))?.flatten() {
+        let is_socket =
+            std::fs::read_link(entry.path()).map(|l| l.to_string_lossy().starts_with("socket:")).unwrap_or(false);
+        let Some(fd) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
+        if !is_socket {
+            continue;
+        }
+        let dup = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0) };
+        if dup < 0 {
+            continue;
+        }
+        let dup = unsafe { OwnedFd::from_raw_fd(dup as i32) };
+        let get = |level, name| -> Option<u64> {
+            let mut v: u64 = 0;
+            let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+            let r = unsafe {
+                libc::getsockopt(dup.as_raw_fd(), level, name, &mut v as *mut u64 as *mut libc::c_void, &mut len)
+            };
+            (r == 0).then_some(if len == 4 { v & 0xffff_ffff } else { v })
+        };
+        if get(libc::SOL_SOCKET, libc::SO_COOKIE) != Some(cookie) {
+            continue;
+        }
+        let set = |v: libc::c_int| unsafe {
+            libc::setsockopt(
+                dup.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_NODELAY,
+                &v as *const libc::c_int as *const libc::c_void,
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        let was = get(libc::IPPROTO_TCP, libc::TCP_NODELAY).unwrap_or(0);
+        if set(1) != 0 {
+            bail!("setsockopt(TCP_NODELAY): {}", std::io::Error::last_os_error());
+        }
+        if was == 0 {
+            set(0);
+        }
+        return Ok(());
+    }
+    bail!("no socket with cookie {cookie} in process {pid}")
 }
 
 /// `--for 10m` / `90s` / `2h`.

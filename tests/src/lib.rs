@@ -199,6 +199,20 @@ impl Daemon {
         }
     }
 
+    /// Is the BPF LSM layer deciding (in the VM tier), or the tracepoint and cgroup layers?
+    pub fn lsm(&self) -> bool {
+        self.metric("agent_monitor_layer_up", &[("layer", "bpf_lsm")]) == Some(1.0)
+    }
+
+    /// The layer that refuses a connect: the LSM `socket_connect` hook runs before the cgroup one.
+    pub fn connect_layer(&self) -> &'static str {
+        if self.lsm() {
+            "bpf_lsm"
+        } else {
+            "cgroup"
+        }
+    }
+
     pub fn signal(&self, sig: nix::sys::signal::Signal) {
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid() as i32), sig).unwrap();
     }

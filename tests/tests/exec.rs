@@ -159,7 +159,7 @@ fn tcp_connects_only_to_allowed_ports() {
     let e = d.wait_event("exec instance net.connect", |e| {
         f(e, "kind") == "net.connect" && f(e, "target") == format!("127.0.0.2:{allowed_port}")
     });
-    assert_eq!((f(&e, "agent"), f(&e, "action"), f(&e, "layer")), ("execd", "denied", "cgroup"));
+    assert_eq!((f(&e, "agent"), f(&e, "action"), f(&e, "layer")), ("execd", "denied", d.connect_layer()));
     drop((allowed, other));
 }
 

@@ -375,6 +375,84 @@ fn reload_with_a_bad_policy_keeps_the_old_one() {
     assert_eq!(d.metric("agent_monitor_policy_reloads_total", &[("result", "success")]), Some(1.0));
 }
 
+/// A reload is one switch in the kernel: the new policy goes into the inactive generation in
+/// full, then one store makes it the one that decides. Every event names the policy that
+/// decided it; under reloads flipping between two policies as fast as the daemon takes them,
+/// every verdict must be the one its own policy gives (a half-written or mixed swap would
+/// allow a path its policy refuses, or the reverse).
+#[test]
+fn a_reload_swaps_the_whole_policy_at_once() {
+    if !can_run_root_tests("a_reload_swaps_the_whole_policy_at_once") {
+        return;
+    }
+    let t = TempDir::new("swap");
+    let (a, b) = (t.join("a"), t.join("b"));
+    fs::create_dir(&a).unwrap();
+    fs::create_dir(&b).unwrap();
+    // 400 other writable paths are written before the one that differs, so that a swap that
+    // were not atomic would leave a window of a few milliseconds to fall into.
+    let pol = |w: &std::path::Path| {
+        let others: Vec<String> = (0..400).map(|i| format!("\"/nonexistent/swap/{i}\"")).collect();
+        format!(
+            "[[agent]]\nname = \"swapper\"\naction = \"alert\"\naudit = true\n[agent.match]\ncomm = [\"am-swap\"]\n\
+             [agent.files]\nwritable = [{}, \"{}\"]\n",
+            others.join(", "),
+            w.display()
+        )
+    };
+    let mut d = Daemon::start(&pol(&a));
+    let agent = copy_binary(t.path(), "/bin/bash", "am-swap");
+    let go = t.join("stop");
+    // Writes as fast as bash goes, until the reloads are over (bounded: 300 000 rounds).
+    let script = format!(
+        "for ((i = 0; i < 300000; i++)); do [ -e {stop} ] && break; echo $i >> {a}/x; echo $i >> {b}/x; done",
+        stop = go.display(),
+        a = a.display(),
+        b = b.display()
+    );
+    let mut child = Command::new(&agent).arg("-c").arg(&script).current_dir(t.path()).spawn().unwrap();
+    let reloads = 16;
+    for i in 1..=reloads {
+        fs::write(&d.config, pol(if i % 2 == 1 { &b } else { &a })).unwrap();
+        d.signal(nix::sys::signal::Signal::SIGHUP);
+        wait_for("reload", 20, || {
+            (d.metric("agent_monitor_policy_reloads_total", &[("result", "success")]) == Some(i as f64)).then_some(())
+        });
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    fs::write(&go, "").unwrap();
+    let st = child.wait().unwrap();
+    assert!(st.success(), "the alerting agent did not run to the end: {st}");
+    d.wait_log("policy reloaded", Duration::from_secs(5));
+    let events = d.settle_events(|_| true);
+    // Which directory each policy hash makes writable: the first load is `a`, then b, a, ...
+    let loads: Vec<String> =
+        events.iter().filter(|e| f(e, "kind") == "policy.load").map(|e| f(e, "policy_hash").to_string()).collect();
+    assert_eq!(loads.len(), reloads + 1, "policy.load records: {loads:?}");
+    let (hash_a, hash_b) = (loads[0].clone(), loads[1].clone());
+    assert_ne!(hash_a, hash_b);
+    let (mut under_a, mut under_b) = (0, 0);
+    for e in events.iter().filter(|e| f(e, "kind") == "file.write" && f(e, "agent") == "swapper") {
+        let target = f(e, "target");
+        let in_a = target.starts_with(&format!("{}/", a.display()));
+        let allowed = f(e, "verdict") == "allowed";
+        let h = f(e, "policy_hash");
+        if h == hash_a {
+            under_a += 1;
+            assert_eq!(allowed, in_a, "policy a decided {target} as {}: {e}", f(e, "verdict"));
+        } else if h == hash_b {
+            under_b += 1;
+            assert_eq!(allowed, !in_a, "policy b decided {target} as {}: {e}", f(e, "verdict"));
+        } else {
+            panic!("a decision names no policy this daemon loaded: {e}");
+        }
+    }
+    assert!(
+        under_a > 0 && under_b > 0,
+        "the agent's writes did not straddle the reloads: {under_a} under a, {under_b} under b"
+    );
+}
+
 #[test]
 fn signalling_or_tracing_the_daemon_is_self_tamper() {
     if !can_run_root_tests("signalling_or_tracing_the_daemon_is_self_tamper") {
@@ -384,6 +462,10 @@ fn signalling_or_tracing_the_daemon_is_self_tamper() {
     let work = t.join("work");
     fs::create_dir(&work).unwrap();
     let d = Daemon::start(&policy("tamperer", "am-tamper", "kill", &work, ""));
+    // With BPF LSM the call is refused (EPERM) before it runs and the agent killed; without
+    // it, the tracepoint layer kills the agent as the call starts.
+    let lsm = d.lsm();
+    let detail = |tracepoint: &str, lsm_detail: &str| if lsm { lsm_detail.to_string() } else { tracepoint.to_string() };
     let agent = copy_binary(t.path(), "/bin/bash", "am-tamper");
     // SIGCONT is harmless to a running daemon: the point is the attempt.
     let st = sh(&agent, &format!("kill -CONT {}; echo survived > {}/after", d.pid(), work.display()), t.path());
@@ -392,7 +474,16 @@ fn signalling_or_tracing_the_daemon_is_self_tamper() {
     let e = d.wait_event("self.tamper", |e| f(e, "kind") == "self.tamper");
     assert_eq!(f(&e, "target"), format!("agent-monitor pid {}", d.pid()));
     assert_eq!((f(&e, "verdict"), f(&e, "action"), f(&e, "rule")), ("violation", "killed", "self_protection"));
-    assert!(f(&e, "detail").contains("kill(signal 18)"), "{e}");
+    assert_eq!(f(&e, "layer"), if lsm { "bpf_lsm" } else { "tracepoint" });
+    let want = detail("kill(signal 18)", "signal 18 to the daemon: refused");
+    assert!(f(&e, "detail").contains(&want), "{e}");
+    if lsm {
+        // Refused, not only punished: a SIGHUP that would make the daemon reload never arrives.
+        let st = sh(&agent, &format!("kill -HUP {}", d.pid()), t.path());
+        assert!(killed_by_sigkill(&st), "{st}");
+        std::thread::sleep(Duration::from_secs(1));
+        assert!(!d.log_text().contains("reload"), "the daemon received the agent's SIGHUP:\n{}", d.log_text());
+    }
     // ptrace (PTRACE_SEIZE, which does not stop the tracee) through python's libc.
     let pydir = t.join("py");
     fs::create_dir(&pydir).unwrap();
@@ -400,9 +491,44 @@ fn signalling_or_tracing_the_daemon_is_self_tamper() {
     let seize = format!("import ctypes; ctypes.CDLL(None).ptrace(0x4206, {}, 0, 0); print('traced')", d.pid());
     let out = Command::new(&py).args(["-c", &seize]).output().unwrap();
     assert!(killed_by_sigkill(&out.status), "an agent tracing the daemon was not killed: {}", out.status);
-    d.wait_event("ptrace tamper", |e| {
-        f(e, "kind") == "self.tamper" && f(e, "detail").contains("ptrace(request=16902)")
-    });
+    let want = detail("ptrace(request=16902)", "ptrace-level access to the daemon");
+    d.wait_event("ptrace tamper", |e| f(e, "kind") == "self.tamper" && f(e, "detail").contains(&want));
+    // Through a pidfd: pidfd_send_signal, and pidfd_getfd (a copy of one of the daemon's
+    // descriptors: its BPF maps among them).
+    let via_pidfd = format!(
+        "import os, signal; fd = os.pidfd_open({}); signal.pidfd_send_signal(fd, signal.SIGCONT); print('sent')",
+        d.pid()
+    );
+    let out = Command::new(&py).args(["-c", &via_pidfd]).output().unwrap();
+    assert!(
+        killed_by_sigkill(&out.status),
+        "an agent signalling the daemon through a pidfd was not killed: {}",
+        out.status
+    );
+    assert!(out.stdout.is_empty(), "the agent ran on: {}", String::from_utf8_lossy(&out.stdout));
+    let want = detail("pidfd_send_signal(signal 18)", "signal 18 to the daemon: refused");
+    // (With LSM the detail is the one of the first signal: one more such event.)
+    let tampers = |d: &Daemon| -> Vec<String> {
+        d.events().iter().filter(|e| f(e, "kind") == "self.tamper").map(|e| e.to_string()).collect()
+    };
+    let t0 = std::time::Instant::now();
+    while d.events().iter().filter(|e| f(e, "detail").contains(&want)).count() < if lsm { 2 } else { 1 } {
+        assert!(t0.elapsed() < Duration::from_secs(10), "no pidfd_send_signal tamper event: {:#?}", tampers(&d));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let getfd = format!(
+        "import ctypes, os; fd = os.pidfd_open({}); ctypes.CDLL(None).syscall(438, fd, 3, 0); print('got')",
+        d.pid()
+    );
+    let out = Command::new(&py).args(["-c", &getfd]).output().unwrap();
+    assert!(killed_by_sigkill(&out.status), "an agent copying the daemon's descriptors was not killed: {}", out.status);
+    let want = detail("pidfd_getfd(fd 3) of the daemon", "ptrace-level access to the daemon");
+    let need = if lsm { 2 } else { 1 };
+    let t0 = std::time::Instant::now();
+    while d.events().iter().filter(|e| f(e, "kind") == "self.tamper" && f(e, "detail").contains(&want)).count() < need {
+        assert!(t0.elapsed() < Duration::from_secs(10), "no pidfd_getfd tamper event: {:#?}", tampers(&d));
+        std::thread::sleep(Duration::from_millis(50));
+    }
     // The daemon is untouched and still enforcing.
     let st = sh(&agent, &format!("echo x > {}/ok", work.display()), t.path());
     assert!(st.success());

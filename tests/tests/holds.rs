@@ -183,3 +183,59 @@ impl WaitBounded for std::process::Child {
         out.lines().map(str::to_string).collect()
     }
 }
+
+const PLAIN_POST: &str = r#"
+import http.client, sys
+c = http.client.HTTPConnection("127.0.0.1", int(sys.argv[1]), timeout=60)
+c.request("POST", "/answer", body=b"rotate the key")
+print(c.getresponse().status, flush=True)
+"#;
+
+/// Clear-text HTTP: the request is held in the kernel before it reaches the network and the
+/// writer is stopped; approval sends it exactly once (TCP delivers the held segment), denial
+/// kills the agent and the server never sees a byte of it.
+#[test]
+fn a_held_clear_text_post_is_held_in_the_kernel_then_sent_once_or_never() {
+    if !can_run_root_tests("a_held_clear_text_post_is_held_in_the_kernel_then_sent_once_or_never") {
+        return;
+    }
+    let t = TempDir::new("holdplain");
+    let forum = Forum::start(t.path(), "127.0.0.1", false, None);
+    let sock = t.join("control.sock");
+    let s = sock.display().to_string();
+    let d = Daemon::start_with(&policy(&sock, forum.port, 300), &["--control-socket", &s]);
+    let agent = copy_binary(t.path(), &python3(), "am-hold");
+    let port = forum.port.to_string();
+
+    let mut child = Bg(Command::new(&agent).args(["-c", PLAIN_POST, &port]).stdout(Stdio::piped()).spawn().unwrap());
+    let e = d.wait_event("held clear-text POST", |e| {
+        f(e, "action") == "held" && f(e, "kind") == "net.http_write" && f(e, "layer") == "cgroup"
+    });
+    assert!(f(&e, "detail").starts_with("POST /answer HTTP/1.1"), "{e}");
+    assert!(f(&e, "detail").contains("held in the kernel before it reached the network"), "{e}");
+    let id = hold_id(&e);
+    wait_for("the writer to be stopped", 5, || (state(child.0.id()) == 'T').then_some(()));
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(forum.count("POST"), 0, "the held POST reached the server before approval");
+    let approved = std::time::Instant::now();
+    let out = ctl(&s, &["approve", &id]);
+    assert!(out.status.success(), "approve failed: {}", String::from_utf8_lossy(&out.stderr));
+    let out = child.0.wait_with_output_bounded();
+    println!("approval to response: {:?}", approved.elapsed());
+    assert_eq!(out, ["200"], "the approved agent did not get its answer");
+    assert_eq!(forum.count("POST"), 1, "the approved POST was not received exactly once");
+
+    // Denied: the agent dies, the server never sees the request.
+    let mut child = Bg(Command::new(&agent).args(["-c", PLAIN_POST, &port]).stdout(Stdio::null()).spawn().unwrap());
+    let e = d.wait_event("second held clear-text POST", |e| {
+        f(e, "action") == "held" && f(e, "layer") == "cgroup" && hold_id(e) != id
+    });
+    let id2 = hold_id(&e);
+    wait_for("the writer to be stopped", 5, || (state(child.0.id()) == 'T').then_some(()));
+    let out = ctl(&s, &["deny", &id2]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let st = child.0.wait().unwrap();
+    assert!(killed_by_sigkill(&st), "the denied agent was not killed: {st}");
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(forum.count("POST"), 1, "the denied POST reached the server");
+}

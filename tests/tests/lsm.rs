@@ -56,4 +56,10 @@ fn every_file_kind_is_refused_with_eperm_before_it_happens() {
         .arg("echo x > a && mkdir d && mv a d/b && ln d/b c && chmod 600 c && rm c")
         .current_dir(&work));
     assert!(st.success(), "work inside writable failed under the LSM layer: {st}");
+    // Files no path names are no file writes: a pidfd (pidfs), a pipe, a memfd.
+    let py = copy_binary(&work, &python3(), "am-lsm");
+    let st = run(Command::new(&py).arg("-c").arg(
+        "import os; os.pidfd_open(os.getpid()); r, w = os.pipe(); os.write(w, b'x'); os.write(os.memfd_create('m'), b'x')",
+    ));
+    assert!(st.success(), "a pidfd, pipe or memfd was treated as a file write: {st}");
 }

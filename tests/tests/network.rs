@@ -186,7 +186,7 @@ fn unlisted_destinations_are_refused_in_the_kernel() {
             format!("{host}:{p}")
         };
         let e = d.wait_event(&format!("connect {host}"), |e| f(e, "kind") == "net.connect" && f(e, "target") == target);
-        assert_eq!((f(&e, "verdict"), f(&e, "action"), f(&e, "layer")), ("violation", "denied", "cgroup"));
+        assert_eq!((f(&e, "verdict"), f(&e, "action"), f(&e, "layer")), ("violation", "denied", d.connect_layer()));
     }
     // A datagram to a non-resolver; a datagram to the listed resolver is fine.
     assert_eq!(connect("10.77.0.1", 53, "udp"), (Some(13), "EPERM".into()));

@@ -74,6 +74,12 @@ fn enforcement_survives_sigkill_and_the_restart_adopts_it() {
     // And it enforces as before.
     let st = run(Command::new(&agent).arg("-c").arg(format!("echo x >> {}", outside.display())));
     assert!(killed_by_sigkill(&st));
+    // The adopted programs protect the new daemon, not the pid of the one that died.
+    let st = run(Command::new(&agent).arg("-c").arg(format!("kill -CONT {}; echo survived", d2.pid())));
+    assert!(killed_by_sigkill(&st), "after adoption, signalling the new daemon was not stopped: {st}");
+    d2.wait_event("self.tamper against the new daemon", |e| {
+        f(e, "kind") == "self.tamper" && f(e, "target") == format!("agent-monitor pid {}", d2.pid())
+    });
 
     // An interrupted stop (Ctrl-C) removes everything it pinned.
     d2.signal(nix::sys::signal::Signal::SIGINT);

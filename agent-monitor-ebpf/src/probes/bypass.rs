@@ -6,7 +6,7 @@ use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 
 use crate::{
     agent::{current_agent, decide, reap_if_killed, PathRef, Rec},
-    maps::DAEMON,
+    maps::{lsm_active, DAEMON},
 };
 
 #[inline(always)]
@@ -57,6 +57,10 @@ pub fn sys_enter_socket(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 #[inline(always)]
 pub fn sys_enter_bpf(ctx: TracePointContext) -> u32 {
+    // The LSM `bpf` hook refuses it before it runs.
+    if lsm_active() {
+        return 0;
+    }
     bypass(kind::SELF_TAMPER, agent_flags::ALLOW_BPF, arg(&ctx, 0), 0);
     0
 }
@@ -66,6 +70,11 @@ pub fn sys_enter_bpf(ctx: TracePointContext) -> u32 {
 /// SIGKILL of the daemon); the agent is killed and the attempt is on the record.
 #[inline(always)]
 fn tamper(target: u64, what: u64, detail: u64) {
+    // The LSM `task_kill` and `ptrace_access_check` hooks refuse these before they run
+    // (process_vm_writev and pidfd_getfd pass the ptrace access check).
+    if lsm_active() {
+        return;
+    }
     let daemon = DAEMON.get(0).copied().unwrap_or(0);
     if daemon == 0 || target as u32 != daemon || target >> 32 != 0 {
         return;
@@ -97,6 +106,40 @@ pub mod tamper_call {
     pub const PROCESS_VM_WRITEV: u64 = 311;
     pub const RT_SIGQUEUEINFO: u64 = 129;
     pub const RT_TGSIGQUEUEINFO: u64 = 297;
+    pub const PIDFD_SEND_SIGNAL: u64 = 424;
+    pub const PIDFD_GETFD: u64 = 438;
+    /// Not syscalls: what the LSM layer refused (it sees the operation, not the call).
+    pub const LSM_SIGNAL: u64 = 1000;
+    pub const LSM_PTRACE_ATTACH: u64 = 1001;
+}
+
+#[inline(always)]
+fn pidfd_tamper(pidfd: u64, what: u64, detail: u64) {
+    let daemon = DAEMON.get(0).copied().unwrap_or(0);
+    // Only agents pay for the descriptor walk.
+    if daemon == 0 || current_agent().is_none() {
+        return;
+    }
+    if unsafe { crate::kernel::pidfd_names(pidfd as i64, daemon) } {
+        tamper(daemon as u64, what, detail);
+    }
+}
+
+/// `pidfd_send_signal(pidfd, sig, info, flags)`: the target is the process the pidfd names.
+#[tracepoint]
+#[inline(always)]
+pub fn sys_enter_pidfd_send_signal(ctx: TracePointContext) -> u32 {
+    pidfd_tamper(arg(&ctx, 0), tamper_call::PIDFD_SEND_SIGNAL, arg(&ctx, 1));
+    0
+}
+
+/// `pidfd_getfd(pidfd, targetfd, flags)`: a copy of one of the daemon's file descriptors
+/// (its BPF maps and programs among them).
+#[tracepoint]
+#[inline(always)]
+pub fn sys_enter_pidfd_getfd(ctx: TracePointContext) -> u32 {
+    pidfd_tamper(arg(&ctx, 0), tamper_call::PIDFD_GETFD, arg(&ctx, 1));
+    0
 }
 
 #[tracepoint]

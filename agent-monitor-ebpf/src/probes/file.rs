@@ -59,7 +59,7 @@ fn path_op(
     unsafe {
         let op = &mut (*s).op;
         let b1 = resolve_user_path(s, dirfd(ctx, p1.0), arg(ctx, p1.1) as *const u8)?;
-        let ok1 = is_writable(s, st.agent, b1);
+        let ok1 = is_writable(s, cfg.slot, b1);
         raw_read_kernel(op.p1.as_mut_ptr() as *mut c_void, op.p1.len() as u32, (*s).buf.as_ptr() as *const c_void);
         op.len1 = b1.len;
         op.len2 = 0;
@@ -67,7 +67,7 @@ fn path_op(
         let mut ok = ok1;
         if let Some(p2) = p2 {
             let b2 = resolve_user_path(s, dirfd(ctx, p2.0), arg(ctx, p2.1) as *const u8)?;
-            let ok2 = is_writable(s, st.agent, b2);
+            let ok2 = is_writable(s, cfg.slot, b2);
             raw_read_kernel(op.p2.as_mut_ptr() as *mut c_void, op.p2.len() as u32, (*s).buf.as_ptr() as *const c_void);
             op.len2 = b2.len;
             if b2.truncated {
@@ -132,7 +132,7 @@ fn fd_op(ctx: &TracePointContext, kind: u32, fd_arg: usize, aux: Option<usize>) 
         let file = kernel::fd_file(kernel::current_task(), arg(ctx, fd_arg) as i32 as i64)?;
         let (d, m) = kernel::file_path(file)?;
         let b = dentry_path(s, d, m)?;
-        let ok = is_writable(s, st.agent, b);
+        let ok = is_writable(s, cfg.slot, b);
         let flags = if b.truncated { event_flags::PATH_TRUNCATED } else { 0 };
         decide(&st, &cfg, ok, rec(kind, flags, aux), PathRef((*s).buf.as_ptr(), b.len), PathRef::NONE);
     }
@@ -274,7 +274,7 @@ fn try_open_exit(ctx: &TracePointContext) -> Result<(), i64> {
         let _ = S_IFCHR; // character devices are matched like files (IMPLICIT_WRITABLE has the benign ones)
         let (d, m) = kernel::file_path(file)?;
         let b = dentry_path(s, d, m)?;
-        let ok = is_writable(s, st.agent, b);
+        let ok = is_writable(s, cfg.slot, b);
         let f = if b.truncated { event_flags::PATH_TRUNCATED } else { 0 };
         decide(&st, &cfg, ok, rec(kind::FILE_WRITE, f, flags), PathRef((*s).buf.as_ptr(), b.len), PathRef::NONE);
     }

@@ -7,12 +7,14 @@
 //! `alert` returns 0 here: the tracepoint layer records the operation once it succeeded, so an
 //! operation is reported exactly once. `deny`/`hold` refuse, `kill` refuses and kills; both
 //! emit the event from here (the syscall then fails and the tracepoint layer stays silent).
-use agent_monitor_common::{action, event_flags, kind, layer, policy_action, verdict, PATH_LEN};
+use agent_monitor_common::{action, agent_flags, event_flags, kind, layer, policy_action, verdict, PATH_LEN};
 use aya_ebpf::{macros::lsm, programs::LsmContext};
 
 use crate::{
     agent::{self, current_agent, emit, kill_instance, PathRef, Rec},
     kernel::{self, dentry_path, S_IFCHR, S_IFIFO, S_IFSOCK},
+    maps::{DAEMON, KILLED},
+    probes::{bypass::tamper_call, net},
 };
 
 const EPERM: i32 = -1;
@@ -37,7 +39,7 @@ fn decide_path(kind: u32, dentry: *const u8, mnt: *const u8, aux: u64) -> i32 {
     let Ok(b) = (unsafe { dentry_path(s, dentry, mnt) }) else {
         return 0;
     };
-    if unsafe { agent::is_writable(s, st.agent, b) } {
+    if unsafe { agent::is_writable(s, cfg.slot, b) } {
         return 0;
     }
     let act = if cfg.action == policy_action::KILL {
@@ -70,7 +72,7 @@ fn path_arg(p: *const u8) -> Option<(*const u8, *const u8)> {
 pub fn lsm_file_open(ctx: LsmContext) -> i32 {
     let file: *const u8 = ctx.arg(0);
     let Ok(mode) = (unsafe { kernel::file_f_mode(file) }) else { return 0 };
-    if mode & FMODE_WRITE == 0 || mode & FMODE_BACKING != 0 {
+    if mode & FMODE_WRITE == 0 || mode & FMODE_BACKING != 0 || unsafe { kernel::file_on_kernel_mount(file) } {
         return 0;
     }
     if let Ok(t) = unsafe { kernel::file_mode_type(file) } {
@@ -150,3 +152,179 @@ macro_rules! path_hook {
 path_hook!(lsm_path_chmod, "path_chmod", kind::FILE_CHMOD);
 path_hook!(lsm_path_chown, "path_chown", kind::FILE_CHMOD);
 path_hook!(lsm_path_truncate, "path_truncate", kind::FILE_WRITE);
+
+/// The action of an LSM refusal: `kill` also kills the instance, `alert` lets it through.
+#[inline(always)]
+fn lsm_action(st: &agent_monitor_common::ProcState, cfg: &agent_monitor_common::AgentCfg, held: bool) -> u32 {
+    match cfg.action {
+        policy_action::ALERT => action::ALERTED,
+        policy_action::KILL => {
+            kill_instance(st);
+            action::KILLED
+        }
+        policy_action::HOLD if held => action::HELD,
+        _ => action::DENIED,
+    }
+}
+
+/// Self-protection: an agent aiming at the daemon's task `target`. Refused (EPERM) before the
+/// operation runs; `kill` also kills the agent.
+#[inline(always)]
+fn tamper(target: *const u8, what: u64, detail: u64) -> i32 {
+    let daemon = DAEMON.get(0).copied().unwrap_or(0);
+    if daemon == 0 {
+        return 0;
+    }
+    match unsafe { kernel::task_tgid(target) } {
+        Ok(tgid) if tgid == daemon => {}
+        _ => return 0,
+    }
+    let Some((st, cfg)) = current_agent() else {
+        return 0;
+    };
+    let act = lsm_action(&st, &cfg, false);
+    let r = Rec {
+        kind: kind::SELF_TAMPER,
+        verdict: verdict::VIOLATION,
+        action: act,
+        layer: layer::BPF_LSM,
+        flags: 0,
+        aux: what,
+        aux2: (detail << 32) | daemon as u64,
+    };
+    emit(&st, &r, PathRef::NONE, PathRef::NONE);
+    if act == action::ALERTED {
+        0
+    } else {
+        EPERM
+    }
+}
+
+/// `task_kill(struct task_struct *p, struct kernel_siginfo *info, int sig, const struct cred *cred)`:
+/// every signal a process sends (kill, tkill, tgkill, rt_sigqueueinfo, pidfd_send_signal).
+/// Signal 0 only asks whether the process exists.
+#[lsm(hook = "task_kill")]
+#[inline(always)]
+pub fn lsm_task_kill(ctx: LsmContext) -> i32 {
+    let p: *const u8 = ctx.arg(0);
+    let sig: i32 = ctx.arg(2);
+    if sig == 0 {
+        return 0;
+    }
+    tamper(p, tamper_call::LSM_SIGNAL, sig as u32 as u64)
+}
+
+/// `ptrace_access_check(struct task_struct *child, unsigned int mode)`: ptrace attach, and
+/// everything that needs the same right (process_vm_readv/writev, /proc/PID/mem,
+/// pidfd_getfd). Read-only checks (`ps` reading /proc) pass.
+#[lsm(hook = "ptrace_access_check")]
+#[inline(always)]
+pub fn lsm_ptrace_access_check(ctx: LsmContext) -> i32 {
+    const PTRACE_MODE_ATTACH: u32 = 0x02;
+    let child: *const u8 = ctx.arg(0);
+    let mode: u32 = ctx.arg(1);
+    if mode & PTRACE_MODE_ATTACH == 0 {
+        return 0;
+    }
+    tamper(child, tamper_call::LSM_PTRACE_ATTACH, mode as u64)
+}
+
+/// `bpf(int cmd, union bpf_attr *attr, unsigned int size, ...)`: an agent may not load
+/// programs or touch maps (the daemon's among them) unless the policy allows `bpf`.
+#[lsm(hook = "bpf")]
+#[inline(always)]
+pub fn lsm_bpf(ctx: LsmContext) -> i32 {
+    let Some((st, cfg)) = current_agent() else {
+        return 0;
+    };
+    if cfg.flags & agent_flags::ALLOW_BPF != 0 {
+        return 0;
+    }
+    let cmd: i32 = ctx.arg(0);
+    let act = lsm_action(&st, &cfg, false);
+    let r = Rec {
+        kind: kind::SELF_TAMPER,
+        verdict: verdict::VIOLATION,
+        action: act,
+        layer: layer::BPF_LSM,
+        flags: 0,
+        aux: cmd as u32 as u64,
+        aux2: 0,
+    };
+    emit(&st, &r, PathRef::NONE, PathRef::NONE);
+    if act == action::ALERTED {
+        0
+    } else {
+        EPERM
+    }
+}
+
+/// The network boundary at the LSM layer: the same decision as the cgroup hooks, taken
+/// before the protocol sees the call. A refusal here is final (the cgroup hook never runs);
+/// an allowed connect goes on to the cgroup hook, which remembers the socket for the HTTP
+/// check and uses up a one-time grant. `alert` is left to the cgroup hook (one event).
+#[inline(always)]
+fn net_decide(sock: *const u8, sa: *const u8, sendmsg: bool) -> i32 {
+    const AF_INET: u16 = 2;
+    const AF_INET6: u16 = 10;
+    const SOCK_STREAM: u16 = 1;
+    let Some((st, cfg)) = current_agent() else {
+        return 0;
+    };
+    if cfg.action == policy_action::ALERT || sa.is_null() {
+        return 0;
+    }
+    let ty = unsafe { kernel::socket_type(sock) }.unwrap_or(0);
+    // A stream socket's destination was decided at connect (TCP ignores msg_name).
+    if sendmsg && ty == SOCK_STREAM {
+        return 0;
+    }
+    let Ok(family) = (unsafe { kernel::rd::<u16>(sa, 0) }) else { return 0 };
+    let Ok(port) = (unsafe { kernel::rd::<[u8; 2]>(sa, 2) }) else { return 0 };
+    let mut addr = [0u8; 16];
+    match family {
+        AF_INET => {
+            let Ok(v4) = (unsafe { kernel::rd::<[u8; 4]>(sa, 4) }) else { return 0 };
+            addr[10] = 0xff;
+            addr[11] = 0xff;
+            addr[12..16].copy_from_slice(&v4);
+        }
+        AF_INET6 => {
+            let Ok(v6) = (unsafe { kernel::rd::<[u8; 16]>(sa, 8) }) else { return 0 };
+            addr = v6;
+        }
+        _ => return 0,
+    }
+    if unsafe { KILLED.get(&st.run_id) }.is_some() {
+        return EPERM;
+    }
+    if net::allowed_or_granted(&st, cfg.slot, port, addr, false) != 0 {
+        return 0;
+    }
+    let act = lsm_action(&st, &cfg, true);
+    let kind = if sendmsg || ty != SOCK_STREAM { kind::NET_SEND } else { kind::NET_CONNECT };
+    let r = Rec { kind, verdict: verdict::VIOLATION, action: act, layer: layer::BPF_LSM, flags: 0, aux: 0, aux2: 0 };
+    net::emit_net(&st, &net::who_current(), r, &addr, port, ty as u32, PathRef::NONE);
+    EPERM
+}
+
+/// `socket_connect(struct socket *sock, struct sockaddr *address, int addrlen)` (io_uring's
+/// connect included).
+#[lsm(hook = "socket_connect")]
+#[inline(always)]
+pub fn lsm_socket_connect(ctx: LsmContext) -> i32 {
+    let sock: *const u8 = ctx.arg(0);
+    let sa: *const u8 = ctx.arg(1);
+    net_decide(sock, sa, false)
+}
+
+/// `socket_sendmsg(struct socket *sock, struct msghdr *msg, int size)`: a datagram's
+/// destination (`sendto`, `sendmsg` with a name).
+#[lsm(hook = "socket_sendmsg")]
+#[inline(always)]
+pub fn lsm_socket_sendmsg(ctx: LsmContext) -> i32 {
+    let sock: *const u8 = ctx.arg(0);
+    let msg: *const u8 = ctx.arg(1);
+    let Ok(name) = (unsafe { kernel::msghdr_name(msg) }) else { return 0 };
+    net_decide(sock, name, true)
+}

@@ -11,8 +11,8 @@
 //!   plaintext before it is encrypted, killing the agent before the call runs.
 //! - `sys_enter_connect` tracepoint: `ipc.connect` to a Unix socket not in `allow`.
 use agent_monitor_common::{
-    action, agent_flags, event_flags, http_method, kind, layer, net_origin, policy_action, verdict, AgentCfg, GrantKey,
-    NetData, ProcState, SniKey, SockInfo, UnixKey, NET_KEY_FIXED_BITS, SNI_LEN, UNIX_PATH_LEN,
+    action, agent_flags, event_flags, http_method, kind, layer, net_origin, policy_action, sock_state, verdict,
+    AgentCfg, GrantKey, NetData, ProcState, SniKey, SockInfo, UnixKey, NET_KEY_FIXED_BITS, SNI_LEN, UNIX_PATH_LEN,
 };
 use aya_ebpf::{
     bindings::bpf_sock_addr,
@@ -34,7 +34,7 @@ use crate::{
     agent::{self, current_agent, emit, emit_as, reap_if_killed, PathRef, Rec, Who},
     kernel,
     maps::{
-        AGENTS, EVENTS_SCRATCH, GRANTS, KILLED, NET_ALLOW, PENDING_OPS, PROCS, SNI_ALLOW, SNI_SCRATCH, SOCKS,
+        EVENTS_SCRATCH, GRANTS, HOLD_STOP, KILLED, NET_ALLOW, PENDING_OPS, PROCS, SNI_ALLOW, SNI_SCRATCH, SOCKS,
         UNIX_ALLOW, VISIBLE,
     },
 };
@@ -46,7 +46,7 @@ const SOCK_STREAM: u32 = 1;
 const SOCK_RAW: u32 = 3;
 
 #[inline(always)]
-fn who_current() -> Who {
+pub fn who_current() -> Who {
     let pid_tgid = bpf_get_current_pid_tgid();
     Who {
         pid: (pid_tgid >> 32) as u32,
@@ -60,14 +60,36 @@ fn who_current() -> Who {
 /// Is (addr, port) in the agent's `allow`? The exact port first, then "any port". Returns
 /// how it is allowed (`net_origin`), or 0.
 #[inline(always)]
-fn net_allowed(agent: u32, port: [u8; 2], addr: [u8; 16]) -> u32 {
+fn net_allowed(slot: u32, port: [u8; 2], addr: [u8; 16]) -> u32 {
     let bits = NET_KEY_FIXED_BITS + 128;
-    let exact = Key::new(bits, NetData { agent, port, addr, _pad: [0; 2] });
+    let exact = Key::new(bits, NetData { agent: slot, port, addr, _pad: [0; 2] });
     if let Some(v) = NET_ALLOW.get(&exact) {
         return *v;
     }
-    let any = Key::new(bits, NetData { agent, port: [0, 0], addr, _pad: [0; 2] });
+    let any = Key::new(bits, NetData { agent: slot, port: [0, 0], addr, _pad: [0; 2] });
     NET_ALLOW.get(&any).copied().unwrap_or(0)
+}
+
+/// Is (addr, port) allowed to the agent in table slot `slot`, or granted to this instance by
+/// an approved hold (not expired)? `consume` uses up a one-time grant: only the last layer to
+/// decide a connect does (the cgroup hook; the LSM hook runs before it).
+#[inline(always)]
+pub fn allowed_or_granted(st: &ProcState, slot: u32, port: [u8; 2], addr: [u8; 16], consume: bool) -> u32 {
+    let origin = net_allowed(slot, port, addr);
+    if origin != 0 {
+        return origin;
+    }
+    let key = GrantKey { run_id: st.run_id, addr, port, _pad: [0; 6] };
+    if let Some(v) = unsafe { GRANTS.get(&key) }.copied() {
+        // Expiry in ns since boot; the top bit marks a grant for one connect only.
+        if v & !(1u64 << 63) > unsafe { aya_ebpf::helpers::bpf_ktime_get_boot_ns() } {
+            if consume && v >> 63 == 1 {
+                let _ = GRANTS.remove(&key);
+            }
+            return net_origin::STATIC;
+        }
+    }
+    0
 }
 
 /// What a cgroup-layer violation gets: the return code and the action recorded. `kill`
@@ -90,7 +112,7 @@ fn refuse_or_alert(st: &ProcState, cfg: &AgentCfg) -> (i32, u32, u32) {
 
 /// Write a network event: the address goes in `path` (16 bytes), the port in `aux`.
 #[inline(always)]
-fn emit_net(st: &ProcState, who: &Who, mut r: Rec, addr: &[u8; 16], port: [u8; 2], ty: u32, req: PathRef) {
+pub fn emit_net(st: &ProcState, who: &Who, mut r: Rec, addr: &[u8; 16], port: [u8; 2], ty: u32, req: PathRef) {
     let Some(s) = EVENTS_SCRATCH.get_ptr_mut(0) else { return };
     unsafe {
         core::ptr::copy_nonoverlapping(addr.as_ptr(), s as *mut u8, 16);
@@ -127,20 +149,7 @@ fn sock_addr(ctx: &SockAddrContext, v6: bool, sendmsg: bool) -> i32 {
     if unsafe { KILLED.get(&st.run_id) }.is_some() {
         return REFUSE;
     }
-    let mut origin = net_allowed(st.agent, port, addr);
-    if origin == 0 {
-        // An approved hold for this instance and destination, not yet expired.
-        let key = GrantKey { run_id: st.run_id, addr, port, _pad: [0; 6] };
-        if let Some(v) = unsafe { GRANTS.get(&key) }.copied() {
-            // Expiry in ns since boot; the top bit marks a grant for one connect only.
-            if v & !(1u64 << 63) > unsafe { aya_ebpf::helpers::bpf_ktime_get_boot_ns() } {
-                origin = net_origin::STATIC;
-                if v >> 63 == 1 {
-                    let _ = GRANTS.remove(&key);
-                }
-            }
-        }
-    }
+    let origin = allowed_or_granted(&st, cfg.slot, port, addr, true);
     let ok = origin != 0;
     let r =
         Rec { kind, verdict: verdict::ALLOWED, action: action::NONE, layer: layer::CGROUP, flags: 0, aux: 0, aux2: 0 };
@@ -154,10 +163,12 @@ fn sock_addr(ctx: &SockAddrContext, v6: bool, sendmsg: bool) -> i32 {
                 start_ns: st.start_ns,
                 port,
                 addr,
-                blocked: 0,
+                blocked: sock_state::OPEN,
                 seen: 0,
                 via_host: (origin == net_origin::HOST) as u8,
                 _pad: [0; 3],
+                held_seq: 0,
+                _pad2: 0,
             };
             let _ = SOCKS.insert(&cookie, &info, 0);
         }
@@ -256,7 +267,7 @@ fn try_http_egress(ctx: &SkBuffContext) -> Result<i32, i64> {
         return Ok(PASS);
     };
     let info = unsafe { &mut *info };
-    if info.blocked != 0 {
+    if info.blocked == sock_state::BLOCKED || info.blocked == sock_state::HELD {
         return Ok(REFUSE);
     }
     let v: u8 = ctx.load(0)?;
@@ -268,6 +279,11 @@ fn try_http_egress(ctx: &SkBuffContext) -> Result<i32, i64> {
     if proto != 6 {
         return Ok(PASS);
     }
+    let seq: u32 = ctx.load(ip_hl as usize + 4)?;
+    if info.blocked == sock_state::APPROVED && seq == info.held_seq {
+        // The approved request (or a retransmission of it) goes out.
+        return Ok(PASS);
+    }
     let doff = ((ctx.load::<u8>(ip_hl as usize + 12)? >> 4) as u32) * 4;
     let off = ip_hl + doff;
     if off + 4 > total {
@@ -277,10 +293,15 @@ fn try_http_egress(ctx: &SkBuffContext) -> Result<i32, i64> {
     let Ok(start) = ctx.load::<[u8; 8]>(off as usize) else {
         return Ok(PASS);
     };
-    let Some(cfg) = AGENTS.get(info.agent).copied() else {
+    let Some(cfg) = agent::agent_cfg(info.agent) else {
         return Ok(PASS);
     };
-    let st = ProcState { agent: info.agent, flags: 0, run_id: info.run_id, start_ns: info.start_ns };
+    let st = ProcState {
+        agent: cfg.slot | agent_monitor_common::AGENT_GEN_KNOWN,
+        flags: 0,
+        run_id: info.run_id,
+        start_ns: info.start_ns,
+    };
     let who = Who { pid: info.tgid, tid: info.tgid, ppid: 0, uid: ctx.get_socket_uid(), comm: [0; 16] };
     if info.seen == 0 {
         info.seen = 1;
@@ -313,9 +334,18 @@ fn try_http_egress(ctx: &SkBuffContext) -> Result<i32, i64> {
         return Ok(PASS);
     }
     let (ret, act, flags) = refuse_or_alert(&st, &cfg);
-    if ret == REFUSE {
+    if act == action::HELD {
+        // Held: this packet and the rest wait in TCP's queue (a dropped segment is sent again
+        // later); the writer is stopped as its send returns. Approval lets this segment pass.
+        info.blocked = sock_state::HELD;
+        info.held_seq = seq;
+        if let Some(p) = HOLD_STOP.get_ptr_mut(0) {
+            unsafe { *p = info.tgid };
+        }
+        r.aux2 |= cookie << 8;
+    } else if ret == REFUSE {
         // Drop this packet and every later one: the server receives nothing of the request.
-        info.blocked = 1;
+        info.blocked = sock_state::BLOCKED;
     }
     r.verdict = verdict::VIOLATION;
     r.action = act;
@@ -355,7 +385,7 @@ fn tls_first_flight(
             r.flags |= f;
             ret = rr;
             if ret == REFUSE {
-                info.blocked = 1;
+                info.blocked = sock_state::BLOCKED;
             }
         }
         emit_net(st, who, r, &info.addr, info.port, SOCK_STREAM, PathRef::NONE);
@@ -374,7 +404,7 @@ fn tls_first_flight(
             for i in 0..(core::mem::size_of::<SniKey>() / 8) {
                 unsafe { *words.add(i) = 0 };
             }
-            key.agent = info.agent;
+            key.agent = cfg.slot;
             if name_len == 0 || name_len >= SNI_LEN as u32 {
                 false
             } else {
@@ -395,7 +425,7 @@ fn tls_first_flight(
     }
     let (ret, act, f) = refuse_or_alert(st, cfg);
     if ret == REFUSE {
-        info.blocked = 1;
+        info.blocked = sock_state::BLOCKED;
     }
     let r = Rec { verdict: verdict::VIOLATION, action: act, flags: f | event_flags::SNI_MISMATCH, ..base };
     emit_net(st, who, r, &info.addr, info.port, SOCK_STREAM, PathRef(key.name.as_ptr(), SNI_LEN as u32));
@@ -577,7 +607,7 @@ fn try_unix_connect(ctx: &TracePointContext) -> Result<(), i64> {
         for i in 0..((4 + UNIX_PATH_LEN) / 8 + 1) {
             *words.add(i) = 0;
         }
-        (*key).agent = st.agent;
+        (*key).agent = cfg.slot;
         let sun_path = (sa + 2) as *const u8;
         let first: u8 = bpf_probe_read_user(sun_path).unwrap_or(0);
         let p = (*key).path.as_mut_ptr();
@@ -608,4 +638,23 @@ fn try_unix_connect(ctx: &TracePointContext) -> Result<(), i64> {
         let _ = PENDING_OPS.insert(&bpf_get_current_pid_tgid(), op, 0);
     }
     Ok(())
+}
+
+/// `skb:kfree_skb`: a packet freed as dropped. When the HTTP check has just held a request on
+/// this CPU and the current task is the writer, stop it here, inside its `send`: it does not
+/// run on until a person decides (the daemon stops it too, in case the packet was sent from
+/// another context).
+#[tracepoint]
+#[inline(always)]
+pub fn kfree_skb(_ctx: TracePointContext) -> u32 {
+    let Some(p) = HOLD_STOP.get_ptr_mut(0) else { return 0 };
+    let tgid = unsafe { *p };
+    if tgid == 0 {
+        return 0;
+    }
+    unsafe { *p = 0 };
+    if (bpf_get_current_pid_tgid() >> 32) as u32 == tgid {
+        unsafe { aya_ebpf::helpers::generated::bpf_send_signal(SIGSTOP) };
+    }
+    0
 }

@@ -193,6 +193,13 @@ impl Btf {
             mount_mnt: o("mount", "mnt")?,
             mount_mnt_parent: o("mount", "mnt_parent")?,
             mount_mnt_mountpoint: o("mount", "mnt_mountpoint")?,
+            file_private_data: o("file", "private_data")?,
+            pid_numbers: o("pid", "numbers")?,
+            inode_i_private: o("inode", "i_private")?,
+            socket_type: o("socket", "type")?,
+            msghdr_msg_name: o("msghdr", "msg_name")?,
+            inode_i_sb: o("inode", "i_sb")?,
+            sb_s_flags: o("super_block", "s_flags")?,
             valid: 1,
         })
     }

@@ -161,12 +161,23 @@ pub const PROBES: &[Probe] = &[
     Probe { program: "lsm_path_chmod", attach: Attach::Lsm("path_chmod"), required: false, layer: "bpf_lsm" },
     Probe { program: "lsm_path_chown", attach: Attach::Lsm("path_chown"), required: false, layer: "bpf_lsm" },
     Probe { program: "lsm_path_truncate", attach: Attach::Lsm("path_truncate"), required: false, layer: "bpf_lsm" },
+    Probe { program: "lsm_socket_connect", attach: Attach::Lsm("socket_connect"), required: false, layer: "bpf_lsm" },
+    Probe { program: "lsm_socket_sendmsg", attach: Attach::Lsm("socket_sendmsg"), required: false, layer: "bpf_lsm" },
+    Probe { program: "lsm_task_kill", attach: Attach::Lsm("task_kill"), required: false, layer: "bpf_lsm" },
+    Probe {
+        program: "lsm_ptrace_access_check",
+        attach: Attach::Lsm("ptrace_access_check"),
+        required: false,
+        layer: "bpf_lsm",
+    },
+    Probe { program: "lsm_bpf", attach: Attach::Lsm("bpf"), required: false, layer: "bpf_lsm" },
     Probe { program: "connect4", attach: Attach::CgroupSockAddr, required: true, layer: "cgroup" },
     Probe { program: "connect6", attach: Attach::CgroupSockAddr, required: true, layer: "cgroup" },
     Probe { program: "sendmsg4", attach: Attach::CgroupSockAddr, required: true, layer: "cgroup" },
     Probe { program: "sendmsg6", attach: Attach::CgroupSockAddr, required: true, layer: "cgroup" },
     Probe { program: "sock_create", attach: Attach::CgroupSock, required: true, layer: "cgroup" },
     Probe { program: "http_egress", attach: Attach::CgroupSkbEgress, required: true, layer: "cgroup" },
+    Probe { program: "kfree_skb", attach: Attach::TracePoint("skb", &["kfree_skb"]), required: false, layer: "cgroup" },
     Probe { program: "ssl_write", attach: Attach::UProbe("SSL_write"), required: false, layer: "uprobe" },
     Probe { program: "ssl_write_ex", attach: Attach::UProbe("SSL_write_ex"), required: false, layer: "uprobe" },
     Probe {
@@ -186,6 +197,8 @@ pub const PROBES: &[Probe] = &[
     tp("sys_enter_rt_tgsigqueueinfo", false),
     tp("sys_enter_ptrace", true),
     tp("sys_enter_process_vm_writev", false),
+    tp("sys_enter_pidfd_send_signal", false),
+    tp("sys_enter_pidfd_getfd", false),
 ];
 
 /// What the daemon found out about each layer at start-up.
@@ -334,7 +347,9 @@ impl Kernel {
         let mut layers = LayerStatus {
             tracepoint: up.contains("tracepoint"),
             cgroup: up.contains("cgroup"),
-            bpf_lsm: up.contains("bpf_lsm"),
+            // Every LSM hook or none: the tracepoint layer stands down for what the LSM layer
+            // refuses only when all of it is there.
+            bpf_lsm: up.contains("bpf_lsm") && lsm_note.is_none(),
             ..Default::default()
         };
         if !layers.bpf_lsm {
@@ -418,6 +433,9 @@ impl Kernel {
 pub const PINNED_MAPS: &[&str] = &[
     "PROCS",
     "AGENTS",
+    "GENERATION",
+    "DAEMON",
+    "GRANTS",
     "SEL_COMM",
     "SEL_EXE",
     "SEL_UID",

@@ -8,8 +8,8 @@ use std::{
 };
 
 use agent_monitor_common::{
-    agent_flags, net_origin, policy_action, stat, writable_key, AgentCfg, ExeKey, NetData, PathData, ProcState, SniKey,
-    UnixKey, NET_KEY_FIXED_BITS, PATH_LEN, SNI_LEN, UNIX_PATH_LEN,
+    agent_flags, agent_slot, net_origin, policy_action, stat, writable_key, AgentCfg, ExeKey, NetData, PathData,
+    ProcState, SniKey, UnixKey, AGENT_SLOTS_PER_GEN, NET_KEY_FIXED_BITS, PATH_LEN, SNI_LEN, UNIX_PATH_LEN,
 };
 use anyhow::{anyhow, Context as _};
 use aya::{
@@ -35,6 +35,7 @@ pub mod names {
     pub const UNIX_ALLOW: &str = "UNIX_ALLOW";
     pub const SNI_ALLOW: &str = "SNI_ALLOW";
     pub const VISIBLE: &str = "VISIBLE";
+    pub const GENERATION: &str = "GENERATION";
 }
 
 fn map_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut aya::maps::Map> {
@@ -62,12 +63,39 @@ pub fn exe_key(path: &str) -> Option<ExeKey> {
     Some(k)
 }
 
-/// Write a compiled policy into the maps. New entries go in before stale ones are removed,
-/// so an agent is never left without its rules while the swap runs.
-pub fn apply_policy(ebpf: &mut Ebpf, p: &CompiledPolicy, resolved: &[NetRule]) -> anyhow::Result<()> {
+/// The active policy generation (see `agent_monitor_common::agent_slot`).
+pub fn generation(ebpf: &Ebpf) -> u32 {
+    ebpf.map(names::GENERATION)
+        .and_then(|m| Array::<&MapData, u32>::try_from(m).ok())
+        .and_then(|a| a.get(&0, 0).ok())
+        .unwrap_or(0)
+        & 1
+}
+
+fn set_generation(ebpf: &mut Ebpf, gen: u32) -> anyhow::Result<()> {
+    let mut a: Array<&mut MapData, u32> = Array::try_from(map_mut(ebpf, names::GENERATION)?)?;
+    a.set(0, gen, 0).context("writing GENERATION")?;
+    Ok(())
+}
+
+/// Write a compiled policy into the maps, atomically as the kernel sees it: every rule of the
+/// new policy goes into the inactive generation's slots, then one store flips `GENERATION`,
+/// and only then is the old generation removed. A decision reads the generation once (with
+/// the agent's configuration) and does all its lookups through that slot, so it sees the old
+/// policy whole or the new one whole. Selectors are the exception: they name agents by their
+/// stable ids, and during the swap a process matching either the old or the new selectors
+/// becomes an agent (never less confined than either policy).
+pub fn apply_policy(
+    ebpf: &mut Ebpf,
+    p: &CompiledPolicy,
+    resolved: &[NetRule],
+    exec_cgroups: &[(u64, u32)],
+) -> anyhow::Result<u32> {
+    let old = generation(ebpf);
+    let gen = 1 - old;
+    let slot = |id: u32| agent_slot(id, gen);
     {
         let mut agents: Array<&mut MapData, AgentCfg> = Array::try_from(map_mut(ebpf, names::AGENTS)?)?;
-        let max = agents.len();
         for a in &p.agents {
             let mut flags = agent_flags::ACTIVE;
             if a.audit {
@@ -91,18 +119,65 @@ pub fn apply_policy(ebpf: &mut Ebpf, p: &CompiledPolicy, resolved: &[NetRule]) -
                 Action::Kill => policy_action::KILL,
                 Action::Hold => policy_action::HOLD,
             };
-            if a.id >= max {
-                return Err(anyhow!("agent id {} exceeds the AGENTS map ({max})", a.id));
+            if a.id == 0 || a.id >= AGENT_SLOTS_PER_GEN {
+                return Err(anyhow!("agent id {} outside 1..{AGENT_SLOTS_PER_GEN}", a.id));
             }
-            agents.set(a.id, AgentCfg { action, flags, http_allow: a.http_allow, _pad: 0 }, 0)?;
+            agents.set(slot(a.id), AgentCfg { action, flags, http_allow: a.http_allow, slot: slot(a.id) }, 0)?;
         }
-        // Ids are stable across reloads (not contiguous): clear every slot no agent uses.
-        for id in (1..max).filter(|id| !p.agents.iter().any(|a| a.id == *id)) {
-            agents.set(id, AgentCfg::default(), 0)?;
+        // Ids are stable across reloads (not contiguous): every other slot of the new
+        // generation is "not an agent".
+        for id in (1..AGENT_SLOTS_PER_GEN).filter(|id| !p.agents.iter().any(|a| a.id == *id)) {
+            agents.set(slot(id), AgentCfg::default(), 0)?;
         }
     }
-    replace_hash(ebpf, names::SEL_COMM, p.comm.iter().map(|(c, id)| (*c, *id)).collect())?;
-    replace_hash(ebpf, names::SEL_UID, p.uid.to_vec())?;
+    let unix: Vec<(UnixKey, u32)> = p
+        .unix
+        .iter()
+        .filter_map(|(id, path)| {
+            let b = path.as_bytes();
+            if b.len() >= UNIX_PATH_LEN {
+                warn!(path, "unix socket path too long for the kernel map; ignored");
+                return None;
+            }
+            let mut k = UnixKey { agent: slot(*id), path: [0; UNIX_PATH_LEN] };
+            k.path[..b.len()].copy_from_slice(b);
+            Some((k, 1))
+        })
+        .collect();
+    let sni: Vec<(SniKey, u32)> = p
+        .hosts
+        .iter()
+        .filter(|h| h.host.len() < SNI_LEN)
+        .map(|h| {
+            let mut k = SniKey { agent: slot(h.agent), name: [0; SNI_LEN] };
+            k.name[..h.host.len()].copy_from_slice(h.host.as_bytes());
+            (k, 1)
+        })
+        .collect();
+    let net = net_entries(&p.net, resolved, gen);
+    let mut paths = Vec::new();
+    for (id, path) in &p.writable {
+        let (bits, data) =
+            writable_key(slot(*id), path.as_bytes()).ok_or_else(|| anyhow!("writable path too long: {path}"))?;
+        paths.push(Key::new(bits, data));
+    }
+
+    // 1. The new generation, complete; the old one still decides.
+    insert_hash(ebpf, names::UNIX_ALLOW, &unix)?;
+    insert_hash(ebpf, names::SNI_ALLOW, &sni)?;
+    {
+        let mut trie: LpmTrie<&mut MapData, NetData, u32> = LpmTrie::try_from(map_mut(ebpf, names::NET_ALLOW)?)?;
+        for (k, origin) in &net {
+            trie.insert(k, origin, 0).context("writing NET_ALLOW")?;
+        }
+        let mut trie: LpmTrie<&mut MapData, PathData, u32> = LpmTrie::try_from(map_mut(ebpf, names::WRITABLE)?)?;
+        for k in &paths {
+            trie.insert(k, 1, 0).context("writing WRITABLE")?;
+        }
+    }
+    let comm: Vec<_> = p.comm.iter().map(|(c, id)| (*c, *id)).collect();
+    insert_hash(ebpf, names::SEL_COMM, &comm)?;
+    insert_hash(ebpf, names::SEL_UID, &p.uid)?;
     let exe: Vec<(ExeKey, u32)> = p
         .exe
         .iter()
@@ -114,7 +189,7 @@ pub fn apply_policy(ebpf: &mut Ebpf, p: &CompiledPolicy, resolved: &[NetRule]) -
             }
         })
         .collect();
-    replace_hash(ebpf, names::SEL_EXE, exe)?;
+    insert_hash(ebpf, names::SEL_EXE, &exe)?;
     let root = cgroup2_root();
     let mut cg = Vec::new();
     for (path, id) in &p.cgroup {
@@ -133,62 +208,63 @@ pub fn apply_policy(ebpf: &mut Ebpf, p: &CompiledPolicy, resolved: &[NetRule]) -
             None => warn!(cgroup = path, "no cgroup v2 hierarchy mounted; cgroup selector ignored"),
         }
     }
-    replace_hash(ebpf, names::SEL_CGROUP, cg)?;
+    // `exec` instances' cgroups are not in the policy; they stay selected through the swap.
+    cg.extend_from_slice(exec_cgroups);
+    insert_hash(ebpf, names::SEL_CGROUP, &cg)?;
 
-    let unix: Vec<(UnixKey, u32)> = p
-        .unix
-        .iter()
-        .filter_map(|(id, path)| {
-            let b = path.as_bytes();
-            if b.len() >= UNIX_PATH_LEN {
-                warn!(path, "unix socket path too long for the kernel map; ignored");
-                return None;
-            }
-            let mut k = UnixKey { agent: *id, path: [0; UNIX_PATH_LEN] };
-            k.path[..b.len()].copy_from_slice(b);
-            Some((k, 1))
-        })
-        .collect();
-    replace_hash(ebpf, names::UNIX_ALLOW, unix)?;
-    let sni: Vec<(SniKey, u32)> = p
-        .hosts
-        .iter()
-        .filter(|h| h.host.len() < SNI_LEN)
-        .map(|h| {
-            let mut k = SniKey { agent: h.agent, name: [0; SNI_LEN] };
-            k.name[..h.host.len()].copy_from_slice(h.host.as_bytes());
-            (k, 1)
-        })
-        .collect();
-    replace_hash(ebpf, names::SNI_ALLOW, sni)?;
-    apply_net(ebpf, &p.net, resolved)?;
-
-    let mut trie: LpmTrie<&mut MapData, PathData, u32> = LpmTrie::try_from(map_mut(ebpf, names::WRITABLE)?)?;
-    let mut wanted = HashSet::new();
-    for (id, path) in &p.writable {
-        let (bits, data) =
-            writable_key(*id, path.as_bytes()).ok_or_else(|| anyhow!("writable path too long: {path}"))?;
-        trie.insert(&Key::new(bits, data), 1, 0)?;
-        wanted.insert((bits, data.agent, data.path.to_vec()));
+    // 2. One store: the new policy decides from the next lookup on.
+    set_generation(ebpf, gen)?;
+    // 3. Let decisions that read the old generation before the flip finish (they run for
+    // microseconds), then remove it.
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    {
+        let mut agents: Array<&mut MapData, AgentCfg> = Array::try_from(map_mut(ebpf, names::AGENTS)?)?;
+        for id in 1..AGENT_SLOTS_PER_GEN {
+            agents.set(agent_slot(id, old), AgentCfg::default(), 0)?;
+        }
     }
-    let stale: Vec<Key<PathData>> = trie
-        .keys()
-        .filter_map(Result::ok)
-        .filter(|k| {
-            let d = k.data();
-            !wanted.contains(&(k.prefix_len(), d.agent, d.path.to_vec()))
-        })
-        .collect();
-    for k in stale {
-        let _ = trie.remove(&k);
+    remove_stale_hash(ebpf, names::UNIX_ALLOW, &unix)?;
+    remove_stale_hash(ebpf, names::SNI_ALLOW, &sni)?;
+    remove_stale_hash(ebpf, names::SEL_COMM, &comm)?;
+    remove_stale_hash(ebpf, names::SEL_UID, &p.uid)?;
+    remove_stale_hash(ebpf, names::SEL_EXE, &exe)?;
+    remove_stale_hash(ebpf, names::SEL_CGROUP, &cg)?;
+    {
+        let wanted: HashSet<(u32, NetData)> = net.iter().map(|(k, _)| (k.prefix_len(), k.data())).collect();
+        let mut trie: LpmTrie<&mut MapData, NetData, u32> = LpmTrie::try_from(map_mut(ebpf, names::NET_ALLOW)?)?;
+        let stale: Vec<Key<NetData>> =
+            trie.keys().filter_map(Result::ok).filter(|k| !wanted.contains(&(k.prefix_len(), k.data()))).collect();
+        for k in stale {
+            let _ = trie.remove(&k);
+        }
     }
-    Ok(())
+    {
+        let wanted: HashSet<(u32, u32, Vec<u8>)> =
+            paths.iter().map(|k| (k.prefix_len(), k.data().agent, k.data().path.to_vec())).collect();
+        let mut trie: LpmTrie<&mut MapData, PathData, u32> = LpmTrie::try_from(map_mut(ebpf, names::WRITABLE)?)?;
+        let stale: Vec<Key<PathData>> = trie
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| {
+                let d = k.data();
+                !wanted.contains(&(k.prefix_len(), d.agent, d.path.to_vec()))
+            })
+            .collect();
+        for k in stale {
+            let _ = trie.remove(&k);
+        }
+    }
+    info!(generation = gen, "policy generation active");
+    Ok(gen)
 }
 
 /// Tell the kernel side which process is the daemon (self-protection).
-pub fn set_daemon(ebpf: &mut Ebpf, tgid: u32) -> anyhow::Result<()> {
+/// `lsm`: the BPF LSM layer is attached in full (the tracepoint layer then leaves signals,
+/// ptrace and bpf() to it).
+pub fn set_daemon(ebpf: &mut Ebpf, tgid: u32, lsm: bool) -> anyhow::Result<()> {
     let mut a: Array<&mut MapData, u32> = Array::try_from(map_mut(ebpf, "DAEMON")?)?;
     a.set(0, tgid, 0)?;
+    a.set(1, lsm as u32, 0)?;
     Ok(())
 }
 
@@ -197,6 +273,15 @@ pub fn add_grant(ebpf: &mut Ebpf, key: agent_monitor_common::GrantKey, value: u6
     let mut m: HashMap<&mut MapData, agent_monitor_common::GrantKey, u64> =
         HashMap::try_from(map_mut(ebpf, "GRANTS")?)?;
     m.insert(key, value, 0).context("writing GRANTS")?;
+    Ok(())
+}
+
+/// Let the held request of socket `cookie` through (see `agent_monitor_common::sock_state`).
+pub fn approve_socket(ebpf: &mut Ebpf, cookie: u64) -> anyhow::Result<()> {
+    let mut m: HashMap<&mut MapData, u64, agent_monitor_common::SockInfo> = HashMap::try_from(map_mut(ebpf, "SOCKS")?)?;
+    let mut info = m.get(&cookie, 0).context("the held socket is gone (closed, or evicted from SOCKS)")?;
+    info.blocked = agent_monitor_common::sock_state::APPROVED;
+    m.insert(cookie, info, 0).context("writing SOCKS")?;
     Ok(())
 }
 
@@ -220,12 +305,12 @@ pub fn remove_cgroup_selector(ebpf: &mut Ebpf, cgroup_id: u64) {
     }
 }
 
-/// The `NET_ALLOW` key of a rule.
-pub fn net_key(r: &NetRule) -> Key<NetData> {
+/// The `NET_ALLOW` key of a rule in generation `gen`.
+pub fn net_key(r: &NetRule, gen: u32) -> Key<NetData> {
     let port = r.port.unwrap_or(0).to_be_bytes();
     Key::new(
         NET_KEY_FIXED_BITS + r.prefix_len as u32,
-        NetData { agent: r.agent, port, addr: r.addr.octets(), _pad: [0; 2] },
+        NetData { agent: agent_slot(r.agent, gen), port, addr: r.addr.octets(), _pad: [0; 2] },
     )
 }
 
@@ -268,24 +353,28 @@ pub fn resolve_hosts(hosts: &[HostRule]) -> Vec<NetRule> {
     out
 }
 
-/// Write the address rules (static ones plus resolved host names) into `NET_ALLOW`, new
-/// entries first, then remove the stale ones.
-pub fn apply_net(ebpf: &mut Ebpf, rules: &[NetRule], resolved: &[NetRule]) -> anyhow::Result<()> {
-    let mut trie: LpmTrie<&mut MapData, NetData, u32> = LpmTrie::try_from(map_mut(ebpf, names::NET_ALLOW)?)?;
-    let mut wanted = HashSet::new();
-    for r in rules {
-        let k = net_key(r);
-        trie.insert(&k, net_origin::STATIC, 0).context("writing NET_ALLOW")?;
-        wanted.insert((k.prefix_len(), k.data()));
-    }
+/// The `NET_ALLOW` entries of generation `gen`: static rules, plus resolved host names.
+fn net_entries(rules: &[NetRule], resolved: &[NetRule], gen: u32) -> Vec<(Key<NetData>, u32)> {
+    let mut out: Vec<(Key<NetData>, u32)> = rules.iter().map(|r| (net_key(r, gen), net_origin::STATIC)).collect();
     // A resolved address already covered by a literal rule keeps that rule's meaning (no
     // server-name check); otherwise it is allowed only as that host name.
     for r in resolved {
-        if rules.iter().any(|s| covers(s, r)) {
-            continue;
+        if !rules.iter().any(|s| covers(s, r)) {
+            out.push((net_key(r, gen), net_origin::HOST));
         }
-        let k = net_key(r);
-        trie.insert(&k, net_origin::HOST, 0).context("writing NET_ALLOW")?;
+    }
+    out
+}
+
+/// Refresh the address rules of the active generation (host names re-resolved): new entries
+/// first, then the stale ones removed.
+pub fn apply_net(ebpf: &mut Ebpf, rules: &[NetRule], resolved: &[NetRule]) -> anyhow::Result<()> {
+    let gen = generation(ebpf);
+    let entries = net_entries(rules, resolved, gen);
+    let mut trie: LpmTrie<&mut MapData, NetData, u32> = LpmTrie::try_from(map_mut(ebpf, names::NET_ALLOW)?)?;
+    let mut wanted = HashSet::new();
+    for (k, origin) in &entries {
+        trie.insert(k, origin, 0).context("writing NET_ALLOW")?;
         wanted.insert((k.prefix_len(), k.data()));
     }
     let stale: Vec<Key<NetData>> =
@@ -296,16 +385,25 @@ pub fn apply_net(ebpf: &mut Ebpf, rules: &[NetRule], resolved: &[NetRule]) -> an
     Ok(())
 }
 
-fn replace_hash<K: aya::Pod + Eq + std::hash::Hash, V: aya::Pod>(
+fn insert_hash<K: aya::Pod + Eq + std::hash::Hash, V: aya::Pod>(
     ebpf: &mut Ebpf,
     name: &str,
-    entries: Vec<(K, V)>,
+    entries: &[(K, V)],
+) -> anyhow::Result<()> {
+    let mut m: HashMap<&mut MapData, K, V> = HashMap::try_from(map_mut(ebpf, name)?)?;
+    for (k, v) in entries {
+        m.insert(k, v, 0).with_context(|| format!("writing {name}"))?;
+    }
+    Ok(())
+}
+
+fn remove_stale_hash<K: aya::Pod + Eq + std::hash::Hash, V: aya::Pod>(
+    ebpf: &mut Ebpf,
+    name: &str,
+    entries: &[(K, V)],
 ) -> anyhow::Result<()> {
     let mut m: HashMap<&mut MapData, K, V> = HashMap::try_from(map_mut(ebpf, name)?)?;
     let wanted: HashSet<K> = entries.iter().map(|(k, _)| *k).collect();
-    for (k, v) in &entries {
-        m.insert(k, v, 0).with_context(|| format!("writing {name}"))?;
-    }
     let stale: Vec<K> = m.keys().filter_map(Result::ok).filter(|k| !wanted.contains(k)).collect();
     for k in stale {
         let _ = m.remove(&k);

@@ -27,6 +27,10 @@ pub struct EventRecord {
     pub layer: String,
     pub rule: String,
     pub detail: String,
+    /// The hash of the policy that made the decision (absent for process lifecycle events,
+    /// and for decisions made under a policy this daemon did not load).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy_hash: Option<String>,
 }
 
 pub fn verdict_name(v: u32) -> &'static str {
@@ -113,6 +117,8 @@ fn proc_ppid(pid: u32) -> Option<u32> {
 /// Turns wire records into event records; keeps the per-process executable cache.
 pub struct Decoder {
     pub agent_names: Vec<String>,
+    /// The policy hash in force in each kernel generation (see `agent_monitor_common::agent_slot`).
+    pub policy_by_gen: [Option<String>; 2],
     /// Seconds+nanos to add to CLOCK_BOOTTIME to get wall-clock time.
     boot_to_wall_ns: i128,
     exe: HashMap<u32, String>,
@@ -136,6 +142,7 @@ impl Decoder {
         let wall = clock_ns(libc::CLOCK_REALTIME);
         Decoder {
             agent_names,
+            policy_by_gen: [None, None],
             boot_to_wall_ns: wall - clock_ns(libc::CLOCK_BOOTTIME),
             exe: HashMap::new(),
             prefix: format!("{:x}", (wall / 1_000_000) as u64),
@@ -233,16 +240,25 @@ impl Decoder {
                     311 => Some("process_vm_writev"),
                     129 => Some("rt_sigqueueinfo"),
                     297 => Some("rt_tgsigqueueinfo"),
+                    424 => Some("pidfd_send_signal"),
+                    438 => Some("pidfd_getfd"),
+                    1000 => Some("signal"),
+                    1001 => Some("ptrace attach"),
                     _ => None,
                 };
                 match call {
-                    Some(call) if ev.aux2 != 0 || ev.aux == 311 => {
+                    Some(call) if ev.aux2 != 0 || ev.aux == 311 || ev.aux == 438 => {
                         rule = "self_protection".into();
                         let target = (ev.aux2 & 0xffff_ffff) as u32;
                         let arg = ev.aux2 >> 32;
                         detail.push(match call {
                             "ptrace" => format!("ptrace(request={arg}) on the daemon"),
                             "process_vm_writev" => "process_vm_writev into the daemon".to_string(),
+                            "pidfd_getfd" => format!("pidfd_getfd(fd {arg}) of the daemon"),
+                            "signal" => format!("signal {arg} to the daemon: refused (EPERM)"),
+                            "ptrace attach" => {
+                                "ptrace-level access to the daemon (ptrace, process_vm_*, /proc/PID/mem, pidfd_getfd): refused (EPERM)".to_string()
+                            }
                             _ => format!("{call}(signal {arg}) to the daemon"),
                         });
                         format!("agent-monitor pid {target}")
@@ -324,7 +340,7 @@ impl Decoder {
         Some(EventRecord {
             ts: rfc3339(self.boot_to_wall_ns + ev.ts_ns as i128),
             id: self.next_id(),
-            agent: self.agent_name(ev.agent),
+            agent: self.agent_name(ev.agent & (agent_monitor_common::AGENT_SLOTS_PER_GEN - 1)),
             run: format!("{:016x}", ev.run_id),
             pid: ev.pid,
             ppid,
@@ -338,6 +354,11 @@ impl Decoder {
             layer: layer_name(ev.layer).into(),
             rule,
             detail: detail.join("; "),
+            policy_hash: if ev.agent & agent_monitor_common::AGENT_GEN_KNOWN != 0 {
+                self.policy_by_gen[((ev.agent / agent_monitor_common::AGENT_SLOTS_PER_GEN) & 1) as usize].clone()
+            } else {
+                None
+            },
         })
     }
 }

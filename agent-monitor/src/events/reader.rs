@@ -63,7 +63,19 @@ async fn handle(shared: &Arc<Shared>, ev: &Event) {
         if let Ok(kind) = agent_monitor_common::Kind::try_from(ev.kind) {
             let h = shared.holds.create(ev, &rec.agent, kind, &rec.target, &rec.detail, &rec.ts);
             shared.metrics.holds_pending.set(shared.holds.len() as i64);
-            let what = if h.paused { "paused before the call" } else { "refused and held as a request" };
+            if h.socket.is_some() {
+                // The kernel stops the writer as its send returns when it can; this covers the
+                // case where the packet left from another context.
+                // SAFETY: plain kill(2).
+                unsafe { libc::kill(h.pid as i32, libc::SIGSTOP) };
+            }
+            let what = if h.socket.is_some() {
+                "held in the kernel before it reached the network, the writer stopped"
+            } else if h.paused {
+                "paused before the call"
+            } else {
+                "refused and held as a request"
+            };
             rec.detail = format!(
                 "{}{}{what}: `agent-monitor approve {id}` or `agent-monitor deny {id}`",
                 rec.detail,

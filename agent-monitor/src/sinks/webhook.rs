@@ -174,6 +174,7 @@ mod tests {
             layer: "uprobe".into(),
             rule: "network.http_methods".into(),
             detail: "POST /answer HTTP/1.1".into(),
+            policy_hash: None,
         };
         let b = alertmanager_body(&e);
         let a = &b[0];

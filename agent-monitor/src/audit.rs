@@ -19,7 +19,13 @@ use sha2::{Digest, Sha256};
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
 pub fn sha256_hex(b: &[u8]) -> String {
-    Sha256::digest(b).iter().map(|x| format!("{x:02x}")).collect()
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(64);
+    for x in Sha256::digest(b) {
+        out.push(HEX[(x >> 4) as usize] as char);
+        out.push(HEX[(x & 15) as usize] as char);
+    }
+    out
 }
 
 /// The running end of the chain.
@@ -46,7 +52,12 @@ impl Chain {
         let body = json_object.trim_end();
         let body = body.strip_suffix('}').unwrap_or(body);
         let sep = if body.trim_end().ends_with('{') { "" } else { "," };
-        let line = format!("{body}{sep}\"prev\":\"{}\"}}", self.prev);
+        let mut line = String::with_capacity(body.len() + 80);
+        line.push_str(body);
+        line.push_str(sep);
+        line.push_str("\"prev\":\"");
+        line.push_str(&self.prev);
+        line.push_str("\"}");
         self.prev = sha256_hex(line.as_bytes());
         line
     }

@@ -162,7 +162,13 @@ impl Decoder {
         if let Some(e) = self.exe.get(&pid) {
             return e.clone();
         }
-        std::fs::read_link(format!("/proc/{pid}/exe")).map(|p| p.display().to_string()).unwrap_or_default()
+        // A process the daemon did not see exec (adopted, or a fork that has not exec'd): ask
+        // /proc once; its exec or exit event replaces or drops the entry.
+        let exe = std::fs::read_link(format!("/proc/{pid}/exe")).map(|p| p.display().to_string()).unwrap_or_default();
+        if !exe.is_empty() {
+            self.exe.insert(pid, exe.clone());
+        }
+        exe
     }
 
     pub fn decode(&mut self, ev: &Event) -> Option<EventRecord> {
@@ -367,6 +373,55 @@ impl Decoder {
 mod tests {
     use super::*;
     use agent_monitor_common::kind;
+
+    /// The userspace event path without the ring buffer, for `cargo xtask bench`: decode, then
+    /// the decision's bookkeeping (metrics, JSON), then the audit chain and the write into a
+    /// buffer. Run with `cargo test --release -p agent-monitor decode_throughput -- --ignored
+    /// --nocapture`; prints one `decode_throughput STAGE EVENTS_PER_SEC` line per stage.
+    #[test]
+    #[ignore]
+    fn decode_throughput() {
+        let n = 400_000u32;
+        let mut ev = raw(kind::FILE_WRITE);
+        ev.pid = std::process::id();
+        ev.agent = 1 | agent_monitor_common::AGENT_GEN_KNOWN;
+        ev.verdict = verdict::VIOLATION;
+        ev.action = action::KILLED;
+        ev.layer = layer::TRACEPOINT;
+        ev.aux = 0o1101;
+        ev.flags = event_flags::AFTER_EFFECT;
+        let p = b"/home/agent/work/../notes/answer.md";
+        ev.path[..p.len()].copy_from_slice(p);
+        ev.path_len = p.len() as u32;
+        let metrics = crate::metrics::Metrics::new();
+        let mut chain = crate::audit::Chain::new();
+        let mut d = Decoder::new(vec!["forum-analyst".into()]);
+        d.policy_by_gen[0] = Some("0b69082506b9d9ed".into());
+        let mut out: Vec<u8> = Vec::with_capacity(256 << 20);
+        for stage in ["decode", "decode+metrics+json", "decode+metrics+json+chain+write"] {
+            out.clear();
+            let t = std::time::Instant::now();
+            for i in 0..n {
+                ev.ts_ns = i as u64;
+                let rec = d.decode(&ev).unwrap();
+                if stage == "decode" {
+                    std::hint::black_box(&rec);
+                    continue;
+                }
+                metrics.events.with_label_values(&[&rec.agent, &rec.kind, &rec.verdict]).inc();
+                metrics.violations.with_label_values(&[&rec.agent, &rec.kind, &rec.action]).inc();
+                let json = serde_json::to_string(&rec).unwrap();
+                if stage == "decode+metrics+json" {
+                    std::hint::black_box(&json);
+                    continue;
+                }
+                out.extend_from_slice(chain.seal(&json).as_bytes());
+                out.push(b'\n');
+            }
+            let rate = n as f64 / t.elapsed().as_secs_f64();
+            println!("decode_throughput {stage} {rate:.0}");
+        }
+    }
 
     fn raw(kind: u32) -> Event {
         // SAFETY: Event is plain old data; all-zero is a valid value.

@@ -121,6 +121,12 @@ impl Daemon {
             .expect("spawn agent-monitor");
         let mut d = Daemon { child: Some(child), dir, events, log, config, metrics_addr, control };
         d.wait_log("enforcing", Duration::from_secs(120));
+        // The VM tier boots kernels that run BPF LSM: there, a layer that did not come up is a
+        // failure of every test, not a reason to take the fallback path (or to skip).
+        if std::env::var_os("AGENT_MONITOR_EXPECT_LSM").is_some() && !d.lsm() {
+            let why = d.log_text().lines().filter(|l| l.contains("bpf_lsm")).collect::<Vec<_>>().join("\n");
+            panic!("AGENT_MONITOR_EXPECT_LSM is set but the BPF LSM layer is not up:\n{why}");
+        }
         d
     }
 

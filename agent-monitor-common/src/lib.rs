@@ -210,6 +210,10 @@ pub mod event_flags {
     pub const TLS_INVISIBLE: u32 = 1 << 9;
     /// A TLS ClientHello whose server name (in `path2`) is not an allowed host name.
     pub const SNI_MISMATCH: u32 = 1 << 10;
+    /// A file operation on one of the daemon's own files (configuration, events log, pins,
+    /// control socket, binary): reported as `self.tamper` (`aux2` = the file kind), refused
+    /// where a layer can refuse, and the agent killed whatever its action.
+    pub const PROTECTED_PATH: u32 = 1 << 11;
 }
 
 /// Index of each kernel-side counter in the `STATS` per-CPU array.
@@ -480,6 +484,15 @@ pub const fn open_is_write(flags: u64) -> bool {
     const O_CREAT: u64 = 0o100;
     const O_TRUNC: u64 = 0o1000;
     (flags & O_ACCMODE) != 0 || (flags & (O_CREAT | O_TRUNC)) != 0
+}
+
+/// Values of `WRITABLE` entries: the longest matching prefix decides.
+pub mod path_class {
+    /// No entry matches: outside `writable`.
+    pub const OUTSIDE: u32 = 0;
+    pub const WRITABLE: u32 = 1;
+    /// One of the daemon's own files or directories: never writable by an agent.
+    pub const PROTECTED: u32 = 2;
 }
 
 /// Build a `WRITABLE` key for `path` (an absolute, normalised path). The trailing `/` makes the

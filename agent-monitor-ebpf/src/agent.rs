@@ -62,6 +62,12 @@ pub fn reap_if_killed(st: &ProcState) -> bool {
 /// Is `s.buf[0..b.len]` under one of the writable prefixes of the agent in table slot `slot`?
 #[inline(always)]
 pub unsafe fn is_writable(s: *mut Scratch, slot: u32, b: Built) -> bool {
+    path_class(s, slot, b) == agent_monitor_common::path_class::WRITABLE
+}
+
+/// What the longest `WRITABLE` prefix of `s.buf[0..b.len]` says (`path_class`).
+#[inline(always)]
+pub unsafe fn path_class(s: *mut Scratch, slot: u32, b: Built) -> u32 {
     let mut len = b.len as usize;
     if len > PATH_LEN - 1 {
         len = PATH_LEN - 1;
@@ -78,7 +84,7 @@ pub unsafe fn is_writable(s: *mut Scratch, slot: u32, b: Built) -> bool {
     };
     (*s).key_prefix = bits as u32;
     let key = &(*s).key_prefix as *const u32 as *const aya_ebpf::maps::lpm_trie::Key<agent_monitor_common::PathData>;
-    WRITABLE.get(&*key).is_some()
+    WRITABLE.get(&*key).copied().unwrap_or(agent_monitor_common::path_class::OUTSIDE)
 }
 
 /// Apply the agent's action to a violation by the current process at the tracepoint layer,
@@ -206,6 +212,15 @@ pub fn decide(st: &ProcState, cfg: &AgentCfg, ok: bool, mut r: Rec, p1: PathRef,
         }
         r.verdict = verdict::ALLOWED;
         r.action = action::NONE;
+    } else if r.flags & event_flags::PROTECTED_PATH != 0 {
+        // The daemon's own files: self-protection kills, whatever the agent's action.
+        let kill = AgentCfg { action: policy_action::KILL, ..*cfg };
+        let (a, f) = enforce_after(st, &kill);
+        r.verdict = verdict::VIOLATION;
+        r.action = a;
+        r.flags |= f;
+        r.aux2 = r.kind as u64;
+        r.kind = agent_monitor_common::kind::SELF_TAMPER;
     } else {
         let (a, f) = enforce_after(st, cfg);
         r.verdict = verdict::VIOLATION;

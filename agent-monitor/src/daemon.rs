@@ -36,6 +36,13 @@ pub enum PolicySource {
 }
 
 impl PolicySource {
+    pub fn path(&self) -> Option<&Path> {
+        match self {
+            PolicySource::File(p) => Some(p),
+            PolicySource::Embedded => None,
+        }
+    }
+
     pub fn resolve(config: Option<PathBuf>) -> Self {
         match config {
             Some(p) => PolicySource::File(p),
@@ -64,6 +71,8 @@ impl PolicySource {
 /// State shared by the daemon's tasks.
 pub struct Shared {
     pub kernel: Mutex<Kernel>,
+    /// The daemon's own paths (configuration, events log, pins, control socket, binary).
+    pub protected: Vec<kmaps::Protected>,
     pub decoder: Mutex<Decoder>,
     pub metrics: Arc<Metrics>,
     pub sink: Mutex<Box<dyn Write + Send>>,
@@ -530,7 +539,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let pins = args.pin_path.clone().or_else(|| policy.daemon.pin_path.clone().map(PathBuf::from));
     let mut kernel = Kernel::load(pins.as_deref())?;
     let resolved = kmaps::resolve_hosts(&compiled.hosts);
-    let gen = kmaps::apply_policy(&mut kernel.ebpf, &compiled, &resolved, &[])
+    let control_path = args
+        .control_socket
+        .clone()
+        .or_else(|| policy.daemon.control_socket.clone().map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from(crate::control::DEFAULT_CONTROL_SOCKET));
+    let protected = protected_paths(source.path(), &events_path, pins.as_deref(), &control_path);
+    info!(paths = ?protected.iter().map(|p| p.path.as_str()).collect::<Vec<_>>(), "the daemon's own paths are protected from agents");
+    let gen = kmaps::apply_policy(&mut kernel.ebpf, &compiled, &resolved, &[], &protected)
         .context("writing the policy into the kernel maps")?;
     kmaps::adopt_running(&mut kernel.ebpf, &compiled)?;
     kmaps::set_daemon(&mut kernel.ebpf, std::process::id(), kernel.layers.bpf_lsm)?;
@@ -571,6 +587,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         webhooks: policy.alerts.webhook.iter().map(|w| WebhookSink::start(w, metrics.clone())).collect(),
         live: live.clone(),
         registered: Mutex::new(Vec::new()),
+        protected,
         holds: Default::default(),
         hold_timeout: policy
             .daemon
@@ -614,11 +631,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         });
     }
 
-    let control_path = args
-        .control_socket
-        .clone()
-        .or_else(|| policy.daemon.control_socket.clone().map(PathBuf::from))
-        .unwrap_or_else(|| PathBuf::from(crate::control::DEFAULT_CONTROL_SOCKET));
     let (listener, control) = crate::control::Control::bind(&control_path, policy.daemon.admin_group.as_deref(), live)?;
     tokio::spawn(crate::control::serve(listener, Arc::new(control), shared.clone(), source.clone()));
 
@@ -723,7 +735,7 @@ pub fn reload(source: &PolicySource, shared: &Shared) -> bool {
             .collect();
         d.agent_names = merged;
     }
-    let result = kmaps::apply_policy(&mut k.ebpf, &compiled, &resolved, &exec_cgroups)
+    let result = kmaps::apply_policy(&mut k.ebpf, &compiled, &resolved, &exec_cgroups, &shared.protected)
         .and_then(|_| kmaps::adopt_running(&mut k.ebpf, &compiled).map(|_| ()));
     drop(k);
     *shared.resolved.lock().unwrap() = resolved;
@@ -744,4 +756,57 @@ pub fn reload(source: &PolicySource, shared: &Shared) -> bool {
             false
         }
     }
+}
+
+/// The daemon's own paths, which no agent may write whatever its `writable` says: the
+/// configuration file, the events log (and its rotated siblings), the pins, the control socket,
+/// the daemon's binary, and the directories holding them when they are the daemon's own
+/// (named `agent-monitor...`, as `/etc/agent-monitor`, `/var/log/agent-monitor`,
+/// `/run/agent-monitor` and `/sys/fs/bpf/agent-monitor` are).
+pub fn protected_paths(
+    config: Option<&Path>,
+    events: &str,
+    pins: Option<&Path>,
+    control: &Path,
+) -> Vec<kmaps::Protected> {
+    // The kernel compares resolved paths: resolve the directory (the file may not exist yet).
+    let resolve = |p: &Path| -> PathBuf {
+        match (p.parent(), p.file_name()) {
+            (Some(dir), Some(name)) => fs::canonicalize(if dir.as_os_str().is_empty() { Path::new(".") } else { dir })
+                .map(|d| d.join(name))
+                .unwrap_or_else(|_| p.to_path_buf()),
+            _ => p.to_path_buf(),
+        }
+    };
+    let own_dir = |p: &Path| -> Option<String> {
+        let dir = p.parent()?;
+        dir.file_name()?.to_str()?.starts_with("agent-monitor").then(|| dir.display().to_string())
+    };
+    let mut out: Vec<kmaps::Protected> = Vec::new();
+    let mut add = |path: String, raw_prefix: bool| {
+        let p = kmaps::Protected { path, raw_prefix };
+        if p.path.starts_with('/') && p.path != "/" && !out.contains(&p) {
+            out.push(p);
+        }
+    };
+    let mut files: Vec<(PathBuf, bool)> = vec![(resolve(control), false)];
+    if let Some(c) = config {
+        files.push((resolve(c), false));
+    }
+    if events != "-" {
+        files.push((resolve(Path::new(events)), true));
+    }
+    if let Ok(exe) = fs::canonicalize("/proc/self/exe") {
+        files.push((exe, false));
+    }
+    for (f, raw) in &files {
+        add(f.display().to_string(), *raw);
+        if let Some(d) = own_dir(f) {
+            add(d, false);
+        }
+    }
+    if let Some(p) = pins {
+        add(resolve(p).display().to_string(), false);
+    }
+    out
 }

@@ -1,6 +1,6 @@
 //! The file-write boundary and agent identity, end to end: the real daemon, real eBPF, real
 //! agent processes (copies of bash and python3 selected by comm), real files.
-use std::{fs, process::Command, time::Duration};
+use std::{fs, path::PathBuf, process::Command, time::Duration};
 
 use agent_monitor_e2e::*;
 
@@ -451,6 +451,47 @@ fn a_reload_swaps_the_whole_policy_at_once() {
         under_a > 0 && under_b > 0,
         "the agent's writes did not straddle the reloads: {under_a} under a, {under_b} under b"
     );
+}
+
+/// The daemon's configuration, events log (and rotated siblings) and its other own files are
+/// off limits to every agent, whatever its `writable` and its action: `self.tamper`, refused
+/// where a layer can refuse (BPF LSM), the agent killed.
+#[test]
+fn the_daemons_own_files_are_off_limits_whatever_writable_says() {
+    if !can_run_root_tests("the_daemons_own_files_are_off_limits_whatever_writable_says") {
+        return;
+    }
+    let t = TempDir::new("own");
+    let d = Daemon::start(&policy("greedy", "am-greedy", "alert", std::path::Path::new("/"), ""));
+    let lsm = d.lsm();
+    let agent = copy_binary(t.path(), "/bin/bash", "am-greedy");
+    let st = sh(&agent, &format!("echo ok > {}/anywhere", t.path().display()), t.path());
+    assert!(st.success(), "writable = [\"/\"] did not allow an ordinary write: {st}");
+    let config = fs::canonicalize(&d.config).unwrap();
+    let events = fs::canonicalize(&d.events).unwrap();
+    let before = fs::read_to_string(&config).unwrap();
+    for (target, script) in [
+        (config.clone(), format!("echo '[[agent]]' >> {}", config.display())),
+        (events.clone(), format!("echo forged >> {}", events.display())),
+        (PathBuf::from(format!("{}.1", events.display())), format!("echo forged >> {}.1", events.display())),
+    ] {
+        let st = sh(&agent, &format!("{script}; echo survived > {}/after", t.path().display()), t.path());
+        assert!(
+            killed_by_sigkill(&st),
+            "`{script}`: an alert-only agent writing the daemon's file was not killed: {st}"
+        );
+        assert!(!t.join("after").exists(), "the agent ran on after `{script}`");
+        let e = d.wait_event("self.tamper on a protected file", |e| {
+            f(e, "kind") == "self.tamper" && f(e, "target") == target.display().to_string()
+        });
+        assert_eq!((f(&e, "verdict"), f(&e, "action"), f(&e, "rule")), ("violation", "killed", "self_protection"));
+        assert!(f(&e, "detail").contains("file.write on one of the daemon's own files"), "{e}");
+        assert_eq!(f(&e, "layer"), if lsm { "bpf_lsm" } else { "tracepoint" });
+    }
+    assert_eq!(fs::read_to_string(&config).unwrap(), before, "the configuration changed");
+    assert!(!fs::read_to_string(&events).unwrap().contains("forged"), "the events log took a forged line");
+    // The daemon is still enforcing, on the same policy.
+    assert!(is_alive(d.pid()));
 }
 
 #[test]

@@ -55,6 +55,7 @@ const DEFAULT_BINARIES: &[&str] = &["files", "lsm", "network", "holds", "exec"];
 const DEFAULT_TESTS: &[&str] = &[
     "every_file_kind_is_refused_with_eperm_before_it_happens",
     "signalling_or_tracing_the_daemon_is_self_tamper",
+    "the_daemons_own_files_are_off_limits_whatever_writable_says",
     "kill_on_append_outside_writable_and_not_for_others",
     "bypasses_of_syscall_tracing_are_violations_unless_allowed",
     "descendants_and_copied_binaries_stay_in_scope_and_the_tree_dies",

@@ -5,7 +5,7 @@
 //! changes are decided at `sys_enter` on the string resolved against dirfd/cwd and normalised.
 //! Either way the tracepoint layer cannot refuse: a kill lands after the syscall has run, and
 //! the event says so (`AFTER_EFFECT`). Refusal belongs to BPF LSM and Landlock.
-use agent_monitor_common::{action, agent_flags, event_flags, kind, layer, open_is_write, stat, verdict};
+use agent_monitor_common::{action, agent_flags, event_flags, kind, layer, open_is_write, path_class, stat, verdict};
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user, generated::bpf_probe_read_kernel as raw_read_kernel},
     macros::tracepoint,
@@ -14,7 +14,7 @@ use aya_ebpf::{
 use core::ffi::c_void;
 
 use crate::{
-    agent::{self, count, current_agent, decide, is_writable, reap_if_killed, PathRef, Rec},
+    agent::{self, count, current_agent, decide, path_class, reap_if_killed, PathRef, Rec},
     kernel::{self, dentry_path, resolve_user_path, AT_FDCWD, S_IFCHR, S_IFIFO, S_IFSOCK},
     maps::{PENDING, PENDING_OPS},
 };
@@ -59,15 +59,23 @@ fn path_op(
     unsafe {
         let op = &mut (*s).op;
         let b1 = resolve_user_path(s, dirfd(ctx, p1.0), arg(ctx, p1.1) as *const u8)?;
-        let ok1 = is_writable(s, cfg.slot, b1);
+        let c1 = path_class(s, cfg.slot, b1);
+        let ok1 = c1 == path_class::WRITABLE;
         raw_read_kernel(op.p1.as_mut_ptr() as *mut c_void, op.p1.len() as u32, (*s).buf.as_ptr() as *const c_void);
         op.len1 = b1.len;
         op.len2 = 0;
         op.flags = if b1.truncated { event_flags::PATH_TRUNCATED } else { 0 };
+        if c1 == path_class::PROTECTED {
+            op.flags |= event_flags::PROTECTED_PATH;
+        }
         let mut ok = ok1;
         if let Some(p2) = p2 {
             let b2 = resolve_user_path(s, dirfd(ctx, p2.0), arg(ctx, p2.1) as *const u8)?;
-            let ok2 = is_writable(s, cfg.slot, b2);
+            let c2 = path_class(s, cfg.slot, b2);
+            let ok2 = c2 == path_class::WRITABLE;
+            if c2 == path_class::PROTECTED && c1 != path_class::PROTECTED {
+                op.flags |= event_flags::PROTECTED_PATH | event_flags::SECOND_PATH;
+            }
             raw_read_kernel(op.p2.as_mut_ptr() as *mut c_void, op.p2.len() as u32, (*s).buf.as_ptr() as *const c_void);
             op.len2 = b2.len;
             if b2.truncated {
@@ -76,6 +84,9 @@ fn path_op(
             if ok1 && !ok2 {
                 // The event's target is the path outside `writable`.
                 op.flags |= event_flags::SECOND_PATH;
+            }
+            if op.flags & event_flags::PROTECTED_PATH != 0 && c1 == path_class::PROTECTED {
+                op.flags &= !event_flags::SECOND_PATH;
             }
             ok = ok1 && ok2;
         }
@@ -132,8 +143,12 @@ fn fd_op(ctx: &TracePointContext, kind: u32, fd_arg: usize, aux: Option<usize>) 
         let file = kernel::fd_file(kernel::current_task(), arg(ctx, fd_arg) as i32 as i64)?;
         let (d, m) = kernel::file_path(file)?;
         let b = dentry_path(s, d, m)?;
-        let ok = is_writable(s, cfg.slot, b);
-        let flags = if b.truncated { event_flags::PATH_TRUNCATED } else { 0 };
+        let c = path_class(s, cfg.slot, b);
+        let ok = c == path_class::WRITABLE;
+        let mut flags = if b.truncated { event_flags::PATH_TRUNCATED } else { 0 };
+        if c == path_class::PROTECTED {
+            flags |= event_flags::PROTECTED_PATH;
+        }
         decide(&st, &cfg, ok, rec(kind, flags, aux), PathRef((*s).buf.as_ptr(), b.len), PathRef::NONE);
     }
     Ok(())
@@ -274,8 +289,12 @@ fn try_open_exit(ctx: &TracePointContext) -> Result<(), i64> {
         let _ = S_IFCHR; // character devices are matched like files (IMPLICIT_WRITABLE has the benign ones)
         let (d, m) = kernel::file_path(file)?;
         let b = dentry_path(s, d, m)?;
-        let ok = is_writable(s, cfg.slot, b);
-        let f = if b.truncated { event_flags::PATH_TRUNCATED } else { 0 };
+        let c = path_class(s, cfg.slot, b);
+        let ok = c == path_class::WRITABLE;
+        let mut f = if b.truncated { event_flags::PATH_TRUNCATED } else { 0 };
+        if c == path_class::PROTECTED {
+            f |= event_flags::PROTECTED_PATH;
+        }
         decide(&st, &cfg, ok, rec(kind::FILE_WRITE, f, flags), PathRef((*s).buf.as_ptr(), b.len), PathRef::NONE);
     }
     Ok(())

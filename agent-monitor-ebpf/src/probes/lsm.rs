@@ -7,7 +7,9 @@
 //! `alert` returns 0 here: the tracepoint layer records the operation once it succeeded, so an
 //! operation is reported exactly once. `deny`/`hold` refuse, `kill` refuses and kills; both
 //! emit the event from here (the syscall then fails and the tracepoint layer stays silent).
-use agent_monitor_common::{action, agent_flags, event_flags, kind, layer, policy_action, verdict, PATH_LEN};
+use agent_monitor_common::{
+    action, agent_flags, event_flags, kind, layer, path_class, policy_action, verdict, PATH_LEN,
+};
 use aya_ebpf::{macros::lsm, programs::LsmContext};
 
 use crate::{
@@ -30,7 +32,7 @@ fn decide_path(kind: u32, dentry: *const u8, mnt: *const u8, aux: u64) -> i32 {
     let Some((st, cfg)) = current_agent() else {
         return 0;
     };
-    if cfg.action == policy_action::ALERT || !kernel::offsets_valid() {
+    if !kernel::offsets_valid() {
         return 0;
     }
     let Some(s) = agent::scratch() else {
@@ -39,24 +41,30 @@ fn decide_path(kind: u32, dentry: *const u8, mnt: *const u8, aux: u64) -> i32 {
     let Ok(b) = (unsafe { dentry_path(s, dentry, mnt) }) else {
         return 0;
     };
-    if unsafe { agent::is_writable(s, cfg.slot, b) } {
+    let class = unsafe { agent::path_class(s, cfg.slot, b) };
+    if class == path_class::WRITABLE {
         return 0;
     }
-    let act = if cfg.action == policy_action::KILL {
+    let protected = class == path_class::PROTECTED;
+    // `alert` is recorded by the tracepoint layer once the operation succeeded; the daemon's
+    // own files are refused (and the agent killed) whatever the action.
+    if cfg.action == policy_action::ALERT && !protected {
+        return 0;
+    }
+    let act = if cfg.action == policy_action::KILL || protected {
         kill_instance(&st);
         action::KILLED
     } else {
         action::DENIED
     };
-    let r = Rec {
-        kind,
-        verdict: verdict::VIOLATION,
-        action: act,
-        layer: layer::BPF_LSM,
-        flags: if b.truncated { event_flags::PATH_TRUNCATED } else { 0 },
-        aux,
-        aux2: 0,
+    let mut flags = if b.truncated { event_flags::PATH_TRUNCATED } else { 0 };
+    let (kind, aux2) = if protected {
+        flags |= event_flags::PROTECTED_PATH;
+        (kind::SELF_TAMPER, kind as u64)
+    } else {
+        (kind, 0)
     };
+    let r = Rec { kind, verdict: verdict::VIOLATION, action: act, layer: layer::BPF_LSM, flags, aux, aux2 };
     emit(&st, &r, PathRef(unsafe { (*s).buf.as_ptr() }, b.len.min(PATH_LEN as u32)), PathRef::NONE);
     EPERM
 }

@@ -8,8 +8,8 @@ use std::{
 };
 
 use agent_monitor_common::{
-    agent_flags, agent_slot, net_origin, policy_action, stat, writable_key, AgentCfg, ExeKey, NetData, PathData,
-    ProcState, SniKey, UnixKey, AGENT_SLOTS_PER_GEN, NET_KEY_FIXED_BITS, PATH_LEN, SNI_LEN, UNIX_PATH_LEN,
+    agent_flags, agent_slot, net_origin, path_class, policy_action, stat, writable_key, AgentCfg, ExeKey, NetData,
+    PathData, ProcState, SniKey, UnixKey, AGENT_SLOTS_PER_GEN, NET_KEY_FIXED_BITS, PATH_LEN, SNI_LEN, UNIX_PATH_LEN,
 };
 use anyhow::{anyhow, Context as _};
 use aya::{
@@ -63,6 +63,30 @@ pub fn exe_key(path: &str) -> Option<ExeKey> {
     Some(k)
 }
 
+/// One of the daemon's own paths, which no agent may write whatever its `writable` says
+/// (`path_class::PROTECTED` entries in `WRITABLE`, for every agent: the longest prefix wins).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Protected {
+    pub path: String,
+    /// Match every path that starts with these bytes (the events log and its rotated
+    /// siblings), not only the path itself and what is under it.
+    pub raw_prefix: bool,
+}
+
+fn protected_key(slot: u32, p: &Protected) -> Option<Key<PathData>> {
+    if !p.raw_prefix {
+        let (bits, data) = writable_key(slot, p.path.as_bytes())?;
+        return Some(Key::new(bits, data));
+    }
+    let b = p.path.as_bytes();
+    if b.len() > PATH_LEN {
+        return None;
+    }
+    let mut data = PathData { agent: slot, path: [0; PATH_LEN] };
+    data.path[..b.len()].copy_from_slice(b);
+    Some(Key::new(((4 + b.len()) * 8) as u32, data))
+}
+
 /// The active policy generation (see `agent_monitor_common::agent_slot`).
 pub fn generation(ebpf: &Ebpf) -> u32 {
     ebpf.map(names::GENERATION)
@@ -90,6 +114,7 @@ pub fn apply_policy(
     p: &CompiledPolicy,
     resolved: &[NetRule],
     exec_cgroups: &[(u64, u32)],
+    protected: &[Protected],
 ) -> anyhow::Result<u32> {
     let old = generation(ebpf);
     let gen = 1 - old;
@@ -159,7 +184,15 @@ pub fn apply_policy(
     for (id, path) in &p.writable {
         let (bits, data) =
             writable_key(slot(*id), path.as_bytes()).ok_or_else(|| anyhow!("writable path too long: {path}"))?;
-        paths.push(Key::new(bits, data));
+        paths.push((Key::new(bits, data), path_class::WRITABLE));
+    }
+    for a in &p.agents {
+        for pr in protected {
+            match protected_key(slot(a.id), pr) {
+                Some(k) => paths.push((k, path_class::PROTECTED)),
+                None => warn!(path = pr.path, "protected path too long for the kernel map; not protected"),
+            }
+        }
     }
 
     // 1. The new generation, complete; the old one still decides.
@@ -171,8 +204,8 @@ pub fn apply_policy(
             trie.insert(k, origin, 0).context("writing NET_ALLOW")?;
         }
         let mut trie: LpmTrie<&mut MapData, PathData, u32> = LpmTrie::try_from(map_mut(ebpf, names::WRITABLE)?)?;
-        for k in &paths {
-            trie.insert(k, 1, 0).context("writing WRITABLE")?;
+        for (k, class) in &paths {
+            trie.insert(k, class, 0).context("writing WRITABLE")?;
         }
     }
     let comm: Vec<_> = p.comm.iter().map(|(c, id)| (*c, *id)).collect();
@@ -240,7 +273,7 @@ pub fn apply_policy(
     }
     {
         let wanted: HashSet<(u32, u32, Vec<u8>)> =
-            paths.iter().map(|k| (k.prefix_len(), k.data().agent, k.data().path.to_vec())).collect();
+            paths.iter().map(|(k, _)| (k.prefix_len(), k.data().agent, k.data().path.to_vec())).collect();
         let mut trie: LpmTrie<&mut MapData, PathData, u32> = LpmTrie::try_from(map_mut(ebpf, names::WRITABLE)?)?;
         let stale: Vec<Key<PathData>> = trie
             .keys()

@@ -237,6 +237,17 @@ impl Decoder {
                 detail.push(format!("socket(family={}, type={})", ev.aux, ev.aux2 & 0xffff_ffff));
                 "raw_socket".into()
             }
+            Kind::SelfTamper if ev.flags & event_flags::PROTECTED_PATH != 0 => {
+                rule = "self_protection".into();
+                let what = Kind::try_from(ev.aux2 as u32).map(|k| k.name()).unwrap_or("file operation");
+                detail.push(format!("{what} on one of the daemon's own files"));
+                if ev.aux2 as u32 == agent_monitor_common::kind::FILE_WRITE && ev.aux != 0 && ev.layer != layer::BPF_LSM
+                {
+                    detail.push(format!("open {}", open_flags(ev.aux)));
+                }
+                // (the kernel puts the protected path first)
+                target
+            }
             Kind::SelfTamper => {
                 let call = match ev.aux {
                     62 => Some("kill"),

@@ -490,6 +490,10 @@ fn the_daemons_own_files_are_off_limits_whatever_writable_says() {
     }
     assert_eq!(fs::read_to_string(&config).unwrap(), before, "the configuration changed");
     assert!(!fs::read_to_string(&events).unwrap().contains("forged"), "the events log took a forged line");
+    // Signalling the daemon is self-protection too: killed although the agent only alerts.
+    let st = sh(&agent, &format!("kill -CONT {}; echo survived > {}/after", d.pid(), t.path().display()), t.path());
+    assert!(killed_by_sigkill(&st), "an alert-only agent signalling the daemon was not killed: {st}");
+    assert!(!t.join("after").exists());
     // The daemon is still enforcing, on the same policy.
     assert!(is_alive(d.pid()));
 }

@@ -1,7 +1,7 @@
 //! The known ways around syscall tracing, each a violation unless the policy allows it:
 //! io_uring (its operations never pass the syscall tracepoints), raw and packet sockets (they
 //! bypass connect/sendmsg hooks), and `bpf()` (an agent must not load programs or touch maps).
-use agent_monitor_common::{action, agent_flags, kind, layer, verdict};
+use agent_monitor_common::{action, agent_flags, kind, layer, policy_action, verdict, AgentCfg};
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 
 use crate::{
@@ -25,6 +25,8 @@ fn bypass(kind: u32, allow_flag: u32, aux: u64, aux2: u64) {
     let ok = cfg.flags & allow_flag != 0;
     let r =
         Rec { kind, verdict: verdict::ALLOWED, action: action::NONE, layer: layer::TRACEPOINT, flags: 0, aux, aux2 };
+    // bpf() is self-protection: an agent that may not use it is killed whatever its action.
+    let cfg = if kind == kind::SELF_TAMPER { AgentCfg { action: policy_action::KILL, ..cfg } } else { cfg };
     decide(&st, &cfg, ok, r, PathRef::NONE, PathRef::NONE);
 }
 
@@ -94,7 +96,8 @@ fn tamper(target: u64, what: u64, detail: u64) {
         aux: what,
         aux2: (detail << 32) | target,
     };
-    decide(&st, &cfg, false, r, PathRef::NONE, PathRef::NONE);
+    // Self-protection kills whatever the agent's action (`alert` included).
+    decide(&st, &AgentCfg { action: policy_action::KILL, ..cfg }, false, r, PathRef::NONE, PathRef::NONE);
 }
 
 /// Syscall numbers as recorded in `aux` (x86_64 numbering; decoded by the daemon).

@@ -187,10 +187,12 @@ fn tamper(target: *const u8, what: u64, detail: u64) -> i32 {
         Ok(tgid) if tgid == daemon => {}
         _ => return 0,
     }
-    let Some((st, cfg)) = current_agent() else {
+    let Some((st, _)) = current_agent() else {
         return 0;
     };
-    let act = lsm_action(&st, &cfg, false);
+    // Self-protection refuses and kills whatever the agent's action.
+    kill_instance(&st);
+    let act = action::KILLED;
     let r = Rec {
         kind: kind::SELF_TAMPER,
         verdict: verdict::VIOLATION,
@@ -201,11 +203,7 @@ fn tamper(target: *const u8, what: u64, detail: u64) -> i32 {
         aux2: (detail << 32) | daemon as u64,
     };
     emit(&st, &r, PathRef::NONE, PathRef::NONE);
-    if act == action::ALERTED {
-        0
-    } else {
-        EPERM
-    }
+    EPERM
 }
 
 /// `task_kill(struct task_struct *p, struct kernel_siginfo *info, int sig, const struct cred *cred)`:
@@ -249,7 +247,9 @@ pub fn lsm_bpf(ctx: LsmContext) -> i32 {
         return 0;
     }
     let cmd: i32 = ctx.arg(0);
-    let act = lsm_action(&st, &cfg, false);
+    // Self-protection refuses and kills whatever the agent's action.
+    kill_instance(&st);
+    let act = action::KILLED;
     let r = Rec {
         kind: kind::SELF_TAMPER,
         verdict: verdict::VIOLATION,
@@ -260,11 +260,7 @@ pub fn lsm_bpf(ctx: LsmContext) -> i32 {
         aux2: 0,
     };
     emit(&st, &r, PathRef::NONE, PathRef::NONE);
-    if act == action::ALERTED {
-        0
-    } else {
-        EPERM
-    }
+    EPERM
 }
 
 /// The network boundary at the LSM layer: the same decision as the cgroup hooks, taken

@@ -332,6 +332,19 @@ pub struct GrantKey {
 }
 const _: () = assert!(size_of::<GrantKey>() == 32);
 
+/// An approved held file operation (BPF LSM layer): this instance may do `kind` on exactly
+/// `path[..len]` (the rest zero) until the expiry in the value (ns since boot; the top bit
+/// marks a grant for one operation).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FileGrantKey {
+    pub run_id: u64,
+    pub kind: u32,
+    pub len: u32,
+    pub path: [u8; PATH_LEN + 4],
+}
+const _: () = assert!(size_of::<FileGrantKey>() == 272);
+
 /// Key of the `SNI_ALLOW` hash map: agent and an allowed TLS server name, NUL padded.
 pub const SNI_LEN: usize = 128;
 #[repr(C)]
@@ -525,6 +538,7 @@ mod user {
     unsafe impl aya::Pod for SockInfo {}
     unsafe impl aya::Pod for SniKey {}
     unsafe impl aya::Pod for GrantKey {}
+    unsafe impl aya::Pod for FileGrantKey {}
 }
 
 #[cfg(test)]

@@ -212,6 +212,13 @@ pub fn decide(st: &ProcState, cfg: &AgentCfg, ok: bool, mut r: Rec, p1: PathRef,
         }
         r.verdict = verdict::ALLOWED;
         r.action = action::NONE;
+    } else if (agent_monitor_common::kind::FILE_WRITE..=agent_monitor_common::kind::FILE_CHMOD).contains(&r.kind)
+        && crate::maps::lsm_active()
+        && (cfg.action != policy_action::ALERT || r.flags & event_flags::PROTECTED_PATH != 0)
+    {
+        // The BPF LSM layer refuses file operations before they run: one that succeeded was
+        // granted there (an approved hold). It has been decided; nothing to add after the fact.
+        return;
     } else if r.flags & event_flags::PROTECTED_PATH != 0 {
         // The daemon's own files: self-protection kills, whatever the agent's action.
         let kill = AgentCfg { action: policy_action::KILL, ..*cfg };

@@ -1,7 +1,7 @@
 //! Every map of the kernel side, in one place. Names are shared with userspace through
 //! `agent_monitor_common::maps` constants where userspace touches them.
 use agent_monitor_common::{
-    AgentCfg, Event, ExeKey, GrantKey, NetData, PathData, ProcState, SniKey, SockInfo, UnixKey, COMM_LEN,
+    AgentCfg, Event, ExeKey, FileGrantKey, GrantKey, NetData, PathData, ProcState, SniKey, SockInfo, UnixKey, COMM_LEN,
     MAX_PATH_DEPTH, PATH_LEN, SCRATCH_LEN,
 };
 use aya_ebpf::{
@@ -115,6 +115,11 @@ pub fn lsm_active() -> bool {
 #[map]
 pub static HOLD_STOP: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 
+/// Approved held file operations (see `agent_monitor_common::FileGrantKey`), written by the
+/// daemon, checked by the BPF LSM layer.
+#[map]
+pub static FILE_GRANTS: HashMap<FileGrantKey, u64> = HashMap::with_max_entries(1024, 0);
+
 /// Approved held connects (see `agent_monitor_common::GrantKey`), written by the daemon.
 #[map]
 pub static GRANTS: HashMap<GrantKey, u64> = HashMap::with_max_entries(4096, 0);
@@ -157,6 +162,8 @@ pub struct Scratch {
     pub exe: ExeKey,
     /// A path operation being prepared for `PENDING_OPS`.
     pub op: PendingOp,
+    /// A `FILE_GRANTS` lookup key.
+    pub fgrant: FileGrantKey,
 }
 
 #[map]

@@ -9,6 +9,9 @@
 //!   left from another context). Approval lets exactly that segment through, pushes the queue
 //!   and continues the writer: the server receives the request once. Denial kills the instance;
 //!   the socket stays held, so nothing of the request reaches the server.
+//! - A file operation refused by the BPF LSM layer is held as a request the same way: approval
+//!   grants exactly (instance, kind, path) in `FILE_GRANTS`, once or for a while. Where only the
+//!   tracepoint layer sees file writes, `hold` kills like `deny` (nothing can refuse there).
 //! - A connect (cgroup layer) cannot be paused: it is refused and held as a request; approval
 //!   writes a grant for exactly that (instance, destination) into the kernel (`GRANTS`), for a
 //!   bounded time or for one connect, so that a retry passes.
@@ -24,7 +27,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use agent_monitor_common::{event_flags, Event, GrantKey, Kind};
+use agent_monitor_common::{event_flags, Event, FileGrantKey, GrantKey, Kind};
 use anyhow::{anyhow, bail};
 use serde_json::{json, Value};
 
@@ -50,6 +53,8 @@ pub struct Hold {
     pub grant: Option<GrantKey>,
     /// For a clear-text HTTP request held in the kernel: the socket's cookie.
     pub socket: Option<u64>,
+    /// For a file operation refused by the BPF LSM layer: the grant approval would write.
+    pub file_grant: Option<FileGrantKey>,
 }
 
 impl Hold {
@@ -89,6 +94,18 @@ impl Holds {
                 addr.copy_from_slice(&ev.path[..16]);
                 GrantKey { run_id: ev.run_id, addr, port: (ev.aux as u16).to_be_bytes(), _pad: [0; 6] }
             });
+        let file_grant =
+            (kind.name().starts_with("file.") && ev.layer == agent_monitor_common::layer::BPF_LSM).then(|| {
+                let len = (ev.path_len as usize).min(agent_monitor_common::PATH_LEN);
+                let mut k = FileGrantKey {
+                    run_id: ev.run_id,
+                    kind: ev.kind,
+                    len: len as u32,
+                    path: [0; agent_monitor_common::PATH_LEN + 4],
+                };
+                k.path[..len].copy_from_slice(&ev.path[..len]);
+                k
+            });
         let socket = (kind == Kind::NetHttpWrite && ev.layer == agent_monitor_common::layer::CGROUP)
             .then_some(ev.aux2 >> 8)
             .filter(|&c| c != 0);
@@ -102,9 +119,10 @@ impl Holds {
             detail: detail.to_string(),
             since: Instant::now(),
             ts: ts.to_string(),
-            paused: grant.is_none(),
+            paused: grant.is_none() && file_grant.is_none(),
             grant,
             socket,
+            file_grant,
         };
         self.pending.lock().unwrap().insert(id, h.clone());
         h

@@ -239,3 +239,67 @@ fn a_held_clear_text_post_is_held_in_the_kernel_then_sent_once_or_never() {
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(forum.count("POST"), 1, "the denied POST reached the server");
 }
+
+/// With BPF LSM, a file write under `hold` is refused (EPERM) and held as a request; approval
+/// grants exactly that (instance, kind, path) for a while, so the retry passes, and it is
+/// refused again once the grant has expired. (Where only the tracepoint layer sees file
+/// writes nothing can refuse them: `hold` kills like `deny`; this test needs the VM tier.)
+#[test]
+fn a_held_file_write_is_refused_then_granted_then_expires() {
+    if !can_run_root_tests("a_held_file_write_is_refused_then_granted_then_expires") {
+        return;
+    }
+    let t = TempDir::new("holdfile");
+    let sock = t.join("control.sock");
+    let s = sock.display().to_string();
+    let work = t.join("work");
+    fs::create_dir(&work).unwrap();
+    let policy = format!(
+        "[[agent]]\nname = \"held\"\naction = \"hold\"\n[agent.match]\ncomm = [\"am-hold\"]\n[agent.files]\nwritable = [\"{}\"]\n",
+        work.display()
+    );
+    let d = Daemon::start_with(&policy, &["--control-socket", &s]);
+    if !d.lsm() {
+        eprintln!("SKIPPED: BPF LSM is not active on this kernel: a file write cannot be refused and held here (`cargo xtask test --vm` runs this test)");
+        return;
+    }
+    let outside = t.join("notes.txt");
+    let script = format!(
+        r#"
+import os, time
+def attempt():
+    try:
+        with open("{out}", "a") as f:
+            f.write("x")
+        return "ok"
+    except PermissionError:
+        return "EPERM"
+def wait(name):
+    while not os.path.exists(os.path.join("{work}", name)):
+        time.sleep(0.05)
+print(attempt(), flush=True)
+wait("go")
+print(attempt(), flush=True)
+wait("later")
+print(attempt(), flush=True)
+"#,
+        out = outside.display(),
+        work = work.display()
+    );
+    let agent = copy_binary(t.path(), &python3(), "am-hold");
+    let mut inst = Bg(Command::new(&agent).args(["-c", &script]).stdout(Stdio::piped()).spawn().unwrap());
+    let e = d.wait_event("held file write", |e| f(e, "action") == "held" && f(e, "kind") == "file.write");
+    assert_eq!((f(&e, "target"), f(&e, "layer")), (outside.display().to_string().as_str(), "bpf_lsm"));
+    assert!(f(&e, "detail").contains("refused and held as a request"), "{e}");
+    let id = hold_id(&e);
+    let out = ctl(&s, &["approve", &id, "--for", "3s"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    fs::write(work.join("go"), "").unwrap();
+    std::thread::sleep(Duration::from_secs(4));
+    fs::write(work.join("later"), "").unwrap();
+    let out = inst.0.wait_with_output_bounded();
+    assert_eq!(out, ["EPERM", "ok", "EPERM"], "refused, granted, expired");
+    assert_eq!(fs::read_to_string(&outside).unwrap(), "x", "exactly the granted write happened");
+    let decision = d.wait_event("decision", |e| f(e, "kind") == "hold.decision" && f(e, "hold") == id);
+    assert_eq!((f(&decision, "decision"), f(&decision, "approver")), ("approved", "root"));
+}

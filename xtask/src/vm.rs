@@ -63,6 +63,7 @@ const DEFAULT_TESTS: &[&str] = &[
     "io_uring_connect_is_covered_by_the_cgroup_hooks",
     "read_only_http_in_clear_text_and_inside_tls",
     "unanswered_holds_time_out_and_held_connects_are_granted_then_expire",
+    "a_held_file_write_is_refused_then_granted_then_expires",
     "tcp_connects_only_to_allowed_ports",
 ];
 

@@ -10,12 +10,17 @@
 use agent_monitor_common::{
     action, agent_flags, event_flags, kind, layer, path_class, policy_action, verdict, PATH_LEN,
 };
-use aya_ebpf::{macros::lsm, programs::LsmContext};
+use aya_ebpf::{
+    helpers::{bpf_ktime_get_boot_ns, generated::bpf_probe_read_kernel as raw_read_kernel},
+    macros::lsm,
+    programs::LsmContext,
+};
+use core::ffi::c_void;
 
 use crate::{
     agent::{self, current_agent, emit, kill_instance, PathRef, Rec},
     kernel::{self, dentry_path, S_IFCHR, S_IFIFO, S_IFSOCK},
-    maps::{DAEMON, KILLED},
+    maps::{Scratch, DAEMON, FILE_GRANTS, KILLED},
     probes::{bypass::tamper_call, net},
 };
 
@@ -46,6 +51,10 @@ fn decide_path(kind: u32, dentry: *const u8, mnt: *const u8, aux: u64) -> i32 {
         return 0;
     }
     let protected = class == path_class::PROTECTED;
+    // An approved hold for exactly this (instance, kind, path), not expired.
+    if cfg.action == policy_action::HOLD && !protected && unsafe { file_granted(s, &st, kind, b.len) } {
+        return 0;
+    }
     // `alert` is recorded by the tracepoint layer once the operation succeeded; the daemon's
     // own files are refused (and the agent killed) whatever the action.
     if cfg.action == policy_action::ALERT && !protected {
@@ -54,6 +63,9 @@ fn decide_path(kind: u32, dentry: *const u8, mnt: *const u8, aux: u64) -> i32 {
     let act = if cfg.action == policy_action::KILL || protected {
         kill_instance(&st);
         action::KILLED
+    } else if cfg.action == policy_action::HOLD {
+        // Refused now, held as a request: approval grants exactly this, and a retry passes.
+        action::HELD
     } else {
         action::DENIED
     };
@@ -67,6 +79,33 @@ fn decide_path(kind: u32, dentry: *const u8, mnt: *const u8, aux: u64) -> i32 {
     let r = Rec { kind, verdict: verdict::VIOLATION, action: act, layer: layer::BPF_LSM, flags, aux, aux2 };
     emit(&st, &r, PathRef(unsafe { (*s).buf.as_ptr() }, b.len.min(PATH_LEN as u32)), PathRef::NONE);
     EPERM
+}
+
+/// Is (this instance, `kind`, `s.buf[..len]`) granted in `FILE_GRANTS`? Uses up a one-time grant.
+#[inline(always)]
+unsafe fn file_granted(s: *mut Scratch, st: &agent_monitor_common::ProcState, kind: u32, len: u32) -> bool {
+    let k = &mut (*s).fgrant;
+    let words = k.path.as_mut_ptr() as *mut u64;
+    for i in 0..(PATH_LEN + 4) / 8 {
+        *words.add(i) = 0;
+    }
+    k.run_id = st.run_id;
+    k.kind = kind;
+    let len = if len > PATH_LEN as u32 { PATH_LEN as u32 } else { len };
+    k.len = len;
+    if len > 0 {
+        // ((n - 1) & 255) + 1 is n for 1..=256, on the very register the verifier checks.
+        let n = ((kernel::opaque(len) - 1) & 255) + 1;
+        raw_read_kernel(k.path.as_mut_ptr() as *mut c_void, n, (*s).buf.as_ptr() as *const c_void);
+    }
+    let Some(v) = FILE_GRANTS.get(&*k).copied() else { return false };
+    if v & !(1u64 << 63) <= bpf_ktime_get_boot_ns() {
+        return false;
+    }
+    if v >> 63 == 1 {
+        let _ = FILE_GRANTS.remove(&*k);
+    }
+    true
 }
 
 /// `(dentry, mnt)` of a `const struct path *`.

@@ -436,6 +436,7 @@ pub const PINNED_MAPS: &[&str] = &[
     "GENERATION",
     "DAEMON",
     "GRANTS",
+    "FILE_GRANTS",
     "SEL_COMM",
     "SEL_EXE",
     "SEL_UID",

@@ -309,6 +309,14 @@ pub fn add_grant(ebpf: &mut Ebpf, key: agent_monitor_common::GrantKey, value: u6
     Ok(())
 }
 
+/// Let one held file operation through (BPF LSM layer): `value` is the expiry, top bit = once.
+pub fn add_file_grant(ebpf: &mut Ebpf, key: agent_monitor_common::FileGrantKey, value: u64) -> anyhow::Result<()> {
+    let mut m: HashMap<&mut MapData, agent_monitor_common::FileGrantKey, u64> =
+        HashMap::try_from(map_mut(ebpf, "FILE_GRANTS")?)?;
+    m.insert(key, value, 0).context("writing FILE_GRANTS")?;
+    Ok(())
+}
+
 /// Let the held request of socket `cookie` through (see `agent_monitor_common::sock_state`).
 pub fn approve_socket(ebpf: &mut Ebpf, cookie: u64) -> anyhow::Result<()> {
     let mut m: HashMap<&mut MapData, u64, agent_monitor_common::SockInfo> = HashMap::try_from(map_mut(ebpf, "SOCKS")?)?;

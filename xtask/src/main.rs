@@ -68,14 +68,15 @@ enum Cmd {
         #[arg(last = true, value_name = "FILTER")]
         filter: Vec<String>,
     },
-    /// Benchmarks against no monitor, auditd and bpftrace, as root (about 5 minutes).
+    /// Benchmarks against no monitor, auditd and bpftrace, as root (about 12 minutes).
     ///
     /// Runs setup, the release build and builds `xtask/bench/load.c`, then measures syscall
-    /// overhead (open, TCP connect, UDP send, fork, exec) with no monitor, with the daemon
-    /// loaded, for a non-agent and for an agent (allowed, and refused with alert), interleaved
-    /// in rounds, beside auditd and bpftrace on the open workload; then start-up time, RSS and
-    /// CPU, the bytes of refused requests that reach a server, and the time to a kill. Writes
-    /// `bench/results-DATE.json` and `.md` and prints the Markdown.
+    /// overhead (open, write, SSL_write, TCP connect, UDP send, fork, exec) with no monitor,
+    /// with the daemon loaded, for a non-agent and for an agent (allowed, refused), interleaved
+    /// in rounds, beside auditd and bpftrace on every workload; then the event path (the highest
+    /// zero-loss events/s and the loss curve), events/s through decode and decision, start-up
+    /// time, RSS and CPU, the bytes of refused requests that reach a server, and the time to a
+    /// kill. Writes `bench/results-DATE.json` and `.md` and prints the Markdown.
     Bench {
         /// Rounds; every case is measured once per round.
         #[arg(long, default_value_t = 7)]

@@ -2,6 +2,7 @@
 use agent_monitor_common::{
     action, agent_flags, event_flags, layer, policy_action, stat, verdict, AgentCfg, Event, ProcState, PATH_LEN,
 };
+use aya_ebpf::bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP};
 use aya_ebpf::helpers::{
     bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_ktime_get_boot_ns,
     generated::{bpf_probe_read_kernel as raw_read_kernel, bpf_send_signal},
@@ -200,8 +201,20 @@ pub fn emit_as(st: &ProcState, who: &Who, r: &Rec, p1: PathRef, p2: PathRef) {
         (*ev).path_len = copy_path(p1, (*ev).path.as_mut_ptr());
         (*ev).path2_len = copy_path(p2, (*ev).path2.as_mut_ptr());
     }
-    entry.submit(0);
+    // Wake the daemon when a batch has built up, or when it must act now (finish a kill,
+    // announce a hold); otherwise it drains on its own tick. A wakeup per event costs the
+    // agent more than the event itself.
+    let urgent = r.action == action::KILLED || r.action == action::HELD;
+    let flags = if urgent || EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= WAKEUP_BYTES {
+        BPF_RB_FORCE_WAKEUP as u64
+    } else {
+        BPF_RB_NO_WAKEUP as u64
+    };
+    entry.submit(flags);
 }
+
+/// Bytes of pending events that make the kernel wake the daemon (~100 events).
+const WAKEUP_BYTES: u64 = 64 * 1024;
 
 /// The common tail of a file decision: `ok` is whether every path was writable.
 #[inline(always)]

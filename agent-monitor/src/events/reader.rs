@@ -19,30 +19,42 @@ pub async fn run(ring: RingBuf<MapData>, shared: Arc<Shared>) {
         }
     };
     loop {
-        let mut guard = match fd.readable_mut().await {
-            Ok(g) => g,
-            Err(e) => {
+        // The kernel wakes us for a batch or an urgent event (a kill to finish, a hold to
+        // announce); anything else is picked up on this tick.
+        let mut batch = Vec::new();
+        match tokio::time::timeout(TICK, fd.readable_mut()).await {
+            Ok(Ok(mut guard)) => {
+                drain(guard.get_inner_mut(), &shared, &mut batch);
+                guard.clear_ready();
+            }
+            Ok(Err(e)) => {
                 error!(error = %e, "event ring buffer poll failed");
                 return;
             }
-        };
-        let ring = guard.get_inner_mut();
-        let mut batch = Vec::new();
-        while let Some(item) = ring.next() {
-            if item.len() < std::mem::size_of::<Event>() {
-                shared.metrics.decode_errors.inc();
-                continue;
-            }
-            // SAFETY: the record is an `Event` written by the kernel side; read unaligned.
-            let ev: Event = unsafe { std::ptr::read_unaligned(item.as_ptr() as *const Event) };
-            batch.push(ev);
+            Err(_) => drain(fd.get_mut(), &shared, &mut batch),
         }
-        guard.clear_ready();
+        if batch.is_empty() {
+            continue;
+        }
         for ev in batch {
             handle(&shared, &ev).await;
         }
         // One write(2) per batch, not per event.
         shared.flush();
+    }
+}
+
+/// How long an event may wait in the ring buffer when the kernel did not wake us.
+const TICK: std::time::Duration = std::time::Duration::from_millis(50);
+
+fn drain(ring: &mut RingBuf<MapData>, shared: &Arc<Shared>, batch: &mut Vec<Event>) {
+    while let Some(item) = ring.next() {
+        if item.len() < std::mem::size_of::<Event>() {
+            shared.metrics.decode_errors.inc();
+            continue;
+        }
+        // SAFETY: the record is an `Event` written by the kernel side; read unaligned.
+        batch.push(unsafe { std::ptr::read_unaligned(item.as_ptr() as *const Event) });
     }
 }
 

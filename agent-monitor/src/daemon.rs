@@ -237,31 +237,25 @@ impl Shared {
                 unsafe { libc::kill(h.pid as i32, libc::SIGCONT) };
                 granted = json!("the paused call continues, once");
             }
+            // A held request approved as a grant: expiry in ns since boot, top bit = once.
+            let (window, once) = match grant {
+                Grant::Once => (crate::enforce_holds::ONCE_WINDOW, 1u64 << 63),
+                Grant::For(d) => (d, 0),
+            };
+            let value = (kmaps::boot_clock_ns() + window.as_nanos() as u64) | once;
+            let granted_text = |prep: &str| match grant {
+                Grant::Once => json!(format!("one {} {prep} {} within {}s", h.kind, h.target, window.as_secs())),
+                Grant::For(d) => json!(format!("{} {prep} {} for {}s", h.kind, h.target, d.as_secs())),
+            };
             if let Some(key) = h.file_grant {
-                let (window, once) = match grant {
-                    Grant::Once => (crate::enforce_holds::ONCE_WINDOW, 1u64 << 63),
-                    Grant::For(d) => (d, 0),
-                };
-                let value = (kmaps::boot_clock_ns() + window.as_nanos() as u64) | once;
                 let mut k = self.kernel.lock().unwrap();
                 kmaps::add_file_grant(&mut k.ebpf, key, value)?;
-                granted = match grant {
-                    Grant::Once => json!(format!("one {} of {} within {}s", h.kind, h.target, window.as_secs())),
-                    Grant::For(d) => json!(format!("{} of {} for {}s", h.kind, h.target, d.as_secs())),
-                };
+                granted = granted_text("of");
             }
             if let Some(key) = h.grant {
-                let (window, once) = match grant {
-                    Grant::Once => (crate::enforce_holds::ONCE_WINDOW, 1u64 << 63),
-                    Grant::For(d) => (d, 0),
-                };
-                let value = (kmaps::boot_clock_ns() + window.as_nanos() as u64) | once;
                 let mut k = self.kernel.lock().unwrap();
                 kmaps::add_grant(&mut k.ebpf, key, value)?;
-                granted = match grant {
-                    Grant::Once => json!(format!("one {} to {} within {}s", h.kind, h.target, window.as_secs())),
-                    Grant::For(d) => json!(format!("{} to {} for {}s", h.kind, h.target, d.as_secs())),
-                };
+                granted = granted_text("to");
             }
         } else if h.paused {
             // The paused call must never run: the instance dies.

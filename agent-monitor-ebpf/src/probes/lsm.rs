@@ -229,19 +229,23 @@ fn tamper(target: *const u8, what: u64, detail: u64) -> i32 {
     let Some((st, _)) = current_agent() else {
         return 0;
     };
-    // Self-protection refuses and kills whatever the agent's action.
-    kill_instance(&st);
-    let act = action::KILLED;
+    refuse_tamper(&st, what, (detail << 32) | daemon as u64)
+}
+
+/// Self-protection refuses and kills whatever the agent's action, and says so.
+#[inline(always)]
+fn refuse_tamper(st: &agent_monitor_common::ProcState, aux: u64, aux2: u64) -> i32 {
+    kill_instance(st);
     let r = Rec {
         kind: kind::SELF_TAMPER,
         verdict: verdict::VIOLATION,
-        action: act,
+        action: action::KILLED,
         layer: layer::BPF_LSM,
         flags: 0,
-        aux: what,
-        aux2: (detail << 32) | daemon as u64,
+        aux,
+        aux2,
     };
-    emit(&st, &r, PathRef::NONE, PathRef::NONE);
+    emit(st, &r, PathRef::NONE, PathRef::NONE);
     EPERM
 }
 
@@ -286,20 +290,7 @@ pub fn lsm_bpf(ctx: LsmContext) -> i32 {
         return 0;
     }
     let cmd: i32 = ctx.arg(0);
-    // Self-protection refuses and kills whatever the agent's action.
-    kill_instance(&st);
-    let act = action::KILLED;
-    let r = Rec {
-        kind: kind::SELF_TAMPER,
-        verdict: verdict::VIOLATION,
-        action: act,
-        layer: layer::BPF_LSM,
-        flags: 0,
-        aux: cmd as u32 as u64,
-        aux2: 0,
-    };
-    emit(&st, &r, PathRef::NONE, PathRef::NONE);
-    EPERM
+    refuse_tamper(&st, cmd as u32 as u64, 0)
 }
 
 /// The network boundary at the LSM layer: the same decision as the cgroup hooks, taken

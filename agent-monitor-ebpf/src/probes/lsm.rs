@@ -60,14 +60,12 @@ fn decide_path(kind: u32, dentry: *const u8, mnt: *const u8, aux: u64) -> i32 {
     if cfg.action == policy_action::ALERT && !protected {
         return 0;
     }
-    let act = if cfg.action == policy_action::KILL || protected {
+    let act = if protected {
         kill_instance(&st);
         action::KILLED
-    } else if cfg.action == policy_action::HOLD {
-        // Refused now, held as a request: approval grants exactly this, and a retry passes.
-        action::HELD
     } else {
-        action::DENIED
+        // (`hold`: refused now, held as a request; approval grants exactly this.)
+        lsm_action(&st, &cfg)
     };
     let mut flags = if b.truncated { event_flags::PATH_TRUNCATED } else { 0 };
     let (kind, aux2) = if protected {
@@ -200,16 +198,17 @@ path_hook!(lsm_path_chmod, "path_chmod", kind::FILE_CHMOD);
 path_hook!(lsm_path_chown, "path_chown", kind::FILE_CHMOD);
 path_hook!(lsm_path_truncate, "path_truncate", kind::FILE_WRITE);
 
-/// The action of an LSM refusal: `kill` also kills the instance, `alert` lets it through.
+/// The action of an LSM refusal: `kill` also kills the instance, `hold` holds the request,
+/// `alert` lets it through.
 #[inline(always)]
-fn lsm_action(st: &agent_monitor_common::ProcState, cfg: &agent_monitor_common::AgentCfg, held: bool) -> u32 {
+fn lsm_action(st: &agent_monitor_common::ProcState, cfg: &agent_monitor_common::AgentCfg) -> u32 {
     match cfg.action {
         policy_action::ALERT => action::ALERTED,
         policy_action::KILL => {
             kill_instance(st);
             action::KILLED
         }
-        policy_action::HOLD if held => action::HELD,
+        policy_action::HOLD => action::HELD,
         _ => action::DENIED,
     }
 }
@@ -335,7 +334,7 @@ fn net_decide(sock: *const u8, sa: *const u8, sendmsg: bool) -> i32 {
     if net::allowed_or_granted(&st, cfg.slot, port, addr, false) != 0 {
         return 0;
     }
-    let act = lsm_action(&st, &cfg, true);
+    let act = lsm_action(&st, &cfg);
     let kind = if sendmsg || ty != SOCK_STREAM { kind::NET_SEND } else { kind::NET_CONNECT };
     let r = Rec { kind, verdict: verdict::VIOLATION, action: act, layer: layer::BPF_LSM, flags: 0, aux: 0, aux2: 0 };
     net::emit_net(&st, &net::who_current(), r, &addr, port, ty as u32, PathRef::NONE);

@@ -73,6 +73,27 @@ pub fn opaque<T: Copy>(v: T) -> T {
     unsafe { core::ptr::read_volatile(&v) }
 }
 
+/// Argument `i` of a `sys_enter_*` tracepoint (`struct trace_event_raw_sys_enter`: 8 bytes of
+/// common fields, `long id`, then `unsigned long args[6]`). A direct load from the context,
+/// which the verifier allows for tracepoints, instead of a probe-read helper call: these run
+/// on every matching syscall of every process.
+#[inline(always)]
+pub fn tp_arg(ctx: &aya_ebpf::programs::TracePointContext, i: usize) -> u64 {
+    use aya_ebpf::EbpfContext;
+    if i > 5 {
+        return 0;
+    }
+    unsafe { core::ptr::read_volatile((ctx.as_ptr() as *const u64).add(2 + i)) }
+}
+
+/// The return value of a `sys_exit_*` tracepoint (`struct trace_event_raw_sys_exit`: common
+/// fields, `long id`, `long ret`), read directly like [`tp_arg`].
+#[inline(always)]
+pub fn tp_ret(ctx: &aya_ebpf::programs::TracePointContext) -> i64 {
+    use aya_ebpf::EbpfContext;
+    unsafe { core::ptr::read_volatile((ctx.as_ptr() as *const i64).add(2)) }
+}
+
 #[inline(always)]
 pub fn offsets_valid() -> bool {
     off!(valid) != 0
@@ -130,11 +151,13 @@ pub unsafe fn fd_file(task: *const u8, fd: i64) -> Result<*const u8, i64> {
     }
     let files = rd_ptr(task, off!(task_files))?;
     let fdt = rd_ptr(files, off!(files_fdt))?;
-    let max: u32 = rd(fdt, off!(fdt_max_fds))?;
-    if fd as u64 >= max as u64 {
+    // `struct fdtable { unsigned int max_fds; struct file **fd; ... }` in one read (checked by
+    // the daemon like `DentryHead`).
+    let [max, arr]: [u64; 2] = rd(fdt, off!(fdt_max_fds))?;
+    if fd as u64 >= max & 0xffff_ffff {
         return Err(-9);
     }
-    let arr = rd_ptr(fdt, off!(fdt_fd))?;
+    let arr = arr as *const u8;
     let file = rd_ptr(arr, (fd as usize) * 8)?;
     if file.is_null() {
         return Err(-9);
@@ -176,9 +199,10 @@ pub unsafe fn pidfd_names(fd: i64, target: u32) -> bool {
 /// `(dentry, vfsmount)` of a `struct path` at `base + off`.
 #[inline(always)]
 pub unsafe fn path_of(base: *const u8, off: usize) -> Result<(*const u8, *const u8), i64> {
-    let dentry = rd_ptr(base, off + off!(path_dentry))?;
-    let mnt = rd_ptr(base, off + off!(path_mnt))?;
-    Ok((dentry, mnt))
+    // `struct path { struct vfsmount *mnt; struct dentry *dentry; }` in one read (checked by
+    // the daemon like `DentryHead`).
+    let [mnt, dentry]: [u64; 2] = rd(base, off + off!(path_mnt))?;
+    Ok((dentry as *const u8, mnt as *const u8))
 }
 
 #[inline(always)]
@@ -222,6 +246,17 @@ pub unsafe fn exe_path(task: *const u8) -> Result<(*const u8, *const u8), i64> {
     file_path(exe)
 }
 
+/// `struct dentry`'s `d_parent` followed by its `d_name` (`struct qstr`: `hash_len`, whose high
+/// half is `len` on little-endian, then `name`), the layout of every kernel since 3.x; the
+/// daemon refuses a kernel whose BTF says otherwise (`Btf::offsets`).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct DentryHead {
+    parent: u64,
+    hash_len: u64,
+    name: u64,
+}
+
 /// A built path: its length in `Scratch::buf` and whether it was cut short.
 #[derive(Clone, Copy)]
 pub struct Built {
@@ -235,15 +270,18 @@ pub struct Built {
 pub unsafe fn dentry_path(s: *mut Scratch, dentry: *const u8, vfsmnt: *const u8) -> Result<Built, i64> {
     use core::ptr::{read_volatile as rv, write_volatile as wv};
     let mut d = dentry;
-    let mut mnt = vfsmnt;
     let mut mount = vfsmnt.wrapping_sub(off!(mount_mnt));
+    // The root of the mount being walked: read once per mount, not once per component.
+    let mut root = rd_ptr(vfsmnt, off!(vfsmount_mnt_root))?;
     // Counters live in the scratch map (volatile): the verifier then sees bounded unknowns
     // and prunes equivalent paths instead of tracking every combination of exact values.
     wv(&mut (*s).n, 0);
     let mut complete = false;
     for _ in 0..MAX_PATH_DEPTH {
-        let root = rd_ptr(mnt, off!(vfsmount_mnt_root))?;
-        let parent = rd_ptr(d, off!(dentry_d_parent))?;
+        // `d_parent` and `d_name` in one read (the daemon checks they are adjacent): each
+        // probe read costs a helper call, and this walk runs on every write-open of an agent.
+        let h: DentryHead = rd(d, off!(dentry_d_parent))?;
+        let parent = h.parent as *const u8;
         if d == root || d == parent {
             let mparent = rd_ptr(mount, off!(mount_mnt_parent))?;
             if mparent == mount || mparent.is_null() {
@@ -252,14 +290,12 @@ pub unsafe fn dentry_path(s: *mut Scratch, dentry: *const u8, vfsmnt: *const u8)
             }
             d = rd_ptr(mount, off!(mount_mnt_mountpoint))?;
             mount = mparent;
-            mnt = mount.wrapping_add(off!(mount_mnt));
+            root = rd_ptr(mount.wrapping_add(off!(mount_mnt)), off!(vfsmount_mnt_root))?;
             continue;
         }
-        let name = rd_ptr(d, off!(dentry_d_name) + off!(qstr_name))?;
-        let len: u32 = rd(d, off!(dentry_d_name) + off!(qstr_len))?;
         let n = rv(&(*s).n) as usize & (MAX_PATH_DEPTH - 1);
-        (*s).names[n] = name as u64;
-        (*s).lens[n] = len;
+        (*s).names[n] = h.name;
+        (*s).lens[n] = (h.hash_len >> 32) as u32;
         wv(&mut (*s).n, n as u32 + 1);
         d = parent;
     }

@@ -9,10 +9,7 @@ use crate::{
     maps::{lsm_active, DAEMON},
 };
 
-#[inline(always)]
-fn arg(ctx: &TracePointContext, i: usize) -> u64 {
-    unsafe { ctx.read_at::<u64>(16 + 8 * i) }.unwrap_or(0)
-}
+use crate::kernel::tp_arg as arg;
 
 #[inline(always)]
 fn bypass(kind: u32, allow_flag: u32, aux: u64, aux2: u64) {

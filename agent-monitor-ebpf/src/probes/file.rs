@@ -19,11 +19,7 @@ use crate::{
     maps::{PENDING, PENDING_OPS},
 };
 
-/// Argument `i` of a syscall tracepoint (`struct trace_event_raw_sys_enter::args`).
-#[inline(always)]
-fn arg(ctx: &TracePointContext, i: usize) -> u64 {
-    unsafe { ctx.read_at::<u64>(16 + 8 * i) }.unwrap_or(0)
-}
+use crate::kernel::tp_arg as arg;
 
 #[inline(always)]
 fn dirfd(ctx: &TracePointContext, i: Option<usize>) -> i64 {
@@ -109,7 +105,7 @@ pub fn sys_exit_path_any(ctx: TracePointContext) -> u32 {
     let Some(op) = PENDING_OPS.get_ptr(&key) else {
         return 0;
     };
-    let ret: i64 = unsafe { ctx.read_at::<i64>(16) }.unwrap_or(-1);
+    let ret = kernel::tp_ret(&ctx);
     if ret >= 0 {
         if let Some((st, cfg)) = current_agent() {
             unsafe {
@@ -166,8 +162,20 @@ fn open_enter(flags: u64) {
     if reap_if_killed(&st) {
         return;
     }
-    let _ = PENDING.insert(&bpf_get_current_pid_tgid(), &flags, 0);
+    // Rewritten in place once the thread has an entry: an LRU insert and delete per open
+    // (pop and push on the LRU lists) cost more than the rest of the non-agent path.
+    let key = bpf_get_current_pid_tgid();
+    match PENDING.get_ptr_mut(&key) {
+        Some(p) => unsafe { *p = flags | PENDING_LIVE },
+        None => {
+            let _ = PENDING.insert(&key, &(flags | PENDING_LIVE), 0);
+        }
+    }
 }
+
+/// Marks a `PENDING` entry as an open in flight (open flags never use bit 63); `sys_exit`
+/// clears the value instead of deleting the entry.
+const PENDING_LIVE: u64 = 1 << 63;
 
 macro_rules! path_probe {
     ($name:ident, $kind:expr, $p1:expr, $p2:expr, $aux:expr) => {
@@ -261,12 +269,16 @@ pub fn sys_exit_open_any(ctx: TracePointContext) -> u32 {
 #[inline(always)]
 fn try_open_exit(ctx: &TracePointContext) -> Result<(), i64> {
     let key = bpf_get_current_pid_tgid();
-    let Some(flags) = (unsafe { PENDING.get(&key) }).copied() else {
+    let Some(p) = PENDING.get_ptr_mut(&key) else {
         return Ok(());
     };
-    let _ = PENDING.remove(&key);
-    // struct trace_event_raw_sys_exit { ent; long syscall_nr; long ret; }
-    let ret: i64 = unsafe { ctx.read_at::<i64>(16) }.unwrap_or(-1);
+    let flags = unsafe { *p };
+    if flags & PENDING_LIVE == 0 {
+        return Ok(());
+    }
+    unsafe { *p = 0 };
+    let flags = flags & !PENDING_LIVE;
+    let ret = kernel::tp_ret(ctx);
     if ret < 0 {
         return Ok(()); // the open failed: nothing was written
     }

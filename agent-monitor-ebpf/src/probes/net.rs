@@ -595,7 +595,7 @@ fn try_unix_connect(ctx: &TracePointContext) -> Result<(), i64> {
     if reap_if_killed(&st) {
         return Ok(());
     }
-    let sa: u64 = unsafe { ctx.read_at(24) }.map_err(|e| e as i64)?;
+    let sa = crate::kernel::tp_arg(ctx, 1);
     let family: u16 = unsafe { bpf_probe_read_user(sa as *const u16) }.map_err(|e| e as i64)?;
     if family != AF_UNIX {
         return Ok(());

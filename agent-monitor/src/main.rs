@@ -186,6 +186,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Check { file } => return check(&file),
         Command::Run(args) => {
+            daemon::tune_allocator();
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()

@@ -16,6 +16,8 @@ pub enum BtfError {
     NoStruct(String),
     #[error("kernel BTF has no member {1} in struct {0}")]
     NoMember(String, String),
+    #[error("kernel struct layout not supported: the programs expect {0}")]
+    Layout(&'static str),
 }
 
 const KIND_INT: u32 = 1;
@@ -34,24 +36,18 @@ const KIND_DECL_TAG: u32 = 17;
 const KIND_TYPE_TAG: u32 = 18;
 const KIND_ENUM64: u32 = 19;
 
-#[derive(Clone, Debug)]
-struct Member {
-    name: String,
-    ty: u32,
-    bit_offset: u32,
-}
-
-#[derive(Clone, Debug)]
-struct Type {
-    name: String,
-    kind: u32,
-    /// For modifiers and typedefs: the type referred to.
-    ty: u32,
-    members: Vec<Member>,
-}
-
+/// The kernel's BTF, read in place: the blob itself plus an index of where each type starts.
+///
+/// `vmlinux` has ~130k types; giving each of them (and each struct member) its own `String`
+/// and `Vec` made this ~20 MiB of small allocations for the 34 offsets wanted (and ~20 ms), the
+/// daemon's start-up peak then and heap left fragmented after it. Names are compared in place.
 pub struct Btf {
-    types: Vec<Type>, // index = type id; 0 is void
+    data: Vec<u8>,
+    /// The type and string sections, as ranges of `data`.
+    types: std::ops::Range<usize>,
+    strs: std::ops::Range<usize>,
+    /// Where each type's record starts in the type section; index = type id (0, void, has none).
+    at: Vec<u32>,
     structs: HashMap<String, u32>,
 }
 
@@ -62,53 +58,48 @@ fn u32_at(b: &[u8], off: usize) -> Result<u32, BtfError> {
 impl Btf {
     pub fn from_file(path: &Path) -> Result<Self, BtfError> {
         let data = std::fs::read(path).map_err(|source| BtfError::Io { path: path.display().to_string(), source })?;
-        Self::parse(&data)
+        Self::from_vec(data)
     }
 
+    #[cfg(test)]
     pub fn parse(data: &[u8]) -> Result<Self, BtfError> {
+        Self::from_vec(data.to_vec())
+    }
+
+    fn from_vec(data: Vec<u8>) -> Result<Self, BtfError> {
         if data.len() < 24 || data[0..2] != [0x9f, 0xeb] {
             return Err(BtfError::Malformed("bad magic (only little-endian BTF is supported)"));
         }
-        let hdr_len = u32_at(data, 4)? as usize;
-        let type_off = u32_at(data, 8)? as usize;
-        let type_len = u32_at(data, 12)? as usize;
-        let str_off = u32_at(data, 16)? as usize;
-        let str_len = u32_at(data, 20)? as usize;
-        let types = data
-            .get(hdr_len + type_off..hdr_len + type_off + type_len)
-            .ok_or(BtfError::Malformed("type section out of bounds"))?;
-        let strs = data
-            .get(hdr_len + str_off..hdr_len + str_off + str_len)
-            .ok_or(BtfError::Malformed("string section out of bounds"))?;
-        let name = |off: u32| -> String {
-            let s = &strs[(off as usize).min(strs.len())..];
-            let end = s.iter().position(|&c| c == 0).unwrap_or(s.len());
-            String::from_utf8_lossy(&s[..end]).into_owned()
-        };
-        let mut out = vec![Type { name: String::new(), kind: 0, ty: 0, members: vec![] }];
-        let mut structs = HashMap::new();
+        let hdr_len = u32_at(&data, 4)? as usize;
+        let type_off = u32_at(&data, 8)? as usize;
+        let type_len = u32_at(&data, 12)? as usize;
+        let str_off = u32_at(&data, 16)? as usize;
+        let str_len = u32_at(&data, 20)? as usize;
+        let types = hdr_len + type_off..hdr_len + type_off + type_len;
+        let strs = hdr_len + str_off..hdr_len + str_off + str_len;
+        if data.get(types.clone()).is_none() {
+            return Err(BtfError::Malformed("type section out of bounds"));
+        }
+        if data.get(strs.clone()).is_none() {
+            return Err(BtfError::Malformed("string section out of bounds"));
+        }
+        let mut btf = Btf { at: vec![0], structs: HashMap::new(), data, types, strs };
+        let tys = &btf.data[btf.types.clone()];
         let mut p = 0;
-        while p + 12 <= types.len() {
-            let name_off = u32_at(types, p)?;
-            let info = u32_at(types, p + 4)?;
-            let size_or_type = u32_at(types, p + 8)?;
-            p += 12;
+        while p + 12 <= tys.len() {
+            let name_off = u32_at(tys, p)?;
+            let info = u32_at(tys, p + 4)?;
             let kind = (info >> 24) & 0x1f;
             let vlen = (info & 0xffff) as usize;
-            let kflag = info >> 31 == 1;
-            let mut t = Type { name: name(name_off), kind, ty: size_or_type, members: vec![] };
+            let id = btf.at.len() as u32;
+            btf.at.push(p as u32);
+            p += 12;
             match kind {
                 KIND_INT | KIND_VAR | KIND_DECL_TAG => p += 4,
                 KIND_ARRAY => p += 12,
                 KIND_STRUCT | KIND_UNION => {
-                    for i in 0..vlen {
-                        let m = p + i * 12;
-                        let off = u32_at(types, m + 8)?;
-                        t.members.push(Member {
-                            name: name(u32_at(types, m)?),
-                            ty: u32_at(types, m + 4)?,
-                            bit_offset: if kflag { off & 0x00ff_ffff } else { off },
-                        });
+                    if p + vlen * 12 > tys.len() {
+                        return Err(BtfError::Malformed("truncated"));
                     }
                     p += vlen * 12;
                 }
@@ -117,21 +108,52 @@ impl Btf {
                 KIND_DATASEC | KIND_ENUM64 => p += vlen * 12,
                 _ => {}
             }
-            let id = out.len() as u32;
-            if kind == KIND_STRUCT && !t.name.is_empty() && !t.members.is_empty() {
-                structs.entry(t.name.clone()).or_insert(id);
+            let name = btf.name(name_off);
+            if kind == KIND_STRUCT && !name.is_empty() && vlen > 0 {
+                let name = String::from_utf8_lossy(name).into_owned();
+                btf.structs.entry(name).or_insert(id);
             }
-            out.push(t);
         }
-        Ok(Btf { types: out, structs })
+        Ok(btf)
+    }
+
+    /// The NUL-terminated string at `off` in the string section.
+    fn name(&self, off: u32) -> &[u8] {
+        let strs = &self.data[self.strs.clone()];
+        let s = &strs[(off as usize).min(strs.len())..];
+        &s[..s.iter().position(|&c| c == 0).unwrap_or(s.len())]
+    }
+
+    /// The start of type `id`'s record in the type section, and its `info` word.
+    fn record(&self, id: u32) -> Option<(&[u8], usize, u32)> {
+        let tys = &self.data[self.types.clone()];
+        let p = *self.at.get(id as usize).filter(|_| id != 0)? as usize;
+        Some((tys, p, u32_at(tys, p + 4).ok()?))
+    }
+
+    /// Kind of type `id`, and its size or the type it refers to.
+    fn kind(&self, id: u32) -> Option<(u32, u32)> {
+        let (tys, p, info) = self.record(id)?;
+        Some(((info >> 24) & 0x1f, u32_at(tys, p + 8).ok()?))
+    }
+
+    /// Members (name, type, bit offset) of type `id` if it is a struct or union.
+    fn members(&self, id: u32) -> impl Iterator<Item = (&[u8], u32, u32)> + '_ {
+        let (tys, p, info) = self.record(id).unwrap_or_default();
+        let kflag = info >> 31 == 1;
+        let n = if matches!((info >> 24) & 0x1f, KIND_STRUCT | KIND_UNION) { (info & 0xffff) as usize } else { 0 };
+        let word = move |off: usize| u32_at(tys, off).unwrap_or_default();
+        (0..n).map(move |i| {
+            let m = p + 12 + i * 12;
+            let off = word(m + 8);
+            (self.name(word(m)), word(m + 4), if kflag { off & 0x00ff_ffff } else { off })
+        })
     }
 
     fn resolve(&self, mut id: u32) -> u32 {
         for _ in 0..32 {
-            match self.types.get(id as usize).map(|t| t.kind) {
-                Some(KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG) => {
-                    id = self.types[id as usize].ty
-                }
+            match self.kind(id) {
+                Some((KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG, ty)) => id = ty,
                 _ => break,
             }
         }
@@ -139,17 +161,15 @@ impl Btf {
     }
 
     fn find_in(&self, id: u32, member: &str) -> Option<u32> {
-        let t = self.types.get(id as usize)?;
-        for m in &t.members {
-            if m.name == member {
-                return Some(m.bit_offset / 8);
-            }
+        self.kind(id)?;
+        if let Some((_, _, bit_offset)) = self.members(id).find(|(name, _, _)| *name == member.as_bytes()) {
+            return Some(bit_offset / 8);
         }
-        for m in t.members.iter().filter(|m| m.name.is_empty()) {
-            let inner = self.resolve(m.ty);
-            if matches!(self.types.get(inner as usize).map(|t| t.kind), Some(KIND_STRUCT | KIND_UNION)) {
+        for (_, ty, bit_offset) in self.members(id).filter(|(name, _, _)| name.is_empty()) {
+            let inner = self.resolve(ty);
+            if matches!(self.kind(inner).map(|k| k.0), Some(KIND_STRUCT | KIND_UNION)) {
                 if let Some(off) = self.find_in(inner, member) {
-                    return Some(m.bit_offset / 8 + off);
+                    return Some(bit_offset / 8 + off);
                 }
             }
         }
@@ -165,7 +185,7 @@ impl Btf {
     /// Every offset the programs need.
     pub fn offsets(&self) -> Result<Offsets, BtfError> {
         let o = |s: &str, m: &str| self.offset(s, m);
-        Ok(Offsets {
+        let offsets = Offsets {
             task_tgid: o("task_struct", "tgid")?,
             task_start_time: o("task_struct", "start_time")?,
             task_real_parent: o("task_struct", "real_parent")?,
@@ -201,7 +221,19 @@ impl Btf {
             inode_i_sb: o("inode", "i_sb")?,
             sb_s_flags: o("super_block", "s_flags")?,
             valid: 1,
-        })
+        };
+        // The programs read `d_parent` + `d_name` and `struct path` each in one read.
+        let o = &offsets;
+        let layout = [
+            ("dentry.d_name right after dentry.d_parent", o.dentry_d_name == o.dentry_d_parent + 8),
+            ("qstr { u32 hash; u32 len; const char *name; }", o.qstr_len == 4 && o.qstr_name == 8),
+            ("path { mnt; dentry; }", o.path_mnt == 0 && o.path_dentry == 8),
+            ("fdtable { max_fds; fd; }", o.fdt_max_fds == 0 && o.fdt_fd == 8),
+        ];
+        if let Some((what, _)) = layout.iter().find(|(_, ok)| !ok) {
+            return Err(BtfError::Layout(what));
+        }
+        Ok(offsets)
     }
 }
 
@@ -265,6 +297,8 @@ mod tests {
         assert_eq!(o.qstr_name, 8);
         assert_eq!(o.path_mnt, 0);
         assert_eq!(o.path_dentry, 8);
+        assert_eq!(o.dentry_d_name, o.dentry_d_parent + 8);
+        assert_eq!((o.fdt_max_fds, o.fdt_fd), (0, 8));
         assert_eq!(o.valid, 1);
     }
 }

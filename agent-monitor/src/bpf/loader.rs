@@ -7,7 +7,7 @@ use std::{collections::BTreeSet, fs::File, path::PathBuf};
 use aya::{
     programs::{
         cgroup_skb::CgroupSkbAttachType, links::FdLink, CgroupAttachMode, CgroupSkb, CgroupSock, CgroupSockAddr,
-        RawTracePoint, TracePoint, UProbe,
+        Program, RawTracePoint, TracePoint, UProbe,
     },
     Ebpf, EbpfLoader,
 };
@@ -285,7 +285,21 @@ impl Kernel {
         for (name, path) in &map_paths {
             loader.map_pin_path(name, path.as_path());
         }
+        // `EbpfLoader::new` parsed the kernel's BTF for itself (~20 MiB in memory), and each LSM
+        // program's load parsed it again. Unless the programs are adopted (nothing is loaded
+        // then), free the loader's copy first (one copy at a time keeps the start-up peak
+        // down), parse it once, and share that copy with the loader and every LSM hook.
+        let kernel_btf = (!adopted).then(|| {
+            loader.btf(None);
+            aya::Btf::from_sys_fs()
+                .map_err(|e| format!("{:#}", anyhow::Error::new(e).context("reading the kernel's BTF for LSM hooks")))
+        });
+        if let Some(btf) = &kernel_btf {
+            loader.btf(btf.as_ref().ok());
+        }
         let mut ebpf = loader.load(OBJECT).context("loading the eBPF object")?;
+        // Done with the loader (and with its own copy of the BTF when adopting).
+        drop(loader);
         let mut links: Vec<(String, FdLink)> = Vec::new();
         let mut up = BTreeSet::new();
         let mut tls_libs = BTreeSet::new();
@@ -315,14 +329,27 @@ impl Kernel {
             info!(pins = %dir.display(), "adopted the programs and maps this build left pinned: no gap, nothing attached twice");
         } else {
             let cgroup_root = super::maps::cgroup2_root().and_then(|p| File::open(&p).ok());
+            // Verify every program first, in parallel (most of the start-up), then attach them
+            // one by one in table order, exactly as loading them one by one would have.
+            let lsm_btf = kernel_btf
+                .as_ref()
+                .map_or(Err("the kernel's BTF was not read"), |b| b.as_ref().map_err(String::as_str));
+            let loaded = load_programs(&mut ebpf, lsm_btf);
             let mut lsm_refused: Option<String> = None;
-            for probe in PROBES {
+            for (probe, loaded) in PROBES.iter().zip(loaded) {
                 if matches!(probe.attach, Attach::Lsm(_)) && lsm_refused.is_some() {
+                    // The layer is all or nothing: an LSM program verified in parallel before
+                    // the refusal was known is unloaded, as if it had never been tried.
+                    if let (Some(Ok(())), Some(prog)) = (&loaded, ebpf.program_mut(probe.program)) {
+                        if let Ok(p) = <&mut aya::programs::Lsm>::try_from(prog) {
+                            let _ = p.unload();
+                        }
+                    }
                     continue;
                 }
-                let t = std::time::Instant::now();
-                let r = attach(&mut ebpf, probe, cgroup_root.as_ref());
-                debug!(program = probe.program, ms = t.elapsed().as_millis() as u64, "loaded");
+                let r = loaded
+                    .unwrap_or_else(|| Err(anyhow::anyhow!("not loaded: an earlier probe failed")))
+                    .and_then(|()| attach(&mut ebpf, probe, cgroup_root.as_ref()));
                 match r {
                     Ok(l) => {
                         links.extend(l);
@@ -555,8 +582,110 @@ fn system_tls_libs() -> Vec<PathBuf> {
     libs
 }
 
-/// Load and attach one probe; returns its links (label, link), taken from aya so that they can
-/// be pinned and outlive this process.
+/// Load (verify) the program of every probe, on up to one thread per core; one entry per row of
+/// [`PROBES`], `None` where loading was skipped (see [`in_table_order`]).
+///
+/// The verifier runs in the thread that calls `bpf(BPF_PROG_LOAD)`, and it is most of the
+/// start-up (tens of milliseconds for each path program, ~1.5 s for all of them in one thread on
+/// a 2-core VM); the programs are independent of each other, so they are verified side by side.
+/// Attaching stays with the caller.
+fn load_programs(ebpf: &mut Ebpf, lsm_btf: Result<&aya::Btf, &str>) -> Vec<Option<anyhow::Result<()>>> {
+    // Disjoint `&mut` to each program (aya's `load` takes `&mut self`), one slot per row.
+    let mut by_name: std::collections::HashMap<&str, &mut Program> = ebpf.programs_mut().collect();
+    let slots: Vec<std::sync::Mutex<Option<&mut Program>>> =
+        PROBES.iter().map(|p| std::sync::Mutex::new(by_name.remove(p.program))).collect();
+    // One verifier per core: more threads than cores only contend. At most 8: past that the
+    // longest program (~0.1 s) bounds the time anyway, and each verification holds kernel memory.
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 8);
+    in_table_order(PROBES, threads, |i| {
+        let probe = &PROBES[i];
+        let t = std::time::Instant::now();
+        let r = match slots[i].lock().unwrap().as_deref_mut() {
+            Some(prog) => load_program(prog, probe, lsm_btf),
+            None => Err(anyhow::anyhow!("program {} missing from the object", probe.program)),
+        };
+        debug!(program = probe.program, ms = t.elapsed().as_millis() as u64, ok = r.is_ok(), "loaded");
+        r
+    })
+}
+
+/// Run `job` for every row of `rows` on `threads` threads (this one included); one result per
+/// row, `None` where the job was not run.
+///
+/// Rows are taken in table order, and a row is skipped only when a row before it has already
+/// failed in a way that makes running it pointless: a required probe (the start fails there) or,
+/// for an LSM probe, another LSM probe (the layer is all or nothing). So every row up to the
+/// first failure that matters has run, and a caller walking the results in table order sees
+/// what running them one by one would have given.
+fn in_table_order(
+    rows: &[Probe],
+    threads: usize,
+    job: impl Fn(usize) -> anyhow::Result<()> + Sync,
+) -> Vec<Option<anyhow::Result<()>>> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let next = AtomicUsize::new(0);
+    // The first row (in table order) of a failed required probe, of a failed LSM probe.
+    let (required_failed, lsm_failed) = (AtomicUsize::new(usize::MAX), AtomicUsize::new(usize::MAX));
+    let worker = || {
+        let mut done: Vec<(usize, anyhow::Result<()>)> = Vec::new();
+        loop {
+            let i = next.fetch_add(1, Ordering::SeqCst);
+            let Some(row) = rows.get(i) else { break };
+            let lsm = matches!(row.attach, Attach::Lsm(_));
+            if i > required_failed.load(Ordering::SeqCst) || (lsm && i > lsm_failed.load(Ordering::SeqCst)) {
+                continue;
+            }
+            let r = job(i);
+            if r.is_err() && row.required {
+                required_failed.fetch_min(i, Ordering::SeqCst);
+            }
+            if r.is_err() && lsm {
+                lsm_failed.fetch_min(i, Ordering::SeqCst);
+            }
+            done.push((i, r));
+        }
+        done
+    };
+    let mut out: Vec<Option<anyhow::Result<()>>> = rows.iter().map(|_| None).collect();
+    std::thread::scope(|s| {
+        // A thread that cannot be started leaves its share to the others.
+        let helpers: Vec<_> = (1..threads)
+            .filter_map(|n| std::thread::Builder::new().name(format!("bpf-load-{n}")).spawn_scoped(s, worker).ok())
+            .collect();
+        let mut results = worker();
+        for h in helpers {
+            // A panic in a helper is a panic here (it would have been one loading in this thread).
+            results.extend(h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)));
+        }
+        for (i, r) in results {
+            out[i] = Some(r);
+        }
+    });
+    out
+}
+
+/// Load (verify) one probe's program; it is attached later by [`attach`].
+fn load_program(prog: &mut Program, probe: &Probe, lsm_btf: Result<&aya::Btf, &str>) -> anyhow::Result<()> {
+    let what = || format!("loading {}", probe.program);
+    match probe.attach {
+        Attach::TracePoint(..) => <&mut TracePoint>::try_from(prog)?.load().with_context(what)?,
+        Attach::RawTracePoint(_) => <&mut RawTracePoint>::try_from(prog)?.load().with_context(what)?,
+        Attach::CgroupSockAddr => <&mut CgroupSockAddr>::try_from(prog)?.load().with_context(what)?,
+        Attach::CgroupSock => <&mut CgroupSock>::try_from(prog)?.load().with_context(what)?,
+        Attach::CgroupSkbEgress => <&mut CgroupSkb>::try_from(prog)?.load().with_context(what)?,
+        // Attached per library by `Kernel::hook_tls_lib`.
+        Attach::UProbe(_) => <&mut UProbe>::try_from(prog)?.load().with_context(what)?,
+        Attach::Lsm(hook) => {
+            let btf = lsm_btf.map_err(|e| anyhow::anyhow!("{e}"))?;
+            let p: &mut aya::programs::Lsm = prog.try_into()?;
+            p.load(hook, btf).with_context(|| format!("loading LSM hook {hook}"))?;
+        }
+    }
+    Ok(())
+}
+
+/// Attach one loaded probe; returns its links (label, link), taken from aya so that they can be
+/// pinned and outlive this process.
 fn attach(ebpf: &mut Ebpf, probe: &Probe, cgroup: Option<&File>) -> anyhow::Result<Vec<(String, FdLink)>> {
     let prog = ebpf
         .program_mut(probe.program)
@@ -565,7 +694,6 @@ fn attach(ebpf: &mut Ebpf, probe: &Probe, cgroup: Option<&File>) -> anyhow::Resu
     match probe.attach {
         Attach::TracePoint(category, names_list) => {
             let p: &mut TracePoint = prog.try_into()?;
-            p.load().with_context(|| format!("loading {}", probe.program))?;
             let list: Vec<&str> = if names_list.is_empty() { vec![probe.program] } else { names_list.to_vec() };
             // A shared program (several tracepoints) needs at least one; a syscall missing on
             // this architecture is logged, not fatal.
@@ -589,43 +717,76 @@ fn attach(ebpf: &mut Ebpf, probe: &Probe, cgroup: Option<&File>) -> anyhow::Resu
             let link = match probe.attach {
                 Attach::CgroupSockAddr => {
                     let p: &mut CgroupSockAddr = prog.try_into()?;
-                    p.load().with_context(|| format!("loading {}", probe.program))?;
                     let id = p.attach(cg, mode)?;
                     FdLink::try_from(p.take_link(id)?)?
                 }
                 Attach::CgroupSock => {
                     let p: &mut CgroupSock = prog.try_into()?;
-                    p.load().with_context(|| format!("loading {}", probe.program))?;
                     let id = p.attach(cg, mode)?;
                     FdLink::try_from(p.take_link(id)?)?
                 }
                 _ => {
                     let p: &mut CgroupSkb = prog.try_into()?;
-                    p.load().with_context(|| format!("loading {}", probe.program))?;
                     let id = p.attach(cg, CgroupSkbAttachType::Egress, mode)?;
                     FdLink::try_from(p.take_link(id)?)?
                 }
             };
             links.push((format!("cgroup:{}", probe.program), link));
         }
-        Attach::UProbe(_) => {
-            // Loaded now; attached per library by `Kernel::hook_tls_lib`.
-            let p: &mut UProbe = prog.try_into()?;
-            p.load().with_context(|| format!("loading {}", probe.program))?;
-        }
+        // Attached per library by `Kernel::hook_tls_lib`.
+        Attach::UProbe(_) => {}
         Attach::Lsm(hook) => {
-            let btf = aya::Btf::from_sys_fs().context("reading the kernel's BTF for LSM hooks")?;
             let p: &mut aya::programs::Lsm = prog.try_into()?;
-            p.load(hook, &btf).with_context(|| format!("loading LSM hook {hook}"))?;
             let id = p.attach().with_context(|| format!("attaching LSM hook {hook}"))?;
             links.push((format!("lsm:{hook}"), FdLink::from(p.take_link(id)?)));
         }
         Attach::RawTracePoint(name) => {
             let p: &mut RawTracePoint = prog.try_into()?;
-            p.load().with_context(|| format!("loading {}", probe.program))?;
             let id = p.attach(name).with_context(|| format!("attaching raw tracepoint {name}"))?;
             links.push((format!("raw:{name}"), FdLink::from(p.take_link(id)?)));
         }
     }
     Ok(links)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Loading in parallel gives the caller what loading one by one would: every row up to the
+    /// first failed required row has run, and every LSM row up to the first failed LSM row,
+    /// whatever the interleaving.
+    #[test]
+    fn parallel_loading_runs_what_one_by_one_would() {
+        let lsm = |program| Probe { program, attach: Attach::Lsm("x"), required: false, layer: "bpf_lsm" };
+        let rows =
+            [tp("a", true), tp("b", false), lsm("c"), lsm("d"), tp("e", true), lsm("f"), tp("g", false), tp("h", true)];
+        for threads in 1..=3 {
+            for failing in 0u32..(1 << rows.len()) {
+                let fails = |i: usize| failing & (1 << i) != 0;
+                let out = in_table_order(&rows, threads, |i| {
+                    // Vary the interleaving.
+                    std::thread::sleep(std::time::Duration::from_micros(((i as u64 * 37 + failing as u64) % 5) * 20));
+                    if fails(i) {
+                        bail!("row {i} failed")
+                    }
+                    Ok(())
+                });
+                let first = |f: &dyn Fn(&Probe) -> bool| (0..rows.len()).find(|&i| fails(i) && f(&rows[i]));
+                let first_required = first(&|p| p.required);
+                let first_lsm = first(&|p| matches!(p.attach, Attach::Lsm(_)));
+                for (i, row) in rows.iter().enumerate() {
+                    let is_lsm = matches!(row.attach, Attach::Lsm(_));
+                    let needed = first_required.is_none_or(|r| i <= r) && (!is_lsm || first_lsm.is_none_or(|l| i <= l));
+                    assert!(
+                        !needed || out[i].is_some(),
+                        "threads {threads}, failing {failing:#b}: row {i} was skipped"
+                    );
+                    if let Some(r) = &out[i] {
+                        assert_eq!(r.is_err(), fails(i), "threads {threads}, failing {failing:#b}: row {i}");
+                    }
+                }
+            }
+        }
+    }
 }

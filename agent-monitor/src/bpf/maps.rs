@@ -119,6 +119,15 @@ pub fn apply_policy(
     let old = generation(ebpf);
     let gen = 1 - old;
     let slot = |id: u32| agent_slot(id, gen);
+    // Whether any agent is active in the old generation. If none is (the first policy of a fresh
+    // start), a decision that read the old generation found no agent and looks nothing else up
+    // through it, so there is nothing to wait for before removing it (step 3).
+    let old_in_use = {
+        let m = ebpf.map(names::AGENTS).ok_or_else(|| anyhow!("map {} missing", names::AGENTS))?;
+        let agents: Array<&MapData, AgentCfg> = Array::try_from(m)?;
+        (1..AGENT_SLOTS_PER_GEN)
+            .any(|id| agents.get(&agent_slot(id, old), 0).is_ok_and(|c| c.flags & agent_flags::ACTIVE != 0))
+    };
     {
         let mut agents: Array<&mut MapData, AgentCfg> = Array::try_from(map_mut(ebpf, names::AGENTS)?)?;
         for a in &p.agents {
@@ -249,7 +258,9 @@ pub fn apply_policy(
     set_generation(ebpf, gen)?;
     // 3. Let decisions that read the old generation before the flip finish (they run for
     // microseconds), then remove it.
-    std::thread::sleep(std::time::Duration::from_millis(20));
+    if old_in_use {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     {
         let mut agents: Array<&mut MapData, AgentCfg> = Array::try_from(map_mut(ebpf, names::AGENTS)?)?;
         for id in 1..AGENT_SLOTS_PER_GEN {

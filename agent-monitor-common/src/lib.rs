@@ -491,6 +491,17 @@ pub struct Event {
 }
 const _: () = assert!(size_of::<Event>() == 616);
 
+/// Records on `EVENTS` are an `Event` cut short where the rest is unused: without `path2`
+/// ([`EVENT_ONE_PATH`] bytes) or with only the first [`SHORT_PATH`] bytes of `path` (a network
+/// address, or no path: [`EVENT_SHORT`]). A refused UDP send is 120 bytes instead of 616: the
+/// ring buffer holds five times as many and the daemon copies a fifth of the bytes.
+/// The reader pads a short record back to a whole `Event` with zeros.
+pub const EVENT_HEAD: usize = core::mem::offset_of!(Event, path);
+pub const SHORT_PATH: usize = 16;
+pub const EVENT_SHORT: usize = EVENT_HEAD + SHORT_PATH;
+pub const EVENT_ONE_PATH: usize = core::mem::offset_of!(Event, path2);
+const _: () = assert!(EVENT_HEAD == 104 && EVENT_SHORT == 120 && EVENT_ONE_PATH == 360);
+
 /// Is `flags` (from `open(2)`) an open that can change the file?
 pub const fn open_is_write(flags: u64) -> bool {
     const O_ACCMODE: u64 = 0o3;

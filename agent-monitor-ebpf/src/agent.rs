@@ -1,6 +1,7 @@
 //! The decision skeleton shared by every hook: find the agent, decide, enforce, record.
 use agent_monitor_common::{
-    action, agent_flags, event_flags, layer, policy_action, stat, verdict, AgentCfg, Event, ProcState, PATH_LEN,
+    action, agent_flags, event_flags, layer, policy_action, stat, verdict, AgentCfg, Event, ProcState, EVENT_HEAD,
+    EVENT_ONE_PATH, EVENT_SHORT, PATH_LEN, SHORT_PATH,
 };
 use aya_ebpf::bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP};
 use aya_ebpf::helpers::{
@@ -135,14 +136,16 @@ impl PathRef {
     pub const NONE: PathRef = PathRef(core::ptr::null(), 0);
 }
 
+/// Copy `cap` bytes of `src` (fixed, for the verifier) to `dst`; returns the path's length,
+/// at most `cap`.
 #[inline(always)]
-unsafe fn copy_path(src: PathRef, dst: *mut u8) -> u32 {
+unsafe fn copy_path(src: PathRef, dst: *mut u8, cap: usize) -> u32 {
     if src.0.is_null() {
         return 0;
     }
-    raw_read_kernel(dst as *mut c_void, (PATH_LEN + 4) as u32, src.0 as *const c_void);
-    if src.1 as usize > PATH_LEN {
-        PATH_LEN as u32
+    raw_read_kernel(dst as *mut c_void, cap as u32, src.0 as *const c_void);
+    if src.1 as usize > cap {
+        cap as u32
     } else {
         src.1
     }
@@ -173,14 +176,27 @@ pub fn emit(st: &ProcState, r: &Rec, p1: PathRef, p2: PathRef) {
 }
 
 /// Emit one event. A full ring buffer is counted, never waited on: the enforcement decision
-/// has already been made.
+/// has already been made. The record is cut where its unused paths begin (`EVENT_SHORT`,
+/// `EVENT_ONE_PATH`; see agent-monitor-common).
 #[inline(always)]
 pub fn emit_as(st: &ProcState, who: &Who, r: &Rec, p1: PathRef, p2: PathRef) {
-    let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
+    if !p2.0.is_null() {
+        emit_n::<{ core::mem::size_of::<Event>() }>(st, who, r, p1, p2);
+    } else if p1.1 as usize <= SHORT_PATH {
+        emit_n::<EVENT_SHORT>(st, who, r, p1, PathRef::NONE);
+    } else {
+        emit_n::<EVENT_ONE_PATH>(st, who, r, p1, PathRef::NONE);
+    }
+}
+
+#[inline(always)]
+fn emit_n<const N: usize>(st: &ProcState, who: &Who, r: &Rec, p1: PathRef, p2: PathRef) {
+    let Some(mut entry) = EVENTS.reserve::<[u8; N]>(0) else {
         count(stat::RINGBUF_FULL);
         return;
     };
-    let ev = entry.as_mut_ptr();
+    // Only the first N bytes of the `Event` exist: every field written below lies in them.
+    let ev = entry.as_mut_ptr() as *mut Event;
     unsafe {
         (*ev).ts_ns = bpf_ktime_get_boot_ns();
         (*ev).run_id = st.run_id;
@@ -198,8 +214,9 @@ pub fn emit_as(st: &ProcState, who: &Who, r: &Rec, p1: PathRef, p2: PathRef) {
         (*ev).aux = r.aux;
         (*ev).aux2 = r.aux2;
         (*ev).comm = who.comm;
-        (*ev).path_len = copy_path(p1, (*ev).path.as_mut_ptr());
-        (*ev).path2_len = copy_path(p2, (*ev).path2.as_mut_ptr());
+        let cap1 = if N - EVENT_HEAD < PATH_LEN + 4 { N - EVENT_HEAD } else { PATH_LEN + 4 };
+        (*ev).path_len = copy_path(p1, (*ev).path.as_mut_ptr(), cap1);
+        (*ev).path2_len = if N > EVENT_ONE_PATH { copy_path(p2, (*ev).path2.as_mut_ptr(), PATH_LEN + 4) } else { 0 };
     }
     // Wake the daemon when a batch has built up, or when it must act now (finish a kill,
     // announce a hold); otherwise it drains on its own tick. A wakeup per event costs the

@@ -19,13 +19,21 @@ use sha2::{Digest, Sha256};
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
 pub fn sha256_hex(b: &[u8]) -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut out = String::with_capacity(64);
-    for x in Sha256::digest(b) {
-        out.push(HEX[(x >> 4) as usize] as char);
-        out.push(HEX[(x & 15) as usize] as char);
-    }
+    push_sha256_hex(&mut out, b);
     out
+}
+
+/// `sha256_hex(b)` appended to `out`.
+fn push_sha256_hex(out: &mut String, b: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    // (sha2 picks the SHA-NI instructions at run time where the CPU has them.)
+    let mut hex = [0u8; 64];
+    for (pair, x) in hex.chunks_exact_mut(2).zip(Sha256::digest(b)) {
+        pair[0] = HEX[(x >> 4) as usize];
+        pair[1] = HEX[(x & 15) as usize];
+    }
+    out.push_str(std::str::from_utf8(&hex).expect("hex digits"));
 }
 
 /// The running end of the chain.
@@ -48,18 +56,30 @@ impl Chain {
     }
 
     /// Append `prev` to a serialised JSON object and advance the chain; returns the line.
+    /// (The daemon seals in place, `seal_in_place`.)
+    #[cfg(test)]
     pub fn seal(&mut self, json_object: &str) -> String {
-        let body = json_object.trim_end();
-        let body = body.strip_suffix('}').unwrap_or(body);
-        let sep = if body.trim_end().ends_with('{') { "" } else { "," };
-        let mut line = String::with_capacity(body.len() + 80);
-        line.push_str(body);
-        line.push_str(sep);
+        let mut line = String::with_capacity(json_object.len() + 80);
+        line.push_str(json_object);
+        self.seal_in_place(&mut line);
+        line
+    }
+
+    /// `seal`, in place: `line` holds a serialised JSON object and becomes the sealed line
+    /// (the same text `seal` returns). The event path seals every event in one reused buffer.
+    pub fn seal_in_place(&mut self, line: &mut String) {
+        line.truncate(line.trim_end().len());
+        if line.ends_with('}') {
+            line.pop();
+        }
+        if !line.trim_end().ends_with('{') {
+            line.push(',');
+        }
         line.push_str("\"prev\":\"");
         line.push_str(&self.prev);
         line.push_str("\"}");
-        self.prev = sha256_hex(line.as_bytes());
-        line
+        self.prev.clear();
+        push_sha256_hex(&mut self.prev, line.as_bytes());
     }
 }
 
@@ -172,6 +192,23 @@ mod tests {
         assert_eq!(verify(&[a.clone(), b.clone()]), Ok(4));
         assert!(verify(&[b, a]).is_err(), "files in the wrong order do not chain");
         fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_line_format_is_fixed() {
+        // Logs written by earlier versions must keep verifying: the hash of a line is the
+        // SHA-256, in lower-case hex, of the line exactly as written (`sha256sum` of it).
+        let mut c = Chain::new();
+        assert_eq!(c.seal(r#"{"a":1}"#), format!(r#"{{"a":1,"prev":"{GENESIS}"}}"#));
+        assert_eq!(
+            c.seal("{\"a\":2} \n"),
+            r#"{"a":2,"prev":"377e001479caf256112dd83b12144e8c782371b3b8fd00555725ed20c0550048"}"#
+        );
+        assert_eq!(c.seal("{ }").split_once(",").map(|(a, _)| a), None, "no comma after an empty object");
+        let mut line = String::from("{\"b\":[]}");
+        let mut d = Chain::new();
+        d.seal_in_place(&mut line);
+        assert_eq!(line, Chain::new().seal("{\"b\":[]}"));
     }
 
     #[test]

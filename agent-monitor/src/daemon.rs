@@ -5,9 +5,10 @@ use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
+use agent_monitor_common::Event;
 use anyhow::{anyhow, bail, Context as _};
 use aya::maps::RingBuf;
 use serde_json::{json, Value};
@@ -17,7 +18,7 @@ use tracing::{error, info, warn};
 use crate::{
     bpf::{maps as kmaps, Kernel},
     cli::RunArgs,
-    events::{reader, Decoder, EventRecord},
+    events::{log::EventLog, reader, Decoder, EventRecord},
     metrics::{self, Metrics},
     policy::{self, CompiledPolicy, Policy},
     sinks::webhook::WebhookSink,
@@ -75,10 +76,10 @@ pub struct Shared {
     pub protected: Vec<kmaps::Protected>,
     pub decoder: Mutex<Decoder>,
     pub metrics: Arc<Metrics>,
-    pub sink: Mutex<Box<dyn Write + Send>>,
-    /// The events log's path ("-": stdout) and its hash chain (see `audit`).
+    /// The events log's path ("-": stdout).
     pub events_path: String,
-    pub chain: Mutex<crate::audit::Chain>,
+    /// The events log: its sink and its hash chain (see `audit`).
+    pub log: Mutex<EventLog>,
     pub compiled: Mutex<CompiledPolicy>,
     /// The current resolution of the policy's host names.
     pub resolved: Mutex<Vec<crate::policy::NetRule>>,
@@ -90,42 +91,88 @@ pub struct Shared {
     pub registered: Mutex<Vec<(String, String)>>,
     pub holds: crate::enforce_holds::Holds,
     pub hold_timeout: Duration,
-    /// Live event stream for `events --follow` on the control socket.
-    pub live: tokio::sync::broadcast::Sender<String>,
     /// Last kernel statistics per program, to turn them into counter increments.
     pub prog_stats: Mutex<std::collections::HashMap<String, (u64, f64)>>,
+    /// Violation lines in the daemon's own log (the journal), rate-limited.
+    pub journal: Mutex<JournalLimiter>,
+}
+
+/// At most `JOURNAL_LINES_PER_SEC` violations a second become a log line; the events log has
+/// every one. A line costs more than the rest of an event's path (formatting plus a write to
+/// stderr: ~1.3 us against ~0.75 us), and journald would drop a flood at its own rate limit,
+/// arbitrarily and silently; here the first lines of each second are kept and the rest counted.
+pub struct JournalLimiter {
+    second: Instant,
+    lines: u32,
+    suppressed: u64,
+}
+
+pub const JOURNAL_LINES_PER_SEC: u32 = 20;
+
+pub enum Admit {
+    Line,
+    /// A line, after saying how many were left out in the seconds before.
+    LineAfter(u64),
+    Quiet,
+}
+
+impl Default for JournalLimiter {
+    fn default() -> Self {
+        JournalLimiter { second: Instant::now(), lines: 0, suppressed: 0 }
+    }
+}
+
+impl JournalLimiter {
+    pub fn admit(&mut self) -> Admit {
+        let now = Instant::now();
+        if now.duration_since(self.second) >= Duration::from_secs(1) {
+            self.second = now;
+            self.lines = 0;
+        }
+        if self.lines >= JOURNAL_LINES_PER_SEC {
+            self.suppressed += 1;
+            return Admit::Quiet;
+        }
+        self.lines += 1;
+        match std::mem::take(&mut self.suppressed) {
+            0 => Admit::Line,
+            n => Admit::LineAfter(n),
+        }
+    }
 }
 
 impl Shared {
-    /// Count and write one event. The events log is the complete record: a failed write is
-    /// counted and logged, never silently dropped.
-    pub fn record(&self, rec: &EventRecord) {
-        let m = &self.metrics;
-        m.events.with_label_values(&[&rec.agent, &rec.kind, &rec.verdict]).inc();
+    /// Count and write one event (`rec`, decoded from `ev`). The events log is the complete
+    /// record: a failed write is counted and logged, never silently dropped.
+    pub fn record(&self, ev: &Event, rec: &EventRecord) {
+        let written = self.log.lock().unwrap().record(&self.metrics, ev, rec);
+        self.sink_result(written);
         if rec.verdict == "violation" {
-            m.violations.with_label_values(&[&rec.agent, &rec.kind, &rec.action]).inc();
-        }
-        if rec.action == "killed" {
-            m.kills.with_label_values(&[&rec.agent]).inc();
-        }
-        let json = match serde_json::to_string(rec) {
-            Ok(l) => l,
-            Err(e) => {
-                m.sink_errors.with_label_values(&["events_file"]).inc();
-                error!(error = %e, "event serialisation failed");
-                return;
+            match self.journal.lock().unwrap().admit() {
+                Admit::Line => warn!(
+                    agent = rec.agent,
+                    pid = rec.pid,
+                    kind = rec.kind,
+                    target = rec.target,
+                    action = rec.action,
+                    "violation"
+                ),
+                Admit::LineAfter(suppressed) => {
+                    warn!(
+                        suppressed,
+                        "more violations than the journal lines allowed per second: those are in the events log only"
+                    );
+                    warn!(
+                        agent = rec.agent,
+                        pid = rec.pid,
+                        kind = rec.kind,
+                        target = rec.target,
+                        action = rec.action,
+                        "violation"
+                    )
+                }
+                Admit::Quiet => {}
             }
-        };
-        self.write_line(&json);
-        if rec.verdict == "violation" {
-            warn!(
-                agent = rec.agent,
-                pid = rec.pid,
-                kind = rec.kind,
-                target = rec.target,
-                action = rec.action,
-                "violation"
-            );
             for w in &self.webhooks {
                 w.send(rec);
             }
@@ -137,17 +184,17 @@ impl Shared {
     /// Buffered: the reader flushes once per ring-buffer batch (`flush`), other writers right
     /// after writing.
     pub fn write_line(&self, json: &str) {
-        let mut sink = self.sink.lock().unwrap();
-        let line = self.chain.lock().unwrap().seal(json);
-        let _ = self.live.send(line.clone());
-        if let Err(e) = writeln!(sink, "{line}") {
-            self.metrics.sink_errors.with_label_values(&["events_file"]).inc();
-            error!(error = %e, "writing the events log failed");
-        }
+        let written = self.log.lock().unwrap().write_json(json);
+        self.sink_result(written);
     }
 
     pub fn flush(&self) {
-        if let Err(e) = self.sink.lock().unwrap().flush() {
+        let flushed = self.log.lock().unwrap().flush();
+        self.sink_result(flushed);
+    }
+
+    fn sink_result(&self, r: io::Result<()>) {
+        if let Err(e) = r {
             self.metrics.sink_errors.with_label_values(&["events_file"]).inc();
             error!(error = %e, "writing the events log failed");
         }
@@ -175,7 +222,7 @@ impl Shared {
             return;
         }
         match open_sink(&self.events_path) {
-            Ok(s) => *self.sink.lock().unwrap() = s,
+            Ok(s) => self.log.lock().unwrap().sink = s,
             Err(e) => {
                 self.metrics.sink_errors.with_label_values(&["events_file"]).inc();
                 error!(error = %format!("{e:#}"), "reopening the events log failed; still writing the old file");
@@ -485,7 +532,7 @@ fn now_ns() -> i128 {
     d.as_nanos() as i128
 }
 
-fn open_sink(path: &str) -> anyhow::Result<Box<dyn Write + Send>> {
+pub(crate) fn open_sink(path: &str) -> anyhow::Result<Box<dyn Write + Send>> {
     if path == "-" {
         return Ok(Box::new(io::BufWriter::new(io::stdout())));
     }
@@ -615,18 +662,20 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             d
         }),
         metrics: metrics.clone(),
-        sink: Mutex::new(sink),
-        chain: Mutex::new(if events_path == "-" {
-            crate::audit::Chain::new()
-        } else {
-            crate::audit::Chain::resume(Path::new(&events_path))
-        }),
+        log: Mutex::new(EventLog::new(
+            sink,
+            if events_path == "-" {
+                crate::audit::Chain::new()
+            } else {
+                crate::audit::Chain::resume(Path::new(&events_path))
+            },
+            live.clone(),
+        )),
         events_path: events_path.clone(),
         compiled: Mutex::new(compiled),
         resolved: Mutex::new(resolved),
         tls_invisible: Mutex::new(Default::default()),
         webhooks: policy.alerts.webhook.iter().map(|w| WebhookSink::start(w, metrics.clone())).collect(),
-        live: live.clone(),
         registered: Mutex::new(Vec::new()),
         protected,
         holds: Default::default(),
@@ -636,6 +685,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             .map(Duration::from_secs)
             .unwrap_or(crate::enforce_holds::DEFAULT_TIMEOUT),
         prog_stats: Mutex::new(Default::default()),
+        journal: Default::default(),
     });
 
     let listener =
@@ -850,4 +900,20 @@ pub fn protected_paths(
         add(resolve(p).display().to_string(), false);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_journal_gets_the_first_violations_of_each_second_and_a_count_of_the_rest() {
+        let mut j = JournalLimiter::default();
+        let lines = (0..JOURNAL_LINES_PER_SEC + 5).filter(|_| matches!(j.admit(), Admit::Line)).count();
+        assert_eq!(lines, JOURNAL_LINES_PER_SEC as usize);
+        // The next second: the first line says how many were left out.
+        j.second -= Duration::from_millis(1100);
+        assert!(matches!(j.admit(), Admit::LineAfter(5)));
+        assert!(matches!(j.admit(), Admit::Line));
+    }
 }

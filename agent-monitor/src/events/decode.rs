@@ -1,6 +1,13 @@
 //! Decoding kernel records into [`EventRecord`]s: names, targets, rules and honest details.
+//!
+//! This is the daemon's per-event path (issue 7: at least 1 M events/s on one core), so the
+//! event reader decodes every event into one reused [`EventRecord`] (`Decoder::decode_into`)
+//! and writes its JSON by hand (`EventRecord::write_json`): in the common case (a known
+//! process, a path that is valid UTF-8) neither allocates. The serde derive stays (webhooks use
+//! it), and tests hold the hand-written JSON equal to serde's.
 use std::{
     collections::HashMap,
+    fmt::Write as _,
     sync::atomic::{AtomicU64, Ordering},
 };
 
@@ -8,7 +15,7 @@ use agent_monitor_common::{action, event_flags, layer, verdict, Event, Kind, PAT
 use serde::Serialize;
 
 /// One event line (DESIGN.md, "Events").
-#[derive(Clone, Debug, Serialize, PartialEq)]
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
 pub struct EventRecord {
     pub ts: String,
     pub id: String,
@@ -31,6 +38,114 @@ pub struct EventRecord {
     /// and for decisions made under a policy this daemon did not load).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub policy_hash: Option<String>,
+}
+
+impl EventRecord {
+    /// Append the record's JSON object to `out`: byte for byte what `serde_json::to_string`
+    /// writes for it (same fields, order and escaping; `json_is_serde_json` holds the two
+    /// equal), without serde's per-field machinery and with no allocation. Keep the two in step
+    /// when a field is added.
+    pub fn write_json(&self, out: &mut String) {
+        let mut num = itoa::Buffer::new();
+        out.push_str("{\"ts\":");
+        json_str(out, &self.ts);
+        out.push_str(",\"id\":");
+        json_str(out, &self.id);
+        out.push_str(",\"agent\":");
+        json_str(out, &self.agent);
+        out.push_str(",\"run\":");
+        json_str(out, &self.run);
+        out.push_str(",\"pid\":");
+        out.push_str(num.format(self.pid));
+        out.push_str(",\"ppid\":");
+        out.push_str(num.format(self.ppid));
+        out.push_str(",\"uid\":");
+        out.push_str(num.format(self.uid));
+        out.push_str(",\"comm\":");
+        json_str(out, &self.comm);
+        out.push_str(",\"exe\":");
+        json_str(out, &self.exe);
+        out.push_str(",\"kind\":");
+        json_str(out, &self.kind);
+        out.push_str(",\"target\":");
+        json_str(out, &self.target);
+        out.push_str(",\"verdict\":");
+        json_str(out, &self.verdict);
+        out.push_str(",\"action\":");
+        json_str(out, &self.action);
+        out.push_str(",\"layer\":");
+        json_str(out, &self.layer);
+        out.push_str(",\"rule\":");
+        json_str(out, &self.rule);
+        out.push_str(",\"detail\":");
+        json_str(out, &self.detail);
+        if let Some(h) = &self.policy_hash {
+            out.push_str(",\"policy_hash\":");
+            json_str(out, h);
+        }
+        out.push('}');
+    }
+}
+
+/// A JSON string as serde_json escapes it: `"` and `\`, and the control characters below
+/// 0x20 (`\b \t \n \f \r` by name, the rest as `\u00xx`); everything else, DEL and non-ASCII
+/// included, as it is.
+fn json_str(out: &mut String, s: &str) {
+    out.push('"');
+    if !needs_escape(s.as_bytes()) {
+        out.push_str(s);
+    } else {
+        let mut run = 0;
+        for (i, &c) in s.as_bytes().iter().enumerate() {
+            if c >= 0x20 && c != b'"' && c != b'\\' {
+                continue;
+            }
+            // `c` is ASCII, so both slices end on character boundaries.
+            out.push_str(&s[run..i]);
+            run = i + 1;
+            match c {
+                b'"' => out.push_str("\\\""),
+                b'\\' => out.push_str("\\\\"),
+                0x08 => out.push_str("\\b"),
+                b'\t' => out.push_str("\\t"),
+                b'\n' => out.push_str("\\n"),
+                0x0c => out.push_str("\\f"),
+                b'\r' => out.push_str("\\r"),
+                _ => {
+                    const HEX: &[u8; 16] = b"0123456789abcdef";
+                    out.push_str("\\u00");
+                    out.push(HEX[(c >> 4) as usize] as char);
+                    out.push(HEX[(c & 15) as usize] as char);
+                }
+            }
+        }
+        out.push_str(&s[run..]);
+    }
+    out.push('"');
+}
+
+/// Whether a byte of `b` needs escaping in a JSON string (below 0x20, `"` or `\`), eight bytes
+/// at a time (nearly no string has one). Short tails are read as overlapping words, not copied:
+/// a copy into a word on the stack stalls its load.
+fn needs_escape(b: &[u8]) -> bool {
+    let n = b.len();
+    let u32_at = |i: usize| u32::from_le_bytes(b[i..i + 4].try_into().expect("4 bytes")) as u64;
+    let u64_at = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().expect("8 bytes"));
+    match n {
+        0..=3 => b.iter().any(|&c| c < 0x20 || c == b'"' || c == b'\\'),
+        4..=7 => word_needs_escape(u32_at(0) | u32_at(n - 4) << 32),
+        _ => (0..n - 7).step_by(8).any(|i| word_needs_escape(u64_at(i))) || word_needs_escape(u64_at(n - 8)),
+    }
+}
+
+/// `needs_escape` for the eight bytes of `w`: the "has less" and "has zero byte" word tests of
+/// Bit Twiddling Hacks (exact for the word as a whole).
+fn word_needs_escape(w: u64) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let has_zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGH;
+    let below_space = w.wrapping_sub(ONES * 0x20) & !w & HIGH;
+    (below_space | has_zero(w ^ (ONES * b'"' as u64)) | has_zero(w ^ (ONES * b'\\' as u64))) != 0
 }
 
 pub fn verdict_name(v: u32) -> &'static str {
@@ -62,39 +177,61 @@ pub fn layer_name(l: u32) -> &'static str {
 }
 
 fn cstr(b: &[u8]) -> String {
-    let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
-    String::from_utf8_lossy(&b[..end]).into_owned()
+    let mut s = String::new();
+    push_cstr(&mut s, b);
+    s
+}
+
+/// Append `b` up to its first NUL, invalid UTF-8 replaced as `String::from_utf8_lossy` does.
+fn push_cstr(out: &mut String, b: &[u8]) {
+    let b = &b[..b.iter().position(|&c| c == 0).unwrap_or(b.len())];
+    match std::str::from_utf8(b) {
+        Ok(s) => out.push_str(s),
+        Err(_) => out.push_str(&String::from_utf8_lossy(b)),
+    }
+}
+
+fn push_path(out: &mut String, b: &[u8], len: u32) {
+    let len = (len as usize).min(PATH_LEN).min(b.len());
+    push_cstr(out, &b[..len]);
 }
 
 fn path(b: &[u8], len: u32) -> String {
-    let len = (len as usize).min(PATH_LEN).min(b.len());
-    cstr(&b[..len])
+    let mut s = String::new();
+    push_path(&mut s, b, len);
+    s
+}
+
+/// Replace `s` with `with`, keeping `s`'s buffer.
+fn assign(s: &mut String, with: &str) {
+    s.clear();
+    s.push_str(with);
 }
 
 /// Human-readable `open(2)` flags for details.
-pub fn open_flags(f: u64) -> String {
-    let mut v = vec![match f & 3 {
+fn push_open_flags(out: &mut String, f: u64) {
+    out.push_str(match f & 3 {
         0 => "O_RDONLY",
         1 => "O_WRONLY",
         _ => "O_RDWR",
-    }];
+    });
     for (bit, name) in [(0o100, "O_CREAT"), (0o1000, "O_TRUNC"), (0o2000, "O_APPEND"), (0o200, "O_EXCL")] {
         if f & bit != 0 {
-            v.push(name);
+            out.push('|');
+            out.push_str(name);
         }
     }
-    v.join("|")
 }
 
 /// `host:port` for a 16-byte IPv6 (or v4-mapped) address.
-pub fn net_target(addr: &[u8], port: u16) -> String {
+fn push_net_target(out: &mut String, addr: &[u8], port: u16) {
     let mut b = [0u8; 16];
     b.copy_from_slice(&addr[..16]);
     let v6 = std::net::Ipv6Addr::from(b);
-    match v6.to_ipv4_mapped() {
-        Some(v4) => format!("{v4}:{port}"),
-        None => format!("[{v6}]:{port}"),
-    }
+    let _ = match v6.to_ipv4_mapped() {
+        Some(v4) => write!(out, "{v4}:{port}"),
+        None => write!(out, "[{v6}]:{port}"),
+    };
 }
 
 /// The request line and the Host header of the start of an HTTP/1.x request.
@@ -114,6 +251,23 @@ fn proc_ppid(pid: u32) -> Option<u32> {
     stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// The `detail` being built: parts joined by "; ".
+struct Detail<'a>(&'a mut String);
+
+impl Detail<'_> {
+    /// The string to write the next part into (every part is non-empty).
+    fn next(&mut self) -> &mut String {
+        if !self.0.is_empty() {
+            self.0.push_str("; ");
+        }
+        self.0
+    }
+
+    fn push(&mut self, part: &str) {
+        self.next().push_str(part);
+    }
+}
+
 /// Turns wire records into event records; keeps the per-process executable cache.
 pub struct Decoder {
     pub agent_names: Vec<String>,
@@ -122,8 +276,14 @@ pub struct Decoder {
     /// Seconds+nanos to add to CLOCK_BOOTTIME to get wall-clock time.
     boot_to_wall_ns: i128,
     exe: HashMap<u32, String>,
+    /// Parent pids read from /proc for events whose hook could not read the task (cgroup
+    /// socket hooks): a refused UDP flood is one process, read once, not once per datagram.
+    /// Dropped with the process's exit event.
+    ppid: HashMap<u32, u32>,
     prefix: String,
     seq: AtomicU64,
+    /// The whole second last formatted for `ts`, and its text up to the seconds (see `push_ts`).
+    ts_second: Option<(i128, String)>,
 }
 
 fn clock_ns(clock: libc::clockid_t) -> i128 {
@@ -145,108 +305,208 @@ impl Decoder {
             policy_by_gen: [None, None],
             boot_to_wall_ns: wall - clock_ns(libc::CLOCK_BOOTTIME),
             exe: HashMap::new(),
+            ppid: HashMap::new(),
             prefix: format!("{:x}", (wall / 1_000_000) as u64),
             seq: AtomicU64::new(0),
+            ts_second: None,
         }
     }
 
     pub fn next_id(&self) -> String {
-        format!("{}-{}", self.prefix, self.seq.fetch_add(1, Ordering::Relaxed) + 1)
+        let mut s = String::new();
+        self.push_next_id(&mut s);
+        s
     }
 
+    fn push_next_id(&self, out: &mut String) {
+        out.push_str(&self.prefix);
+        out.push('-');
+        out.push_str(itoa::Buffer::new().format(self.seq.fetch_add(1, Ordering::Relaxed) + 1));
+    }
+
+    /// `rfc3339(wall_ns)` appended to `out`. The date and time of day are formatted (by the
+    /// `time` crate, as `rfc3339` does) once per second of events, not once per event; the
+    /// fraction is written here as `time` writes it: nine digits without their trailing zeros,
+    /// none at all for a whole second.
+    fn push_ts(&mut self, wall_ns: i128, out: &mut String) {
+        const NS: i128 = 1_000_000_000;
+        // (i64 division where it fits: i128's is a library call)
+        let (second, nanos) = match i64::try_from(wall_ns) {
+            Ok(w) => (w.div_euclid(NS as i64) as i128, w.rem_euclid(NS as i64) as u32),
+            Err(_) => (wall_ns.div_euclid(NS), wall_ns.rem_euclid(NS) as u32),
+        };
+        if self.ts_second.as_ref().is_none_or(|(s, _)| *s != second) {
+            let whole = second.checked_mul(NS).unwrap_or(i128::MIN); // (overflow: out of range too)
+            if time::OffsetDateTime::from_unix_timestamp_nanos(whole).is_err() {
+                // Out of `time`'s range: `rfc3339` says what it says (the epoch).
+                out.push_str(&rfc3339(wall_ns));
+                return;
+            }
+            // "YYYY-MM-DDTHH:MM:SSZ", or "" where `time` cannot format the year: then every
+            // instant of this second is "" too.
+            let mut text = rfc3339(whole);
+            text.pop();
+            self.ts_second = Some((second, text));
+        }
+        let text = &self.ts_second.as_ref().expect("set above").1;
+        if text.is_empty() {
+            return;
+        }
+        out.push_str(text);
+        if nanos != 0 {
+            let mut digits = [b'0'; 9];
+            let mut n = nanos;
+            for d in digits.iter_mut().rev() {
+                *d = b'0' + (n % 10) as u8;
+                n /= 10;
+            }
+            let len = 9 - digits.iter().rev().take_while(|&&d| d == b'0').count();
+            out.push('.');
+            out.push_str(std::str::from_utf8(&digits[..len]).expect("ASCII digits"));
+        }
+        out.push('Z');
+    }
+
+    #[cfg(test)]
     fn agent_name(&self, id: u32) -> String {
-        self.agent_names.get((id as usize).wrapping_sub(1)).cloned().unwrap_or_else(|| format!("agent#{id}"))
+        let mut s = String::new();
+        self.push_agent_name(id, &mut s);
+        s
     }
 
-    fn exe_of(&mut self, pid: u32) -> String {
+    fn push_agent_name(&self, id: u32, out: &mut String) {
+        match self.agent_names.get((id as usize).wrapping_sub(1)) {
+            Some(name) => out.push_str(name),
+            None => {
+                let _ = write!(out, "agent#{id}");
+            }
+        }
+    }
+
+    fn push_exe(&mut self, pid: u32, out: &mut String) {
         if let Some(e) = self.exe.get(&pid) {
-            return e.clone();
+            out.push_str(e);
+            return;
         }
         // A process the daemon did not see exec (adopted, or a fork that has not exec'd): ask
         // /proc once; its exec or exit event replaces or drops the entry.
         let exe = std::fs::read_link(format!("/proc/{pid}/exe")).map(|p| p.display().to_string()).unwrap_or_default();
+        out.push_str(&exe);
         if !exe.is_empty() {
-            self.exe.insert(pid, exe.clone());
+            self.exe.insert(pid, exe);
         }
-        exe
     }
 
+    #[cfg(test)]
     pub fn decode(&mut self, ev: &Event) -> Option<EventRecord> {
-        let kind = Kind::try_from(ev.kind).ok()?;
-        let target = path(&ev.path, ev.path_len);
-        let other = path(&ev.path2, ev.path2_len);
-        let exe = match kind {
+        let mut rec = EventRecord::default();
+        self.decode_into(ev, &mut rec).then_some(rec)
+    }
+
+    /// The record of `ev`, written over every field of `rec` but reusing its strings' buffers
+    /// (the event reader decodes every event into the same record). False, with `rec`
+    /// untouched, for a record of an unknown kind.
+    pub fn decode_into(&mut self, ev: &Event, rec: &mut EventRecord) -> bool {
+        let Ok(kind) = Kind::try_from(ev.kind) else { return false };
+        let EventRecord {
+            ts,
+            id,
+            agent,
+            run,
+            pid,
+            ppid,
+            uid,
+            comm,
+            exe,
+            kind: kind_name,
+            target,
+            verdict,
+            action,
+            layer,
+            rule,
+            detail,
+            policy_hash,
+        } = rec;
+        // The first path; the kinds whose target is something else replace it below.
+        target.clear();
+        push_path(target, &ev.path, ev.path_len);
+        exe.clear();
+        match kind {
             Kind::ProcessExec => {
+                exe.push_str(target);
                 self.exe.insert(ev.pid, target.clone());
-                target.clone()
-            }
-            Kind::ProcessExit => self.exe.remove(&ev.pid).unwrap_or_default(),
-            _ => self.exe_of(ev.pid),
-        };
-        let mut detail = Vec::new();
-        let rule;
-        let target = match kind {
-            Kind::ProcessExec => {
-                rule = String::new();
-                if ev.flags & event_flags::INSTANCE_START != 0 {
-                    detail.push("new agent instance: a selector matched".to_string());
-                }
-                target
             }
             Kind::ProcessExit => {
-                rule = String::new();
+                if let Some(e) = self.exe.remove(&ev.pid) {
+                    *exe = e;
+                }
+                self.ppid.remove(&ev.pid);
+            }
+            _ => self.push_exe(ev.pid, exe),
+        }
+        detail.clear();
+        let mut detail = Detail(detail);
+        let rule_name = match kind {
+            Kind::ProcessExec => {
+                if ev.flags & event_flags::INSTANCE_START != 0 {
+                    detail.push("new agent instance: a selector matched");
+                }
+                ""
+            }
+            Kind::ProcessExit => {
                 let code = ev.aux as u32;
                 let sig = code & 0x7f;
-                if sig != 0 {
-                    detail.push(format!("killed by signal {sig}"));
+                let _ = if sig != 0 {
+                    write!(detail.next(), "killed by signal {sig}")
                 } else {
-                    detail.push(format!("exit status {}", (code >> 8) & 0xff));
-                }
-                exe.clone()
+                    write!(detail.next(), "exit status {}", (code >> 8) & 0xff)
+                };
+                assign(target, exe);
+                ""
             }
             Kind::FileWrite => {
-                rule = "files.writable".into();
                 if ev.aux != 0 {
-                    detail.push(format!("open {}", open_flags(ev.aux)));
+                    let d = detail.next();
+                    d.push_str("open ");
+                    push_open_flags(d, ev.aux);
                 }
-                target
+                "files.writable"
             }
             Kind::FileRename | Kind::FileLink => {
-                rule = "files.writable".into();
-                let (from, to) = if ev.flags & event_flags::SECOND_PATH != 0 {
-                    (other, target.clone())
-                } else {
-                    (target.clone(), other)
-                };
+                let other = path(&ev.path2, ev.path2_len);
+                let (from, to) =
+                    if ev.flags & event_flags::SECOND_PATH != 0 { (&other, &*target) } else { (&*target, &other) };
                 if !to.is_empty() {
-                    detail.push(format!("{from} -> {to}"));
+                    let _ = write!(detail.next(), "{from} -> {to}");
                 }
-                target
+                "files.writable"
             }
-            Kind::FileDelete | Kind::FileMkdir | Kind::FileChmod => {
-                rule = "files.writable".into();
-                target
-            }
+            Kind::FileDelete | Kind::FileMkdir | Kind::FileChmod => "files.writable",
             Kind::SysIoUring => {
-                rule = "syscalls.allow".into();
-                detail.push(format!("io_uring_setup(entries={}): io_uring operations bypass syscall tracing", ev.aux));
-                "io_uring".into()
+                let _ = write!(
+                    detail.next(),
+                    "io_uring_setup(entries={}): io_uring operations bypass syscall tracing",
+                    ev.aux
+                );
+                assign(target, "io_uring");
+                "syscalls.allow"
             }
             Kind::NetRawSocket => {
-                rule = "syscalls.allow".into();
-                detail.push(format!("socket(family={}, type={})", ev.aux, ev.aux2 & 0xffff_ffff));
-                "raw_socket".into()
+                let _ = write!(detail.next(), "socket(family={}, type={})", ev.aux, ev.aux2 & 0xffff_ffff);
+                assign(target, "raw_socket");
+                "syscalls.allow"
             }
             Kind::SelfTamper if ev.flags & event_flags::PROTECTED_PATH != 0 => {
-                rule = "self_protection".into();
                 let what = Kind::try_from(ev.aux2 as u32).map(|k| k.name()).unwrap_or("file operation");
-                detail.push(format!("{what} on one of the daemon's own files"));
+                let _ = write!(detail.next(), "{what} on one of the daemon's own files");
                 if ev.aux2 as u32 == agent_monitor_common::kind::FILE_WRITE && ev.aux != 0 && ev.layer != layer::BPF_LSM
                 {
-                    detail.push(format!("open {}", open_flags(ev.aux)));
+                    let d = detail.next();
+                    d.push_str("open ");
+                    push_open_flags(d, ev.aux);
                 }
                 // (the kernel puts the protected path first)
-                target
+                "self_protection"
             }
             Kind::SelfTamper => {
                 let call = match ev.aux {
@@ -265,118 +525,148 @@ impl Decoder {
                 };
                 match call {
                     Some(call) if ev.aux2 != 0 || ev.aux == 311 || ev.aux == 438 => {
-                        rule = "self_protection".into();
-                        let target = (ev.aux2 & 0xffff_ffff) as u32;
+                        let daemon_pid = (ev.aux2 & 0xffff_ffff) as u32;
                         let arg = ev.aux2 >> 32;
-                        detail.push(match call {
-                            "ptrace" => format!("ptrace(request={arg}) on the daemon"),
-                            "process_vm_writev" => "process_vm_writev into the daemon".to_string(),
-                            "pidfd_getfd" => format!("pidfd_getfd(fd {arg}) of the daemon"),
-                            "signal" => format!("signal {arg} to the daemon: refused (EPERM)"),
-                            "ptrace attach" => {
-                                "ptrace-level access to the daemon (ptrace, process_vm_*, /proc/PID/mem, pidfd_getfd): refused (EPERM)".to_string()
-                            }
-                            _ => format!("{call}(signal {arg}) to the daemon"),
-                        });
-                        format!("agent-monitor pid {target}")
+                        let d = detail.next();
+                        let _ = match call {
+                            "ptrace" => write!(d, "ptrace(request={arg}) on the daemon"),
+                            "process_vm_writev" => write!(d, "process_vm_writev into the daemon"),
+                            "pidfd_getfd" => write!(d, "pidfd_getfd(fd {arg}) of the daemon"),
+                            "signal" => write!(d, "signal {arg} to the daemon: refused (EPERM)"),
+                            "ptrace attach" => write!(
+                                d,
+                                "ptrace-level access to the daemon (ptrace, process_vm_*, /proc/PID/mem, pidfd_getfd): refused (EPERM)"
+                            ),
+                            _ => write!(d, "{call}(signal {arg}) to the daemon"),
+                        };
+                        target.clear();
+                        let _ = write!(target, "agent-monitor pid {daemon_pid}");
+                        "self_protection"
                     }
                     _ => {
-                        rule = "syscalls.allow".into();
-                        detail.push(format!("bpf(cmd={})", ev.aux));
-                        "bpf".into()
+                        let _ = write!(detail.next(), "bpf(cmd={})", ev.aux);
+                        assign(target, "bpf");
+                        "syscalls.allow"
                     }
                 }
             }
             Kind::IpcConnect => {
-                rule = "network.allow".into();
-                format!("unix:{target}")
+                target.insert_str(0, "unix:");
+                "network.allow"
             }
             Kind::NetConnect | Kind::NetSend | Kind::NetHttpWrite => {
-                rule = if kind == Kind::NetHttpWrite { "network.http_methods".into() } else { "network.allow".into() };
-                let addr = if ev.flags & event_flags::NET_ADDR != 0 {
-                    net_target(&ev.path, ev.aux as u16)
-                } else {
-                    String::new()
-                };
+                // The first "path" is the address: the target is `host:port`, or nothing.
+                target.clear();
+                if ev.flags & event_flags::NET_ADDR != 0 {
+                    push_net_target(target, &ev.path, ev.aux as u16);
+                }
                 if ev.flags & event_flags::HTTP_REQUEST != 0 {
                     let raw = &ev.path2[..(ev.path2_len as usize).min(ev.path2.len())];
                     let (line, host) = http_request(raw);
                     if !line.is_empty() {
-                        detail.push(line);
+                        detail.push(&line);
                     }
                     if ev.layer == layer::UPROBE {
-                        detail.push("seen in the TLS library before encryption".into());
+                        detail.push("seen in the TLS library before encryption");
                     }
-                    if addr.is_empty() {
-                        host.unwrap_or_else(|| "tls".into())
-                    } else {
-                        if let Some(h) = host {
-                            detail.push(format!("Host: {h}"));
-                        }
-                        addr
+                    if target.is_empty() {
+                        assign(target, host.as_deref().unwrap_or("tls"));
+                    } else if let Some(h) = host {
+                        let _ = write!(detail.next(), "Host: {h}");
                     }
                 } else {
                     if kind == Kind::NetSend {
-                        detail.push("datagram".into());
+                        detail.push("datagram");
                     }
                     if ev.flags & event_flags::TLS_INVISIBLE != 0 {
                         detail.push(
-                            "TLS handshake from a process whose TLS library is not hooked (statically linked?): its HTTP methods are not visible".into(),
+                            "TLS handshake from a process whose TLS library is not hooked (statically linked?): its HTTP methods are not visible",
                         );
                     }
                     if ev.flags & event_flags::SNI_MISMATCH != 0 {
                         let sni = cstr(&ev.path2[..(ev.path2_len as usize).min(ev.path2.len())]);
-                        detail.push(if sni.is_empty() {
-                            "TLS server name unreadable or too long: not an allowed host name".to_string()
+                        if sni.is_empty() {
+                            detail.push("TLS server name unreadable or too long: not an allowed host name");
                         } else {
-                            format!("TLS server name {sni:?} is not an allowed host name for this address")
-                        });
+                            let _ = write!(
+                                detail.next(),
+                                "TLS server name {sni:?} is not an allowed host name for this address"
+                            );
+                        }
                     }
-                    addr
+                }
+                if kind == Kind::NetHttpWrite {
+                    "network.http_methods"
+                } else {
+                    "network.allow"
                 }
             }
         };
         if ev.flags & event_flags::DENY_FELL_BACK != 0 {
-            detail.push("deny requested but no active layer can refuse this operation here: killed instead".into());
+            detail.push("deny requested but no active layer can refuse this operation here: killed instead");
         }
         if ev.flags & event_flags::AFTER_EFFECT != 0 && ev.action == action::KILLED {
-            detail.push("the syscall completed before the kill (tracepoint layer)".into());
+            detail.push("the syscall completed before the kill (tracepoint layer)");
         }
         if ev.flags & event_flags::PATH_TRUNCATED != 0 {
-            detail.push("path truncated".into());
+            detail.push("path truncated");
         }
         if ev.flags & event_flags::KILL_FROM_USERSPACE != 0 {
-            detail.push("refused in the kernel; the instance is killed by the daemon".into());
+            detail.push("refused in the kernel; the instance is killed by the daemon");
         }
-        let ppid = if ev.ppid == 0 { proc_ppid(ev.pid).unwrap_or(0) } else { ev.ppid };
-        let comm = if ev.comm[0] == 0 {
-            std::fs::read_to_string(format!("/proc/{}/comm", ev.pid)).map(|c| c.trim().to_string()).unwrap_or_default()
+        *ppid = if ev.ppid == 0 {
+            match self.ppid.get(&ev.pid) {
+                Some(p) => *p,
+                None => {
+                    let p = proc_ppid(ev.pid).unwrap_or(0);
+                    if p != 0 {
+                        self.ppid.insert(ev.pid, p);
+                    }
+                    p
+                }
+            }
         } else {
-            cstr(&ev.comm)
+            ev.ppid
         };
-        Some(EventRecord {
-            ts: rfc3339(self.boot_to_wall_ns + ev.ts_ns as i128),
-            id: self.next_id(),
-            agent: self.agent_name(ev.agent & (agent_monitor_common::AGENT_SLOTS_PER_GEN - 1)),
-            run: format!("{:016x}", ev.run_id),
-            pid: ev.pid,
-            ppid,
-            uid: ev.uid,
-            comm,
-            exe,
-            kind: kind.name().into(),
-            target,
-            verdict: verdict_name(ev.verdict).into(),
-            action: action_name(ev.action).into(),
-            layer: layer_name(ev.layer).into(),
-            rule,
-            detail: detail.join("; "),
-            policy_hash: if ev.agent & agent_monitor_common::AGENT_GEN_KNOWN != 0 {
-                self.policy_by_gen[((ev.agent / agent_monitor_common::AGENT_SLOTS_PER_GEN) & 1) as usize].clone()
-            } else {
-                None
-            },
-        })
+        comm.clear();
+        if ev.comm[0] == 0 {
+            if let Ok(c) = std::fs::read_to_string(format!("/proc/{}/comm", ev.pid)) {
+                comm.push_str(c.trim());
+            }
+        } else {
+            push_cstr(comm, &ev.comm);
+        }
+        ts.clear();
+        self.push_ts(self.boot_to_wall_ns + ev.ts_ns as i128, ts);
+        id.clear();
+        self.push_next_id(id);
+        agent.clear();
+        self.push_agent_name(ev.agent & (agent_monitor_common::AGENT_SLOTS_PER_GEN - 1), agent);
+        run.clear();
+        push_hex16(run, ev.run_id);
+        *pid = ev.pid;
+        *uid = ev.uid;
+        assign(kind_name, kind.name());
+        assign(verdict, verdict_name(ev.verdict));
+        assign(action, action_name(ev.action));
+        assign(layer, layer_name(ev.layer));
+        assign(rule, rule_name);
+        if ev.agent & agent_monitor_common::AGENT_GEN_KNOWN != 0 {
+            // (Option's clone_from reuses the string already there)
+            policy_hash
+                .clone_from(&self.policy_by_gen[((ev.agent / agent_monitor_common::AGENT_SLOTS_PER_GEN) & 1) as usize]);
+        } else {
+            *policy_hash = None;
+        }
+        true
+    }
+}
+
+/// `format!("{v:016x}")`, appended.
+fn push_hex16(out: &mut String, v: u64) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for i in (0..16).rev() {
+        out.push(HEX[((v >> (i * 4)) & 15) as usize] as char);
     }
 }
 
@@ -385,14 +675,24 @@ mod tests {
     use super::*;
     use agent_monitor_common::kind;
 
-    /// The userspace event path without the ring buffer, for `cargo xtask bench`: decode, then
-    /// the decision's bookkeeping (metrics, JSON), then the audit chain and the write into a
-    /// buffer. Run with `cargo test --release -p agent-monitor decode_throughput -- --ignored
-    /// --nocapture`; prints one `decode_throughput STAGE EVENTS_PER_SEC` line per stage.
+    /// The daemon's userspace event path without the ring buffer, for `cargo xtask bench`; run
+    /// with `cargo test --release -p agent-monitor decode_throughput -- --ignored --nocapture`.
+    /// Prints one `decode_throughput STAGE EVENTS_PER_SEC` line per stage:
+    /// - `decode`: `reader::handle`'s decode, into the reused record under the decoder's lock;
+    /// - `decode+metrics+json`: and the counting and the JSON of `EventLog::record`;
+    /// - `decode+metrics+json+chain+write`: and the rest of `EventLog::record` (audit chain,
+    ///   write) under its lock, into the daemon's own sink (`open_sink`) on a file in the temp
+    ///   directory, flushed once per ring-buffer batch as `reader::run` does.
+    ///
+    /// That is `Shared::record` but for the `warn!` each violation also logs (no subscriber
+    /// here) and webhooks (none configured); holds and `kill_instance` are not per-event work.
     #[test]
     #[ignore]
     fn decode_throughput() {
+        use std::sync::Mutex;
         let n = 400_000u32;
+        // Events in a 64 KiB wakeup of the ring buffer: the reader flushes once per batch.
+        let batch = (64 << 10) / std::mem::size_of::<Event>() as u32;
         let mut ev = raw(kind::FILE_WRITE);
         ev.pid = std::process::id();
         ev.agent = 1 | agent_monitor_common::AGENT_GEN_KNOWN;
@@ -405,32 +705,137 @@ mod tests {
         ev.path[..p.len()].copy_from_slice(p);
         ev.path_len = p.len() as u32;
         let metrics = crate::metrics::Metrics::new();
-        let mut chain = crate::audit::Chain::new();
-        let mut d = Decoder::new(vec!["forum-analyst".into()]);
-        d.policy_by_gen[0] = Some("0b69082506b9d9ed".into());
-        let mut out: Vec<u8> = Vec::with_capacity(256 << 20);
+        let decoder = Mutex::new({
+            let mut d = Decoder::new(vec!["forum-analyst".into()]);
+            d.policy_by_gen[0] = Some("0b69082506b9d9ed".into());
+            d
+        });
+        let file = std::env::temp_dir().join(format!("am-decode-throughput-{}.jsonl", std::process::id()));
+        let (live, _) = tokio::sync::broadcast::channel(16);
+        let log = Mutex::new(crate::events::log::EventLog::new(
+            crate::daemon::open_sink(if std::env::var_os("AM_NULL").is_some() {
+                "/dev/null"
+            } else {
+                file.to_str().unwrap()
+            })
+            .unwrap(),
+            crate::audit::Chain::new(),
+            live,
+        ));
+        let mut series = crate::metrics::EventSeries::default();
+        let mut rec = EventRecord::default();
+        let mut line = String::new();
         for stage in ["decode", "decode+metrics+json", "decode+metrics+json+chain+write"] {
-            out.clear();
             let t = std::time::Instant::now();
             for i in 0..n {
                 ev.ts_ns = i as u64;
-                let rec = d.decode(&ev).unwrap();
-                if stage == "decode" {
-                    std::hint::black_box(&rec);
-                    continue;
+                assert!(decoder.lock().unwrap().decode_into(&ev, &mut rec));
+                match stage {
+                    "decode" => {
+                        std::hint::black_box(&rec);
+                    }
+                    "decode+metrics+json" => {
+                        series.count(&metrics, &ev, &rec);
+                        line.clear();
+                        rec.write_json(&mut line);
+                        std::hint::black_box(&line);
+                    }
+                    _ => {
+                        let mut log = log.lock().unwrap();
+                        log.record(&metrics, &ev, &rec).unwrap();
+                        if (i + 1) % batch == 0 {
+                            log.flush().unwrap();
+                        }
+                    }
                 }
-                metrics.events.with_label_values(&[&rec.agent, &rec.kind, &rec.verdict]).inc();
-                metrics.violations.with_label_values(&[&rec.agent, &rec.kind, &rec.action]).inc();
-                let json = serde_json::to_string(&rec).unwrap();
-                if stage == "decode+metrics+json" {
-                    std::hint::black_box(&json);
-                    continue;
-                }
-                out.extend_from_slice(chain.seal(&json).as_bytes());
-                out.push(b'\n');
             }
+            log.lock().unwrap().flush().unwrap();
             let rate = n as f64 / t.elapsed().as_secs_f64();
             println!("decode_throughput {stage} {rate:.0}");
+        }
+        let written = std::fs::metadata(&file).map(|m| m.len()).unwrap_or(u64::MAX);
+        let _ = std::fs::remove_file(&file);
+        assert!(written > n as u64 * 400, "{written} bytes for {n} events");
+    }
+
+    #[test]
+    fn json_is_serde_json() {
+        // Escapes at every position of the words `needs_escape` reads (whole, overlapping, short).
+        let mut tricky: Vec<String> =
+            ["", "a", "\"", "\\", "caf\u{e9} \u{2028} \u{65e5}\u{672c}", "\u{7f}/\u{0}/\u{1f}"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+        for c in (0u8..0x20).chain([b'"', b'\\', b'a', 0x7f]) {
+            for len in [1, 3, 4, 5, 7, 8, 9, 12, 15, 16, 17, 24] {
+                for at in 0..len {
+                    let mut s = vec![b'x'; len];
+                    s[at] = c;
+                    tricky.push(String::from_utf8(s).unwrap());
+                }
+            }
+        }
+        let mut d = Decoder::new(vec!["forum-analyst".into()]);
+        let mut e = raw(kind::FILE_WRITE);
+        e.path_len = set(&mut e.path, "/etc/motd");
+        let mut r = d.decode(&e).unwrap();
+        for (i, t) in tricky.iter().enumerate() {
+            r.target = t.clone();
+            r.detail = format!("{t}{t}; {i}");
+            r.comm = t.chars().rev().collect();
+            r.pid = i as u32 * 7919;
+            r.ppid = u32::MAX - i as u32;
+            r.policy_hash = (i % 2 == 0).then(|| t.clone());
+            let mut out = String::new();
+            r.write_json(&mut out);
+            assert_eq!(out, serde_json::to_string(&r).unwrap());
+        }
+    }
+
+    #[test]
+    fn ts_is_rfc3339() {
+        let mut d = Decoder::new(vec![]);
+        let now = clock_ns(libc::CLOCK_REALTIME);
+        const S: i128 = 1_000_000_000;
+        let max = 253_402_300_799 * S; // 9999-12-31T23:59:59Z
+        let year0 = -62_167_219_200 * S; // 0000-01-01T00:00:00Z
+        let mut cases =
+            vec![now, now + 1, now + S, now, 0, 1, -1, -S - 1, 999_999_999, S, 100_000_000, 120_000_000_000];
+        cases.extend([max, max + S - 1, max + S, max + S + 5, year0, year0 - 1, i128::MAX, i128::MIN, -S * S * S]);
+        cases.extend((0..2000).map(|i| now + i * 123_456_789 - 1_000_000 * (i % 7)));
+        for ns in cases {
+            let mut ts = String::from("stale");
+            ts.clear();
+            d.push_ts(ns, &mut ts);
+            assert_eq!(ts, rfc3339(ns), "{ns}");
+        }
+    }
+
+    #[test]
+    fn decode_into_overwrites_every_field() {
+        let mut d = Decoder::new(vec!["forum-analyst".into(), "b".into()]);
+        d.policy_by_gen[0] = Some("hash0".into());
+        let mut exec = raw(kind::PROCESS_EXEC);
+        exec.agent = 1 | agent_monitor_common::AGENT_GEN_KNOWN;
+        exec.flags = event_flags::INSTANCE_START;
+        exec.path_len = set(&mut exec.path, "/usr/bin/python3.11");
+        let mut conn = raw(kind::NET_CONNECT);
+        conn.agent = 2;
+        conn.pid = 43;
+        conn.flags = event_flags::NET_ADDR;
+        conn.path[..16].copy_from_slice(&std::net::Ipv6Addr::LOCALHOST.octets());
+        conn.aux = 443;
+        conn.comm = [0; agent_monitor_common::COMM_LEN];
+        // (decoding has effects, on the executable cache: a second decoder sees the same events)
+        let mut d2 = Decoder::new(d.agent_names.clone());
+        d2.policy_by_gen = d.policy_by_gen.clone();
+        d2.boot_to_wall_ns = d.boot_to_wall_ns;
+        let mut rec = EventRecord::default();
+        for ev in [exec, conn, exec, raw(kind::PROCESS_EXIT), conn, raw(kind::PROCESS_EXIT)] {
+            assert!(d.decode_into(&ev, &mut rec));
+            let mut fresh = d2.decode(&ev).unwrap();
+            fresh.id = rec.id.clone();
+            assert_eq!(rec, fresh);
         }
     }
 

@@ -6,7 +6,7 @@ use aya::maps::{MapData, RingBuf};
 use tokio::io::unix::AsyncFd;
 use tracing::{error, warn};
 
-use crate::daemon::Shared;
+use crate::{daemon::Shared, events::EventRecord};
 
 /// Read events until the ring buffer is closed.
 #[allow(deprecated)] // AsyncFd::new: the ring buffer owns its fd for as long as the AsyncFd lives
@@ -18,6 +18,8 @@ pub async fn run(ring: RingBuf<MapData>, shared: Arc<Shared>) {
             return;
         }
     };
+    // Every event is decoded into this record, reusing its buffers (see `Decoder::decode_into`).
+    let mut rec = EventRecord::default();
     loop {
         // The kernel wakes us for a batch or an urgent event (a kill to finish, a hold to
         // announce); anything else is picked up on this tick.
@@ -37,7 +39,7 @@ pub async fn run(ring: RingBuf<MapData>, shared: Arc<Shared>) {
             continue;
         }
         for ev in batch {
-            handle(&shared, &ev).await;
+            handle(&shared, &ev, &mut rec).await;
         }
         // One write(2) per batch, not per event.
         shared.flush();
@@ -49,25 +51,20 @@ const TICK: std::time::Duration = std::time::Duration::from_millis(50);
 
 fn drain(ring: &mut RingBuf<MapData>, shared: &Arc<Shared>, batch: &mut Vec<Event>) {
     while let Some(item) = ring.next() {
-        if item.len() < std::mem::size_of::<Event>() {
-            shared.metrics.decode_errors.inc();
-            continue;
+        match pad_event(&item) {
+            Some(ev) => batch.push(ev),
+            None => shared.metrics.decode_errors.inc(),
         }
-        // SAFETY: the record is an `Event` written by the kernel side; read unaligned.
-        batch.push(unsafe { std::ptr::read_unaligned(item.as_ptr() as *const Event) });
     }
 }
 
-async fn handle(shared: &Arc<Shared>, ev: &Event) {
-    let rec = {
-        let mut d = shared.decoder.lock().unwrap();
-        d.decode(ev)
-    };
-    let Some(mut rec) = rec else {
+async fn handle(shared: &Arc<Shared>, ev: &Event, rec: &mut EventRecord) {
+    let decoded = shared.decoder.lock().unwrap().decode_into(ev, rec);
+    if !decoded {
         shared.metrics.decode_errors.inc();
         warn!(kind = ev.kind, "event with an unknown kind dropped");
         return;
-    };
+    }
     if ev.flags & agent_monitor_common::event_flags::TLS_INVISIBLE != 0 {
         shared.tls_invisible.lock().unwrap().insert(ev.pid);
     }
@@ -102,5 +99,56 @@ async fn handle(shared: &Arc<Shared>, ev: &Event) {
         let sh = shared.clone();
         tokio::task::spawn_blocking(move || sh.kill_instance(run_id));
     }
-    shared.record(&rec);
+    shared.record(ev, rec);
+}
+
+/// A ring-buffer record as a whole `Event`: the kernel cuts records where their unused paths
+/// begin (`agent_monitor_common::EVENT_SHORT`, `EVENT_ONE_PATH`); the missing tail is zeros and
+/// the path lengths are bounded by the bytes the record has. None if it is not even a header.
+pub fn pad_event(item: &[u8]) -> Option<Event> {
+    use agent_monitor_common::{EVENT_HEAD, EVENT_ONE_PATH};
+    const FULL: usize = std::mem::size_of::<Event>();
+    if item.len() < EVENT_HEAD {
+        return None;
+    }
+    let mut buf = [0u8; FULL];
+    let n = item.len().min(FULL);
+    buf[..n].copy_from_slice(&item[..n]);
+    // SAFETY: `Event` is plain old data (integers and byte arrays); any bytes are a value.
+    let mut ev: Event = unsafe { std::ptr::read_unaligned(buf.as_ptr() as *const Event) };
+    ev.path_len = ev.path_len.min(n.saturating_sub(EVENT_HEAD) as u32);
+    ev.path2_len = ev.path2_len.min(n.saturating_sub(EVENT_ONE_PATH) as u32);
+    Some(ev)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use agent_monitor_common::{EVENT_ONE_PATH, EVENT_SHORT};
+
+    fn bytes(ev: &Event) -> Vec<u8> {
+        // SAFETY: plain old data.
+        unsafe { std::slice::from_raw_parts(ev as *const Event as *const u8, std::mem::size_of::<Event>()) }.to_vec()
+    }
+
+    #[test]
+    fn short_records_are_padded_and_their_lengths_bounded() {
+        let mut ev: Event = unsafe { std::mem::zeroed() };
+        ev.pid = 42;
+        ev.path[..4].copy_from_slice(b"/tmp");
+        ev.path_len = 4;
+        let full = bytes(&ev);
+        let short = pad_event(&full[..EVENT_SHORT]).unwrap();
+        assert_eq!((short.pid, short.path_len, &short.path[..4]), (42, 4, &b"/tmp"[..]));
+        // A length that claims more than the record holds is cut to what it holds.
+        ev.path_len = 200;
+        ev.path2_len = 9;
+        let full = bytes(&ev);
+        let one = pad_event(&full[..EVENT_ONE_PATH]).unwrap();
+        assert_eq!((one.path_len, one.path2_len), (200, 0));
+        let short = pad_event(&full[..EVENT_SHORT]).unwrap();
+        assert_eq!(short.path_len, 16);
+        assert_eq!(pad_event(&full).unwrap().path2_len, 9);
+        assert!(pad_event(&full[..50]).is_none());
+    }
 }

@@ -1,0 +1,60 @@
+//! The events log: every line sealed into the audit chain (`crate::audit`), offered to the live
+//! stream (`events --follow`) and written to the sink; each decoded event counted first.
+use std::io::{self, Write};
+
+use agent_monitor_common::Event;
+use tokio::sync::broadcast;
+
+use crate::{
+    audit::Chain,
+    events::EventRecord,
+    metrics::{EventSeries, Metrics},
+};
+
+pub struct EventLog {
+    /// The events file (buffered: the reader flushes once per ring-buffer batch), or stdout.
+    pub sink: Box<dyn Write + Send>,
+    chain: Chain,
+    live: broadcast::Sender<String>,
+    series: EventSeries,
+    /// The line being written, reused: a line costs no allocation.
+    line: String,
+}
+
+impl EventLog {
+    pub fn new(sink: Box<dyn Write + Send>, chain: Chain, live: broadcast::Sender<String>) -> Self {
+        EventLog { sink, chain, live, series: EventSeries::default(), line: String::with_capacity(4096) }
+    }
+
+    /// The per-event path after decoding: count `rec` (decoded from `ev`) in the metrics, then
+    /// write its line.
+    pub fn record(&mut self, metrics: &Metrics, ev: &Event, rec: &EventRecord) -> io::Result<()> {
+        self.series.count(metrics, ev, rec);
+        self.line.clear();
+        rec.write_json(&mut self.line);
+        self.write_line()
+    }
+
+    /// Write a serialised JSON object (a record that is not a decoded event: `policy.load`,
+    /// `hold.decision`).
+    pub fn write_json(&mut self, json: &str) -> io::Result<()> {
+        self.line.clear();
+        self.line.push_str(json);
+        self.write_line()
+    }
+
+    fn write_line(&mut self) -> io::Result<()> {
+        self.chain.seal_in_place(&mut self.line);
+        // Copy the line for the live stream only when someone follows it (a follower that
+        // subscribes meanwhile starts with the next line).
+        if self.live.receiver_count() > 0 {
+            let _ = self.live.send(self.line.clone());
+        }
+        self.line.push('\n');
+        self.sink.write_all(self.line.as_bytes())
+    }
+
+    pub fn flush(&mut self) -> io::Result<()> {
+        self.sink.flush()
+    }
+}

@@ -93,6 +93,8 @@ pub struct Shared {
     pub hold_timeout: Duration,
     /// Last kernel statistics per program, to turn them into counter increments.
     pub prog_stats: Mutex<std::collections::HashMap<String, (u64, f64)>>,
+    /// When the kernel counts them (`[daemon] bpf_stats`).
+    pub bpf_stats: crate::bpf::stats::StatsSampler,
     /// Violation lines in the daemon's own log (the journal), rate-limited.
     pub journal: Mutex<JournalLimiter>,
 }
@@ -474,10 +476,18 @@ impl Shared {
         self.hook_mapped_tls_libs(&tracked);
         {
             let mut last = self.prog_stats.lock().unwrap();
+            // Sampled statistics stand for ten times what the kernel counted (what ran before
+            // the daemon started is taken as it is).
+            let scale = self.bpf_stats.scale();
+            self.metrics.bpf_stats_ratio.set(self.bpf_stats.ratio());
             for (name, runs, secs) in progs {
-                let (r0, s0) = last.get(&name).copied().unwrap_or((0, 0.0));
-                self.metrics.prog_runs.with_label_values(&[&name]).inc_by(runs.saturating_sub(r0));
-                self.metrics.prog_seconds.with_label_values(&[&name]).inc_by((secs - s0).max(0.0));
+                let (k, (r0, s0)) = match last.get(&name) {
+                    Some(prev) => (scale, *prev),
+                    None => (1.0, (0, 0.0)),
+                };
+                let runs_delta = (runs.saturating_sub(r0) as f64 * k).round() as u64;
+                self.metrics.prog_runs.with_label_values(&[&name]).inc_by(runs_delta);
+                self.metrics.prog_seconds.with_label_values(&[&name]).inc_by((secs - s0).max(0.0) * k);
                 last.insert(name, (runs, secs));
             }
         }
@@ -685,6 +695,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             .map(Duration::from_secs)
             .unwrap_or(crate::enforce_holds::DEFAULT_TIMEOUT),
         prog_stats: Mutex::new(Default::default()),
+        bpf_stats: crate::bpf::stats::StatsSampler::start(policy.daemon.bpf_stats.unwrap_or_default()),
         journal: Default::default(),
     });
 

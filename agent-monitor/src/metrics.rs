@@ -42,6 +42,7 @@ pub struct Metrics {
     pub hold_decisions: IntCounterVec,
     pub hold_wait: prometheus::Histogram,
     pub prog_seconds: CounterVec,
+    pub bpf_stats_ratio: prometheus::Gauge,
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
@@ -105,7 +106,7 @@ impl Metrics {
             ),
             prog_runs: cv(
                 "agent_monitor_bpf_program_runs_total",
-                "Runs of each eBPF program (kernel statistics).",
+                "Runs of each eBPF program (kernel statistics; an estimate when bpf_stats is sampled).",
                 &["program"],
             ),
             prog_seconds: reg(
@@ -113,7 +114,7 @@ impl Metrics {
                 CounterVec::new(
                     Opts::new(
                         "agent_monitor_bpf_program_run_seconds_total",
-                        "CPU time spent in each eBPF program (kernel statistics).",
+                        "CPU time spent in each eBPF program (kernel statistics; an estimate when bpf_stats is sampled).",
                     ),
                     &["program"],
                 )
@@ -159,6 +160,15 @@ impl Metrics {
             policy_agents: reg(
                 &r,
                 IntGauge::new("agent_monitor_policy_agents", "Agent profiles in the enforcing policy.").unwrap(),
+            ),
+            bpf_stats_ratio: reg(
+                &r,
+                prometheus::Gauge::new(
+                    "agent_monitor_bpf_stats_sample_ratio",
+                    "Share of the time the kernel counts BPF program runs (1 on, 0.1 sampled, 0 off or refused); \
+                     agent_monitor_bpf_program_* are what it counted divided by this.",
+                )
+                .unwrap(),
             ),
             registry: r,
         };

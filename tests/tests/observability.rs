@@ -162,3 +162,49 @@ fn prometheus_scrapes_a_scenario_and_every_dashboard_query_answers() {
     });
     assert!(alerts.contains("\"agent\":\"observed\""), "{alerts}");
 }
+
+/// `[daemon] bpf_stats`: `on` counts every run, `sampled` (the default) counts one second in ten
+/// and scales by ten, `off` counts nothing; `agent_monitor_bpf_stats_sample_ratio` says which.
+#[test]
+fn bpf_program_statistics_follow_the_bpf_stats_setting() {
+    if !can_run_root_tests("bpf_program_statistics_follow_the_bpf_stats_setting") {
+        return;
+    }
+    let t = TempDir::new("stats");
+    let work = t.join("work");
+    fs::create_dir(&work).unwrap();
+    let agent = copy_binary(t.path(), "/bin/bash", "am-stats");
+    // 200 write-opens inside the work directory: allowed, each one run of sys_exit_open_any.
+    let opens = format!("for i in $(seq 200); do echo $i > {}/f; done", work.display());
+    let runs = |d: &Daemon| d.metric("agent_monitor_bpf_program_runs_total", &[("program", "sys_exit_open_any")]);
+    for (mode, ratio) in [("on", 1.0), ("sampled", 0.1), ("off", 0.0)] {
+        let setting = if mode == "sampled" { String::new() } else { format!("[daemon]\nbpf_stats = \"{mode}\"\n") };
+        let d = Daemon::start(&file_policy(&setting, &work, "am-stats"));
+        assert!(run(Command::new(&agent).arg("-c").arg(&opens)).success());
+        let what = format!("agent_monitor_bpf_stats_sample_ratio {ratio} (bpf_stats = {mode})");
+        std::thread::sleep(Duration::from_millis(2500)); // one refresh of the kernel counters
+        wait_for(&what, 10, || d.metric("agent_monitor_bpf_stats_sample_ratio", &[]).filter(|r| *r == ratio));
+        match mode {
+            // The counters are read every 2 s; the agent's 200 opens ran while statistics were on
+            // (sampled: the first second after start is a sampling window).
+            "on" => {
+                wait_for("exact run counts", 10, || runs(&d).filter(|n| *n >= 200.0));
+            }
+            "sampled" => {
+                // After the first reading, every increase is ten per run the kernel counted in a
+                // window (one second in ten): keep the agent busy until one lands.
+                let n1 = wait_for("a first reading", 10, || runs(&d));
+                let n2 = wait_for("scaled run counts", 40, || {
+                    assert!(run(Command::new(&agent).arg("-c").arg(&opens)).success());
+                    std::thread::sleep(Duration::from_millis(500));
+                    runs(&d).filter(|n| *n > n1)
+                });
+                assert_eq!((n2 - n1) % 10.0, 0.0, "sampled counts are scaled by ten: {n1} -> {n2}");
+            }
+            _ => {
+                std::thread::sleep(Duration::from_secs(3));
+                assert!(runs(&d).unwrap_or(0.0) < 200.0, "statistics off, yet counted: {:?}", runs(&d));
+            }
+        }
+    }
+}

@@ -226,8 +226,6 @@ pub struct Kernel {
     pub adopted: bool,
     /// TLS library files whose write functions are hooked.
     pub tls_libs: BTreeSet<PathBuf>,
-    /// Keeps the kernel's per-program run-time statistics on while the daemon runs.
-    pub _stats: Option<std::os::fd::OwnedFd>,
 }
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/agent-monitor"));
@@ -393,22 +391,7 @@ impl Kernel {
         for n in &layers.notes {
             warn!("{n}");
         }
-        // Per-program run count and run time (BPF_ENABLE_STATS): a few ns per program run.
-        // AGENT_MONITOR_BPF_STATS=0 leaves them off (to measure what they cost).
-        let stats = if std::env::var("AGENT_MONITOR_BPF_STATS").as_deref() == Ok("0") {
-            info!("kernel BPF statistics left off (AGENT_MONITOR_BPF_STATS=0)");
-            None
-        } else {
-            match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
-                Ok(fd) => Some(fd),
-                Err(e) => {
-                    warn!(error = %e, "kernel BPF statistics unavailable: agent_monitor_bpf_program_* stay at 0");
-                    None
-                }
-            }
-        };
-        let mut kernel =
-            Kernel { ebpf, layers, tls_libs, _stats: stats, links: Vec::new(), pin_dir, pinned: 0, adopted };
+        let mut kernel = Kernel { ebpf, layers, tls_libs, links: Vec::new(), pin_dir, pinned: 0, adopted };
         for (label, link) in links {
             kernel.keep_link(label, link)?;
         }

@@ -3,5 +3,6 @@
 pub mod btf;
 pub mod loader;
 pub mod maps;
+pub mod stats;
 
 pub use loader::Kernel;

@@ -221,6 +221,7 @@ impl Validator<'_> {
             }
             out.hold_timeout_secs = Some(t.into_inner());
         }
+        out.bpf_stats = d.bpf_stats;
         out
     }
 
@@ -563,6 +564,7 @@ control_socket = "/run//agent-monitor/control.sock"
 admin_group = "agent-admins"
 pin_path = "/sys/fs/bpf/agent-monitor/"
 hold_timeout_secs = 300
+bpf_stats = "on"
 
 [[alerts.webhook]]
 url = "https://hooks.example/agent"
@@ -594,6 +596,7 @@ allow = ["io_uring", "bpf"]
                 admin_group: Some("agent-admins".into()),
                 pin_path: Some("/sys/fs/bpf/agent-monitor".into()),
                 hold_timeout_secs: Some(300),
+                bpf_stats: Some(crate::policy::model::BpfStats::On),
             }
         );
         assert_eq!(p.alerts.webhook[0].format, WebhookFormat::Json);
@@ -642,6 +645,7 @@ allow = ["io_uring", "bpf"]
         expect("[[agent]]\nname = \"a\"\n[agent.match]\nuid = [\"1500\"]\n", &[(4, 8, "expected u32")]);
         expect("[[agent]]\nname = \"a\"\n[agent.match]\nuid = [-1]\n", &[(4, 8, "expected u32")]);
         expect("[daemon]\nhold_timeout_secs = -5\n", &[(2, 21, "expected u64")]);
+        expect("[daemon]\nbpf_stats = \"always\"\n", &[(2, 13, "unknown variant `always`")]);
         expect(
             "[daemon]\nmetrics_listen.port = 9750\n",
             &[(2, 16, "invalid type: a table, where a single value is expected")],

@@ -87,6 +87,34 @@ pub struct DaemonConfig {
     pub pin_path: Option<String>,
     /// How long a held action waits for `approve`/`deny`, in seconds (at least 1).
     pub hold_timeout_secs: Option<u64>,
+    /// The kernel's per-program statistics behind `agent_monitor_bpf_program_*` (default
+    /// `sampled`). Read at start.
+    pub bpf_stats: Option<BpfStats>,
+}
+
+/// `[daemon] bpf_stats`: when the kernel times every BPF program run (BPF_ENABLE_STATS, a
+/// system-wide switch that costs two clock reads per run of every program, an agent's or not).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BpfStats {
+    /// Always on: exact counters, the full cost.
+    On,
+    /// On one second in ten; the counters grow by ten times what the kernel counted in that
+    /// second (an estimate of the runs and run time) for a tenth of the cost.
+    #[default]
+    Sampled,
+    /// Off: the two metrics stay at 0.
+    Off,
+}
+
+impl BpfStats {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BpfStats::On => "on",
+            BpfStats::Sampled => "sampled",
+            BpfStats::Off => "off",
+        }
+    }
 }
 
 impl DaemonConfig {
@@ -394,6 +422,9 @@ impl fmt::Display for Policy {
         }
         if let Some(t) = d.hold_timeout_secs {
             writeln!(f, "hold_timeout_secs = {t}")?;
+        }
+        if let Some(b) = d.bpf_stats {
+            writeln!(f, "bpf_stats = {}", toml_string(b.as_str()))?;
         }
         for w in &self.alerts.webhook {
             writeln!(f, "\n[[alerts.webhook]]")?;
@@ -802,6 +833,7 @@ pub(crate) mod raw {
         pub admin_group: Option<Spanned<String>>,
         pub pin_path: Option<Spanned<String>>,
         pub hold_timeout_secs: Option<Spanned<u64>>,
+        pub bpf_stats: Option<super::BpfStats>,
     }
 
     #[derive(Debug, Default, Deserialize)]

@@ -251,6 +251,19 @@ pub fn run(home: &Path, opts: Options) -> Result<()> {
         "--rounds and --reps must be at least 1, --run-secs positive"
     );
     setup::run(home, true)?;
+    // BPF programs already in the kernel run in every case, `none` included, and make every
+    // ratio look better than it is (an earlier session's benchmarks ran beside 96 programs
+    // left pinned by interrupted tests: open+close took 2.8 us instead of 2.1 us with no monitor).
+    let loaded = loaded_bpf_programs();
+    ensure!(
+        loaded.is_empty(),
+        "{} BPF programs are already loaded ({}{}): they would run in every case, the baseline included. \
+         Stop the monitors that own them; programs an agent-monitor left pinned go with \
+         `agent-monitor cleanup --pin-path DIR` (or removing their directory under /sys/fs/bpf)",
+        loaded.len(),
+        loaded.iter().take(5).cloned().collect::<Vec<_>>().join(", "),
+        if loaded.len() > 5 { ", ..." } else { "" }
+    );
     run_cmd(cargo().args(["build", "--release", "-p", "agent-monitor"]))?;
     let daemon_bin = target_dir().join("release/agent-monitor");
     let (load, ssl) = build_load()?;
@@ -1684,6 +1697,20 @@ fn log_time(line: &str) -> Option<f64> {
     let time = line.split_whitespace().next()?.split_once('T')?.1.trim_end_matches('Z');
     let mut parts = time.split(':').map(|p| p.parse::<f64>().ok());
     Some(parts.next()?? * 3600.0 + parts.next()?? * 60.0 + parts.next()??)
+}
+
+/// Names of the BPF programs loaded in the kernel (`bpftool prog show`, Debian's `bpftool`;
+/// without it nothing is checked and the bench says so on stderr).
+fn loaded_bpf_programs() -> Vec<String> {
+    let Ok(out) = Command::new("bpftool").args(["prog", "show"]).output() else {
+        eprintln!("bench: bpftool not found: BPF programs already loaded are not checked for");
+        return Vec::new();
+    };
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.split(':').next().is_some_and(|id| id.trim().parse::<u32>().is_ok()))
+        .map(|l| l.split_whitespace().skip_while(|w| *w != "name").nth(1).unwrap_or("?").to_string())
+        .collect()
 }
 
 /// Processes named agent-monitor other than `ours`: another engineer's daemons add load.

@@ -23,9 +23,9 @@ use aya_ebpf::{
             bpf_probe_read_user_str, bpf_skb_load_bytes,
         },
     },
-    macros::{cgroup_skb, cgroup_sock, cgroup_sock_addr, tracepoint, uprobe},
+    macros::{cgroup_skb, cgroup_sock, cgroup_sock_addr, raw_tracepoint, tracepoint, uprobe},
     maps::lpm_trie::Key,
-    programs::{ProbeContext, SkBuffContext, SockAddrContext, SockContext, TracePointContext},
+    programs::{ProbeContext, RawTracePointContext, SkBuffContext, SockAddrContext, SockContext, TracePointContext},
     EbpfContext,
 };
 use core::ffi::c_void;
@@ -644,9 +644,12 @@ fn try_unix_connect(ctx: &TracePointContext) -> Result<(), i64> {
 /// this CPU and the current task is the writer, stop it here, inside its `send`: it does not
 /// run on until a person decides (the daemon stops it too, in case the packet was sent from
 /// another context).
-#[tracepoint]
+///
+/// A raw tracepoint: it reads nothing from the event, and a dropped packet of any process pays
+/// for this hook (the perf-buffered tracepoint cost ~115 ns per drop here, the raw one a few).
+#[raw_tracepoint(tracepoint = "kfree_skb")]
 #[inline(always)]
-pub fn kfree_skb(_ctx: TracePointContext) -> u32 {
+pub fn kfree_skb(_ctx: RawTracePointContext) -> i32 {
     let Some(p) = HOLD_STOP.get_ptr_mut(0) else { return 0 };
     let tgid = unsafe { *p };
     if tgid == 0 {

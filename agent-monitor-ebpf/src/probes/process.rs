@@ -49,10 +49,13 @@ fn try_fork(ctx: &RawTracePointContext) -> Result<(), i64> {
     Ok(())
 }
 
-#[tracepoint(category = "sched", name = "sched_process_exec")]
+// Raw tracepoints (here and for exit): the programs read nothing from the event record, and a
+// raw tracepoint skips building it (perf's per-event buffer and copy) on every exec and exit of
+// every process on the host.
+#[raw_tracepoint(tracepoint = "sched_process_exec")]
 #[inline(always)]
-pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
-    let _ = try_exec(&ctx);
+pub fn sched_process_exec(_ctx: RawTracePointContext) -> i32 {
+    let _ = try_exec();
     0
 }
 
@@ -94,7 +97,7 @@ unsafe fn select(s: *mut Scratch, task: *const u8) -> Option<u32> {
 }
 
 #[inline(always)]
-fn try_exec(_ctx: &TracePointContext) -> Result<(), i64> {
+fn try_exec() -> Result<(), i64> {
     if !kernel::offsets_valid() {
         return Ok(());
     }
@@ -144,9 +147,9 @@ fn try_exec(_ctx: &TracePointContext) -> Result<(), i64> {
     Ok(())
 }
 
-#[tracepoint(category = "sched", name = "sched_process_exit")]
+#[raw_tracepoint(tracepoint = "sched_process_exit")]
 #[inline(always)]
-pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
+pub fn sched_process_exit(_ctx: RawTracePointContext) -> i32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
     if tgid != pid_tgid as u32 {

@@ -64,13 +64,13 @@ pub const PROBES: &[Probe] = &[
     },
     Probe {
         program: "sched_process_exec",
-        attach: Attach::TracePoint("sched", &["sched_process_exec"]),
+        attach: Attach::RawTracePoint("sched_process_exec"),
         required: true,
         layer: "tracepoint",
     },
     Probe {
         program: "sched_process_exit",
-        attach: Attach::TracePoint("sched", &["sched_process_exit"]),
+        attach: Attach::RawTracePoint("sched_process_exit"),
         required: true,
         layer: "tracepoint",
     },
@@ -177,7 +177,7 @@ pub const PROBES: &[Probe] = &[
     Probe { program: "sendmsg6", attach: Attach::CgroupSockAddr, required: true, layer: "cgroup" },
     Probe { program: "sock_create", attach: Attach::CgroupSock, required: true, layer: "cgroup" },
     Probe { program: "http_egress", attach: Attach::CgroupSkbEgress, required: true, layer: "cgroup" },
-    Probe { program: "kfree_skb", attach: Attach::TracePoint("skb", &["kfree_skb"]), required: false, layer: "cgroup" },
+    Probe { program: "kfree_skb", attach: Attach::RawTracePoint("kfree_skb"), required: false, layer: "cgroup" },
     Probe { program: "ssl_write", attach: Attach::UProbe("SSL_write"), required: false, layer: "uprobe" },
     Probe { program: "ssl_write_ex", attach: Attach::UProbe("SSL_write_ex"), required: false, layer: "uprobe" },
     Probe {

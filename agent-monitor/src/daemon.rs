@@ -97,6 +97,8 @@ pub struct Shared {
     pub bpf_stats: crate::bpf::stats::StatsSampler,
     /// Violation lines in the daemon's own log (the journal), rate-limited.
     pub journal: Mutex<JournalLimiter>,
+    /// `[daemon] tls_uprobes`: hook the TLS libraries agents map.
+    pub tls_uprobes: bool,
 }
 
 /// At most `JOURNAL_LINES_PER_SEC` violations a second become a log line; the events log has
@@ -473,7 +475,9 @@ impl Shared {
             let k = self.kernel.lock().unwrap();
             (kmaps::tracked(&k.ebpf), kmaps::stats(&k.ebpf), kmaps::tls_visible(&k.ebpf), k.program_stats())
         };
-        self.hook_mapped_tls_libs(&tracked);
+        if self.tls_uprobes {
+            self.hook_mapped_tls_libs(&tracked);
+        }
         {
             let mut last = self.prog_stats.lock().unwrap();
             // Sampled statistics stand for ten times what the kernel counted (what ran before
@@ -634,7 +638,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
 
     let metrics = Arc::new(Metrics::new());
     let pins = args.pin_path.clone().or_else(|| policy.daemon.pin_path.clone().map(PathBuf::from));
-    let mut kernel = Kernel::load(pins.as_deref())?;
+    let tls_uprobes = policy.daemon.tls_uprobes.unwrap_or(true);
+    let mut kernel = Kernel::load(pins.as_deref(), tls_uprobes)?;
     release_startup_memory();
     let resolved = kmaps::resolve_hosts(&compiled.hosts);
     let control_path = args
@@ -697,6 +702,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         prog_stats: Mutex::new(Default::default()),
         bpf_stats: crate::bpf::stats::StatsSampler::start(policy.daemon.bpf_stats.unwrap_or_default()),
         journal: Default::default(),
+        tls_uprobes,
     });
 
     let listener =

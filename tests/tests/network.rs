@@ -428,3 +428,39 @@ fn invisible_tls_is_reported_and_fails_closed_when_required() {
     let m = d.metrics();
     assert!(m.contains("agent_monitor_tls_visible_processes"), "{m}");
 }
+
+/// `[daemon] tls_uprobes = false` (for hosts where the uprobe trap on every process's
+/// `SSL_write` costs too much): nothing is hooked, the layer says so, methods inside TLS go
+/// unseen (a POST gets through an agent that only allows GET) and an agent that requires
+/// visibility cannot use TLS at all.
+#[test]
+fn with_tls_uprobes_off_tls_is_invisible_and_required_visibility_fails_closed() {
+    if !can_run_root_tests("with_tls_uprobes_off_tls_is_invisible_and_required_visibility_fails_closed") {
+        return;
+    }
+    let t = TempDir::new("tls-off");
+    let forum = Forum::start(t.path(), "127.0.0.1", true, None);
+    let p = forum.port;
+    let allow = format!("127.0.0.1:{p}");
+    let pol = format!(
+        "[daemon]\ntls_uprobes = false\n{}\n{}",
+        policy("blind", &["am-blind-curl"], "kill", &[&allow], ""),
+        policy("strict", &["am-strict-curl"], "kill", &[&allow], "require_http_visibility = true")
+    );
+    let d = Daemon::start(&pol);
+    assert_eq!(d.metric("agent_monitor_layer_up", &[("layer", "uprobe")]), Some(0.0));
+    assert!(d.log_text().contains("tls_uprobes = false"), "{}", d.log_text());
+    let url = format!("https://127.0.0.1:{p}/answer");
+    let blind = copy_binary(t.path(), "/usr/bin/curl", "am-blind-curl");
+    let before = forum.count("POST");
+    let st = run(Command::new(&blind).args(["-sk", "--max-time", "5", "-o", "/dev/null", "-d", "x=1", &url]));
+    assert!(st.success(), "the blind agent's TLS connection was refused: {st}");
+    assert_eq!(forum.count("POST"), before + 1, "with the uprobes off, a POST inside TLS is not seen");
+    let strict = copy_binary(t.path(), "/usr/bin/curl", "am-strict-curl");
+    let gets = forum.count("GET");
+    let st = run(Command::new(&strict).args(["-sk", "--max-time", "5", "-o", "/dev/null", &url]));
+    assert!(!st.success(), "an unseen TLS client got through require_http_visibility");
+    assert_eq!(forum.count("GET"), gets, "the unseen request reached the server");
+    let e = d.wait_event("invisible TLS refused", |e| f(e, "agent") == "strict" && f(e, "verdict") == "violation");
+    assert!(f(&e, "detail").contains("not visible"), "{e}");
+}

@@ -256,7 +256,7 @@ impl Kernel {
     /// `pins/<build id>/`: they keep enforcing if this process dies, and the next start of the
     /// same build adopts them without attaching twice (a new build attaches its own programs,
     /// then removes the old build's pins).
-    pub fn load(pins: Option<&Path>) -> anyhow::Result<Self> {
+    pub fn load(pins: Option<&Path>, tls_uprobes: bool) -> anyhow::Result<Self> {
         if OBJECT.is_empty() {
             bail!("this binary was built with AYA_BUILD_SKIP: it carries no eBPF programs");
         }
@@ -396,10 +396,18 @@ impl Kernel {
             kernel.keep_link(label, link)?;
         }
         kernel.layers.uprobe = !kernel.tls_libs.is_empty();
-        for lib in system_tls_libs() {
-            kernel.hook_tls_lib(&lib);
+        if !tls_uprobes {
+            kernel.layers.notes.push(
+                "uprobe: off (tls_uprobes = false): HTTP methods inside TLS are not visible; agents with require_http_visibility cannot use TLS"
+                    .into(),
+            );
+            warn!("TLS libraries not hooked (tls_uprobes = false): HTTPS request methods are not visible");
+        } else {
+            for lib in system_tls_libs() {
+                kernel.hook_tls_lib(&lib);
+            }
         }
-        if kernel.tls_libs.is_empty() {
+        if tls_uprobes && kernel.tls_libs.is_empty() {
             kernel
                 .layers
                 .notes

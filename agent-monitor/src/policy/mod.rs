@@ -222,6 +222,7 @@ impl Validator<'_> {
             out.hold_timeout_secs = Some(t.into_inner());
         }
         out.bpf_stats = d.bpf_stats;
+        out.tls_uprobes = d.tls_uprobes;
         out
     }
 
@@ -565,6 +566,7 @@ admin_group = "agent-admins"
 pin_path = "/sys/fs/bpf/agent-monitor/"
 hold_timeout_secs = 300
 bpf_stats = "on"
+tls_uprobes = false
 
 [[alerts.webhook]]
 url = "https://hooks.example/agent"
@@ -597,6 +599,7 @@ allow = ["io_uring", "bpf"]
                 pin_path: Some("/sys/fs/bpf/agent-monitor".into()),
                 hold_timeout_secs: Some(300),
                 bpf_stats: Some(crate::policy::model::BpfStats::On),
+                tls_uprobes: Some(false),
             }
         );
         assert_eq!(p.alerts.webhook[0].format, WebhookFormat::Json);

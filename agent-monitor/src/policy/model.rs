@@ -90,6 +90,9 @@ pub struct DaemonConfig {
     /// The kernel's per-program statistics behind `agent_monitor_bpf_program_*` (default
     /// `sampled`). Read at start.
     pub bpf_stats: Option<BpfStats>,
+    /// Hook OpenSSL/GnuTLS with uprobes to see HTTP methods inside TLS (default true). Read at
+    /// start. The uprobes sit in the shared libraries: every process's `SSL_write` pays the trap.
+    pub tls_uprobes: Option<bool>,
 }
 
 /// `[daemon] bpf_stats`: when the kernel times every BPF program run (BPF_ENABLE_STATS, a
@@ -425,6 +428,9 @@ impl fmt::Display for Policy {
         }
         if let Some(b) = d.bpf_stats {
             writeln!(f, "bpf_stats = {}", toml_string(b.as_str()))?;
+        }
+        if let Some(b) = d.tls_uprobes {
+            writeln!(f, "tls_uprobes = {b}")?;
         }
         for w in &self.alerts.webhook {
             writeln!(f, "\n[[alerts.webhook]]")?;
@@ -834,6 +840,7 @@ pub(crate) mod raw {
         pub pin_path: Option<Spanned<String>>,
         pub hold_timeout_secs: Option<Spanned<u64>>,
         pub bpf_stats: Option<super::BpfStats>,
+        pub tls_uprobes: Option<bool>,
     }
 
     #[derive(Debug, Default, Deserialize)]

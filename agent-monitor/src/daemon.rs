@@ -152,30 +152,22 @@ impl Shared {
         let written = self.log.lock().unwrap().record(&self.metrics, ev, rec);
         self.sink_result(written);
         if rec.verdict == "violation" {
-            match self.journal.lock().unwrap().admit() {
-                Admit::Line => warn!(
+            let admit = self.journal.lock().unwrap().admit();
+            if let Admit::LineAfter(suppressed) = admit {
+                warn!(
+                    suppressed,
+                    "more violations than the journal lines allowed per second: those are in the events log only"
+                );
+            }
+            if !matches!(admit, Admit::Quiet) {
+                warn!(
                     agent = rec.agent,
                     pid = rec.pid,
                     kind = rec.kind,
                     target = rec.target,
                     action = rec.action,
                     "violation"
-                ),
-                Admit::LineAfter(suppressed) => {
-                    warn!(
-                        suppressed,
-                        "more violations than the journal lines allowed per second: those are in the events log only"
-                    );
-                    warn!(
-                        agent = rec.agent,
-                        pid = rec.pid,
-                        kind = rec.kind,
-                        target = rec.target,
-                        action = rec.action,
-                        "violation"
-                    )
-                }
-                Admit::Quiet => {}
+                );
             }
             for w in &self.webhooks {
                 w.send(rec);

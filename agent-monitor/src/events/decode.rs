@@ -47,38 +47,35 @@ impl EventRecord {
     /// when a field is added.
     pub fn write_json(&self, out: &mut String) {
         let mut num = itoa::Buffer::new();
-        out.push_str("{\"ts\":");
-        json_str(out, &self.ts);
-        out.push_str(",\"id\":");
-        json_str(out, &self.id);
-        out.push_str(",\"agent\":");
-        json_str(out, &self.agent);
-        out.push_str(",\"run\":");
-        json_str(out, &self.run);
-        out.push_str(",\"pid\":");
-        out.push_str(num.format(self.pid));
-        out.push_str(",\"ppid\":");
-        out.push_str(num.format(self.ppid));
-        out.push_str(",\"uid\":");
-        out.push_str(num.format(self.uid));
-        out.push_str(",\"comm\":");
-        json_str(out, &self.comm);
-        out.push_str(",\"exe\":");
-        json_str(out, &self.exe);
-        out.push_str(",\"kind\":");
-        json_str(out, &self.kind);
-        out.push_str(",\"target\":");
-        json_str(out, &self.target);
-        out.push_str(",\"verdict\":");
-        json_str(out, &self.verdict);
-        out.push_str(",\"action\":");
-        json_str(out, &self.action);
-        out.push_str(",\"layer\":");
-        json_str(out, &self.layer);
-        out.push_str(",\"rule\":");
-        json_str(out, &self.rule);
-        out.push_str(",\"detail\":");
-        json_str(out, &self.detail);
+        out.push('{');
+        let str_fields = |out: &mut String, fields: &[(&str, &str)]| {
+            for (key, value) in fields {
+                out.push_str(key);
+                json_str(out, value);
+            }
+        };
+        str_fields(
+            out,
+            &[("\"ts\":", &self.ts), (",\"id\":", &self.id), (",\"agent\":", &self.agent), (",\"run\":", &self.run)],
+        );
+        for (key, n) in [(",\"pid\":", self.pid), (",\"ppid\":", self.ppid), (",\"uid\":", self.uid)] {
+            out.push_str(key);
+            out.push_str(num.format(n));
+        }
+        str_fields(
+            out,
+            &[
+                (",\"comm\":", &self.comm),
+                (",\"exe\":", &self.exe),
+                (",\"kind\":", &self.kind),
+                (",\"target\":", &self.target),
+                (",\"verdict\":", &self.verdict),
+                (",\"action\":", &self.action),
+                (",\"layer\":", &self.layer),
+                (",\"rule\":", &self.rule),
+                (",\"detail\":", &self.detail),
+            ],
+        );
         if let Some(h) = &self.policy_hash {
             out.push_str(",\"policy_hash\":");
             json_str(out, h);

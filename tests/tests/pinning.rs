@@ -20,6 +20,20 @@ impl Drop for PinGuard {
     }
 }
 
+/// Pins of earlier runs of this test whose process is gone (killed before `PinGuard` ran, by a
+/// timeout say): their programs would stay attached to every process on the machine and skew
+/// everything measured on it afterwards, benchmarks included.
+fn remove_stale_pins() {
+    for e in fs::read_dir("/sys/fs/bpf").into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name.strip_prefix("am-e2e-").and_then(|p| p.parse::<u32>().ok()) else { continue };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            eprintln!("removing stale pins of an earlier run: /sys/fs/bpf/{name}");
+            let _ = fs::remove_dir_all(e.path());
+        }
+    }
+}
+
 #[test]
 fn enforcement_survives_sigkill_and_the_restart_adopts_it() {
     if !can_run_root_tests("enforcement_survives_sigkill_and_the_restart_adopts_it") {
@@ -33,6 +47,7 @@ fn enforcement_survives_sigkill_and_the_restart_adopts_it() {
     fs::create_dir(&work).unwrap();
     let outside = t.join("outside.txt");
     fs::write(&outside, "original\n").unwrap();
+    remove_stale_pins();
     let pins = format!("/sys/fs/bpf/am-e2e-{}", std::process::id());
     let _ = fs::remove_dir_all(&pins);
     let _cleanup = PinGuard(pins.clone());

@@ -4,6 +4,7 @@
 //! instance for a while. The approver is on the record; an agent cannot approve.
 use std::{
     fs,
+    path::Path,
     process::{Command, Stdio},
     time::Duration,
 };
@@ -132,12 +133,23 @@ fn unanswered_holds_time_out_and_held_connects_are_granted_then_expire() {
 
     // A held connect: refused now; approved for 3 s, the same instance's retry passes; once
     // the grant has expired, refused again.
+    let attempt = format!(r#"socket.create_connection(("127.0.0.2", {}), timeout=3).close()"#, forum.port);
+    let mut inst = retrying_agent(&agent, &attempt, t.path());
+    let e = d.wait_event("held connect", |e| f(e, "action") == "held" && f(e, "kind") == "net.connect");
+    assert_eq!(f(&e, "target"), format!("127.0.0.2:{port}"));
+    let out = approve_for_3s_then_retry(&s, &hold_id(&e), t.path(), &mut inst);
+    assert_eq!(out, ["EPERM", "ok", "EPERM"], "refused, granted, expired");
+}
+
+/// An agent (python3 copied as `agent`) that runs the statement `attempt` three times and
+/// prints `ok` or `EPERM` for each: at once, once `dir/go` exists, once `dir/later` exists.
+fn retrying_agent(agent: &Path, attempt: &str, dir: &Path) -> Bg {
     let script = format!(
         r#"
-import os, socket, sys, time
+import os, socket, time
 def attempt():
     try:
-        socket.create_connection(("127.0.0.2", {port}), timeout=3).close()
+        {attempt}
         return "ok"
     except PermissionError:
         return "EPERM"
@@ -150,20 +162,20 @@ print(attempt(), flush=True)
 wait("later")
 print(attempt(), flush=True)
 "#,
-        port = forum.port,
-        dir = t.path().display()
+        dir = dir.display()
     );
-    let mut inst = Bg(Command::new(&agent).args(["-c", &script]).stdout(Stdio::piped()).spawn().unwrap());
-    let e = d.wait_event("held connect", |e| f(e, "action") == "held" && f(e, "kind") == "net.connect");
-    assert_eq!(f(&e, "target"), format!("127.0.0.2:{port}"));
-    let id = hold_id(&e);
-    let out = ctl(&s, &["approve", &id, "--for", "3s"]);
+    Bg(Command::new(agent).args(["-c", &script]).stdout(Stdio::piped()).spawn().unwrap())
+}
+
+/// Approve hold `id` for 3 s, let the `retrying_agent` retry inside the grant and again once it
+/// has expired; its three results.
+fn approve_for_3s_then_retry(sock: &str, id: &str, dir: &Path, inst: &mut Bg) -> Vec<String> {
+    let out = ctl(sock, &["approve", id, "--for", "3s"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    fs::write(t.join("go"), "").unwrap();
+    fs::write(dir.join("go"), "").unwrap();
     std::thread::sleep(Duration::from_secs(4));
-    fs::write(t.join("later"), "").unwrap();
-    let out = inst.0.wait_with_output_bounded();
-    assert_eq!(out, ["EPERM", "ok", "EPERM"], "refused, granted, expired");
+    fs::write(dir.join("later"), "").unwrap();
+    inst.0.wait_with_output_bounded()
 }
 
 trait WaitBounded {
@@ -264,40 +276,14 @@ fn a_held_file_write_is_refused_then_granted_then_expires() {
         return;
     }
     let outside = t.join("notes.txt");
-    let script = format!(
-        r#"
-import os, time
-def attempt():
-    try:
-        with open("{out}", "a") as f:
-            f.write("x")
-        return "ok"
-    except PermissionError:
-        return "EPERM"
-def wait(name):
-    while not os.path.exists(os.path.join("{work}", name)):
-        time.sleep(0.05)
-print(attempt(), flush=True)
-wait("go")
-print(attempt(), flush=True)
-wait("later")
-print(attempt(), flush=True)
-"#,
-        out = outside.display(),
-        work = work.display()
-    );
     let agent = copy_binary(t.path(), &python3(), "am-hold");
-    let mut inst = Bg(Command::new(&agent).args(["-c", &script]).stdout(Stdio::piped()).spawn().unwrap());
+    let attempt = format!(r#"with open("{}", "a") as f: f.write("x")"#, outside.display());
+    let mut inst = retrying_agent(&agent, &attempt, &work);
     let e = d.wait_event("held file write", |e| f(e, "action") == "held" && f(e, "kind") == "file.write");
     assert_eq!((f(&e, "target"), f(&e, "layer")), (outside.display().to_string().as_str(), "bpf_lsm"));
     assert!(f(&e, "detail").contains("refused and held as a request"), "{e}");
     let id = hold_id(&e);
-    let out = ctl(&s, &["approve", &id, "--for", "3s"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    fs::write(work.join("go"), "").unwrap();
-    std::thread::sleep(Duration::from_secs(4));
-    fs::write(work.join("later"), "").unwrap();
-    let out = inst.0.wait_with_output_bounded();
+    let out = approve_for_3s_then_retry(&s, &id, &work, &mut inst);
     assert_eq!(out, ["EPERM", "ok", "EPERM"], "refused, granted, expired");
     assert_eq!(fs::read_to_string(&outside).unwrap(), "x", "exactly the granted write happened");
     let decision = d.wait_event("decision", |e| f(e, "kind") == "hold.decision" && f(e, "hold") == id);

@@ -236,7 +236,10 @@ pub mod stat {
 pub struct ProcState {
     /// Agent id (1-based index in the policy); 0 is never stored.
     pub agent: u32,
-    pub flags: u32,
+    /// Which daemon run's per-agent TLS hooks cover this process (`tls_uprobes = "agents"`):
+    /// the daemon writes its token when it hooks a process, and a child copies its parent's at
+    /// fork as it inherits the hooks. 0: not hooked yet.
+    pub tls_token: u32,
     /// The agent instance this process belongs to; shared by all its descendants.
     pub run_id: u64,
     /// `task_struct::start_time` of the process (ns since boot, CLOCK_MONOTONIC).

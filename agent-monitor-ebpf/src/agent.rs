@@ -61,12 +61,6 @@ pub fn reap_if_killed(st: &ProcState) -> bool {
     false
 }
 
-/// Is `s.buf[0..b.len]` under one of the writable prefixes of the agent in table slot `slot`?
-#[inline(always)]
-pub unsafe fn is_writable(s: *mut Scratch, slot: u32, b: Built) -> bool {
-    path_class(s, slot, b) == agent_monitor_common::path_class::WRITABLE
-}
-
 /// What the longest `WRITABLE` prefix of `s.buf[0..b.len]` says (`path_class`).
 #[inline(always)]
 pub unsafe fn path_class(s: *mut Scratch, slot: u32, b: Built) -> u32 {
@@ -219,9 +213,9 @@ fn emit_n<const N: usize>(st: &ProcState, who: &Who, r: &Rec, p1: PathRef, p2: P
         (*ev).path2_len = if N > EVENT_ONE_PATH { copy_path(p2, (*ev).path2.as_mut_ptr(), PATH_LEN + 4) } else { 0 };
     }
     // Wake the daemon when a batch has built up, or when it must act now (finish a kill,
-    // announce a hold); otherwise it drains on its own tick. A wakeup per event costs the
-    // agent more than the event itself.
-    let urgent = r.action == action::KILLED || r.action == action::HELD;
+    // announce a hold, hook a new instance's TLS); otherwise it drains on its own tick. A
+    // wakeup per event costs the agent more than the event itself.
+    let urgent = r.action == action::KILLED || r.action == action::HELD || r.flags & event_flags::INSTANCE_START != 0;
     let flags = if urgent || EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= WAKEUP_BYTES {
         BPF_RB_FORCE_WAKEUP as u64
     } else {

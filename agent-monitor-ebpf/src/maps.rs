@@ -100,8 +100,18 @@ pub static EVENTS_SCRATCH: PerCpuArray<[u8; 16 + PATH_LEN + 16]> = PerCpuArray::
 /// Index 0: the daemon's own tgid, set by the daemon at start: signals and ptrace aimed at it
 /// by an agent are `self.tamper`. Index 1: 1 when the BPF LSM layer is attached, so that the
 /// tracepoint layer leaves to it what it refuses before the call runs (no event twice).
+/// Index 2: the token of the daemon run whose per-agent TLS hooks are in force (0: hooks in
+/// every process, or none); see [`tls_hooks_pending`].
 #[map]
-pub static DAEMON: Array<u32> = Array::with_max_entries(2, 0);
+pub static DAEMON: Array<u32> = Array::with_max_entries(3, 0);
+
+/// Has the daemon not yet hooked this agent process's TLS library calls (`tls_uprobes =
+/// "agents"`: it does so within milliseconds of the exec)? Its TLS handshake waits meanwhile.
+#[inline(always)]
+pub fn tls_hooks_pending(tgid: u32) -> bool {
+    let token = DAEMON.get(2).copied().unwrap_or(0);
+    token != 0 && unsafe { PROCS.get(&tgid) }.is_some_and(|st| st.tls_token != token)
+}
 
 /// Is the BPF LSM layer deciding?
 #[inline(always)]

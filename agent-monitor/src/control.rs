@@ -164,9 +164,9 @@ async fn handle(
             let sh = shared.clone();
             let result = tokio::task::spawn_blocking(move || {
                 if register {
-                    sh.register_exec(&agent, &cgroup)
+                    sh.register_exec(&agent, &cgroup, pid)
                 } else {
-                    sh.unregister_exec(&cgroup);
+                    sh.unregister_exec(&cgroup, pid);
                     Ok(())
                 }
             })
@@ -211,10 +211,16 @@ async fn handle(
 }
 
 fn status(shared: &Shared, source: &PolicySource) -> Value {
-    let (tracked, layers, tls_libs, visible, pins) = {
+    let (tracked, layers, tls_libs, visible, pins, tls_hooks) = {
         let k = shared.kernel.lock().unwrap();
         let pins = k.pin_dir.as_ref().map(|d| json!({"dir": d.display().to_string(), "adopted": k.adopted}));
-        (kmaps::tracked(&k.ebpf), k.layers.clone(), k.tls_libs.clone(), kmaps::tls_visible(&k.ebpf), pins)
+        // Where the TLS functions are hooked: what is in force, not what was asked for.
+        let tls_hooks = match &k.agent_tls {
+            Some(t) => json!({"scope": "agents", "tracefs_group": t.group(), "hooked_processes": t.armed_processes()}),
+            None if k.tls_libs.is_empty() => json!({"scope": "none"}),
+            None => json!({"scope": "all processes"}),
+        };
+        (kmaps::tracked(&k.ebpf), k.layers.clone(), k.tls_libs.clone(), kmaps::tls_visible(&k.ebpf), pins, tls_hooks)
     };
     let compiled = shared.compiled.lock().unwrap().clone();
     let invisible = shared.tls_invisible.lock().unwrap().clone();
@@ -251,6 +257,7 @@ fn status(shared: &Shared, source: &PolicySource) -> Value {
         "pins": pins,
         "holds": shared.holds.list().iter().map(|h| h.json()).collect::<Vec<_>>(),
         "tls_libraries": tls_libs.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
+        "tls_hooks": tls_hooks,
         "agents": agents,
         "counters": {
             "events_lost": m.events_lost.get(),

@@ -13,14 +13,14 @@ use anyhow::{anyhow, bail, Context as _};
 use aya::maps::RingBuf;
 use serde_json::{json, Value};
 use tokio::signal::unix::{signal, SignalKind};
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::{
-    bpf::{maps as kmaps, Kernel},
+    bpf::{maps as kmaps, tls::Owner, Kernel},
     cli::RunArgs,
     events::{log::EventLog, reader, Decoder, EventRecord},
     metrics::{self, Metrics},
-    policy::{self, CompiledPolicy, Policy},
+    policy::{self, CompiledPolicy, Policy, TlsUprobes},
     sinks::webhook::WebhookSink,
 };
 
@@ -97,8 +97,26 @@ pub struct Shared {
     pub bpf_stats: crate::bpf::stats::StatsSampler,
     /// Violation lines in the daemon's own log (the journal), rate-limited.
     pub journal: Mutex<JournalLimiter>,
-    /// `[daemon] tls_uprobes`: hook the TLS libraries agents map.
-    pub tls_uprobes: bool,
+    /// `[daemon] tls_uprobes`: where the TLS libraries agents map are hooked.
+    pub tls_uprobes: TlsUprobes,
+}
+
+/// After hooking (or failing to hook) `tried` agent processes: those that map a hooked TLS
+/// library are marked visible (a handshake begun before the hooks would not have marked them),
+/// then all of them get the token, which lets their waiting TLS handshakes go. One that could
+/// not be hooked is let go too (its handshake counts as invisible): waiting would hang it.
+fn release_tls_handshakes(k: &mut Kernel, hooked: &[u32], tried: &[u32], token: u32) {
+    let visible: Vec<u32> = hooked
+        .iter()
+        .copied()
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/maps")).is_ok_and(|maps| {
+                maps.lines().filter_map(|l| l.split_whitespace().nth(5)).any(|p| k.tls_libs.contains(Path::new(p)))
+            })
+        })
+        .collect();
+    kmaps::mark_tls_visible(&mut k.ebpf, &visible);
+    kmaps::set_tls_token(&mut k.ebpf, tried, token);
 }
 
 /// At most `JOURNAL_LINES_PER_SEC` violations a second become a log line; the events log has
@@ -359,7 +377,10 @@ impl Shared {
 
     /// `agent-monitor exec` asks for its command's cgroup to select `agent`: the command is
     /// that agent from its first instruction (the exec hook matches the cgroup).
-    pub fn register_exec(&self, agent: &str, cgroup: &str) -> anyhow::Result<()> {
+    ///
+    /// `caller` (the `exec` process) has the TLS hooks before it starts the command, so the
+    /// command and its descendants inherit them at fork.
+    pub fn register_exec(&self, agent: &str, cgroup: &str, caller: u32) -> anyhow::Result<()> {
         let id = self.compiled.lock().unwrap().agent_id(agent).ok_or_else(|| anyhow!("no agent named {agent:?}"))?;
         let root = kmaps::cgroup2_root().ok_or_else(|| anyhow!("no cgroup v2 hierarchy"))?;
         let dir = root.join(cgroup.trim_start_matches('/'));
@@ -369,14 +390,20 @@ impl Shared {
         {
             let mut k = self.kernel.lock().unwrap();
             kmaps::add_cgroup_selector(&mut k.ebpf, ino, id)?;
+            if let Some(t) = k.agent_tls.as_mut().filter(|_| caller != 0) {
+                t.arm(Owner::Exec(caller), &[caller]);
+            }
         }
         self.registered.lock().unwrap().push((cgroup.to_string(), agent.to_string()));
         info!(agent, cgroup, "exec instance registered");
         Ok(())
     }
 
-    pub fn unregister_exec(&self, cgroup: &str) {
+    pub fn unregister_exec(&self, cgroup: &str, caller: u32) {
         self.registered.lock().unwrap().retain(|(c, _)| c != cgroup);
+        if let Some(t) = self.kernel.lock().unwrap().agent_tls.as_mut() {
+            t.disarm(Owner::Exec(caller));
+        }
         if let Some(root) = kmaps::cgroup2_root() {
             if let Ok(m) = fs::metadata(root.join(cgroup.trim_start_matches('/'))) {
                 let mut k = self.kernel.lock().unwrap();
@@ -460,16 +487,66 @@ impl Shared {
         }
     }
 
+    /// Hook the TLS of a new agent instance's first process (its exec event): as soon as the
+    /// daemon reads it, before the process gets far (`bpf::tls`).
+    pub fn hook_instance_tls(&self, run_id: u64, pid: u32) {
+        let mut k = self.kernel.lock().unwrap();
+        let Some(t) = k.agent_tls.as_mut() else { return };
+        let token = t.token;
+        let hooked = t.arm(Owner::Instance(run_id), &[pid]);
+        self.metrics.tls_hooked.set(t.armed_processes() as i64);
+        release_tls_handshakes(&mut k, &hooked, &[pid], token);
+    }
+
+    /// Per-agent TLS hooks: hook every agent process not covered yet (adopted at start or by a
+    /// reload, forked before its instance was hooked, an exec event lost), and close the hooks
+    /// of instances that are gone. `tracked` was read after `seen`.
+    fn hook_agents_tls(&self, tracked: &[(u32, agent_monitor_common::ProcState)], seen: Instant) {
+        let mut k = self.kernel.lock().unwrap();
+        let Some(t) = k.agent_tls.as_mut() else { return };
+        let token = t.token;
+        let mut uncovered: std::collections::HashMap<u64, Vec<u32>> = Default::default();
+        for (pid, st) in tracked.iter().filter(|(_, st)| st.tls_token != token) {
+            uncovered.entry(st.run_id).or_default().push(*pid);
+        }
+        let mut hooked = Vec::new();
+        let mut tried = Vec::new();
+        for (run_id, pids) in uncovered {
+            hooked.extend(t.arm(Owner::Instance(run_id), &pids));
+            tried.extend(pids);
+        }
+        let live: std::collections::HashSet<u64> = tracked.iter().map(|(_, st)| st.run_id).collect();
+        t.retain(seen, |owner| match owner {
+            Owner::Instance(run_id) => live.contains(&run_id),
+            Owner::Exec(pid) => Path::new(&format!("/proc/{pid}")).exists(),
+        });
+        self.metrics.tls_hooked.set(t.armed_processes() as i64);
+        let announce = !t.in_force && t.has_hooks();
+        t.in_force |= announce;
+        if !tried.is_empty() {
+            debug!(processes = hooked.len(), of = tried.len(), "agent processes hooked for TLS");
+            release_tls_handshakes(&mut k, &hooked, &tried, token);
+        }
+        if announce {
+            // From now on a new agent process's TLS handshake waits until it is hooked.
+            if let Err(e) = kmaps::set_tls_token_in_force(&mut k.ebpf, token) {
+                warn!(error = %format!("{e:#}"), "per-agent TLS hooks: the kernel was not told; early handshakes do not wait");
+            }
+        }
+    }
+
     /// Refresh gauges and kernel counters.
     fn refresh(&self, last_drops: &mut [u64; agent_monitor_common::stat::COUNT as usize]) {
         use agent_monitor_common::stat;
+        let seen = Instant::now();
         let (tracked, stats, visible, progs) = {
             let k = self.kernel.lock().unwrap();
             (kmaps::tracked(&k.ebpf), kmaps::stats(&k.ebpf), kmaps::tls_visible(&k.ebpf), k.program_stats())
         };
-        if self.tls_uprobes {
+        if self.tls_uprobes != TlsUprobes::Off {
             self.hook_mapped_tls_libs(&tracked);
         }
+        self.hook_agents_tls(&tracked, seen);
         {
             let mut last = self.prog_stats.lock().unwrap();
             // Sampled statistics stand for ten times what the kernel counted (what ran before
@@ -630,7 +707,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
 
     let metrics = Arc::new(Metrics::new());
     let pins = args.pin_path.clone().or_else(|| policy.daemon.pin_path.clone().map(PathBuf::from));
-    let tls_uprobes = policy.daemon.tls_uprobes.unwrap_or(true);
+    let tls_uprobes = policy.daemon.tls_uprobes.unwrap_or_default();
     let mut kernel = Kernel::load(pins.as_deref(), tls_uprobes)?;
     release_startup_memory();
     let resolved = kmaps::resolve_hosts(&compiled.hosts);
@@ -697,6 +774,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         tls_uprobes,
     });
 
+    {
+        // Agents running before the daemon (or left by an earlier run): hooked before READY.
+        let seen = Instant::now();
+        let tracked = kmaps::tracked(&shared.kernel.lock().unwrap().ebpf);
+        shared.hook_agents_tls(&tracked, seen);
+    }
     let listener =
         metrics::bind(metrics_addr).await.with_context(|| format!("binding the metrics listener on {metrics_addr}"))?;
     tokio::spawn(metrics::serve(listener, metrics.clone()));
@@ -788,7 +871,19 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     sd_notify("STOPPING=1");
     let _ = std::fs::remove_file(&control_path);
-    let k = shared.kernel.lock().unwrap();
+    let mut k = shared.kernel.lock().unwrap();
+    if let Some(t) = k.agent_tls.take() {
+        // Agents' TLS handshakes no longer wait for hooks that no one will add.
+        let _ = kmaps::set_tls_token_in_force(&mut k.ebpf, 0);
+        if k.pin_dir.is_some() && !interactive {
+            warn!(
+                processes = t.armed_processes(),
+                "the per-agent TLS hooks end with this process (tls_uprobes = \"agents\"): HTTP methods inside agents' TLS are not seen until the next start hooks them again"
+            );
+        }
+        // Close the events, then remove them from tracefs.
+        drop(t);
+    }
     match (&k.pin_dir, interactive) {
         (Some(dir), false) => info!(
             pins = %dir.display(),

@@ -33,6 +33,7 @@ pub struct Metrics {
     pub layer_up: IntGaugeVec,
     pub build_info: IntGaugeVec,
     pub policy_agents: IntGauge,
+    pub tls_hooked: IntGauge,
     pub webhook_sent: IntCounterVec,
     pub webhook_failures: IntCounterVec,
     pub webhook_dropped: IntCounterVec,
@@ -157,6 +158,14 @@ impl Metrics {
             reloads: cv("agent_monitor_policy_reloads_total", "Policy reloads, by result.", &["result"]),
             layer_up: gv("agent_monitor_layer_up", "1 if the enforcement layer is active on this host.", &["layer"]),
             build_info: gv("agent_monitor_build_info", "Build information.", &["version"]),
+            tls_hooked: reg(
+                &r,
+                IntGauge::new(
+                    "agent_monitor_tls_hooked_processes",
+                    "Agent processes whose TLS library calls the daemon hooked directly (tls_uprobes = \"agents\"); their descendants inherit the hooks.",
+                )
+                .unwrap(),
+            ),
             policy_agents: reg(
                 &r,
                 IntGauge::new("agent_monitor_policy_agents", "Agent profiles in the enforcing policy.").unwrap(),

@@ -449,7 +449,7 @@ fn with_tls_uprobes_off_tls_is_invisible_and_required_visibility_fails_closed() 
     );
     let d = Daemon::start(&pol);
     assert_eq!(d.metric("agent_monitor_layer_up", &[("layer", "uprobe")]), Some(0.0));
-    assert!(d.log_text().contains("tls_uprobes = false"), "{}", d.log_text());
+    assert!(d.log_text().contains("tls_uprobes = \"off\""), "{}", d.log_text());
     let url = format!("https://127.0.0.1:{p}/answer");
     let blind = copy_binary(t.path(), "/usr/bin/curl", "am-blind-curl");
     let before = forum.count("POST");
@@ -463,4 +463,119 @@ fn with_tls_uprobes_off_tls_is_invisible_and_required_visibility_fails_closed() 
     assert_eq!(forum.count("GET"), gets, "the unseen request reached the server");
     let e = d.wait_event("invisible TLS refused", |e| f(e, "agent") == "strict" && f(e, "verdict") == "violation");
     assert!(f(&e, "detail").contains("not visible"), "{e}");
+}
+
+/// Maps libssl, prints the pid of the process that then waits (this one, or with `fork` a
+/// child forked without exec) and sleeps.
+const PY_SSL_WAIT: &str = r#"
+import os, ssl, sys, time
+ssl.create_default_context()
+pid = os.getpid()
+if sys.argv[1] == "fork":
+    pid = os.fork()
+    if pid == 0:
+        time.sleep(60); os._exit(0)
+print(pid, flush=True)
+time.sleep(60)
+"#;
+
+/// An HTTPS POST from a child forked without exec; the parent waits for it.
+const PY_FORK_POST: &str = r#"
+import os, ssl, sys, urllib.request
+ctx = ssl._create_unverified_context()
+pid = os.fork()
+if pid == 0:
+    req = urllib.request.Request(f"https://127.0.0.1:{sys.argv[1]}/answer", data=b"answer=x", method="POST")
+    urllib.request.urlopen(req, context=ctx, timeout=5).read()
+    os._exit(0)
+_, status = os.waitpid(pid, 0)
+sys.exit(0 if status == 0 else 1)
+"#;
+
+/// The first byte of `SSL_write` in process `pid`'s copy of libssl (0xcc: a uprobe's
+/// breakpoint), located from the daemon's uprobe event in tracefs.
+fn ssl_write_byte(pid: u32, group: &str) -> Option<u8> {
+    use std::os::unix::fs::FileExt;
+    let events = fs::read_to_string("/sys/kernel/tracing/uprobe_events").ok()?;
+    let line = events.lines().find(|l| l.starts_with(&format!("p:{group}/ssl_write_")))?;
+    let (lib, off) = line.split_whitespace().nth(1)?.rsplit_once(':')?;
+    let off = u64::from_str_radix(off.trim_start_matches("0x"), 16).ok()?;
+    let maps = fs::read_to_string(format!("/proc/{pid}/maps")).ok()?;
+    for l in maps.lines() {
+        let cols: Vec<&str> = l.split_whitespace().collect();
+        if cols.len() < 6 || cols[5] != lib {
+            continue;
+        }
+        let (start, end) = cols[0].split_once('-')?;
+        let (start, end) = (u64::from_str_radix(start, 16).ok()?, u64::from_str_radix(end, 16).ok()?);
+        let map_off = u64::from_str_radix(cols[2], 16).ok()?;
+        if (map_off..map_off + (end - start)).contains(&off) {
+            let mut b = [0u8; 1];
+            fs::File::open(format!("/proc/{pid}/mem")).ok()?.read_exact_at(&mut b, start + off - map_off).ok()?;
+            return Some(b[0]);
+        }
+    }
+    None
+}
+
+fn first_line_pid(child: &mut std::process::Child) -> u32 {
+    use std::io::BufRead;
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.as_mut().unwrap()).read_line(&mut line).unwrap();
+    line.trim().parse().unwrap_or_else(|_| panic!("no pid printed: {line:?}"))
+}
+
+#[test]
+fn tls_hooks_are_written_into_agent_processes_only() {
+    if !can_run_root_tests("tls_hooks_are_written_into_agent_processes_only") {
+        return;
+    }
+    let t = TempDir::new("tls-scope");
+    let forum = Forum::start(t.path(), "127.0.0.1", true, None);
+    let d = Daemon::start(&policy("scoped", &["am-py"], "kill", &["127.0.0.1:*"], ""));
+    let out = Command::new(binary().unwrap())
+        .args(["status", "--json", "--control-socket"])
+        .arg(&d.control)
+        .output()
+        .unwrap();
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status --json");
+    assert_eq!(status["tls_hooks"]["scope"], "agents", "{status:#}");
+    let group = status["tls_hooks"]["tracefs_group"].as_str().unwrap().to_string();
+    let py = copy_binary(t.path(), &python3(), "am-py");
+
+    // The breakpoint is in the agent's copy of libssl, not in another process's.
+    let spawn = |prog: &Path, arg: &str| {
+        Bg(Command::new(prog).args(["-c", PY_SSL_WAIT, arg]).stdout(Stdio::piped()).spawn().unwrap())
+    };
+    let mut agent = spawn(&py, "plain");
+    let mut other = spawn(Path::new(&python3()), "plain");
+    let (agent_pid, other_pid) = (first_line_pid(&mut agent.0), first_line_pid(&mut other.0));
+    wait_for("the uprobe's breakpoint in the agent's SSL_write", 10, || {
+        (ssl_write_byte(agent_pid, &group) == Some(0xcc)).then_some(())
+    });
+    let byte = ssl_write_byte(other_pid, &group);
+    assert!(byte.is_some() && byte != Some(0xcc), "a process that is not an agent has the breakpoint: {byte:?}");
+    assert!(d.metric("agent_monitor_tls_hooked_processes", &[]).unwrap_or(0.0) >= 1.0, "{}", d.metrics());
+    drop((agent, other));
+
+    // A child forked without exec inherits the hooks: its POST is seen and refused.
+    let mut root = Command::new(&py).args(["-c", PY_FORK_POST, &forum.port.to_string()]).spawn().unwrap();
+    let root_pid = root.id();
+    let st = root.wait().unwrap();
+    assert!(killed_by_sigkill(&st), "the agent whose forked child posted was not killed: {st}");
+    let e = d.wait_event("the forked child's POST", |e| {
+        f(e, "kind") == "net.http_write" && f(e, "layer") == "uprobe" && e["ppid"] == root_pid
+    });
+    assert!(f(&e, "detail").starts_with("POST /answer"), "{e:#}");
+    assert_eq!(forum.count("POST"), 0, "the forked child's POST reached the server");
+
+    // The same from a process that is not an agent goes through.
+    let st = run(Command::new(python3()).args(["-c", PY_FORK_POST, &forum.port.to_string()]));
+    assert!(st.success(), "a non-agent's forked POST failed: {st}");
+    assert_eq!(forum.count("POST"), 1);
+
+    // Stopping the daemon removes its uprobe events.
+    drop(d);
+    let left = fs::read_to_string("/sys/kernel/tracing/uprobe_events").unwrap_or_default();
+    assert!(!left.contains(&format!("{group}/")), "uprobe events left behind: {left}");
 }

@@ -298,17 +298,25 @@ fn try_http_egress(ctx: &SkBuffContext) -> Result<i32, i64> {
     };
     let st = ProcState {
         agent: cfg.slot | agent_monitor_common::AGENT_GEN_KNOWN,
-        flags: 0,
+        tls_token: 0,
         run_id: info.run_id,
         start_ns: info.start_ns,
     };
     let who = Who { pid: info.tgid, tid: info.tgid, ppid: 0, uid: ctx.get_socket_uid(), comm: [0; 16] };
     if info.seen == 0 {
-        info.seen = 1;
         // A TLS handshake record: check who can see inside it, and the server name.
         if start[0] == 0x16 && start[1] == 0x03 {
+            if crate::maps::tls_hooks_pending(info.tgid) {
+                // A new agent process the daemon has not hooked yet: nothing would see its
+                // writes. The ClientHello waits (dropped here, TCP sends it again) and is
+                // checked again then; the handshake cannot finish, and no request can be
+                // written, before it is hooked.
+                return Ok(REFUSE);
+            }
+            info.seen = 1;
             return Ok(tls_first_flight(ctx, info, &st, &cfg, &who, off));
         }
+        info.seen = 1;
     }
     let Some(m) = http_method(&start) else {
         return Ok(PASS);

@@ -119,7 +119,7 @@ fn try_exec() -> Result<(), i64> {
             let start_ns = unsafe { kernel::process_start_ns(task)? };
             // A run id unique on this boot: the instance's start, salted with its tgid.
             let run_id = unsafe { bpf_ktime_get_boot_ns() } ^ ((tgid as u64) << 40);
-            let st = ProcState { agent: agent_id, flags: 0, run_id, start_ns };
+            let st = ProcState { agent: agent_id, tls_token: 0, run_id, start_ns };
             if PROCS.insert(&tgid, &st, 0).is_err() {
                 count(stat::PROCS_FULL);
                 return Ok(());

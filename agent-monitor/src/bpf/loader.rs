@@ -14,6 +14,7 @@ use aya::{
 use tracing::{debug, info, warn};
 
 use super::btf::Btf;
+use crate::policy::model::TlsUprobes;
 
 /// Where a program attaches.
 #[derive(Clone, Copy, Debug)]
@@ -226,6 +227,9 @@ pub struct Kernel {
     pub adopted: bool,
     /// TLS library files whose write functions are hooked.
     pub tls_libs: BTreeSet<PathBuf>,
+    /// The TLS hooks when they are written into agent processes only (`tls_uprobes =
+    /// "agents"`); None when they are attached for every process or not at all.
+    pub agent_tls: Option<super::tls::AgentTls>,
 }
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/agent-monitor"));
@@ -256,7 +260,7 @@ impl Kernel {
     /// `pins/<build id>/`: they keep enforcing if this process dies, and the next start of the
     /// same build adopts them without attaching twice (a new build attaches its own programs,
     /// then removes the old build's pins).
-    pub fn load(pins: Option<&Path>, tls_uprobes: bool) -> anyhow::Result<Self> {
+    pub fn load(pins: Option<&Path>, tls_uprobes: TlsUprobes) -> anyhow::Result<Self> {
         if OBJECT.is_empty() {
             bail!("this binary was built with AYA_BUILD_SKIP: it carries no eBPF programs");
         }
@@ -311,6 +315,11 @@ impl Kernel {
                     .and_then(|r| r.split_once('='))
                     .map(|(_, l)| l.split('=').next().unwrap_or(l).to_string())
                 {
+                    if tls_uprobes != TlsUprobes::All {
+                        // Hooks for every process, left by a run with `tls_uprobes = "all"`.
+                        let _ = std::fs::remove_file(dir.join(&name));
+                        continue;
+                    }
                     let bytes: Vec<u8> = (0..hex.len() / 2)
                         .filter_map(|i| u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok())
                         .collect();
@@ -391,23 +400,36 @@ impl Kernel {
         for n in &layers.notes {
             warn!("{n}");
         }
-        let mut kernel = Kernel { ebpf, layers, tls_libs, links: Vec::new(), pin_dir, pinned: 0, adopted };
+        let mut kernel =
+            Kernel { ebpf, layers, tls_libs, links: Vec::new(), pin_dir, pinned: 0, adopted, agent_tls: None };
         for (label, link) in links {
             kernel.keep_link(label, link)?;
         }
         kernel.layers.uprobe = !kernel.tls_libs.is_empty();
-        if !tls_uprobes {
+        if tls_uprobes == TlsUprobes::Agents {
+            match kernel.agent_tls() {
+                Ok(t) => kernel.agent_tls = Some(t),
+                Err(e) => {
+                    let why = format!("{e:#}");
+                    warn!(reason = %why, "TLS libraries cannot be hooked in agent processes only: hooked in every process instead");
+                    kernel.layers.notes.push(format!(
+                        "uprobe: hooked in every process ({why}): every SSL_write on the machine pays the uprobe"
+                    ));
+                }
+            }
+        }
+        if tls_uprobes == TlsUprobes::Off {
             kernel.layers.notes.push(
-                "uprobe: off (tls_uprobes = false): HTTP methods inside TLS are not visible; agents with require_http_visibility cannot use TLS"
+                "uprobe: off (tls_uprobes = \"off\"): HTTP methods inside TLS are not visible; agents with require_http_visibility cannot use TLS"
                     .into(),
             );
-            warn!("TLS libraries not hooked (tls_uprobes = false): HTTPS request methods are not visible");
+            warn!("TLS libraries not hooked (tls_uprobes = \"off\"): HTTPS request methods are not visible");
         } else {
             for lib in system_tls_libs() {
                 kernel.hook_tls_lib(&lib);
             }
         }
-        if tls_uprobes && kernel.tls_libs.is_empty() {
+        if tls_uprobes != TlsUprobes::Off && kernel.tls_libs.is_empty() {
             kernel
                 .layers
                 .notes
@@ -543,8 +565,40 @@ impl Kernel {
         out
     }
 
-    /// Hook the write functions of a TLS library file (idempotent). Returns true if it is
-    /// hooked after the call.
+    /// The uprobe program of each TLS function, loaded (adopted programs are not loaded in this
+    /// process), as (program, symbol).
+    fn tls_programs(&mut self) -> Vec<(&'static str, &'static str)> {
+        let mut out = Vec::new();
+        for probe in PROBES {
+            let Attach::UProbe(symbol) = probe.attach else { continue };
+            let Some(p) = self.ebpf.program_mut(probe.program).and_then(|p| <&mut UProbe>::try_from(p).ok()) else {
+                continue;
+            };
+            if p.fd().is_err() {
+                if let Err(e) = p.load() {
+                    debug!(program = probe.program, error = %e, "uprobe program not loaded");
+                    continue;
+                }
+            }
+            out.push((probe.program, symbol));
+        }
+        out
+    }
+
+    /// The per-agent TLS hooks, with the uprobe programs' fds.
+    fn agent_tls(&mut self) -> anyhow::Result<super::tls::AgentTls> {
+        let mut progs = std::collections::HashMap::new();
+        for (program, _) in self.tls_programs() {
+            let fd = self.ebpf.program(program).and_then(|p| p.fd().ok()).map(super::tls::prog_fd);
+            if let Some(fd) = fd {
+                progs.insert(program, fd.context("duplicating a program fd")?);
+            }
+        }
+        super::tls::AgentTls::new(progs)
+    }
+
+    /// Hook the write functions of a TLS library file (idempotent): in agent processes only
+    /// or in every process (`tls_uprobes`). Returns true if it is hooked after the call.
     pub fn hook_tls_lib(&mut self, path: &Path) -> bool {
         let Ok(canon) = std::fs::canonicalize(path) else { return false };
         if self.tls_libs.contains(&canon) {
@@ -552,6 +606,16 @@ impl Kernel {
         }
         let name = canon.file_name().and_then(|n| n.to_str()).unwrap_or_default();
         let Some((_, programs)) = TLS_LIBS.iter().find(|(prefix, _)| name.starts_with(prefix)) else { return false };
+        if self.agent_tls.is_some() {
+            let functions: Vec<(&'static str, &'static str)> =
+                self.tls_programs().into_iter().filter(|(p, _)| programs.contains(p)).collect();
+            let hooked = self.agent_tls.as_mut().map_or(0, |t| t.hook_lib(&canon, &functions));
+            if hooked > 0 {
+                self.tls_libs.insert(canon);
+                self.layers.uprobe = true;
+            }
+            return hooked > 0;
+        }
         let mut hooked = 0;
         for program in *programs {
             let Some(probe) = PROBES.iter().find(|p| p.program == *program) else { continue };

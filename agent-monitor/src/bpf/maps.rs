@@ -553,7 +553,7 @@ pub fn adopt_running(ebpf: &mut Ebpf, p: &CompiledPolicy) -> anyhow::Result<usiz
                 continue;
             }
             if let Some(info) = by_pid.get(&pid) {
-                let st = ProcState { agent, flags: 0, run_id, start_ns: info.start_ticks * tick_ns };
+                let st = ProcState { agent, tls_token: 0, run_id, start_ns: info.start_ticks * tick_ns };
                 if table.get(&pid, 0).is_err() {
                     table.insert(pid, st, 0)?;
                     adopted += 1;
@@ -567,6 +567,41 @@ pub fn adopt_running(ebpf: &mut Ebpf, p: &CompiledPolicy) -> anyhow::Result<usiz
         info!(adopted, "adopted agent processes that were already running");
     }
     Ok(adopted)
+}
+
+/// The daemon run whose per-agent TLS hooks are in force (0: none): until an agent process
+/// carries this token, its TLS handshakes wait (see `tls_hooks_pending` in the eBPF crate).
+pub fn set_tls_token_in_force(ebpf: &mut Ebpf, token: u32) -> anyhow::Result<()> {
+    let mut a: Array<&mut MapData, u32> = Array::try_from(map_mut(ebpf, "DAEMON")?)?;
+    a.set(2, token, 0)?;
+    Ok(())
+}
+
+/// Mark processes as doing their TLS through a hooked library (what the handshake hook does).
+pub fn mark_tls_visible(ebpf: &mut Ebpf, pids: &[u32]) {
+    let Ok(mut m) = map_mut(ebpf, names::VISIBLE).and_then(|m| Ok(HashMap::<&mut MapData, u32, u32>::try_from(m)?))
+    else {
+        return;
+    };
+    for &pid in pids {
+        let _ = m.insert(pid, 1, 0);
+    }
+}
+
+/// Record that these agent processes are covered by the TLS hooks of the daemon run `token`
+/// (processes that exited meanwhile are skipped).
+pub fn set_tls_token(ebpf: &mut Ebpf, pids: &[u32], token: u32) {
+    let Ok(mut table) =
+        map_mut(ebpf, names::PROCS).and_then(|m| Ok(HashMap::<&mut MapData, u32, ProcState>::try_from(m)?))
+    else {
+        return;
+    };
+    for &pid in pids {
+        if let Ok(st) = table.get(&pid, 0) {
+            // BPF_EXIST: never bring back the entry of a process that exits meanwhile.
+            let _ = table.insert(pid, ProcState { tls_token: token, ..st }, 2);
+        }
+    }
 }
 
 /// Is this tgid an agent process? One lookup, not a scan of the table.

@@ -4,5 +4,6 @@ pub mod btf;
 pub mod loader;
 pub mod maps;
 pub mod stats;
+pub mod tls;
 
 pub use loader::Kernel;

@@ -65,6 +65,11 @@ async fn handle(shared: &Arc<Shared>, ev: &Event, rec: &mut EventRecord) {
         warn!(kind = ev.kind, "event with an unknown kind dropped");
         return;
     }
+    if ev.kind == agent_monitor_common::kind::PROCESS_EXEC
+        && ev.flags & agent_monitor_common::event_flags::INSTANCE_START != 0
+    {
+        shared.hook_instance_tls(ev.run_id, ev.pid);
+    }
     if ev.flags & agent_monitor_common::event_flags::TLS_INVISIBLE != 0 {
         shared.tls_invisible.lock().unwrap().insert(ev.pid);
     }

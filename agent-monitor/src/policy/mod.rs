@@ -599,7 +599,7 @@ allow = ["io_uring", "bpf"]
                 pin_path: Some("/sys/fs/bpf/agent-monitor".into()),
                 hold_timeout_secs: Some(300),
                 bpf_stats: Some(crate::policy::model::BpfStats::On),
-                tls_uprobes: Some(false),
+                tls_uprobes: Some(crate::policy::model::TlsUprobes::Off),
             }
         );
         assert_eq!(p.alerts.webhook[0].format, WebhookFormat::Json);
@@ -614,6 +614,24 @@ allow = ["io_uring", "bpf"]
         assert!(a.network.require_http_visibility);
         assert!(a.syscalls.allows("io_uring") && a.syscalls.allows("bpf"));
         assert!(!a.syscalls.allows("raw_socket"));
+    }
+
+    #[test]
+    fn tls_uprobes_takes_a_scope_or_a_boolean() {
+        use crate::policy::model::TlsUprobes;
+        for (text, want) in [
+            ("\"agents\"", TlsUprobes::Agents),
+            ("true", TlsUprobes::Agents),
+            ("\"all\"", TlsUprobes::All),
+            ("\"off\"", TlsUprobes::Off),
+            ("false", TlsUprobes::Off),
+        ] {
+            let p = ok(&format!("[daemon]\ntls_uprobes = {text}\n"));
+            assert_eq!(p.daemon.tls_uprobes, Some(want), "{text}");
+            // What the policy prints reads back the same.
+            assert_eq!(ok(&p.to_string()).daemon.tls_uprobes, Some(want));
+        }
+        assert_eq!(ok("").daemon.tls_uprobes.unwrap_or_default(), TlsUprobes::Agents);
     }
 
     // --- errors toml reports -------------------------------------------------------------
@@ -649,6 +667,8 @@ allow = ["io_uring", "bpf"]
         expect("[[agent]]\nname = \"a\"\n[agent.match]\nuid = [-1]\n", &[(4, 8, "expected u32")]);
         expect("[daemon]\nhold_timeout_secs = -5\n", &[(2, 21, "expected u64")]);
         expect("[daemon]\nbpf_stats = \"always\"\n", &[(2, 13, "unknown variant `always`")]);
+        expect("[daemon]\ntls_uprobes = \"some\"\n", &[(2, 15, "unknown tls_uprobes `some`")]);
+        expect("[daemon]\ntls_uprobes = 1\n", &[(2, 15, "did not match any variant")]);
         expect(
             "[daemon]\nmetrics_listen.port = 9750\n",
             &[(2, 16, "invalid type: a table, where a single value is expected")],

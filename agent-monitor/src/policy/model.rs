@@ -90,9 +90,55 @@ pub struct DaemonConfig {
     /// The kernel's per-program statistics behind `agent_monitor_bpf_program_*` (default
     /// `sampled`). Read at start.
     pub bpf_stats: Option<BpfStats>,
-    /// Hook OpenSSL/GnuTLS with uprobes to see HTTP methods inside TLS (default true). Read at
-    /// start. The uprobes sit in the shared libraries: every process's `SSL_write` pays the trap.
-    pub tls_uprobes: Option<bool>,
+    /// Hook OpenSSL/GnuTLS with uprobes to see HTTP methods inside TLS. Read at start.
+    pub tls_uprobes: Option<TlsUprobes>,
+}
+
+/// `[daemon] tls_uprobes`: where the TLS libraries' write functions are hooked.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum TlsUprobes {
+    /// In agent processes only (`"agents"`, or `true`): other processes' `SSL_write` runs
+    /// untouched. The hooks live as long as the daemon (not kept by pins).
+    #[default]
+    Agents,
+    /// In every process that maps the library (`"all"`): each `SSL_write` on the machine traps
+    /// into the kernel; the hooks are pinned with the other programs.
+    All,
+    /// Nowhere (`"off"`, or `false`): HTTP methods inside TLS are not visible.
+    Off,
+}
+
+impl TlsUprobes {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TlsUprobes::Agents => "agents",
+            TlsUprobes::All => "all",
+            TlsUprobes::Off => "off",
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for TlsUprobes {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Bool(bool),
+            Name(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Bool(true) => Ok(TlsUprobes::Agents),
+            Raw::Bool(false) => Ok(TlsUprobes::Off),
+            Raw::Name(n) => match n.as_str() {
+                "agents" => Ok(TlsUprobes::Agents),
+                "all" => Ok(TlsUprobes::All),
+                "off" => Ok(TlsUprobes::Off),
+                other => Err(serde::de::Error::custom(format!(
+                    "unknown tls_uprobes `{other}`: expected \"agents\", \"all\" or \"off\""
+                ))),
+            },
+        }
+    }
 }
 
 /// `[daemon] bpf_stats`: when the kernel times every BPF program run (BPF_ENABLE_STATS, a
@@ -429,8 +475,8 @@ impl fmt::Display for Policy {
         if let Some(b) = d.bpf_stats {
             writeln!(f, "bpf_stats = {}", toml_string(b.as_str()))?;
         }
-        if let Some(b) = d.tls_uprobes {
-            writeln!(f, "tls_uprobes = {b}")?;
+        if let Some(t) = d.tls_uprobes {
+            writeln!(f, "tls_uprobes = {}", toml_string(t.as_str()))?;
         }
         for w in &self.alerts.webhook {
             writeln!(f, "\n[[alerts.webhook]]")?;
@@ -840,7 +886,7 @@ pub(crate) mod raw {
         pub pin_path: Option<Spanned<String>>,
         pub hold_timeout_secs: Option<Spanned<u64>>,
         pub bpf_stats: Option<super::BpfStats>,
-        pub tls_uprobes: Option<bool>,
+        pub tls_uprobes: Option<super::TlsUprobes>,
     }
 
     #[derive(Debug, Default, Deserialize)]

@@ -1,0 +1,357 @@
+//! TLS library hooks that only agent processes pay for (`[daemon] tls_uprobes = "agents"`).
+//!
+//! A uprobe is a breakpoint written into the library's code in every process that maps it.
+//! Attached for all processes, as tracing tools do, every `SSL_write` on the machine traps
+//! (~10 us each here, 25 times the call itself), agent or not. Here the breakpoints are written
+//! only into agent processes:
+//!
+//! - each hooked function is a uprobe event of our own in tracefs (`uprobe_events`, group
+//!   `agent_monitor_<daemon pid>`); its eBPF program is attached once, to an "anchor" perf event
+//!   that targets the daemon itself;
+//! - for each agent process the daemon opens one more perf event per function, targeting that
+//!   process, with `inherit`: the kernel's uprobe filter (`trace_uprobe_filter`) writes the
+//!   breakpoints into the address spaces of the events' targets only, and `inherit` makes the
+//!   kernel copy the events into every child at fork (`copy_process`), before the child runs,
+//!   so an agent's descendants are hooked with no window. An event follows its task through
+//!   exec, and a library mapped later (Python's `import ssl`) gets its breakpoints at mmap.
+//!
+//! An agent's first process is hooked when the daemon reads its exec event (woken at once); a
+//! process of an `agent-monitor exec` instance before it starts. What an agent does before its
+//! first process is hooked is not inspected: its TLS handshake then counts as invisible
+//! (reported, refused under `require_http_visibility`).
+use std::{
+    collections::{BTreeSet, HashMap},
+    fs::OpenOptions,
+    io::Write as _,
+    os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd},
+    path::{Path, PathBuf},
+};
+
+use anyhow::{anyhow, bail, Context as _};
+use tracing::{debug, info, warn};
+
+const TRACEFS: &str = "/sys/kernel/tracing";
+
+/// Who a set of per-process events was opened for; they are closed when it is gone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Owner {
+    /// An agent instance (its run id): open while any of its processes is tracked.
+    Instance(u64),
+    /// An `agent-monitor exec` caller (its pid), hooked before it starts the command; open
+    /// until it unregisters.
+    Exec(u32),
+}
+
+/// One hooked function of one library file.
+struct Hook {
+    lib: PathBuf,
+    /// `<group>/<event>` in tracefs.
+    event: String,
+    id: u64,
+    /// The perf event that carries the eBPF program (targets the daemon).
+    _anchor: OwnedFd,
+}
+
+/// The per-agent TLS hooks.
+pub struct AgentTls {
+    group: String,
+    /// eBPF program fds by program name (see `loader::TLS_LIBS`).
+    progs: HashMap<&'static str, OwnedFd>,
+    hooks: Vec<Hook>,
+    pub libs: BTreeSet<PathBuf>,
+    /// Per-process events by owner.
+    armed: HashMap<Owner, Armed>,
+    /// This daemon run's token (nonzero), written into the process table for every process it
+    /// hooked (`ProcState::tls_token`).
+    pub token: u32,
+    /// The token is in force in the kernel (agents' TLS handshakes wait for their hooks).
+    pub in_force: bool,
+}
+
+#[derive(Default)]
+struct Armed {
+    /// Processes hooked directly (their descendants inherit the events).
+    pids: Vec<u32>,
+    events: Vec<OwnedFd>,
+    since: Option<std::time::Instant>,
+}
+
+impl AgentTls {
+    /// A hook set with nothing hooked yet. `progs`: the loaded uprobe programs' fds.
+    pub fn new(progs: HashMap<&'static str, OwnedFd>) -> anyhow::Result<Self> {
+        if !Path::new(TRACEFS).join("uprobe_events").exists() {
+            bail!("{TRACEFS}/uprobe_events is missing (a kernel without CONFIG_UPROBE_EVENTS)");
+        }
+        remove_stale_groups();
+        Ok(AgentTls {
+            group: format!("agent_monitor_{}", std::process::id()),
+            progs,
+            hooks: Vec::new(),
+            libs: BTreeSet::new(),
+            armed: HashMap::new(),
+            token: run_token(),
+            in_force: false,
+        })
+    }
+
+    /// The tracefs group of this daemon's uprobe events.
+    pub fn group(&self) -> &str {
+        &self.group
+    }
+
+    /// Create the uprobe events of a library's TLS functions (idempotent) and hook the
+    /// processes already armed. `functions`: (eBPF program, symbol). Returns how many of the
+    /// functions are hooked.
+    pub fn hook_lib(&mut self, lib: &Path, functions: &[(&'static str, &str)]) -> usize {
+        if self.libs.contains(lib) {
+            return self.hooks.iter().filter(|h| h.lib == lib).count();
+        }
+        let mut added = Vec::new();
+        for (program, symbol) in functions {
+            match self.add_hook(lib, program, symbol) {
+                Ok(h) => added.push(h),
+                Err(e) => debug!(lib = %lib.display(), symbol, error = %format!("{e:#}"), "TLS function not hooked"),
+            }
+        }
+        let n = added.len();
+        if n > 0 {
+            // Processes armed before this library was known get its events too.
+            for armed in self.armed.values_mut() {
+                for pid in &armed.pids {
+                    for h in &added {
+                        match open_event(h.id, *pid as i32, true) {
+                            Ok(fd) => armed.events.push(fd),
+                            Err(e) => debug!(pid, event = h.event, error = %e, "process not hooked"),
+                        }
+                    }
+                }
+            }
+            self.hooks.extend(added);
+            self.libs.insert(lib.to_path_buf());
+            info!(lib = %lib.display(), functions = n, "TLS library hooked for agent processes only");
+        }
+        n
+    }
+
+    fn add_hook(&self, lib: &Path, program: &'static str, symbol: &str) -> anyhow::Result<Hook> {
+        let prog = self.progs.get(program).ok_or_else(|| anyhow!("program {program} not loaded"))?;
+        let offset = symbol_offset(lib, symbol)?;
+        let path = lib.to_str().filter(|p| !p.contains(char::is_whitespace)).ok_or_else(|| {
+            anyhow!("{}: tracefs cannot take this path (not UTF-8, or with white space)", lib.display())
+        })?;
+        let name = format!("{program}_{}", self.libs.len());
+        let event = format!("{}/{name}", self.group);
+        tracefs_write("uprobe_events", &format!("p:{event} {path}:{offset:#x}"))?;
+        let created = (|| {
+            let id_path = Path::new(TRACEFS).join("events").join(&self.group).join(&name).join("id");
+            let id: u64 = std::fs::read_to_string(&id_path)
+                .with_context(|| format!("reading {}", id_path.display()))?
+                .trim()
+                .parse()
+                .context("parsing the event id")?;
+            // The anchor targets the daemon (never an SSL_write of its own): a per-process
+            // event, so the filter stays per process.
+            let anchor = open_event(id, std::process::id() as i32, false).context("opening the anchor event")?;
+            // SAFETY: ioctls on a perf event fd we own, with a program fd we own.
+            unsafe {
+                if libc::ioctl(anchor.as_raw_fd(), PERF_EVENT_IOC_SET_BPF, prog.as_raw_fd()) != 0 {
+                    return Err(anyhow!("attaching the program: {}", std::io::Error::last_os_error()));
+                }
+                if libc::ioctl(anchor.as_raw_fd(), PERF_EVENT_IOC_ENABLE, 0) != 0 {
+                    return Err(anyhow!("enabling the anchor: {}", std::io::Error::last_os_error()));
+                }
+            }
+            Ok(Hook { lib: lib.to_path_buf(), event: event.clone(), id, _anchor: anchor })
+        })();
+        if created.is_err() {
+            let _ = tracefs_write("uprobe_events", &format!("-:{event}"));
+        }
+        created
+    }
+
+    /// Hook `pids` (and every process they fork from now on) for `owner`. Returns the ones
+    /// hooked now (not those hooked before, nor those gone).
+    pub fn arm(&mut self, owner: Owner, pids: &[u32]) -> Vec<u32> {
+        let mut hooked = Vec::new();
+        let entry = self.armed.entry(owner).or_default();
+        entry.since.get_or_insert_with(std::time::Instant::now);
+        for &pid in pids {
+            if entry.pids.contains(&pid) {
+                continue;
+            }
+            let mut ok = false;
+            for h in &self.hooks {
+                match open_event(h.id, pid as i32, true) {
+                    Ok(fd) => {
+                        entry.events.push(fd);
+                        ok = true;
+                    }
+                    // The process is gone already: nothing to hook.
+                    Err(e) => debug!(pid, event = h.event, error = %e, "process not hooked"),
+                }
+            }
+            if ok {
+                entry.pids.push(pid);
+                hooked.push(pid);
+            } else if !self.hooks.is_empty() && Path::new(&format!("/proc/{pid}")).exists() {
+                warn!(pid, "an agent process could not be hooked: its TLS requests are not visible");
+            }
+        }
+        hooked
+    }
+
+    /// Close the events of owners that are gone (their inherited copies go with them). Owners
+    /// armed after `seen` (when the caller looked at what is live) are kept.
+    pub fn retain(&mut self, seen: std::time::Instant, mut live: impl FnMut(Owner) -> bool) {
+        self.armed.retain(|o, a| a.since.is_some_and(|t| t > seen) || live(*o));
+    }
+
+    /// Forget an owner now (an `exec` caller that unregistered).
+    pub fn disarm(&mut self, owner: Owner) {
+        self.armed.remove(&owner);
+    }
+
+    /// Has any function been hooked?
+    pub fn has_hooks(&self) -> bool {
+        !self.hooks.is_empty()
+    }
+
+    /// Processes hooked directly (their descendants are hooked by inheritance).
+    pub fn armed_processes(&self) -> usize {
+        self.armed.values().map(|a| a.pids.len()).sum()
+    }
+}
+
+impl Drop for AgentTls {
+    fn drop(&mut self) {
+        self.armed.clear();
+        for h in std::mem::take(&mut self.hooks) {
+            let event = h.event.clone();
+            drop(h);
+            let _ = tracefs_write("uprobe_events", &format!("-:{event}"));
+        }
+    }
+}
+
+const PERF_TYPE_TRACEPOINT: u32 = 2;
+const PERF_FLAG_FD_CLOEXEC: libc::c_ulong = 8;
+const PERF_EVENT_IOC_ENABLE: libc::c_ulong = 0x2400;
+const PERF_EVENT_IOC_SET_BPF: libc::c_ulong = 0x4004_2408;
+
+/// `struct perf_event_attr` up to `config2` (PERF_ATTR_SIZE_VER1); the kernel zero-fills the rest.
+#[repr(C)]
+#[derive(Default)]
+struct PerfEventAttr {
+    type_: u32,
+    size: u32,
+    config: u64,
+    sample_period: u64,
+    sample_type: u64,
+    read_format: u64,
+    /// Bit 0 `disabled`, bit 1 `inherit`.
+    flags: u64,
+    wakeup_events: u32,
+    bp_type: u32,
+    config1: u64,
+    config2: u64,
+}
+
+/// A perf event on tracefs event `id` for process `pid`. An inherited one is opened disabled:
+/// it only widens the uprobe's filter (the program runs from the anchor), and a disabled
+/// event costs the process nothing at context switches.
+fn open_event(id: u64, pid: i32, inherit: bool) -> std::io::Result<OwnedFd> {
+    let attr = PerfEventAttr {
+        type_: PERF_TYPE_TRACEPOINT,
+        size: std::mem::size_of::<PerfEventAttr>() as u32,
+        config: id,
+        flags: if inherit { 0b11 } else { 0 },
+        ..Default::default()
+    };
+    // SAFETY: perf_event_open(2) with an attr of the size we state.
+    let fd = unsafe {
+        libc::syscall(libc::SYS_perf_event_open, &attr as *const PerfEventAttr, pid, -1, -1, PERF_FLAG_FD_CLOEXEC)
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a new fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+fn tracefs_write(file: &str, line: &str) -> anyhow::Result<()> {
+    let path = Path::new(TRACEFS).join(file);
+    let mut f = OpenOptions::new().append(true).open(&path).with_context(|| format!("opening {}", path.display()))?;
+    f.write_all(format!("{line}\n").as_bytes()).with_context(|| format!("writing {line:?} to {}", path.display()))
+}
+
+/// Remove the uprobe events of daemons that are gone (a daemon killed before it could).
+fn remove_stale_groups() {
+    let Ok(list) = std::fs::read_to_string(Path::new(TRACEFS).join("uprobe_events")) else { return };
+    for line in list.lines() {
+        let Some(event) = line.split_whitespace().next().and_then(|e| e.split_once(':')).map(|(_, e)| e) else {
+            continue;
+        };
+        let Some(pid) = event.strip_prefix("agent_monitor_").and_then(|r| r.split('/').next()) else { continue };
+        let alive = pid.parse::<u32>().is_ok_and(|p| Path::new(&format!("/proc/{p}")).exists());
+        if !alive {
+            match tracefs_write("uprobe_events", &format!("-:{event}")) {
+                Ok(()) => debug!(event, "removed a stale uprobe event"),
+                Err(e) => warn!(event, error = %format!("{e:#}"), "a stale uprobe event could not be removed"),
+            }
+        }
+    }
+}
+
+/// The file offset of `symbol` in an ELF file, as uprobes take it.
+fn symbol_offset(lib: &Path, symbol: &str) -> anyhow::Result<u64> {
+    use object::{Object as _, ObjectSection as _, ObjectSymbol as _};
+    let data = std::fs::read(lib).with_context(|| format!("reading {}", lib.display()))?;
+    let obj = object::File::parse(&*data).with_context(|| format!("parsing {}", lib.display()))?;
+    let sym = obj
+        .dynamic_symbols()
+        .chain(obj.symbols())
+        .find(|s| s.name() == Ok(symbol) && s.is_definition())
+        .ok_or_else(|| anyhow!("{symbol} is not defined in {}", lib.display()))?;
+    if !matches!(obj.kind(), object::ObjectKind::Dynamic | object::ObjectKind::Executable) {
+        return Ok(sym.address());
+    }
+    let section = sym
+        .section_index()
+        .and_then(|i| obj.section_by_index(i).ok())
+        .ok_or_else(|| anyhow!("{symbol} is in no section"))?;
+    let (file_offset, _) = section.file_range().ok_or_else(|| anyhow!("{symbol}'s section has no file range"))?;
+    Ok(sym.address() - section.address() + file_offset)
+}
+
+/// A nonzero token for this daemon run: a restarted daemon (whose predecessor's hooks closed
+/// with it) must not take the process table's tokens for its own.
+fn run_token() -> u32 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime(2) into a local.
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    let mixed = (ts.tv_nsec as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ (u64::from(std::process::id()) << 17);
+    ((mixed >> 32) as u32) | 1
+}
+
+/// Dup a program's fd for [`AgentTls::new`].
+pub fn prog_fd(fd: impl AsFd) -> std::io::Result<OwnedFd> {
+    fd.as_fd().try_clone_to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn symbol_offsets_match_the_dynamic_symbol_table() {
+        // libc is on every machine that runs these tests; `write` is in its text section.
+        let libc_path = ["/lib/x86_64-linux-gnu/libc.so.6", "/lib/aarch64-linux-gnu/libc.so.6", "/lib64/libc.so.6"]
+            .into_iter()
+            .map(Path::new)
+            .find(|p| p.exists());
+        let Some(lib) = libc_path else { return };
+        let off = symbol_offset(lib, "write").unwrap();
+        assert!(off > 0 && off < std::fs::metadata(lib).unwrap().len());
+        assert!(symbol_offset(lib, "no_such_symbol_anywhere").is_err());
+    }
+}

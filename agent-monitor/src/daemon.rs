@@ -101,6 +101,21 @@ pub struct Shared {
     pub tls_uprobes: TlsUprobes,
 }
 
+/// The per-agent TLS hooks hold a few perf event fds per agent instance: the soft limit on open
+/// files (1024 under systemd) goes up to the hard one.
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit(2) on a local.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            let wanted = libc::rlimit { rlim_cur: lim.rlim_max, rlim_max: lim.rlim_max };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) != 0 {
+                warn!(soft = lim.rlim_cur, "could not raise the open-files limit");
+            }
+        }
+    }
+}
+
 /// After hooking (or failing to hook) `tried` agent processes: those that map a hooked TLS
 /// library are marked visible (a handshake begun before the hooks would not have marked them),
 /// then all of them get the token, which lets their waiting TLS handshakes go. One that could
@@ -708,6 +723,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
     let pins = args.pin_path.clone().or_else(|| policy.daemon.pin_path.clone().map(PathBuf::from));
     let tls_uprobes = policy.daemon.tls_uprobes.unwrap_or_default();
+    raise_fd_limit();
     let mut kernel = Kernel::load(pins.as_deref(), tls_uprobes)?;
     release_startup_memory();
     let resolved = kmaps::resolve_hosts(&compiled.hosts);

@@ -48,7 +48,8 @@ const SERIES: &[Series] = &[
 /// What `--vm` runs without `--full` or a FILTER (and what CI runs): every test where the BPF
 /// LSM layer decides, or where the kernel matters — file writes refused with EPERM, connects
 /// and datagrams refused by the LSM hooks (and the cgroup ones behind them), self-protection,
-/// the bypasses, held connects, an `exec`'d agent, and the kill path through the process tree.
+/// the bypasses, held connects, an `exec`'d agent, the kill path through the process tree, and
+/// the per-agent TLS hooks (the kernel's uprobe filter and perf event inheritance).
 /// Under TCG each test pays ~20 s of verifier for its daemon: the whole suite takes too long
 /// for CI (see xtask/vm/README.md).
 const DEFAULT_BINARIES: &[&str] = &["files", "lsm", "network", "holds", "exec"];
@@ -62,6 +63,7 @@ const DEFAULT_TESTS: &[&str] = &[
     "unlisted_destinations_are_refused_in_the_kernel",
     "io_uring_connect_is_covered_by_the_cgroup_hooks",
     "read_only_http_in_clear_text_and_inside_tls",
+    "tls_hooks_are_written_into_agent_processes_only",
     "unanswered_holds_time_out_and_held_connects_are_granted_then_expire",
     "a_held_file_write_is_refused_then_granted_then_expires",
     "tcp_connects_only_to_allowed_ports",

@@ -606,52 +606,47 @@ impl Kernel {
         }
         let name = canon.file_name().and_then(|n| n.to_str()).unwrap_or_default();
         let Some((_, programs)) = TLS_LIBS.iter().find(|(prefix, _)| name.starts_with(prefix)) else { return false };
-        if self.agent_tls.is_some() {
-            let functions: Vec<(&'static str, &'static str)> =
-                self.tls_programs().into_iter().filter(|(p, _)| programs.contains(p)).collect();
-            let hooked = self.agent_tls.as_mut().map_or(0, |t| t.hook_lib(&canon, &functions));
-            if hooked > 0 {
-                self.tls_libs.insert(canon);
-                self.layers.uprobe = true;
-            }
-            return hooked > 0;
+        let functions: Vec<(&'static str, &'static str)> =
+            self.tls_programs().into_iter().filter(|(p, _)| programs.contains(p)).collect();
+        let hooked = match self.agent_tls.as_mut() {
+            Some(t) => t.hook_lib(&canon, &functions),
+            None => self.hook_tls_lib_everywhere(&canon, &functions),
+        };
+        if hooked > 0 {
+            self.tls_libs.insert(canon);
+            self.layers.uprobe = true;
         }
+        hooked > 0
+    }
+
+    /// `tls_uprobes = "all"`: uprobes in every process that maps `lib`, pinned with the rest.
+    fn hook_tls_lib_everywhere(&mut self, lib: &Path, functions: &[(&'static str, &'static str)]) -> usize {
         let mut hooked = 0;
-        for program in *programs {
-            let Some(probe) = PROBES.iter().find(|p| p.program == *program) else { continue };
-            let Attach::UProbe(symbol) = probe.attach else { continue };
-            let Some(prog) = self.ebpf.program_mut(program) else { continue };
-            let Ok(p) = <&mut UProbe>::try_from(prog) else { continue };
-            if p.fd().is_err() {
-                // Adopted programs are not loaded in this process: load the uprobe on demand.
-                if let Err(e) = p.load() {
-                    debug!(program, error = %e, "uprobe program not loaded");
-                    continue;
-                }
-            }
+        for &(program, symbol) in functions {
+            let Some(p) = self.ebpf.program_mut(program).and_then(|p| <&mut UProbe>::try_from(p).ok()) else {
+                continue;
+            };
             let link = p
-                .attach(symbol, &canon, aya::programs::uprobe::UProbeScope::AllProcesses)
+                .attach(symbol, lib, aya::programs::uprobe::UProbeScope::AllProcesses)
                 .map_err(anyhow::Error::from)
                 .and_then(|id| Ok(FdLink::try_from(p.take_link(id)?)?));
             match link {
                 Ok(link) => {
                     // bpffs names cannot hold '/' or '.': the library path is hex-encoded.
-                    let hex: String = canon.as_os_str().as_encoded_bytes().iter().map(|b| format!("{b:02x}")).collect();
+                    let hex: String = lib.as_os_str().as_encoded_bytes().iter().map(|b| format!("{b:02x}")).collect();
                     let label = format!("uprobe={program}={hex}");
                     match self.keep_link(label, link) {
                         Ok(()) => hooked += 1,
                         Err(e) => warn!(error = %format!("{e:#}"), "uprobe link not kept"),
                     }
                 }
-                Err(e) => debug!(lib = %canon.display(), symbol, error = %e, "uprobe not attached"),
+                Err(e) => debug!(lib = %lib.display(), symbol, error = %e, "uprobe not attached"),
             }
         }
         if hooked > 0 {
-            info!(lib = %canon.display(), functions = hooked, "TLS library hooked");
-            self.tls_libs.insert(canon);
-            self.layers.uprobe = true;
+            info!(lib = %lib.display(), functions = hooked, "TLS library hooked in every process");
         }
-        hooked > 0
+        hooked
     }
 }
 

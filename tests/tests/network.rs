@@ -579,3 +579,32 @@ fn tls_hooks_are_written_into_agent_processes_only() {
     let left = fs::read_to_string("/sys/kernel/tracing/uprobe_events").unwrap_or_default();
     assert!(!left.contains(&format!("{group}/")), "uprobe events left behind: {left}");
 }
+
+#[test]
+fn with_tls_uprobes_all_every_process_is_hooked_and_agents_still_refused() {
+    if !can_run_root_tests("with_tls_uprobes_all_every_process_is_hooked_and_agents_still_refused") {
+        return;
+    }
+    let t = TempDir::new("tls-all");
+    let forum = Forum::start(t.path(), "127.0.0.1", true, None);
+    let d = Daemon::start(&format!(
+        "[daemon]\ntls_uprobes = \"all\"\n{}",
+        policy("everywhere", &["am-curl"], "kill", &["127.0.0.1:*"], "")
+    ));
+    let out = Command::new(binary().unwrap())
+        .args(["status", "--json", "--control-socket"])
+        .arg(&d.control)
+        .output()
+        .unwrap();
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status --json");
+    assert_eq!(status["tls_hooks"]["scope"], "all processes", "{status:#}");
+    assert!(d.log_text().contains("TLS library hooked in every process"), "{}", d.log_text());
+    let url = format!("https://127.0.0.1:{}/answer", forum.port);
+    let curl = copy_binary(t.path(), "/usr/bin/curl", "am-curl");
+    let st = run(Command::new(&curl).args(["-sk", "--max-time", "5", "-d", "x=1", &url]));
+    assert!(killed_by_sigkill(&st), "the agent's POST inside TLS was not killed: {st}");
+    d.wait_event("the uprobe's POST", |e| f(e, "kind") == "net.http_write" && f(e, "layer") == "uprobe");
+    let st = run(Command::new("curl").args(["-sk", "--max-time", "5", "-o", "/dev/null", "-d", "x=1", &url]));
+    assert!(st.success(), "a non-agent's POST failed: {st}");
+    assert_eq!(forum.count("POST"), 1);
+}

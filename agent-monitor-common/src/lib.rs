@@ -226,7 +226,10 @@ pub mod stat {
     pub const PROCS_FULL: u32 = 2;
     /// Kernel memory could not be read where a decision needed it.
     pub const READ_FAILED: u32 = 3;
-    pub const COUNT: u32 = 4;
+    /// Not a drop: a new agent process's TLS ClientHello held until the daemon hooked its TLS
+    /// library (`tls_uprobes = "agents"`; TCP sends it again).
+    pub const TLS_HANDSHAKE_HELD: u32 = 4;
+    pub const COUNT: u32 = 5;
 }
 
 /// Per-process state, keyed by tgid in `PROCS`. Identity is (tgid, `start_ns`): a pid reused by

@@ -622,6 +622,9 @@ impl Shared {
             }
             last_drops[idx as usize] = now;
         }
+        let held = stat::TLS_HANDSHAKE_HELD as usize;
+        self.metrics.tls_handshakes_held.inc_by(stats[held].saturating_sub(last_drops[held]));
+        last_drops[held] = stats[held];
     }
 }
 

@@ -34,6 +34,7 @@ pub struct Metrics {
     pub build_info: IntGaugeVec,
     pub policy_agents: IntGauge,
     pub tls_hooked: IntGauge,
+    pub tls_handshakes_held: IntCounter,
     pub webhook_sent: IntCounterVec,
     pub webhook_failures: IntCounterVec,
     pub webhook_dropped: IntCounterVec,
@@ -163,6 +164,14 @@ impl Metrics {
                 IntGauge::new(
                     "agent_monitor_tls_hooked_processes",
                     "Agent processes whose TLS library calls the daemon hooked directly (tls_uprobes = \"agents\"); their descendants inherit the hooks.",
+                )
+                .unwrap(),
+            ),
+            tls_handshakes_held: reg(
+                &r,
+                IntCounter::new(
+                    "agent_monitor_tls_handshakes_held_total",
+                    "TLS ClientHellos of new agent processes held in the kernel until the daemon had hooked their TLS library (TCP sends them again, ~200 ms later).",
                 )
                 .unwrap(),
             ),

@@ -556,6 +556,7 @@ fn tls_hooks_are_written_into_agent_processes_only() {
     let byte = ssl_write_byte(other_pid, &group);
     assert!(byte.is_some() && byte != Some(0xcc), "a process that is not an agent has the breakpoint: {byte:?}");
     assert!(d.metric("agent_monitor_tls_hooked_processes", &[]).unwrap_or(0.0) >= 1.0, "{}", d.metrics());
+
     drop((agent, other));
 
     // A child forked without exec inherits the hooks: its POST is seen and refused.
@@ -568,6 +569,28 @@ fn tls_hooks_are_written_into_agent_processes_only() {
     });
     assert!(f(&e, "detail").starts_with("POST /answer"), "{e:#}");
     assert_eq!(forum.count("POST"), 0, "the forked child's POST reached the server");
+
+    // An agent that starts while the daemon cannot hook it (stopped here; in life, the
+    // milliseconds before it reads the exec): its TLS handshake waits in the kernel, and once
+    // hooked, its POST is seen and refused like any other.
+    // curl under the name the policy selects, in a directory of its own (am-py is python).
+    fs::create_dir_all(t.join("early")).unwrap();
+    let curl = copy_binary(&t.join("early"), "/usr/bin/curl", "am-py");
+    d.signal(nix::sys::signal::Signal::SIGSTOP);
+    let url = format!("https://127.0.0.1:{}/answer", forum.port);
+    let mut early = Bg(Command::new(&curl).args(["-sk", "--max-time", "20", "-d", "x=1", &url]).spawn().unwrap());
+    std::thread::sleep(Duration::from_millis(1500));
+    let waiting = early.0.try_wait().unwrap().is_none();
+    let seen = forum.requests();
+    d.signal(nix::sys::signal::Signal::SIGCONT);
+    assert!(waiting, "the agent's connection did not wait for its TLS hooks");
+    assert!(seen.is_empty(), "the server received a request before the agent was hooked: {seen:?}");
+    let st = early.0.wait().unwrap();
+    assert!(killed_by_sigkill(&st), "the early agent's POST was not killed once hooked: {st}");
+    assert_eq!(forum.count("POST"), 0, "the early agent's POST reached the server");
+    wait_for("the held handshake counted", 10, || {
+        (d.metric("agent_monitor_tls_handshakes_held_total", &[]).unwrap_or(0.0) >= 1.0).then_some(())
+    });
 
     // The same from a process that is not an agent goes through.
     let st = run(Command::new(python3()).args(["-c", PY_FORK_POST, &forum.port.to_string()]));

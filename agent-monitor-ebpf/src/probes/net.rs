@@ -311,6 +311,7 @@ fn try_http_egress(ctx: &SkBuffContext) -> Result<i32, i64> {
                 // writes. The ClientHello waits (dropped here, TCP sends it again) and is
                 // checked again then; the handshake cannot finish, and no request can be
                 // written, before it is hooked.
+                agent::count(agent_monitor_common::stat::TLS_HANDSHAKE_HELD);
                 return Ok(REFUSE);
             }
             info.seen = 1;

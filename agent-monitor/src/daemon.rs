@@ -495,10 +495,9 @@ impl Shared {
             return;
         }
         let mut k = self.kernel.lock().unwrap();
-        for lib in found {
-            if !k.tls_libs.contains(&lib) {
-                k.hook_tls_lib(&lib);
-            }
+        let new: Vec<PathBuf> = found.into_iter().filter(|lib| !k.tls_libs.contains(lib)).collect();
+        if !new.is_empty() {
+            k.hook_tls_libs(&new);
         }
     }
 

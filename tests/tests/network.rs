@@ -492,12 +492,12 @@ _, status = os.waitpid(pid, 0)
 sys.exit(0 if status == 0 else 1)
 "#;
 
-/// The first byte of `SSL_write` in process `pid`'s copy of libssl (0xcc: a uprobe's
-/// breakpoint), located from the daemon's uprobe event in tracefs.
+/// The first byte of a hooked libssl function (the first the daemon's uprobe events in tracefs
+/// name) in process `pid`'s copy of libssl: 0xcc is a uprobe's breakpoint.
 fn ssl_write_byte(pid: u32, group: &str) -> Option<u8> {
     use std::os::unix::fs::FileExt;
     let events = fs::read_to_string("/sys/kernel/tracing/uprobe_events").ok()?;
-    let line = events.lines().find(|l| l.starts_with(&format!("p:{group}/ssl_write_")))?;
+    let line = events.lines().find(|l| l.starts_with(&format!("p:{group}/")) && l.contains("/libssl.so"))?;
     let (lib, off) = line.split_whitespace().nth(1)?.rsplit_once(':')?;
     let off = u64::from_str_radix(off.trim_start_matches("0x"), 16).ok()?;
     let maps = fs::read_to_string(format!("/proc/{pid}/maps")).ok()?;

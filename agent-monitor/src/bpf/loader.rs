@@ -425,9 +425,7 @@ impl Kernel {
             );
             warn!("TLS libraries not hooked (tls_uprobes = \"off\"): HTTPS request methods are not visible");
         } else {
-            for lib in system_tls_libs() {
-                kernel.hook_tls_lib(&lib);
-            }
+            kernel.hook_tls_libs(&system_tls_libs());
         }
         if tls_uprobes != TlsUprobes::Off && kernel.tls_libs.is_empty() {
             kernel
@@ -597,26 +595,34 @@ impl Kernel {
         super::tls::AgentTls::new(progs)
     }
 
-    /// Hook the write functions of a TLS library file (idempotent): in agent processes only
-    /// or in every process (`tls_uprobes`). Returns true if it is hooked after the call.
-    pub fn hook_tls_lib(&mut self, path: &Path) -> bool {
-        let Ok(canon) = std::fs::canonicalize(path) else { return false };
-        if self.tls_libs.contains(&canon) {
-            return true;
+    /// Hook the write functions of TLS library files (idempotent): in agent processes only or
+    /// in every process (`tls_uprobes`). Returns how many of them are hooked after the call.
+    pub fn hook_tls_libs(&mut self, paths: &[PathBuf]) -> usize {
+        let loaded = self.tls_programs();
+        let mut todo: Vec<(PathBuf, Vec<(&'static str, &'static str)>)> = Vec::new();
+        let mut done = 0;
+        for canon in paths.iter().filter_map(|p| std::fs::canonicalize(p).ok()) {
+            if self.tls_libs.contains(&canon) {
+                done += 1;
+                continue;
+            }
+            let name = canon.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            let Some((_, programs)) = TLS_LIBS.iter().find(|(prefix, _)| name.starts_with(prefix)) else { continue };
+            if todo.iter().all(|(l, _)| *l != canon) {
+                let functions = loaded.iter().copied().filter(|(p, _)| programs.contains(p)).collect();
+                todo.push((canon, functions));
+            }
         }
-        let name = canon.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-        let Some((_, programs)) = TLS_LIBS.iter().find(|(prefix, _)| name.starts_with(prefix)) else { return false };
-        let functions: Vec<(&'static str, &'static str)> =
-            self.tls_programs().into_iter().filter(|(p, _)| programs.contains(p)).collect();
-        let hooked = match self.agent_tls.as_mut() {
-            Some(t) => t.hook_lib(&canon, &functions),
-            None => self.hook_tls_lib_everywhere(&canon, &functions),
+        let hooked: Vec<usize> = match self.agent_tls.as_mut() {
+            Some(t) => t.hook_libs(&todo),
+            None => todo.iter().map(|(lib, functions)| self.hook_tls_lib_everywhere(lib, functions)).collect(),
         };
-        if hooked > 0 {
-            self.tls_libs.insert(canon);
+        for ((lib, _), _) in todo.into_iter().zip(hooked).filter(|(_, n)| *n > 0) {
+            self.tls_libs.insert(lib);
             self.layers.uprobe = true;
+            done += 1;
         }
-        hooked > 0
+        done
     }
 
     /// `tls_uprobes = "all"`: uprobes in every process that maps `lib`, pinned with the rest.
@@ -759,7 +765,7 @@ fn load_program(prog: &mut Program, probe: &Probe, lsm_btf: Result<&aya::Btf, &s
         Attach::CgroupSockAddr => <&mut CgroupSockAddr>::try_from(prog)?.load().with_context(what)?,
         Attach::CgroupSock => <&mut CgroupSock>::try_from(prog)?.load().with_context(what)?,
         Attach::CgroupSkbEgress => <&mut CgroupSkb>::try_from(prog)?.load().with_context(what)?,
-        // Attached per library by `Kernel::hook_tls_lib`.
+        // Attached per library by `Kernel::hook_tls_libs`.
         Attach::UProbe(_) => <&mut UProbe>::try_from(prog)?.load().with_context(what)?,
         Attach::Lsm(hook) => {
             let btf = lsm_btf.map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -819,7 +825,7 @@ fn attach(ebpf: &mut Ebpf, probe: &Probe, cgroup: Option<&File>) -> anyhow::Resu
             };
             links.push((format!("cgroup:{}", probe.program), link));
         }
-        // Attached per library by `Kernel::hook_tls_lib`.
+        // Attached per library by `Kernel::hook_tls_libs`.
         Attach::UProbe(_) => {}
         Attach::Lsm(hook) => {
             let p: &mut aya::programs::Lsm = prog.try_into()?;

@@ -42,9 +42,22 @@ pub enum Owner {
     Exec(u32),
 }
 
-/// One hooked function of one library file.
+/// The program the write functions run: `ssl_write_ex`'s reads the length as 64 bits, which
+/// suits `size_t` (`SSL_write_ex`, `gnutls_record_send`); for `SSL_write`'s `int`, undefined
+/// upper bits can only make a short write look long (its first 8 bytes are read either way).
+const WRITE_PROGRAM: &str = "ssl_write_ex";
+/// The program the handshake functions run (marks the process as doing visible TLS).
+const HANDSHAKE_PROGRAM: &str = "ssl_do_handshake";
+
+fn program_of(program: &str) -> &'static str {
+    match program {
+        "ssl_do_handshake" | "gnutls_handshake" => HANDSHAKE_PROGRAM,
+        _ => WRITE_PROGRAM,
+    }
+}
+
+/// One uprobe event of ours: the TLS functions of one kind in the libraries hooked together.
 struct Hook {
-    lib: PathBuf,
     /// `<group>/<event>` in tracefs.
     event: String,
     id: u64,
@@ -99,23 +112,56 @@ impl AgentTls {
         &self.group
     }
 
-    /// Create the uprobe events of a library's TLS functions (idempotent) and hook the
-    /// processes already armed. `functions`: (eBPF program, symbol). Returns how many of the
-    /// functions are hooked.
-    pub fn hook_lib(&mut self, lib: &Path, functions: &[(&'static str, &str)]) -> usize {
-        if self.libs.contains(lib) {
-            return self.hooks.iter().filter(|h| h.lib == lib).count();
-        }
+    /// Create the uprobe events of these libraries' TLS functions and hook the processes
+    /// already armed. `libs`: (library, [(eBPF program, symbol)]), none of them hooked yet.
+    /// Returns, per library, how many of its functions are hooked.
+    ///
+    /// Every function of a kind goes into one event (a tracefs event takes several probes):
+    /// the write functions (`SSL_write`, `SSL_write_ex`, `gnutls_record_send`: buffer in the
+    /// second argument, length in the third) run one program, the handshakes another. Each
+    /// event is one more perf event per agent process, and each of those costs every fork of
+    /// an agent a walk of the kernel's list of trace events (~7 us here, two events instead of
+    /// five per library).
+    pub fn hook_libs(&mut self, libs: &[(PathBuf, Vec<(&'static str, &str)>)]) -> Vec<usize> {
+        let batch = self.hooks.len();
+        let mut hooked = vec![0; libs.len()];
         let mut added = Vec::new();
-        for (program, symbol) in functions {
-            match self.add_hook(lib, program, symbol) {
-                Ok(h) => added.push(h),
-                Err(e) => debug!(lib = %lib.display(), symbol, error = %format!("{e:#}"), "TLS function not hooked"),
+        for kind in [WRITE_PROGRAM, HANDSHAKE_PROGRAM] {
+            let name = format!("{kind}_{batch}");
+            let event = format!("{}/{name}", self.group);
+            let mut probes = Vec::new();
+            for (i, (lib, functions)) in libs.iter().enumerate() {
+                for (program, symbol) in functions.iter().filter(|(p, _)| program_of(p) == kind) {
+                    let probe = symbol_offset(lib, symbol).and_then(|off| {
+                        let path = lib.to_str().filter(|p| !p.contains(char::is_whitespace)).ok_or_else(|| {
+                            anyhow!("{}: tracefs cannot take this path (not UTF-8, or with white space)", lib.display())
+                        })?;
+                        tracefs_write("uprobe_events", &format!("p:{event} {path}:{off:#x}"))
+                    });
+                    match probe {
+                        Ok(()) => probes.push(i),
+                        Err(e) => {
+                            debug!(lib = %lib.display(), symbol, program, error = %format!("{e:#}"), "TLS function not hooked")
+                        }
+                    }
+                }
+            }
+            if probes.is_empty() {
+                continue;
+            }
+            match self.anchor(kind, &name) {
+                Ok((id, anchor)) => {
+                    probes.iter().for_each(|&i| hooked[i] += 1);
+                    added.push(Hook { event, id, _anchor: anchor });
+                }
+                Err(e) => {
+                    warn!(event, error = %format!("{e:#}"), "TLS functions not hooked");
+                    let _ = tracefs_write("uprobe_events", &format!("-:{event}"));
+                }
             }
         }
-        let n = added.len();
-        if n > 0 {
-            // Processes armed before this library was known get its events too.
+        if !added.is_empty() {
+            // Processes armed before these libraries were known get their events too.
             for armed in self.armed.values_mut() {
                 for pid in &armed.pids {
                     for h in &added {
@@ -127,46 +173,36 @@ impl AgentTls {
                 }
             }
             self.hooks.extend(added);
-            self.libs.insert(lib.to_path_buf());
+        }
+        for ((lib, _), n) in libs.iter().zip(&hooked).filter(|(_, n)| **n > 0) {
+            self.libs.insert(lib.clone());
             info!(lib = %lib.display(), functions = n, "TLS library hooked for agent processes only");
         }
-        n
+        hooked
     }
 
-    fn add_hook(&self, lib: &Path, program: &'static str, symbol: &str) -> anyhow::Result<Hook> {
+    /// The id of our tracefs event `name`, and the perf event that carries its program.
+    fn anchor(&self, program: &str, name: &str) -> anyhow::Result<(u64, OwnedFd)> {
         let prog = self.progs.get(program).ok_or_else(|| anyhow!("program {program} not loaded"))?;
-        let offset = symbol_offset(lib, symbol)?;
-        let path = lib.to_str().filter(|p| !p.contains(char::is_whitespace)).ok_or_else(|| {
-            anyhow!("{}: tracefs cannot take this path (not UTF-8, or with white space)", lib.display())
-        })?;
-        let name = format!("{program}_{}", self.libs.len());
-        let event = format!("{}/{name}", self.group);
-        tracefs_write("uprobe_events", &format!("p:{event} {path}:{offset:#x}"))?;
-        let created = (|| {
-            let id_path = Path::new(TRACEFS).join("events").join(&self.group).join(&name).join("id");
-            let id: u64 = std::fs::read_to_string(&id_path)
-                .with_context(|| format!("reading {}", id_path.display()))?
-                .trim()
-                .parse()
-                .context("parsing the event id")?;
-            // The anchor targets the daemon (never an SSL_write of its own): a per-process
-            // event, so the filter stays per process.
-            let anchor = open_event(id, std::process::id() as i32, false).context("opening the anchor event")?;
-            // SAFETY: ioctls on a perf event fd we own, with a program fd we own.
-            unsafe {
-                if libc::ioctl(anchor.as_raw_fd(), PERF_EVENT_IOC_SET_BPF, prog.as_raw_fd()) != 0 {
-                    return Err(anyhow!("attaching the program: {}", std::io::Error::last_os_error()));
-                }
-                if libc::ioctl(anchor.as_raw_fd(), PERF_EVENT_IOC_ENABLE, 0) != 0 {
-                    return Err(anyhow!("enabling the anchor: {}", std::io::Error::last_os_error()));
-                }
+        let id_path = Path::new(TRACEFS).join("events").join(&self.group).join(name).join("id");
+        let id: u64 = std::fs::read_to_string(&id_path)
+            .with_context(|| format!("reading {}", id_path.display()))?
+            .trim()
+            .parse()
+            .context("parsing the event id")?;
+        // The anchor targets the daemon (never an SSL_write of its own): a per-process event,
+        // so the filter stays per process.
+        let anchor = open_event(id, std::process::id() as i32, false).context("opening the anchor event")?;
+        // SAFETY: ioctls on a perf event fd we own, with a program fd we own.
+        unsafe {
+            if libc::ioctl(anchor.as_raw_fd(), PERF_EVENT_IOC_SET_BPF, prog.as_raw_fd()) != 0 {
+                bail!("attaching the program: {}", std::io::Error::last_os_error());
             }
-            Ok(Hook { lib: lib.to_path_buf(), event: event.clone(), id, _anchor: anchor })
-        })();
-        if created.is_err() {
-            let _ = tracefs_write("uprobe_events", &format!("-:{event}"));
+            if libc::ioctl(anchor.as_raw_fd(), PERF_EVENT_IOC_ENABLE, 0) != 0 {
+                bail!("enabling the anchor: {}", std::io::Error::last_os_error());
+            }
         }
-        created
+        Ok((id, anchor))
     }
 
     /// Hook `pids` (and every process they fork from now on) for `owner`. Returns the ones

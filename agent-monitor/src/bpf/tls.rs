@@ -5,11 +5,12 @@
 //! (~10 us each here, 25 times the call itself), agent or not. Here the breakpoints are written
 //! only into agent processes:
 //!
-//! - each hooked function is a uprobe event of our own in tracefs (`uprobe_events`, group
-//!   `agent_monitor_<daemon pid>`); its eBPF program is attached once, to an "anchor" perf event
-//!   that targets the daemon itself;
-//! - for each agent process the daemon opens one more perf event per function, targeting that
-//!   process, with `inherit`: the kernel's uprobe filter (`trace_uprobe_filter`) writes the
+//! - the hooked functions are uprobe events of our own in tracefs (`uprobe_events`, group
+//!   `agent_monitor_<daemon pid>`), one event per kind (writes, handshakes) holding a probe per
+//!   function; its eBPF program is attached once, to an "anchor" perf event that targets the
+//!   daemon itself;
+//! - for each agent process the daemon opens one more perf event per uprobe event, targeting
+//!   that process, with `inherit`: the kernel's uprobe filter (`trace_uprobe_filter`) writes the
 //!   breakpoints into the address spaces of the events' targets only, and `inherit` makes the
 //!   kernel copy the events into every child at fork (`copy_process`), before the child runs,
 //!   so an agent's descendants are hooked with no window. An event follows its task through

@@ -429,10 +429,9 @@ fn invisible_tls_is_reported_and_fails_closed_when_required() {
     assert!(m.contains("agent_monitor_tls_visible_processes"), "{m}");
 }
 
-/// `[daemon] tls_uprobes = false` (for hosts where the uprobe trap on every process's
-/// `SSL_write` costs too much): nothing is hooked, the layer says so, methods inside TLS go
-/// unseen (a POST gets through an agent that only allows GET) and an agent that requires
-/// visibility cannot use TLS at all.
+/// `[daemon] tls_uprobes = false` (for hosts that want no uprobe at all): nothing is hooked,
+/// the layer says so, methods inside TLS go unseen (a POST gets through an agent that only
+/// allows GET) and an agent that requires visibility cannot use TLS at all.
 #[test]
 fn with_tls_uprobes_off_tls_is_invisible_and_required_visibility_fails_closed() {
     if !can_run_root_tests("with_tls_uprobes_off_tls_is_invisible_and_required_visibility_fails_closed") {
@@ -518,6 +517,16 @@ fn ssl_write_byte(pid: u32, group: &str) -> Option<u8> {
     None
 }
 
+/// `agent-monitor status --json` of the daemon under test.
+fn status_json(d: &Daemon) -> serde_json::Value {
+    let out = Command::new(binary().unwrap())
+        .args(["status", "--json", "--control-socket"])
+        .arg(&d.control)
+        .output()
+        .unwrap();
+    serde_json::from_slice(&out.stdout).expect("status --json")
+}
+
 fn first_line_pid(child: &mut std::process::Child) -> u32 {
     use std::io::BufRead;
     let mut line = String::new();
@@ -533,12 +542,7 @@ fn tls_hooks_are_written_into_agent_processes_only() {
     let t = TempDir::new("tls-scope");
     let forum = Forum::start(t.path(), "127.0.0.1", true, None);
     let d = Daemon::start(&policy("scoped", &["am-py"], "kill", &["127.0.0.1:*"], ""));
-    let out = Command::new(binary().unwrap())
-        .args(["status", "--json", "--control-socket"])
-        .arg(&d.control)
-        .output()
-        .unwrap();
-    let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status --json");
+    let status = status_json(&d);
     assert_eq!(status["tls_hooks"]["scope"], "agents", "{status:#}");
     let group = status["tls_hooks"]["tracefs_group"].as_str().unwrap().to_string();
     let py = copy_binary(t.path(), &python3(), "am-py");
@@ -614,12 +618,7 @@ fn with_tls_uprobes_all_every_process_is_hooked_and_agents_still_refused() {
         "[daemon]\ntls_uprobes = \"all\"\n{}",
         policy("everywhere", &["am-curl"], "kill", &["127.0.0.1:*"], "")
     ));
-    let out = Command::new(binary().unwrap())
-        .args(["status", "--json", "--control-socket"])
-        .arg(&d.control)
-        .output()
-        .unwrap();
-    let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status --json");
+    let status = status_json(&d);
     assert_eq!(status["tls_hooks"]["scope"], "all processes", "{status:#}");
     assert!(d.log_text().contains("TLS library hooked in every process"), "{}", d.log_text());
     let url = format!("https://127.0.0.1:{}/answer", forum.port);

@@ -17,11 +17,11 @@
 //!   exec, and a library mapped later (Python's `import ssl`) gets its breakpoints at mmap.
 //!
 //! An agent's first process is hooked when the daemon reads its exec event (woken at once); a
-//! process of an `agent-monitor exec` instance before it starts. What an agent does before its
-//! first process is hooked is not inspected: its TLS handshake then counts as invisible
-//! (reported, refused under `require_http_visibility`).
+//! process of an `agent-monitor exec` instance before it starts. Until a process is hooked, the
+//! kernel holds its TLS ClientHello (`tls_hooks_pending` in the eBPF crate; TCP sends it again),
+//! so nothing it writes inside TLS goes unseen.
 use std::{
-    collections::{BTreeSet, HashMap},
+    collections::HashMap,
     fs::OpenOptions,
     io::Write as _,
     os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd},
@@ -72,7 +72,6 @@ pub struct AgentTls {
     /// eBPF program fds by program name (see `loader::TLS_LIBS`).
     progs: HashMap<&'static str, OwnedFd>,
     hooks: Vec<Hook>,
-    pub libs: BTreeSet<PathBuf>,
     /// Per-process events by owner.
     armed: HashMap<Owner, Armed>,
     /// This daemon run's token (nonzero), written into the process table for every process it
@@ -101,7 +100,6 @@ impl AgentTls {
             group: format!("agent_monitor_{}", std::process::id()),
             progs,
             hooks: Vec::new(),
-            libs: BTreeSet::new(),
             armed: HashMap::new(),
             token: run_token(),
             in_force: false,
@@ -127,23 +125,18 @@ impl AgentTls {
         let batch = self.hooks.len();
         let mut hooked = vec![0; libs.len()];
         let mut added = Vec::new();
+        // Each library read and parsed once: (path as tracefs takes it, [(program, offset)]).
+        let resolved: Vec<(&str, Vec<(&str, u64)>)> =
+            libs.iter().map(|(lib, functions)| resolve(lib, functions)).collect();
         for kind in [WRITE_PROGRAM, HANDSHAKE_PROGRAM] {
             let name = format!("{kind}_{batch}");
             let event = format!("{}/{name}", self.group);
             let mut probes = Vec::new();
-            for (i, (lib, functions)) in libs.iter().enumerate() {
-                for (program, symbol) in functions.iter().filter(|(p, _)| program_of(p) == kind) {
-                    let probe = symbol_offset(lib, symbol).and_then(|off| {
-                        let path = lib.to_str().filter(|p| !p.contains(char::is_whitespace)).ok_or_else(|| {
-                            anyhow!("{}: tracefs cannot take this path (not UTF-8, or with white space)", lib.display())
-                        })?;
-                        tracefs_write("uprobe_events", &format!("p:{event} {path}:{off:#x}"))
-                    });
-                    match probe {
+            for (i, (path, functions)) in resolved.iter().enumerate() {
+                for (program, off) in functions.iter().filter(|(p, _)| program_of(p) == kind) {
+                    match tracefs_write("uprobe_events", &format!("p:{event} {path}:{off:#x}")) {
                         Ok(()) => probes.push(i),
-                        Err(e) => {
-                            debug!(lib = %lib.display(), symbol, program, error = %format!("{e:#}"), "TLS function not hooked")
-                        }
+                        Err(e) => debug!(path, program, error = %format!("{e:#}"), "TLS function not hooked"),
                     }
                 }
             }
@@ -176,7 +169,6 @@ impl AgentTls {
             self.hooks.extend(added);
         }
         for ((lib, _), n) in libs.iter().zip(&hooked).filter(|(_, n)| **n > 0) {
-            self.libs.insert(lib.clone());
             info!(lib = %lib.display(), functions = n, "TLS library hooked for agent processes only");
         }
         hooked
@@ -339,16 +331,38 @@ fn remove_stale_groups() {
     }
 }
 
-/// The file offset of `symbol` in an ELF file, as uprobes take it.
-fn symbol_offset(lib: &Path, symbol: &str) -> anyhow::Result<u64> {
+/// A library's path as tracefs takes it and the file offset of each of `functions` ((eBPF
+/// program, symbol)) found in it; what cannot be hooked is left out and said at debug level.
+fn resolve<'a>(lib: &'a Path, functions: &[(&'static str, &str)]) -> (&'a str, Vec<(&'static str, u64)>) {
+    let found = (|| {
+        let path = lib.to_str().filter(|p| !p.contains(char::is_whitespace)).ok_or_else(|| {
+            anyhow!("{}: tracefs cannot take this path (not UTF-8, or with white space)", lib.display())
+        })?;
+        let data = std::fs::read(lib).with_context(|| format!("reading {}", lib.display()))?;
+        let obj = object::File::parse(&*data).with_context(|| format!("parsing {}", lib.display()))?;
+        let mut out = Vec::new();
+        for &(program, symbol) in functions {
+            match symbol_offset(&obj, symbol) {
+                Ok(off) => out.push((program, off)),
+                Err(e) => debug!(lib = %lib.display(), symbol, error = %format!("{e:#}"), "TLS function not hooked"),
+            }
+        }
+        anyhow::Ok((path, out))
+    })();
+    found.unwrap_or_else(|e| {
+        debug!(lib = %lib.display(), error = %format!("{e:#}"), "TLS library not hooked");
+        ("", Vec::new())
+    })
+}
+
+/// The file offset of `symbol` in a parsed ELF file, as uprobes take it.
+fn symbol_offset(obj: &object::File, symbol: &str) -> anyhow::Result<u64> {
     use object::{Object as _, ObjectSection as _, ObjectSymbol as _};
-    let data = std::fs::read(lib).with_context(|| format!("reading {}", lib.display()))?;
-    let obj = object::File::parse(&*data).with_context(|| format!("parsing {}", lib.display()))?;
     let sym = obj
         .dynamic_symbols()
         .chain(obj.symbols())
         .find(|s| s.name() == Ok(symbol) && s.is_definition())
-        .ok_or_else(|| anyhow!("{symbol} is not defined in {}", lib.display()))?;
+        .ok_or_else(|| anyhow!("{symbol} is not defined there"))?;
     if !matches!(obj.kind(), object::ObjectKind::Dynamic | object::ObjectKind::Executable) {
         return Ok(sym.address());
     }
@@ -387,8 +401,9 @@ mod tests {
             .map(Path::new)
             .find(|p| p.exists());
         let Some(lib) = libc_path else { return };
-        let off = symbol_offset(lib, "write").unwrap();
-        assert!(off > 0 && off < std::fs::metadata(lib).unwrap().len());
-        assert!(symbol_offset(lib, "no_such_symbol_anywhere").is_err());
+        let (path, found) = resolve(lib, &[("w", "write"), ("x", "no_such_symbol_anywhere")]);
+        assert_eq!(path, lib.to_str().unwrap());
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].1 > 0 && found[0].1 < std::fs::metadata(lib).unwrap().len());
     }
 }

@@ -1,8 +1,9 @@
-//! Every map of the kernel side, in one place. Names are shared with userspace through
-//! `agent_monitor_common::maps` constants where userspace touches them.
+//! Every map of the kernel side, in one place. Each static's name is its map name, and
+//! `agent_monitor_common::maps::names` lists them all for userspace (a daemon unit test reads
+//! the built object and holds the two lists equal).
 use agent_monitor_common::{
-    AgentCfg, Event, ExeKey, FileGrantKey, GrantKey, NetData, PathData, ProcState, SniKey, SockInfo, UnixKey, COMM_LEN,
-    MAX_PATH_DEPTH, PATH_LEN, SCRATCH_LEN,
+    daemon_slot, AgentCfg, Event, ExeKey, FileGrantKey, GrantKey, NetData, PathData, ProcState, SniKey, SockInfo,
+    UnixKey, COMM_LEN, MAX_PATH_DEPTH, PATH_LEN, SCRATCH_LEN,
 };
 use aya_ebpf::{
     macros::map,
@@ -97,26 +98,24 @@ pub static SOCKS: LruHashMap<u64, SockInfo> = LruHashMap::with_max_entries(16384
 #[map]
 pub static EVENTS_SCRATCH: PerCpuArray<[u8; 16 + PATH_LEN + 16]> = PerCpuArray::with_max_entries(1, 0);
 
-/// Index 0: the daemon's own tgid, set by the daemon at start: signals and ptrace aimed at it
-/// by an agent are `self.tamper`. Index 1: 1 when the BPF LSM layer is attached, so that the
-/// tracepoint layer leaves to it what it refuses before the call runs (no event twice).
-/// Index 2: the token of the daemon run whose per-agent TLS hooks are in force (0: hooks in
-/// every process, or none); see [`tls_hooks_pending`].
+/// Written by the daemon, indexed by `agent_monitor_common::daemon_slot`: the daemon's tgid
+/// (self-protection), whether the BPF LSM layer is attached, and the token of the daemon run whose
+/// per-agent TLS hooks are in force (see [`tls_hooks_pending`]).
 #[map]
-pub static DAEMON: Array<u32> = Array::with_max_entries(3, 0);
+pub static DAEMON: Array<u32> = Array::with_max_entries(daemon_slot::COUNT, 0);
 
 /// Has the daemon not yet hooked this agent process's TLS library calls (`tls_uprobes =
 /// "agents"`: it does so within milliseconds of the exec)? Its TLS handshake waits meanwhile.
 #[inline(always)]
 pub fn tls_hooks_pending(tgid: u32) -> bool {
-    let token = DAEMON.get(2).copied().unwrap_or(0);
+    let token = DAEMON.get(daemon_slot::TLS_TOKEN).copied().unwrap_or(0);
     token != 0 && unsafe { PROCS.get(&tgid) }.is_some_and(|st| st.tls_token != token)
 }
 
 /// Is the BPF LSM layer deciding?
 #[inline(always)]
 pub fn lsm_active() -> bool {
-    DAEMON.get(1).copied().unwrap_or(0) == 1
+    DAEMON.get(daemon_slot::LSM_ACTIVE).copied().unwrap_or(0) == 1
 }
 
 /// Per-CPU: the tgid whose clear-text request the HTTP check has just held (0: none). The

@@ -1,7 +1,9 @@
 //! The known ways around syscall tracing, each a violation unless the policy allows it:
 //! io_uring (its operations never pass the syscall tracepoints), raw and packet sockets (they
 //! bypass connect/sendmsg hooks), and `bpf()` (an agent must not load programs or touch maps).
-use agent_monitor_common::{action, agent_flags, kind, layer, policy_action, verdict, AgentCfg};
+use agent_monitor_common::{
+    action, agent_flags, daemon_slot, kind, layer, policy_action, syscalls::tamper_call, verdict, AgentCfg,
+};
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 
 use crate::{
@@ -74,7 +76,7 @@ fn tamper(target: u64, what: u64, detail: u64) {
     if lsm_active() {
         return;
     }
-    let daemon = DAEMON.get(0).copied().unwrap_or(0);
+    let daemon = DAEMON.get(daemon_slot::PID).copied().unwrap_or(0);
     if daemon == 0 || target as u32 != daemon || target >> 32 != 0 {
         return;
     }
@@ -97,25 +99,9 @@ fn tamper(target: u64, what: u64, detail: u64) {
     decide(&st, &AgentCfg { action: policy_action::KILL, ..cfg }, false, r, PathRef::NONE, PathRef::NONE);
 }
 
-/// Syscall numbers as recorded in `aux` (x86_64 numbering; decoded by the daemon).
-pub mod tamper_call {
-    pub const KILL: u64 = 62;
-    pub const TKILL: u64 = 200;
-    pub const TGKILL: u64 = 234;
-    pub const PTRACE: u64 = 101;
-    pub const PROCESS_VM_WRITEV: u64 = 311;
-    pub const RT_SIGQUEUEINFO: u64 = 129;
-    pub const RT_TGSIGQUEUEINFO: u64 = 297;
-    pub const PIDFD_SEND_SIGNAL: u64 = 424;
-    pub const PIDFD_GETFD: u64 = 438;
-    /// Not syscalls: what the LSM layer refused (it sees the operation, not the call).
-    pub const LSM_SIGNAL: u64 = 1000;
-    pub const LSM_PTRACE_ATTACH: u64 = 1001;
-}
-
 #[inline(always)]
 fn pidfd_tamper(pidfd: u64, what: u64, detail: u64) {
-    let daemon = DAEMON.get(0).copied().unwrap_or(0);
+    let daemon = DAEMON.get(daemon_slot::PID).copied().unwrap_or(0);
     // Only agents pay for the descriptor walk.
     if daemon == 0 || current_agent().is_none() {
         return;

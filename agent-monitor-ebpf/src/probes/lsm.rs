@@ -8,7 +8,8 @@
 //! operation is reported exactly once. `deny`/`hold` refuse, `kill` refuses and kills; both
 //! emit the event from here (the syscall then fails and the tracepoint layer stays silent).
 use agent_monitor_common::{
-    action, agent_flags, event_flags, kind, layer, path_class, policy_action, verdict, PATH_LEN,
+    action, agent_flags, daemon_slot, event_flags, kind, layer, path_class, policy_action, syscalls::tamper_call,
+    verdict, PATH_LEN,
 };
 use aya_ebpf::{
     helpers::{bpf_ktime_get_boot_ns, generated::bpf_probe_read_kernel as raw_read_kernel},
@@ -21,7 +22,7 @@ use crate::{
     agent::{self, current_agent, emit, kill_instance, PathRef, Rec},
     kernel::{self, dentry_path, S_IFCHR, S_IFIFO, S_IFSOCK},
     maps::{Scratch, DAEMON, FILE_GRANTS, KILLED},
-    probes::{bypass::tamper_call, net},
+    probes::net,
 };
 
 const EPERM: i32 = -1;
@@ -217,7 +218,7 @@ fn lsm_action(st: &agent_monitor_common::ProcState, cfg: &agent_monitor_common::
 /// operation runs; `kill` also kills the agent.
 #[inline(always)]
 fn tamper(target: *const u8, what: u64, detail: u64) -> i32 {
-    let daemon = DAEMON.get(0).copied().unwrap_or(0);
+    let daemon = DAEMON.get(daemon_slot::PID).copied().unwrap_or(0);
     if daemon == 0 {
         return 0;
     }

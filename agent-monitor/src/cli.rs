@@ -1,4 +1,4 @@
-//! The command line (DESIGN.md, "CLI").
+//! The command line (docs/DESIGN.md, "CLI").
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};

@@ -375,7 +375,7 @@ fn invisible_tls_is_reported_and_fails_closed_when_required() {
         return;
     }
     // Node.js as shipped here links OpenSSL statically: the daemon's uprobes cannot see its
-    // plaintext (DESIGN.md: "TLS libraries linked statically ... defeat uprobes on libssl").
+    // plaintext (docs/DESIGN.md: "TLS libraries linked statically ... defeat uprobes on libssl").
     let node = "/usr/bin/node";
     let ldd = Command::new("ldd")
         .arg(node)

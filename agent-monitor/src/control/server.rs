@@ -1,9 +1,8 @@
-//! The control socket: `status`, `events --follow` and `reload` for the CLI.
-//!
-//! One JSON request line per connection (`{"cmd":"status"}`, `{"cmd":"events"}`,
-//! `{"cmd":"reload"}`), answered with JSON lines. Callers are authorised by the kernel's
-//! credentials of the peer (SO_PEERCRED): root or a member of `admin_group`; a process that is
-//! an agent is always refused, whatever its uid.
+//! The control socket's server. Callers are authorised by the kernel's credentials of the peer
+//! (SO_PEERCRED), before a byte of the request is read: root or a member of `admin_group`; a
+//! process that is an agent, or descends from one, is always refused, whatever its uid.
+//! Authorised requests go to a [`Handler`] (the daemon implements it; this module knows nothing
+//! of the daemon).
 use std::{
     os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
@@ -11,7 +10,6 @@ use std::{
 };
 
 use anyhow::Context as _;
-use serde_json::{json, Value};
 use tokio::{
     io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
     net::{UnixListener, UnixStream},
@@ -19,22 +17,46 @@ use tokio::{
 };
 use tracing::{info, warn};
 
-use crate::{
-    bpf::maps as kmaps,
-    daemon::{reload, PolicySource, Shared},
-};
+use super::protocol::{Reply, Request, Status};
 
-pub const DEFAULT_CONTROL_SOCKET: &str = "/run/agent-monitor/control.sock";
+/// What the daemon answers requests with. The blocking ones are called off the async runtime.
+pub trait Handler: Send + Sync + 'static {
+    /// Is this process an agent, or a descendant of one?
+    fn is_agent(&self, pid: u32) -> bool;
+    fn status(&self) -> Status;
+    /// Blocking. `Err`: the diagnostics of a rejected policy (the old one still enforces).
+    fn reload(&self) -> Result<(), Vec<String>>;
+    /// Blocking. `for_secs` 0: once. Returns the decision record.
+    fn decide_hold(
+        &self,
+        id: &str,
+        approve: bool,
+        for_secs: u64,
+        approver: (u32, String),
+    ) -> anyhow::Result<serde_json::Value>;
+    /// Blocking. `caller`: the `exec` process.
+    fn register(&self, agent: &str, cgroup: &str, caller: u32) -> anyhow::Result<()>;
+    fn unregister(&self, cgroup: &str, caller: u32);
+    /// The live event lines.
+    fn events(&self) -> broadcast::Receiver<String>;
+}
 
-/// The group id of `name` (a name from /etc/group, or a number).
+/// The group id of `name` (a group name, through the system's name service: files, SSSD, LDAP;
+/// or a number).
 pub fn group_id(name: &str) -> Option<u32> {
     if let Ok(gid) = name.parse() {
         return Some(gid);
     }
-    std::fs::read_to_string("/etc/group").ok()?.lines().find_map(|l| {
-        let mut f = l.split(':');
-        (f.next()? == name).then(|| f.nth(1)?.parse().ok()).flatten()
-    })
+    nix::unistd::Group::from_name(name).ok().flatten().map(|g| g.gid.as_raw())
+}
+
+/// The user name of a uid, through the system's name service.
+pub fn user_name(uid: u32) -> String {
+    nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+        .ok()
+        .flatten()
+        .map(|u| u.name)
+        .unwrap_or_else(|| format!("uid{uid}"))
 }
 
 /// Supplementary groups of a process (from /proc).
@@ -52,15 +74,10 @@ fn groups_of(pid: u32) -> Vec<u32> {
 pub struct Control {
     pub path: PathBuf,
     pub admin_gid: Option<u32>,
-    pub events: broadcast::Sender<String>,
 }
 
 impl Control {
-    pub fn bind(
-        path: &Path,
-        admin_group: Option<&str>,
-        events: broadcast::Sender<String>,
-    ) -> anyhow::Result<(UnixListener, Control)> {
+    pub fn bind(path: &Path, admin_group: Option<&str>) -> anyhow::Result<(UnixListener, Control)> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
@@ -78,15 +95,16 @@ impl Control {
         let mode = if admin_gid.is_some() { 0o660 } else { 0o600 };
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
         if let Some(gid) = admin_gid {
-            let _ = nix::unistd::chown(path, None, Some(nix::unistd::Gid::from_raw(gid)));
+            if let Err(e) = nix::unistd::chown(path, None, Some(nix::unistd::Gid::from_raw(gid))) {
+                warn!(group = gid, error = %e, "could not give the control socket to admin_group (CAP_CHOWN?): only root may use it");
+            }
         }
-        Ok((listener, Control { path: path.to_path_buf(), admin_gid, events }))
+        Ok((listener, Control { path: path.to_path_buf(), admin_gid }))
     }
 
     /// Why the peer may not use the socket, if it may not.
-    fn refuse(&self, shared: &Shared, pid: u32, uid: u32, gid: u32) -> Option<String> {
-        let is_agent = kmaps::is_tracked(&shared.kernel.lock().unwrap().ebpf, pid);
-        if is_agent {
+    fn refuse(&self, handler: &dyn Handler, pid: u32, uid: u32, gid: u32) -> Option<String> {
+        if pid == 0 || handler.is_agent(pid) {
             return Some(format!("refused: pid {pid} is an agent process; agents cannot control agent-monitor"));
         }
         if uid == 0 {
@@ -101,198 +119,107 @@ impl Control {
     }
 }
 
-pub async fn serve(listener: UnixListener, control: Arc<Control>, shared: Arc<Shared>, source: PolicySource) {
+pub async fn serve(listener: UnixListener, control: Arc<Control>, handler: Arc<dyn Handler>) {
     info!(path = %control.path.display(), "control socket listening");
     loop {
         let Ok((sock, _)) = listener.accept().await else { continue };
-        let (control, shared, source) = (control.clone(), shared.clone(), source.clone());
+        let (control, handler) = (control.clone(), handler.clone());
         tokio::spawn(async move {
-            if let Err(e) = handle(sock, &control, &shared, &source).await {
+            if let Err(e) = handle(sock, &control, handler).await {
                 warn!(error = %format!("{e:#}"), "control connection failed");
             }
         });
     }
 }
 
-async fn handle(
-    sock: UnixStream,
-    control: &Control,
-    shared: &Arc<Shared>,
-    source: &PolicySource,
-) -> anyhow::Result<()> {
+async fn handle(sock: UnixStream, control: &Control, handler: Arc<dyn Handler>) -> anyhow::Result<()> {
     let cred = sock.peer_cred()?;
     let (pid, uid, gid) = (cred.pid().unwrap_or(0) as u32, cred.uid(), cred.gid());
     let (rd, mut wr) = sock.into_split();
-    let mut lines = BufReader::new(rd).lines();
-    // Read the request first: answering before it arrived would reset the connection under
-    // the client's write, and it would see EPIPE instead of the reason.
-    let Some(line) = lines.next_line().await? else { return Ok(()) };
-    if let Some(why) = control.refuse(shared, pid, uid, gid) {
+    // Who is asking is decided before the request is read: an agent's bytes are never parsed.
+    // (The reply stays readable: a Unix stream delivers what was written before the close.)
+    if let Some(why) = control.refuse(handler.as_ref(), pid, uid, gid) {
         warn!(pid, uid, "control socket: {why}");
-        wr.write_all(format!("{}\n", json!({"error": why})).as_bytes()).await?;
+        wr.write_all(Reply::error(why).line().as_bytes()).await?;
         return Ok(());
     }
-    let req: Value = serde_json::from_str(&line).unwrap_or_default();
-    match req["cmd"].as_str().unwrap_or_default() {
-        "status" => {
-            let s = status(shared, source);
-            wr.write_all(format!("{s}\n").as_bytes()).await?;
+    let mut lines = BufReader::new(rd).lines();
+    let Some(line) = lines.next_line().await? else { return Ok(()) };
+    let req: Request = match serde_json::from_str(&line) {
+        Ok(r) => r,
+        Err(e) => {
+            wr.write_all(Reply::error(format!("bad request: {e}")).line().as_bytes()).await?;
+            return Ok(());
         }
-        "approve" | "deny" => {
-            let id = req["id"].as_str().unwrap_or_default().to_string();
-            let approve = req["cmd"] == "approve";
-            let grant = match req["for_secs"].as_u64() {
-                Some(secs) if secs > 0 => crate::enforce_holds::Grant::For(std::time::Duration::from_secs(secs)),
-                _ => crate::enforce_holds::Grant::Once,
-            };
-            let who = (uid, crate::enforce_holds::user_name(uid));
-            let sh = shared.clone();
-            let outcome = if approve { "approved" } else { "denied" };
-            let result = tokio::task::spawn_blocking(move || sh.decide_hold(&id, approve, grant, who, outcome))
-                .await
-                .unwrap_or_else(|e| Err(anyhow::anyhow!("{e}")));
-            let reply = match result {
-                Ok(rec) => rec,
-                Err(e) => json!({"error": format!("{e:#}")}),
-            };
-            wr.write_all(format!("{reply}\n").as_bytes()).await?;
+    };
+    let reply = match req {
+        Request::Status => Reply::Record(serde_json::to_value(handler.status())?),
+        Request::Events => return stream_events(handler.events(), &mut wr).await,
+        Request::Reload => match blocking(handler, |h| h.reload()).await {
+            Ok(Ok(())) => Reply::Ok { ok: true },
+            Ok(Err(diagnostics)) => Reply::Error {
+                error: "the policy was rejected; the previous one is still enforcing".into(),
+                diagnostics,
+            },
+            Err(e) => Reply::error(e),
+        },
+        Request::Approve { id, for_secs } => decision(handler, id, true, for_secs, uid).await,
+        Request::Deny { id } => decision(handler, id, false, 0, uid).await,
+        Request::Register { agent, cgroup } => {
+            ok_or_error(blocking(handler, move |h| h.register(&agent, &cgroup, pid)).await)
         }
-        "register" | "unregister" => {
-            let agent = req["agent"].as_str().unwrap_or_default().to_string();
-            let cgroup = req["cgroup"].as_str().unwrap_or_default().to_string();
-            let register = req["cmd"] == "register";
-            let sh = shared.clone();
-            let result = tokio::task::spawn_blocking(move || {
-                if register {
-                    sh.register_exec(&agent, &cgroup, pid)
-                } else {
-                    sh.unregister_exec(&cgroup, pid);
-                    Ok(())
-                }
+        Request::Unregister { cgroup } => ok_or_error(
+            blocking(handler, move |h| {
+                h.unregister(&cgroup, pid);
+                Ok(())
             })
-            .await
-            .unwrap_or_else(|e| Err(anyhow::anyhow!("{e}")));
-            let reply = match result {
-                Ok(()) => json!({"ok": true}),
-                Err(e) => json!({"error": format!("{e:#}")}),
-            };
-            wr.write_all(format!("{reply}\n").as_bytes()).await?;
-        }
-        "reload" => {
-            let sh = shared.clone();
-            let src = source.clone();
-            let ok = tokio::task::spawn_blocking(move || reload(&src, &sh)).await.unwrap_or(false);
-            let reply = if ok {
-                json!({"ok": true})
-            } else {
-                json!({"error": "the policy was rejected; the previous one is still enforcing (see the daemon's log)"})
-            };
-            wr.write_all(format!("{reply}\n").as_bytes()).await?;
-        }
-        "events" => {
-            let mut rx = control.events.subscribe();
-            loop {
-                match rx.recv().await {
-                    Ok(line) => wr.write_all(format!("{line}\n").as_bytes()).await?,
-                    Err(broadcast::error::RecvError::Lagged(n)) => {
-                        let note =
-                            json!({"lagged": n, "note": "the follower fell behind; the events log has every event"});
-                        wr.write_all(format!("{note}\n").as_bytes()).await?
-                    }
-                    Err(_) => break,
-                }
-            }
-        }
-        other => {
-            wr.write_all(format!("{}\n", json!({"error": format!("unknown command {other:?}")})).as_bytes()).await?;
-        }
-    }
+            .await,
+        ),
+    };
+    wr.write_all(reply.line().as_bytes()).await?;
     Ok(())
 }
 
-fn status(shared: &Shared, source: &PolicySource) -> Value {
-    let (tracked, layers, tls_libs, visible, pins, tls_hooks) = {
-        let k = shared.kernel.lock().unwrap();
-        let pins = k.pin_dir.as_ref().map(|d| json!({"dir": d.display().to_string(), "adopted": k.adopted}));
-        // Where the TLS functions are hooked: what is in force, not what was asked for.
-        let tls_hooks = match &k.agent_tls {
-            Some(t) => json!({"scope": "agents", "tracefs_group": t.group(), "hooked_processes": t.armed_processes()}),
-            None if k.tls_libs.is_empty() => json!({"scope": "none"}),
-            None => json!({"scope": "all processes"}),
-        };
-        (kmaps::tracked(&k.ebpf), k.layers.clone(), k.tls_libs.clone(), kmaps::tls_visible(&k.ebpf), pins, tls_hooks)
-    };
-    let compiled = shared.compiled.lock().unwrap().clone();
-    let invisible = shared.tls_invisible.lock().unwrap().clone();
-    let agents: Vec<Value> = compiled
-        .agents
-        .iter()
-        .map(|a| {
-            let procs: Vec<Value> = tracked
-                .iter()
-                .filter(|(_, st)| st.agent == a.id)
-                .map(|(pid, st)| {
-                    let tls = if invisible.contains(pid) {
-                        "invisible"
-                    } else if visible.contains(pid) {
-                        "visible"
-                    } else {
-                        "none seen"
-                    };
-                    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-                    json!({"pid": pid, "run": format!("{:016x}", st.run_id), "comm": comm.trim(), "tls": tls})
-                })
-                .collect();
-            json!({"name": a.name, "action": a.action.as_str(), "processes": procs})
-        })
-        .collect();
-    let m = &shared.metrics;
-    json!({
-        "version": env!("CARGO_PKG_VERSION"),
-        "policy": {"source": source.describe(), "hash": compiled.hash},
-        "layers": {
-            "tracepoint": layers.tracepoint, "cgroup": layers.cgroup, "uprobe": layers.uprobe,
-            "bpf_lsm": layers.bpf_lsm, "landlock": layers.landlock, "notes": layers.notes,
-        },
-        "pins": pins,
-        "holds": shared.holds.list().iter().map(|h| h.json()).collect::<Vec<_>>(),
-        "tls_libraries": tls_libs.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
-        "tls_hooks": tls_hooks,
-        "agents": agents,
-        "counters": {
-            "events_lost": m.events_lost.get(),
-            "reloads_failed": m.reloads.with_label_values(&["failure"]).get(),
-            "reloads_succeeded": m.reloads.with_label_values(&["success"]).get(),
-        },
-    })
-}
-
-/// Client side, blocking: one request, one JSON answer (`exec` uses it before it forks).
-pub fn call(path: &Path, req: &Value) -> anyhow::Result<Value> {
-    use std::io::{BufRead, Write};
-    let mut sock = std::os::unix::net::UnixStream::connect(path)
-        .with_context(|| format!("no control socket at {}", path.display()))?;
-    sock.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
-    sock.write_all(format!("{req}\n").as_bytes())?;
-    let mut line = String::new();
-    std::io::BufReader::new(&sock).read_line(&mut line)?;
-    let v: Value = serde_json::from_str(&line).with_context(|| format!("bad answer {line:?}"))?;
-    if let Some(e) = v.get("error").and_then(Value::as_str) {
-        anyhow::bail!("{e}");
+async fn decision(handler: Arc<dyn Handler>, id: String, approve: bool, for_secs: u64, uid: u32) -> Reply {
+    let who = (uid, user_name(uid));
+    match blocking(handler, move |h| h.decide_hold(&id, approve, for_secs, who)).await {
+        Ok(Ok(rec)) => Reply::Record(rec),
+        Ok(Err(e)) => Reply::error(format!("{e:#}")),
+        Err(e) => Reply::error(e),
     }
-    Ok(v)
 }
 
-/// Client side: send one request, return the connected reader.
-pub async fn request(
-    path: &Path,
-    req: Value,
-) -> anyhow::Result<tokio::io::Lines<BufReader<tokio::net::unix::OwnedReadHalf>>> {
-    let sock = UnixStream::connect(path).await.with_context(|| {
-        format!("cannot reach agent-monitor at {} (is it running? are you root or in its admin group?)", path.display())
-    })?;
-    let (rd, mut wr) = sock.into_split();
-    // A refusal may close the connection early: what the daemon said matters, not the EPIPE.
-    let _ = wr.write_all(format!("{req}\n").as_bytes()).await;
-    Ok(BufReader::new(rd).lines())
+fn ok_or_error(r: Result<anyhow::Result<()>, String>) -> Reply {
+    match r {
+        Ok(Ok(())) => Reply::Ok { ok: true },
+        Ok(Err(e)) => Reply::error(format!("{e:#}")),
+        Err(e) => Reply::error(e),
+    }
+}
+
+/// Run `f` on the blocking pool; `Err` if it panicked.
+async fn blocking<T: Send + 'static>(
+    handler: Arc<dyn Handler>,
+    f: impl FnOnce(&dyn Handler) -> T + Send + 'static,
+) -> Result<T, String> {
+    tokio::task::spawn_blocking(move || f(handler.as_ref())).await.map_err(|e| format!("the request failed: {e}"))
+}
+
+async fn stream_events(
+    mut rx: broadcast::Receiver<String>,
+    wr: &mut tokio::net::unix::OwnedWriteHalf,
+) -> anyhow::Result<()> {
+    loop {
+        match rx.recv().await {
+            Ok(line) => wr.write_all(format!("{line}\n").as_bytes()).await?,
+            Err(broadcast::error::RecvError::Lagged(n)) => {
+                let note = Reply::Lagged {
+                    lagged: n,
+                    note: "the follower fell behind; the events log has every event".into(),
+                };
+                wr.write_all(note.line().as_bytes()).await?
+            }
+            Err(_) => return Ok(()),
+        }
+    }
 }

@@ -69,7 +69,7 @@ pub fn main(agent: &str, config: Option<PathBuf>, allow_unmonitored: bool, cmd: 
 
 fn exec(name: &str, config: Option<PathBuf>, allow_unmonitored: bool, cmd: &[String]) -> anyhow::Result<ExitCode> {
     let (program, args) = cmd.split_first().ok_or_else(|| anyhow!("no command given after `--`"))?;
-    let source = crate::daemon::PolicySource::resolve(config);
+    let source = crate::policy::PolicySource::resolve(config);
     let policy = source.load().map_err(|diags| {
         for d in &diags {
             eprintln!("{d}");
@@ -95,10 +95,11 @@ fn exec(name: &str, config: Option<PathBuf>, allow_unmonitored: bool, cmd: &[Str
         policy.daemon.control_socket.clone().unwrap_or_else(|| crate::control::DEFAULT_CONTROL_SOCKET.into()),
     );
     let registered = match &cgroup {
-        Some(c) => {
-            crate::control::call(&control, &serde_json::json!({"cmd": "register", "agent": name, "cgroup": c.rel}))
-                .map(|_| c.rel.clone())
-        }
+        Some(c) => crate::control::protocol::call(
+            &control,
+            &crate::control::Request::Register { agent: name.to_string(), cgroup: c.rel.clone() },
+        )
+        .map(|_| c.rel.clone()),
         None => Err(anyhow!("the command has no cgroup of its own to register")),
     };
     if let Err(why) = &registered {
@@ -201,7 +202,8 @@ fn exec(name: &str, config: Option<PathBuf>, allow_unmonitored: bool, cmd: &[Str
         }
     };
     if let Ok(rel) = &registered {
-        let _ = crate::control::call(&control, &serde_json::json!({"cmd": "unregister", "cgroup": rel}));
+        let _ =
+            crate::control::protocol::call(&control, &crate::control::Request::Unregister { cgroup: rel.to_string() });
     }
     if let Some(c) = cgroup {
         c.remove();

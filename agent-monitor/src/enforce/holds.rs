@@ -23,13 +23,30 @@
 //! denied; holds do not survive the daemon: at start, agent processes left stopped are killed.
 use std::{
     collections::HashMap,
+    fs,
     sync::Mutex,
     time::{Duration, Instant},
 };
 
-use agent_monitor_common::{event_flags, Event, FileGrantKey, GrantKey, Kind};
+use agent_monitor_common::{event_flags, Event, FileGrantKey, GrantKey, Kind, Layer};
 use anyhow::{anyhow, bail};
 use serde_json::{json, Value};
+use tracing::{info, warn};
+
+use super::kill::kill_instance;
+use crate::{
+    bpf::{maps as kmaps, Kernel},
+    metrics::Metrics,
+};
+
+/// Why a decision on a hold could not be carried out.
+#[derive(Debug, thiserror::Error)]
+pub enum HoldError {
+    #[error("no pending hold {0:?} (already decided, timed out, or never existed)")]
+    NotFound(String),
+    #[error("writing the approval into the kernel failed: {0:#}")]
+    Kernel(anyhow::Error),
+}
 
 /// Default `hold_timeout_secs`.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
@@ -67,6 +84,16 @@ impl Hold {
     }
 }
 
+/// A decision on a hold: who made it (uid, name), and how.
+pub struct Decision {
+    pub approve: bool,
+    /// How an approval is bounded (ignored for a denial).
+    pub grant: Grant,
+    pub approver: (u32, String),
+    /// `agent_monitor_hold_decisions_total{outcome}`: approved, denied, timeout.
+    pub outcome: &'static str,
+}
+
 /// How an approval is bounded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Grant {
@@ -94,19 +121,18 @@ impl Holds {
                 addr.copy_from_slice(&ev.path[..16]);
                 GrantKey { run_id: ev.run_id, addr, port: (ev.aux as u16).to_be_bytes(), _pad: [0; 6] }
             });
-        let file_grant =
-            (kind.name().starts_with("file.") && ev.layer == agent_monitor_common::layer::BPF_LSM).then(|| {
-                let len = (ev.path_len as usize).min(agent_monitor_common::PATH_LEN);
-                let mut k = FileGrantKey {
-                    run_id: ev.run_id,
-                    kind: ev.kind,
-                    len: len as u32,
-                    path: [0; agent_monitor_common::PATH_LEN + 4],
-                };
-                k.path[..len].copy_from_slice(&ev.path[..len]);
-                k
-            });
-        let socket = (kind == Kind::NetHttpWrite && ev.layer == agent_monitor_common::layer::CGROUP)
+        let file_grant = (kind.name().starts_with("file.") && ev.layer == Layer::BpfLsm.wire()).then(|| {
+            let len = (ev.path_len as usize).min(agent_monitor_common::PATH_LEN);
+            let mut k = FileGrantKey {
+                run_id: ev.run_id,
+                kind: ev.kind,
+                len: len as u32,
+                path: [0; agent_monitor_common::PATH_LEN + 4],
+            };
+            k.path[..len].copy_from_slice(&ev.path[..len]);
+            k
+        });
+        let socket = (kind == Kind::NetHttpWrite && ev.layer == Layer::Cgroup.wire())
             .then_some(ev.aux2 >> 8)
             .filter(|&c| c != 0);
         let h = Hold {
@@ -134,12 +160,8 @@ impl Holds {
         v
     }
 
-    pub fn take(&self, id: &str) -> anyhow::Result<Hold> {
-        self.pending
-            .lock()
-            .unwrap()
-            .remove(id)
-            .ok_or_else(|| anyhow!("no pending hold {id:?} (already decided, timed out, or never existed)"))
+    pub fn take(&self, id: &str) -> Result<Hold, HoldError> {
+        self.pending.lock().unwrap().remove(id).ok_or_else(|| HoldError::NotFound(id.to_string()))
     }
 
     /// Ids of the holds older than `timeout` (still pending: the timeout decides them through
@@ -151,6 +173,126 @@ impl Holds {
     pub fn len(&self) -> usize {
         self.pending.lock().unwrap().len()
     }
+
+    /// A person's (or the timeout's) decision on hold `id`, carried out: a grant written, a
+    /// socket let go, a paused call continued, or the instance killed. Returns the
+    /// `hold.decision` record for the events log (without `ts`/`id`).
+    pub fn decide(
+        &self,
+        id: &str,
+        d: Decision,
+        kernel: &Mutex<Kernel>,
+        metrics: &Metrics,
+    ) -> Result<serde_json::Map<String, Value>, HoldError> {
+        let Decision { approve, grant, approver, outcome } = d;
+        let h = self.take(id)?;
+        metrics.holds_pending.set(self.len() as i64);
+        metrics.hold_wait.observe(h.since.elapsed().as_secs_f64());
+        let granted = if approve { approve_hold(&h, grant, kernel)? } else { Value::Null };
+        if !approve && h.paused {
+            // The paused call must never run: the instance dies.
+            kill_instance(kernel, h.run_id);
+        }
+        metrics.hold_decisions.with_label_values(&[outcome]).inc();
+        info!(hold = h.id, approve, approver = approver.1, "hold decided");
+        let rec = json!({
+            "kind": "hold.decision",
+            "hold": h.id,
+            "agent": h.agent,
+            "pid": h.pid,
+            "target": h.target,
+            "detail": h.detail,
+            "decision": if approve { "approved" } else { "denied" },
+            "outcome": outcome,
+            "granted": granted,
+            "approver_uid": approver.0,
+            "approver": approver.1,
+            "waited_secs": h.since.elapsed().as_secs(),
+        });
+        let Value::Object(map) = rec else { unreachable!("json! of an object") };
+        Ok(map)
+    }
+
+    /// Deny the holds nobody answered within `timeout`; returns their decision records.
+    pub fn expire(
+        &self,
+        timeout: Duration,
+        kernel: &Mutex<Kernel>,
+        metrics: &Metrics,
+    ) -> Vec<serde_json::Map<String, Value>> {
+        let mut out = Vec::new();
+        for id in self.expired(timeout) {
+            let d = Decision {
+                approve: false,
+                grant: Grant::Once,
+                approver: (u32::MAX, "timeout".into()),
+                outcome: "timeout",
+            };
+            match self.decide(&id, d, kernel, metrics) {
+                Ok(rec) => out.push(rec),
+                Err(e) => warn!(hold = id, error = %e, "expiring a hold failed"),
+            }
+        }
+        out
+    }
+}
+
+/// Carry out an approval; returns what was granted (for the record).
+fn approve_hold(h: &Hold, grant: Grant, kernel: &Mutex<Kernel>) -> Result<Value, HoldError> {
+    let mut granted = Value::Null;
+    if let Some(cookie) = h.socket {
+        // Let exactly the held segment through, then push TCP's queue so it leaves now rather
+        // than at the next retransmission timer, then continue the writer.
+        kmaps::approve_socket(&mut kernel.lock().unwrap().ebpf, cookie).map_err(HoldError::Kernel)?;
+        if let Err(e) = push_socket(h.pid, cookie) {
+            warn!(hold = h.id, error = %format!("{e:#}"), "could not push the approved request; TCP sends it at its next retransmission");
+        }
+    }
+    if h.paused {
+        // The call was stopped at its entry: continuing it sends the request, once.
+        // SAFETY: plain kill(2).
+        unsafe { libc::kill(h.pid as i32, libc::SIGCONT) };
+        granted = json!("the paused call continues, once");
+    }
+    // A held request approved as a grant: expiry in ns since boot, top bit = once.
+    let (window, once) = match grant {
+        Grant::Once => (ONCE_WINDOW, 1u64 << 63),
+        Grant::For(d) => (d, 0),
+    };
+    let value = (kmaps::boot_clock_ns() + window.as_nanos() as u64) | once;
+    let granted_text = |prep: &str| match grant {
+        Grant::Once => json!(format!("one {} {prep} {} within {}s", h.kind, h.target, window.as_secs())),
+        Grant::For(d) => json!(format!("{} {prep} {} for {}s", h.kind, h.target, d.as_secs())),
+    };
+    if let Some(key) = h.file_grant {
+        kmaps::add_file_grant(&mut kernel.lock().unwrap().ebpf, key, value).map_err(HoldError::Kernel)?;
+        granted = granted_text("of");
+    }
+    if let Some(key) = h.grant {
+        kmaps::add_grant(&mut kernel.lock().unwrap().ebpf, key, value).map_err(HoldError::Kernel)?;
+        granted = granted_text("to");
+    }
+    Ok(granted)
+}
+
+/// Agent processes a previous daemon left stopped on a hold: nobody can approve them now, so
+/// they are denied (killed). Returns how many instances were.
+pub fn deny_stale(kernel: &Mutex<Kernel>, metrics: &Metrics) -> usize {
+    let tracked = kmaps::tracked(&kernel.lock().unwrap().ebpf);
+    let mut denied = 0;
+    for (pid, st) in tracked {
+        let stopped = fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| s.rsplit_once(')').map(|(_, r)| r.trim_start().starts_with('T')))
+            .unwrap_or(false);
+        if stopped {
+            warn!(pid, "an agent process was left paused on a hold by a previous daemon: denied (killed)");
+            metrics.hold_decisions.with_label_values(&["restart"]).inc();
+            kill_instance(kernel, st.run_id);
+            denied += 1;
+        }
+    }
+    denied
 }
 
 /// Push the send queue of the socket with cookie `cookie` in process `pid`: take a copy of its
@@ -222,19 +364,6 @@ pub fn parse_duration(s: &str) -> anyhow::Result<Duration> {
         bail!("a grant of zero seconds grants nothing");
     }
     Ok(Duration::from_secs(secs))
-}
-
-/// The user name of a uid, from /etc/passwd.
-pub fn user_name(uid: u32) -> String {
-    std::fs::read_to_string("/etc/passwd")
-        .ok()
-        .and_then(|t| {
-            t.lines().find_map(|l| {
-                let f: Vec<&str> = l.split(':').collect();
-                (f.get(2)?.parse::<u32>().ok()? == uid).then(|| f[0].to_string())
-            })
-        })
-        .unwrap_or_else(|| format!("uid{uid}"))
 }
 
 #[cfg(test)]

@@ -1,110 +1,61 @@
-//! Draining the ring buffer: decode, record, count, and finish kills from userspace.
-use std::sync::Arc;
-
-use agent_monitor_common::{action, Event};
+//! Draining the ring buffer into batches of wire records.
+use agent_monitor_common::Event;
 use aya::maps::{MapData, RingBuf};
 use tokio::io::unix::AsyncFd;
-use tracing::{error, warn};
 
-use crate::{daemon::Shared, events::EventRecord};
+use crate::metrics::Metrics;
 
-/// Read events until the ring buffer is closed.
+/// What the reader hands each batch of records to (the daemon's event pipeline).
+pub trait BatchHandler {
+    /// Every record of one wakeup or tick, in ring-buffer order.
+    fn batch(&mut self, events: &[Event]);
+}
+
+/// Why the reader stopped: it only returns on an error, and enforcement does not depend on it
+/// (decisions are made in the kernel), but nothing is recorded any more.
+#[derive(Debug, thiserror::Error)]
+pub enum ReaderError {
+    #[error("cannot poll the event ring buffer: {0}")]
+    Poll(#[source] std::io::Error),
+}
+
+/// Read events until an error; each batch goes to `handler`.
 #[allow(deprecated)] // AsyncFd::new: the ring buffer owns its fd for as long as the AsyncFd lives
-pub async fn run(ring: RingBuf<MapData>, shared: Arc<Shared>) {
-    let mut fd = match AsyncFd::new(ring) /* aya's RingBuf owns its fd */ {
-        Ok(fd) => fd,
-        Err(e) => {
-            error!(error = %e, "cannot poll the event ring buffer: no events will be recorded");
-            return;
-        }
-    };
-    // Every event is decoded into this record, reusing its buffers (see `Decoder::decode_into`).
-    let mut rec = EventRecord::default();
+pub async fn run(
+    ring: RingBuf<MapData>,
+    metrics: &Metrics,
+    handler: &mut impl BatchHandler,
+) -> Result<(), ReaderError> {
+    let mut fd = AsyncFd::new(ring).map_err(ReaderError::Poll)?;
+    let mut batch = Vec::new();
     loop {
         // The kernel wakes us for a batch or an urgent event (a kill to finish, a hold to
         // announce); anything else is picked up on this tick.
-        let mut batch = Vec::new();
+        batch.clear();
         match tokio::time::timeout(TICK, fd.readable_mut()).await {
             Ok(Ok(mut guard)) => {
-                drain(guard.get_inner_mut(), &shared, &mut batch);
+                drain(guard.get_inner_mut(), metrics, &mut batch);
                 guard.clear_ready();
             }
-            Ok(Err(e)) => {
-                error!(error = %e, "event ring buffer poll failed");
-                return;
-            }
-            Err(_) => drain(fd.get_mut(), &shared, &mut batch),
+            Ok(Err(e)) => return Err(ReaderError::Poll(e)),
+            Err(_) => drain(fd.get_mut(), metrics, &mut batch),
         }
-        if batch.is_empty() {
-            continue;
+        if !batch.is_empty() {
+            handler.batch(&batch);
         }
-        for ev in batch {
-            handle(&shared, &ev, &mut rec).await;
-        }
-        // One write(2) per batch, not per event.
-        shared.flush();
     }
 }
 
 /// How long an event may wait in the ring buffer when the kernel did not wake us.
 const TICK: std::time::Duration = std::time::Duration::from_millis(50);
 
-fn drain(ring: &mut RingBuf<MapData>, shared: &Arc<Shared>, batch: &mut Vec<Event>) {
+fn drain(ring: &mut RingBuf<MapData>, metrics: &Metrics, batch: &mut Vec<Event>) {
     while let Some(item) = ring.next() {
         match pad_event(&item) {
             Some(ev) => batch.push(ev),
-            None => shared.metrics.decode_errors.inc(),
+            None => metrics.decode_errors.inc(),
         }
     }
-}
-
-async fn handle(shared: &Arc<Shared>, ev: &Event, rec: &mut EventRecord) {
-    let decoded = shared.decoder.lock().unwrap().decode_into(ev, rec);
-    if !decoded {
-        shared.metrics.decode_errors.inc();
-        warn!(kind = ev.kind, "event with an unknown kind dropped");
-        return;
-    }
-    if ev.kind == agent_monitor_common::kind::PROCESS_EXEC
-        && ev.flags & agent_monitor_common::event_flags::INSTANCE_START != 0
-    {
-        shared.hook_instance_tls(ev.run_id, ev.pid);
-    }
-    if ev.flags & agent_monitor_common::event_flags::TLS_INVISIBLE != 0 {
-        shared.tls_invisible.lock().unwrap().insert(ev.pid);
-    }
-    if ev.action == action::HELD {
-        if let Ok(kind) = agent_monitor_common::Kind::try_from(ev.kind) {
-            let h = shared.holds.create(ev, &rec.agent, kind, &rec.target, &rec.detail, &rec.ts);
-            shared.metrics.holds_pending.set(shared.holds.len() as i64);
-            if h.socket.is_some() {
-                // The kernel stops the writer as its send returns when it can; this covers the
-                // case where the packet left from another context.
-                // SAFETY: plain kill(2).
-                unsafe { libc::kill(h.pid as i32, libc::SIGSTOP) };
-            }
-            let what = if h.socket.is_some() {
-                "held in the kernel before it reached the network, the writer stopped"
-            } else if h.paused {
-                "paused before the call"
-            } else {
-                "refused and held as a request"
-            };
-            rec.detail = format!(
-                "{}{}{what}: `agent-monitor approve {id}` or `agent-monitor deny {id}`",
-                rec.detail,
-                if rec.detail.is_empty() { "" } else { "; " },
-                id = h.id
-            );
-        }
-    }
-    if ev.action == action::KILLED {
-        // The kernel killed the offending process; finish the rest of its instance.
-        let run_id = ev.run_id;
-        let sh = shared.clone();
-        tokio::task::spawn_blocking(move || sh.kill_instance(run_id));
-    }
-    shared.record(ev, rec);
 }
 
 /// A ring-buffer record as a whole `Event`: the kernel cuts records where their unused paths

@@ -1,22 +1,21 @@
-//! The Prometheus registry and the `/metrics` + `/healthz` server.
+//! Metrics: the Prometheus registry (here), the per-event counters (`series`), the gauges and
+//! kernel counters refreshed every two seconds (`refresh`), the daemon's health (`health`), and
+//! the `/metrics` + `/healthz` server (`server`).
 //!
+//! A new series goes into [`Metrics`] (declared and registered in `Metrics::new`); it is set by
+//! the event path (`series`), by the periodic refresh (`refresh`), or where the daemon acts.
 //! Label sets are bounded: agent names come from the policy, kinds and actions from fixed
-//! lists; never a pid, path or address.
-use std::{
-    collections::HashMap,
-    hash::{BuildHasherDefault, Hasher},
-    net::SocketAddr,
-    sync::Arc,
-};
+//! lists; never a pid, path or address. This module depends on nothing of the daemon's but the
+//! wire types.
+pub mod health;
+pub mod refresh;
+pub mod series;
+pub mod server;
 
-use agent_monitor_common::{action, verdict, Event, AGENT_SLOTS_PER_GEN};
+pub use health::Health;
+pub use series::EventSeries;
 
 use prometheus::{CounterVec, Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::TcpListener,
-};
-use tracing::{info, warn};
 
 pub struct Metrics {
     pub registry: Registry,
@@ -225,159 +224,5 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
-    }
-}
-
-/// The series each decoded event counts into (`agent_monitor_events_total`, and
-/// `agent_monitor_violations_total` and `agent_monitor_kills_total` for violations and kills),
-/// kept by what the kernel said: (agent slot, kind, verdict, action). The event path counts
-/// through these handles: `with_label_values` hashes its label strings, takes the metric's read
-/// lock and clones the handle on every call, which showed in profiles of the event path.
-#[derive(Default)]
-pub struct EventSeries {
-    map: HashMap<u64, Series, BuildHasherDefault<KeyHasher>>,
-}
-
-struct Series {
-    /// The agent name the handles carry: after a reload a slot may be named differently.
-    agent: String,
-    events: IntCounter,
-    violations: Option<IntCounter>,
-    kills: Option<IntCounter>,
-}
-
-impl EventSeries {
-    /// Count `rec`, decoded from `ev` (the key is taken from `ev`, the labels from `rec`).
-    pub fn count(&mut self, m: &Metrics, ev: &Event, rec: &crate::events::EventRecord) {
-        // At most 256 slots x the kinds x 2 verdicts x 5 actions: the map stays small.
-        let action = match ev.action {
-            action::ALERTED | action::DENIED | action::KILLED | action::HELD => ev.action,
-            _ => action::NONE,
-        };
-        let key = (ev.agent & (AGENT_SLOTS_PER_GEN - 1)) as u64
-            | ((ev.verdict == verdict::VIOLATION) as u64) << 8
-            | (action as u64) << 9
-            | (ev.kind as u64) << 16;
-        let series = || Series {
-            agent: rec.agent.clone(),
-            events: m.events.with_label_values(&[&rec.agent, &rec.kind, &rec.verdict]),
-            violations: (rec.verdict == "violation")
-                .then(|| m.violations.with_label_values(&[&rec.agent, &rec.kind, &rec.action])),
-            kills: (rec.action == "killed").then(|| m.kills.with_label_values(&[&rec.agent])),
-        };
-        let s = self.map.entry(key).or_insert_with(series);
-        if s.agent != rec.agent {
-            *s = series();
-        }
-        s.events.inc();
-        if let Some(v) = &s.violations {
-            v.inc();
-        }
-        if let Some(k) = &s.kills {
-            k.inc();
-        }
-    }
-}
-
-/// For `EventSeries`' small integer keys: one multiply (as FxHash), rotated so that the
-/// well-mixed high bits pick the bucket.
-#[derive(Default)]
-struct KeyHasher(u64);
-
-impl Hasher for KeyHasher {
-    fn finish(&self) -> u64 {
-        self.0.rotate_left(26)
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.write_u64(b as u64);
-        }
-    }
-
-    fn write_u64(&mut self, v: u64) {
-        self.0 = (self.0 ^ v).wrapping_mul(0xf135_7aea_2e62_a9c5);
-    }
-}
-
-/// Serve `/metrics` and `/healthz` until the task is dropped.
-pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
-    if let Ok(a) = listener.local_addr() {
-        info!(addr = %a, "metrics listening");
-    }
-    loop {
-        let (mut sock, _) = match listener.accept().await {
-            Ok(s) => s,
-            Err(e) => {
-                warn!(error = %e, "metrics accept failed");
-                continue;
-            }
-        };
-        let metrics = metrics.clone();
-        tokio::spawn(async move {
-            // Read the whole request head (closing with unread bytes would reset the connection).
-            let mut buf = Vec::with_capacity(1024);
-            let mut chunk = [0u8; 1024];
-            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
-            while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 16 * 1024 {
-                match tokio::time::timeout_at(deadline, sock.read(&mut chunk)).await {
-                    Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
-                    Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
-                }
-            }
-            let req = String::from_utf8_lossy(&buf);
-            let path = req.split_whitespace().nth(1).unwrap_or("/");
-            let (status, ctype, body) = match path {
-                "/metrics" => ("200 OK", "text/plain; version=0.0.4", metrics.render()),
-                "/healthz" => ("200 OK", "text/plain", "ok\n".to_string()),
-                _ => ("404 Not Found", "text/plain", "not found\n".to_string()),
-            };
-            let resp = format!(
-                "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = sock.write_all(resp.as_bytes()).await;
-        });
-    }
-}
-
-pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr).await
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use agent_monitor_common::{kind, Kind};
-
-    #[test]
-    fn event_series_count_what_with_label_values_counts() {
-        let m = Metrics::new();
-        let mut series = EventSeries::default();
-        // SAFETY: Event is plain old data; all-zero is a valid value.
-        let mut ev: Event = unsafe { std::mem::zeroed() };
-        ev.kind = kind::FILE_WRITE;
-        ev.agent = 1;
-        let mut rec = crate::events::EventRecord {
-            agent: "a".into(),
-            kind: Kind::FileWrite.name().into(),
-            verdict: "allowed".into(),
-            action: "none".into(),
-            ..Default::default()
-        };
-        series.count(&m, &ev, &rec);
-        series.count(&m, &ev, &rec);
-        (ev.verdict, ev.action) = (verdict::VIOLATION, action::KILLED);
-        (rec.verdict, rec.action) = ("violation".into(), "killed".into());
-        series.count(&m, &ev, &rec);
-        // A reload names slot 1 differently: its series are the new name's.
-        rec.agent = "b".into();
-        series.count(&m, &ev, &rec);
-        let events = |a: &str, v: &str| m.events.with_label_values(&[a, "file.write", v]).get();
-        assert_eq!((events("a", "allowed"), events("a", "violation"), events("b", "violation")), (2, 1, 1));
-        assert_eq!(m.violations.with_label_values(&["a", "file.write", "killed"]).get(), 1);
-        assert_eq!(m.violations.with_label_values(&["b", "file.write", "killed"]).get(), 1);
-        assert_eq!((m.kills.with_label_values(&["a"]).get(), m.kills.with_label_values(&["b"]).get()), (1, 1));
-        assert!(!m.render().contains("agent_monitor_violations_total{action=\"none\""));
     }
 }

@@ -76,10 +76,10 @@ pub struct HostRule {
     pub port: Option<u16>,
 }
 
-/// Bit `i` of [`CompiledAgent::http_allow`] is `HTTP_METHOD_BITS[i]`. The kernel matches exactly
-/// these tokens as the start of a request, so they are the only methods it can allow or deny.
-pub const HTTP_METHOD_BITS: [&str; 9] =
-    ["GET", "HEAD", "OPTIONS", "POST", "PUT", "PATCH", "DELETE", "CONNECT", "TRACE"];
+/// Bit `i` of [`CompiledAgent::http_allow`] is `HTTP_METHOD_BITS[i]`: the kernel's one list
+/// (`agent_monitor_common::HTTP_METHOD_NAMES`). The kernel matches exactly these tokens as the
+/// start of a request, so they are the only methods it can allow or deny.
+pub const HTTP_METHOD_BITS: [&str; 9] = agent_monitor_common::HTTP_METHOD_NAMES;
 
 /// The `http_allow` bitmask of `methods` (see [`HTTP_METHOD_BITS`]).
 ///
@@ -128,6 +128,7 @@ pub struct CompiledAgent {
 
 impl CompiledPolicy {
     /// The agent with id `id` (1-based), if any.
+    #[cfg(test)]
     pub fn agent(&self, id: u32) -> Option<&CompiledAgent> {
         self.agents.iter().find(|a| a.id == id)
     }

@@ -1,15 +1,36 @@
-//! The events log: every line sealed into the audit chain (`crate::audit`), offered to the live
+//! The events log: every line sealed into the audit chain (`super::audit`), offered to the live
 //! stream (`events --follow`) and written to the sink; each decoded event counted first.
-use std::io::{self, Write};
+use std::{
+    fs::{self, File, OpenOptions},
+    io::{self, Write},
+    path::Path,
+};
 
 use agent_monitor_common::Event;
+use anyhow::Context as _;
 use tokio::sync::broadcast;
 
+use super::audit::Chain;
 use crate::{
-    audit::Chain,
     events::EventRecord,
     metrics::{EventSeries, Metrics},
 };
+
+/// The events log's file ("-": stdout), opened for appending; its directory is created.
+pub fn open_sink(path: &str) -> anyhow::Result<Box<dyn Write + Send>> {
+    if path == "-" {
+        return Ok(Box::new(io::BufWriter::new(io::stdout())));
+    }
+    if let Some(dir) = Path::new(path).parent() {
+        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let f: File = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("opening events file {path}"))?;
+    Ok(Box::new(io::BufWriter::with_capacity(1 << 16, f)))
+}
 
 pub struct EventLog {
     /// The events file (buffered: the reader flushes once per ring-buffer batch), or stdout.
@@ -29,7 +50,7 @@ impl EventLog {
     /// The per-event path after decoding: count `rec` (decoded from `ev`) in the metrics, then
     /// write its line.
     pub fn record(&mut self, metrics: &Metrics, ev: &Event, rec: &EventRecord) -> io::Result<()> {
-        self.series.count(metrics, ev, rec);
+        self.series.count(metrics, ev, &rec.agent);
         self.line.clear();
         rec.write_json(&mut self.line);
         self.write_line()

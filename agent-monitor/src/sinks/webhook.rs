@@ -46,9 +46,9 @@ pub fn receiver_label(url: &str) -> String {
 
 /// The Alertmanager API v2 body for one violation.
 pub fn alertmanager_body(e: &EventRecord) -> serde_json::Value {
-    let severity = if e.action == "killed" { "critical" } else { "warning" };
+    let severity = if e.action == agent_monitor_common::Action::Killed { "critical" } else { "warning" };
     // A held action waits for a person: its own alert, carrying the command that approves it.
-    let (alertname, approve) = if e.action == "held" {
+    let (alertname, approve) = if e.action == agent_monitor_common::Action::Held {
         let cmd = e.detail.split('`').nth(1).unwrap_or_default().to_string();
         ("AgentMonitorHold", cmd)
     } else {
@@ -167,11 +167,11 @@ mod tests {
             uid: 0,
             comm: "forum-agent".into(),
             exe: "/opt/forum-agent".into(),
-            kind: "net.http_write".into(),
+            kind: agent_monitor_common::Kind::NetHttpWrite,
             target: "forum.internal:443".into(),
-            verdict: "violation".into(),
-            action: "killed".into(),
-            layer: "uprobe".into(),
+            verdict: agent_monitor_common::Verdict::Violation,
+            action: agent_monitor_common::Action::Killed,
+            layer: agent_monitor_common::Layer::Uprobe,
             rule: "network.http_methods".into(),
             detail: "POST /answer HTTP/1.1".into(),
             policy_hash: None,

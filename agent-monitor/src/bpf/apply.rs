@@ -1,0 +1,398 @@
+//! Writing a compiled policy into the kernel's rule tables, atomically as the kernel sees it
+//! (two generations and one flip), and keeping resolved host names current.
+use std::{collections::HashSet, fs, os::unix::fs::MetadataExt};
+
+use agent_monitor_common::{
+    agent_flags, agent_slot, maps::names, net_origin, path_class, policy_action, writable_key, AgentCfg, ExeKey,
+    NetData, PathData, SniKey, UnixKey, AGENT_SLOTS_PER_GEN, NET_KEY_FIXED_BITS, PATH_LEN, SNI_LEN, UNIX_PATH_LEN,
+};
+use anyhow::{anyhow, Context as _};
+use aya::{
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapData},
+    Ebpf,
+};
+use tracing::{info, warn};
+
+use super::maps::{cgroup2_root, generation, map_mut, set_generation};
+use crate::policy::{ipv6_form, Action, CompiledPolicy, HostRule, NetRule};
+
+pub fn exe_key(path: &str) -> Option<ExeKey> {
+    let b = path.as_bytes();
+    if b.len() >= PATH_LEN {
+        return None;
+    }
+    let mut k = ExeKey { path: [0; PATH_LEN] };
+    k.path[..b.len()].copy_from_slice(b);
+    Some(k)
+}
+
+/// One of the daemon's own paths, which no agent may write whatever its `writable` says
+/// (`path_class::PROTECTED` entries in `WRITABLE`, for every agent: the longest prefix wins).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Protected {
+    pub path: String,
+    /// Match every path that starts with these bytes (the events log and its rotated
+    /// siblings), not only the path itself and what is under it.
+    pub raw_prefix: bool,
+}
+
+fn protected_key(slot: u32, p: &Protected) -> Option<Key<PathData>> {
+    if !p.raw_prefix {
+        let (bits, data) = writable_key(slot, p.path.as_bytes())?;
+        return Some(Key::new(bits, data));
+    }
+    let b = p.path.as_bytes();
+    if b.len() > PATH_LEN {
+        return None;
+    }
+    let mut data = PathData { agent: slot, path: [0; PATH_LEN] };
+    data.path[..b.len()].copy_from_slice(b);
+    Some(Key::new(((4 + b.len()) * 8) as u32, data))
+}
+
+/// Write a compiled policy into the maps, atomically as the kernel sees it: every rule of the
+/// new policy goes into the inactive generation's slots, then one store flips `GENERATION`,
+/// and only then is the old generation removed. A decision reads the generation once (with
+/// the agent's configuration) and does all its lookups through that slot, so it sees the old
+/// policy whole or the new one whole. Selectors are the exception: they name agents by their
+/// stable ids, and during the swap a process matching either the old or the new selectors
+/// becomes an agent (never less confined than either policy).
+pub fn apply_policy(
+    ebpf: &mut Ebpf,
+    p: &CompiledPolicy,
+    resolved: &[NetRule],
+    exec_cgroups: &[(u64, u32)],
+    protected: &[Protected],
+) -> anyhow::Result<u32> {
+    let old = generation(ebpf);
+    let gen = 1 - old;
+    // Whether any agent is active in the old generation. If none is (the first policy of a fresh
+    // start), a decision that read the old generation found no agent and looks nothing else up
+    // through it, so there is nothing to wait for before removing it (step 3).
+    let old_in_use = {
+        let m = ebpf.map(names::AGENTS).ok_or_else(|| anyhow!("map {} missing", names::AGENTS))?;
+        let agents: Array<&MapData, AgentCfg> = Array::try_from(m)?;
+        (1..AGENT_SLOTS_PER_GEN)
+            .any(|id| agents.get(&agent_slot(id, old), 0).is_ok_and(|c| c.flags & agent_flags::ACTIVE != 0))
+    };
+    let t = Tables::new(p, resolved, exec_cgroups, protected, gen)?;
+    // 1. The new generation, complete; the old one still decides.
+    write_agents(ebpf, p, gen)?;
+    t.insert(ebpf)?;
+    // 2. One store: the new policy decides from the next lookup on.
+    set_generation(ebpf, gen)?;
+    // 3. Let decisions that read the old generation before the flip finish (they run for
+    // microseconds), then remove it.
+    if old_in_use {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    {
+        let mut agents: Array<&mut MapData, AgentCfg> = Array::try_from(map_mut(ebpf, names::AGENTS)?)?;
+        for id in 1..AGENT_SLOTS_PER_GEN {
+            agents.set(agent_slot(id, old), AgentCfg::default(), 0)?;
+        }
+    }
+    t.remove_stale(ebpf)?;
+    info!(generation = gen, "policy generation active");
+    Ok(gen)
+}
+
+/// Each agent's configuration in generation `gen`; every other slot of it is "not an agent"
+/// (ids are stable across reloads, not contiguous).
+fn write_agents(ebpf: &mut Ebpf, p: &CompiledPolicy, gen: u32) -> anyhow::Result<()> {
+    let mut agents: Array<&mut MapData, AgentCfg> = Array::try_from(map_mut(ebpf, names::AGENTS)?)?;
+    for a in &p.agents {
+        if a.id == 0 || a.id >= AGENT_SLOTS_PER_GEN {
+            return Err(anyhow!("agent id {} outside 1..{AGENT_SLOTS_PER_GEN}", a.id));
+        }
+        let slot = agent_slot(a.id, gen);
+        agents.set(
+            slot,
+            AgentCfg { action: policy_action(a.action), flags: agent_bits(a), http_allow: a.http_allow, slot },
+            0,
+        )?;
+    }
+    for id in (1..AGENT_SLOTS_PER_GEN).filter(|id| !p.agents.iter().any(|a| a.id == *id)) {
+        agents.set(agent_slot(id, gen), AgentCfg::default(), 0)?;
+    }
+    Ok(())
+}
+
+fn policy_action(a: Action) -> u32 {
+    match a {
+        Action::Alert => policy_action::ALERT,
+        Action::Deny => policy_action::DENY,
+        Action::Kill => policy_action::KILL,
+        Action::Hold => policy_action::HOLD,
+    }
+}
+
+fn agent_bits(a: &crate::policy::CompiledAgent) -> u32 {
+    let mut flags = agent_flags::ACTIVE;
+    for (on, bit) in [
+        (a.audit, agent_flags::AUDIT),
+        (a.allow_io_uring, agent_flags::ALLOW_IO_URING),
+        (a.allow_raw_socket, agent_flags::ALLOW_RAW_SOCKET),
+        (a.allow_bpf, agent_flags::ALLOW_BPF),
+        (a.require_http_visibility, agent_flags::REQUIRE_HTTP_VISIBILITY),
+    ] {
+        if on {
+            flags |= bit;
+        }
+    }
+    flags
+}
+
+/// Every rule table entry of one generation (and the selectors, which are not per generation).
+struct Tables {
+    unix: Vec<(UnixKey, u32)>,
+    sni: Vec<(SniKey, u32)>,
+    net: Vec<(Key<NetData>, u32)>,
+    paths: Vec<(Key<PathData>, u32)>,
+    comm: Vec<([u8; agent_monitor_common::COMM_LEN], u32)>,
+    uid: Vec<(u32, u32)>,
+    exe: Vec<(ExeKey, u32)>,
+    cgroup: Vec<(u64, u32)>,
+}
+
+impl Tables {
+    fn new(
+        p: &CompiledPolicy,
+        resolved: &[NetRule],
+        exec_cgroups: &[(u64, u32)],
+        protected: &[Protected],
+        gen: u32,
+    ) -> anyhow::Result<Self> {
+        let slot = |id: u32| agent_slot(id, gen);
+        let unix = p
+            .unix
+            .iter()
+            .filter_map(|(id, path)| {
+                let b = path.as_bytes();
+                if b.len() >= UNIX_PATH_LEN {
+                    warn!(path, "unix socket path too long for the kernel map; ignored");
+                    return None;
+                }
+                let mut k = UnixKey { agent: slot(*id), path: [0; UNIX_PATH_LEN] };
+                k.path[..b.len()].copy_from_slice(b);
+                Some((k, 1))
+            })
+            .collect();
+        let sni = p
+            .hosts
+            .iter()
+            .filter(|h| h.host.len() < SNI_LEN)
+            .map(|h| {
+                let mut k = SniKey { agent: slot(h.agent), name: [0; SNI_LEN] };
+                k.name[..h.host.len()].copy_from_slice(h.host.as_bytes());
+                (k, 1)
+            })
+            .collect();
+        let mut paths = Vec::new();
+        for (id, path) in &p.writable {
+            let (bits, data) =
+                writable_key(slot(*id), path.as_bytes()).ok_or_else(|| anyhow!("writable path too long: {path}"))?;
+            paths.push((Key::new(bits, data), path_class::WRITABLE));
+        }
+        for a in &p.agents {
+            for pr in protected {
+                match protected_key(slot(a.id), pr) {
+                    Some(k) => paths.push((k, path_class::PROTECTED)),
+                    None => warn!(path = pr.path, "protected path too long for the kernel map; not protected"),
+                }
+            }
+        }
+        let exe = p
+            .exe
+            .iter()
+            .filter_map(|(path, id)| match exe_key(path) {
+                Some(k) => Some((k, *id)),
+                None => {
+                    warn!(path, "exe selector too long for the kernel map; ignored");
+                    None
+                }
+            })
+            .collect();
+        let mut cgroup = cgroup_selectors(p);
+        // `exec` instances' cgroups are not in the policy; they stay selected through the swap.
+        cgroup.extend_from_slice(exec_cgroups);
+        Ok(Tables {
+            unix,
+            sni,
+            net: net_entries(&p.net, resolved, gen),
+            paths,
+            comm: p.comm.iter().map(|(c, id)| (*c, *id)).collect(),
+            uid: p.uid.clone(),
+            exe,
+            cgroup,
+        })
+    }
+
+    fn insert(&self, ebpf: &mut Ebpf) -> anyhow::Result<()> {
+        insert_hash(ebpf, names::UNIX_ALLOW, &self.unix)?;
+        insert_hash(ebpf, names::SNI_ALLOW, &self.sni)?;
+        insert_lpm(ebpf, names::NET_ALLOW, &self.net)?;
+        insert_lpm(ebpf, names::WRITABLE, &self.paths)?;
+        insert_hash(ebpf, names::SEL_COMM, &self.comm)?;
+        insert_hash(ebpf, names::SEL_UID, &self.uid)?;
+        insert_hash(ebpf, names::SEL_EXE, &self.exe)?;
+        insert_hash(ebpf, names::SEL_CGROUP, &self.cgroup)
+    }
+
+    /// Remove every entry that is not one of these (the old generation's, old selectors).
+    fn remove_stale(&self, ebpf: &mut Ebpf) -> anyhow::Result<()> {
+        remove_stale_hash(ebpf, names::UNIX_ALLOW, &self.unix)?;
+        remove_stale_hash(ebpf, names::SNI_ALLOW, &self.sni)?;
+        remove_stale_hash(ebpf, names::SEL_COMM, &self.comm)?;
+        remove_stale_hash(ebpf, names::SEL_UID, &self.uid)?;
+        remove_stale_hash(ebpf, names::SEL_EXE, &self.exe)?;
+        remove_stale_hash(ebpf, names::SEL_CGROUP, &self.cgroup)?;
+        remove_stale_lpm(ebpf, names::NET_ALLOW, &self.net)?;
+        remove_stale_lpm(ebpf, names::WRITABLE, &self.paths)
+    }
+}
+
+/// The policy's cgroup selectors as (cgroup inode, agent id), for the cgroups that exist now.
+fn cgroup_selectors(p: &CompiledPolicy) -> Vec<(u64, u32)> {
+    let root = cgroup2_root();
+    let mut cg = Vec::new();
+    for (path, id) in &p.cgroup {
+        let Some(root) = &root else {
+            warn!(cgroup = path, "no cgroup v2 hierarchy mounted; cgroup selector ignored");
+            continue;
+        };
+        let dir = root.join(path.trim_start_matches('/'));
+        match fs::metadata(&dir) {
+            Ok(m) => cg.push((m.ino(), *id)),
+            // The unit may not be started yet: its processes are matched by comm, exe or uid
+            // meanwhile, and a reload picks the cgroup up.
+            Err(e) => warn!(cgroup = %dir.display(), error = %e, "cgroup selector not found; ignored until reload"),
+        }
+    }
+    cg
+}
+
+/// The `NET_ALLOW` key of a rule in generation `gen`.
+pub fn net_key(r: &NetRule, gen: u32) -> Key<NetData> {
+    let port = r.port.unwrap_or(0).to_be_bytes();
+    Key::new(
+        NET_KEY_FIXED_BITS + r.prefix_len as u32,
+        NetData { agent: agent_slot(r.agent, gen), port, addr: r.addr.octets(), _pad: [0; 2] },
+    )
+}
+
+/// Does the static rule `s` allow every connection the resolved rule `r` allows?
+fn covers(s: &NetRule, r: &NetRule) -> bool {
+    if s.agent != r.agent || (s.port.is_some() && s.port != r.port) || s.prefix_len > r.prefix_len {
+        return false;
+    }
+    let mask = |a: std::net::Ipv6Addr, len: u8| -> u128 {
+        let bits = u128::from(a);
+        if len == 0 {
+            0
+        } else {
+            bits & (u128::MAX << (128 - len as u32))
+        }
+    };
+    mask(s.addr, s.prefix_len) == mask(r.addr, s.prefix_len)
+}
+
+/// Resolve the policy's host names (blocking: call off the async runtime).
+pub fn resolve_hosts(hosts: &[HostRule]) -> Vec<NetRule> {
+    use std::net::ToSocketAddrs;
+    let mut out = Vec::new();
+    for h in hosts {
+        match (h.host.as_str(), 0u16).to_socket_addrs() {
+            Ok(addrs) => {
+                for a in addrs {
+                    let (addr, prefix_len) = ipv6_form(a.ip(), if a.is_ipv4() { 32 } else { 128 });
+                    let rule = NetRule { agent: h.agent, addr, prefix_len, port: h.port };
+                    if !out.contains(&rule) {
+                        out.push(rule);
+                    }
+                }
+            }
+            Err(e) => {
+                warn!(host = h.host, error = %e, "cannot resolve an allowed host; it stays unreachable until it resolves")
+            }
+        }
+    }
+    out
+}
+
+/// The `NET_ALLOW` entries of generation `gen`: static rules, plus resolved host names.
+fn net_entries(rules: &[NetRule], resolved: &[NetRule], gen: u32) -> Vec<(Key<NetData>, u32)> {
+    let mut out: Vec<(Key<NetData>, u32)> = rules.iter().map(|r| (net_key(r, gen), net_origin::STATIC)).collect();
+    // A resolved address already covered by a literal rule keeps that rule's meaning (no
+    // server-name check); otherwise it is allowed only as that host name.
+    for r in resolved {
+        if !rules.iter().any(|s| covers(s, r)) {
+            out.push((net_key(r, gen), net_origin::HOST));
+        }
+    }
+    out
+}
+
+/// Refresh the address rules of the active generation (host names re-resolved): new entries
+/// first, then the stale ones removed.
+pub fn apply_net(ebpf: &mut Ebpf, rules: &[NetRule], resolved: &[NetRule]) -> anyhow::Result<()> {
+    let entries = net_entries(rules, resolved, generation(ebpf));
+    insert_lpm(ebpf, names::NET_ALLOW, &entries)?;
+    remove_stale_lpm(ebpf, names::NET_ALLOW, &entries)
+}
+
+fn insert_hash<K: aya::Pod + Eq + std::hash::Hash, V: aya::Pod>(
+    ebpf: &mut Ebpf,
+    name: &str,
+    entries: &[(K, V)],
+) -> anyhow::Result<()> {
+    let mut m: HashMap<&mut MapData, K, V> = HashMap::try_from(map_mut(ebpf, name)?)?;
+    for (k, v) in entries {
+        m.insert(k, v, 0).with_context(|| format!("writing {name}"))?;
+    }
+    Ok(())
+}
+
+fn remove_stale_hash<K: aya::Pod + Eq + std::hash::Hash, V: aya::Pod>(
+    ebpf: &mut Ebpf,
+    name: &str,
+    entries: &[(K, V)],
+) -> anyhow::Result<()> {
+    let mut m: HashMap<&mut MapData, K, V> = HashMap::try_from(map_mut(ebpf, name)?)?;
+    let wanted: HashSet<K> = entries.iter().map(|(k, _)| *k).collect();
+    let stale: Vec<K> = m.keys().filter_map(Result::ok).filter(|k| !wanted.contains(k)).collect();
+    for k in stale {
+        let _ = m.remove(&k);
+    }
+    Ok(())
+}
+
+fn insert_lpm<K: aya::Pod, V: aya::Pod>(ebpf: &mut Ebpf, name: &str, entries: &[(Key<K>, V)]) -> anyhow::Result<()> {
+    let mut trie: LpmTrie<&mut MapData, K, V> = LpmTrie::try_from(map_mut(ebpf, name)?)?;
+    for (k, v) in entries {
+        trie.insert(k, v, 0).with_context(|| format!("writing {name}"))?;
+    }
+    Ok(())
+}
+
+/// Remove every entry of the trie `name` that is not in `entries` (compared as prefix length and
+/// the key's bytes).
+fn remove_stale_lpm<K: aya::Pod, V: aya::Pod>(
+    ebpf: &mut Ebpf,
+    name: &str,
+    entries: &[(Key<K>, V)],
+) -> anyhow::Result<()> {
+    let bytes = |k: &Key<K>| -> (u32, Vec<u8>) {
+        let data = k.data();
+        // SAFETY: `K` is plain old data (`aya::Pod`): every byte is initialised.
+        let b = unsafe { std::slice::from_raw_parts(&data as *const K as *const u8, std::mem::size_of::<K>()) };
+        (k.prefix_len(), b.to_vec())
+    };
+    let wanted: HashSet<(u32, Vec<u8>)> = entries.iter().map(|(k, _)| bytes(k)).collect();
+    let mut trie: LpmTrie<&mut MapData, K, V> = LpmTrie::try_from(map_mut(ebpf, name)?)?;
+    let stale: Vec<Key<K>> = trie.keys().filter_map(Result::ok).filter(|k| !wanted.contains(&bytes(k))).collect();
+    for k in stale {
+        let _ = trie.remove(&k);
+    }
+    Ok(())
+}

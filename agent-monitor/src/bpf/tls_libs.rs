@@ -1,0 +1,293 @@
+//! Which TLS libraries are hooked, and how: in agent processes only (`tls_uprobes = "agents"`,
+//! through `tls::AgentTls`), in every process (`"all"`, pinned uprobes), or not at all (`"off"`);
+//! hooking new agent instances and the libraries agents map.
+use std::{
+    collections::{BTreeSet, HashMap, HashSet},
+    path::{Path, PathBuf},
+    time::Instant,
+};
+
+use agent_monitor_common::ProcState;
+use aya::programs::{links::FdLink, UProbe};
+use tracing::{debug, info, warn};
+
+use super::{
+    maps as kmaps,
+    probes::{Attach, PROBES},
+    tls::Owner,
+    Kernel,
+};
+use crate::policy::model::TlsUprobes;
+
+/// TLS libraries whose write functions carry plaintext, by the name their file starts with.
+pub const TLS_LIBS: &[(&str, &[&str])] = &[
+    ("libssl.so", &["ssl_write", "ssl_write_ex", "ssl_do_handshake"]),
+    ("libgnutls.so", &["gnutls_record_send", "gnutls_handshake"]),
+];
+
+impl Kernel {
+    /// At load: per-agent hooks where asked (falling back to every process), then the system's
+    /// libraries hooked; what the uprobe layer can see said in `layers.notes`.
+    pub(super) fn setup_tls(&mut self, tls_uprobes: TlsUprobes) {
+        self.layers.uprobe = !self.tls_libs.is_empty();
+        if tls_uprobes == TlsUprobes::Agents {
+            match self.agent_tls() {
+                Ok(t) => self.agent_tls = Some(t),
+                Err(e) => {
+                    let why = format!("{e:#}");
+                    warn!(reason = %why, "TLS libraries cannot be hooked in agent processes only: hooked in every process instead");
+                    self.layers.notes.push(format!(
+                        "uprobe: hooked in every process ({why}): every SSL_write on the machine pays the uprobe"
+                    ));
+                }
+            }
+        }
+        if tls_uprobes == TlsUprobes::Off {
+            self.layers.notes.push(
+                "uprobe: off (tls_uprobes = \"off\"): HTTP methods inside TLS are not visible; agents with require_http_visibility cannot use TLS"
+                    .into(),
+            );
+            warn!("TLS libraries not hooked (tls_uprobes = \"off\"): HTTPS request methods are not visible");
+        } else {
+            self.hook_tls_libs(&system_tls_libs());
+        }
+        if tls_uprobes != TlsUprobes::Off && self.tls_libs.is_empty() {
+            self.layers
+                .notes
+                .push("uprobe: no OpenSSL or GnuTLS library found: HTTP methods inside TLS are not visible".into());
+            warn!("no TLS library found to hook: HTTPS request methods are not visible");
+        }
+    }
+
+    /// The uprobe program of each TLS function, loaded (adopted programs are not loaded in this
+    /// process), as (program, symbol).
+    fn tls_programs(&mut self) -> Vec<(&'static str, &'static str)> {
+        let mut out = Vec::new();
+        for probe in PROBES {
+            let Attach::UProbe(symbol) = probe.attach else { continue };
+            let Some(p) = self.ebpf.program_mut(probe.program).and_then(|p| <&mut UProbe>::try_from(p).ok()) else {
+                continue;
+            };
+            if p.fd().is_err() {
+                if let Err(e) = p.load() {
+                    debug!(program = probe.program, error = %e, "uprobe program not loaded");
+                    continue;
+                }
+            }
+            out.push((probe.program, symbol));
+        }
+        out
+    }
+
+    /// The per-agent TLS hooks, with the uprobe programs' fds.
+    fn agent_tls(&mut self) -> anyhow::Result<super::tls::AgentTls> {
+        use anyhow::Context as _;
+        let mut progs = std::collections::HashMap::new();
+        for (program, _) in self.tls_programs() {
+            let fd = self.ebpf.program(program).and_then(|p| p.fd().ok()).map(super::tls::prog_fd);
+            if let Some(fd) = fd {
+                progs.insert(program, fd.context("duplicating a program fd")?);
+            }
+        }
+        super::tls::AgentTls::new(progs)
+    }
+
+    /// Hook the write functions of TLS library files (idempotent): in agent processes only or
+    /// in every process (`tls_uprobes`). Returns how many of them are hooked after the call.
+    pub fn hook_tls_libs(&mut self, paths: &[PathBuf]) -> usize {
+        let loaded = self.tls_programs();
+        let mut todo: Vec<(PathBuf, Vec<(&'static str, &'static str)>)> = Vec::new();
+        let mut done = 0;
+        for canon in paths.iter().filter_map(|p| std::fs::canonicalize(p).ok()) {
+            if self.tls_libs.contains(&canon) {
+                done += 1;
+                continue;
+            }
+            let name = canon.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            let Some((_, programs)) = TLS_LIBS.iter().find(|(prefix, _)| name.starts_with(prefix)) else { continue };
+            if todo.iter().all(|(l, _)| *l != canon) {
+                let functions = loaded.iter().copied().filter(|(p, _)| programs.contains(p)).collect();
+                todo.push((canon, functions));
+            }
+        }
+        let hooked: Vec<usize> = match self.agent_tls.as_mut() {
+            Some(t) => t.hook_libs(&todo),
+            None => todo.iter().map(|(lib, functions)| self.hook_tls_lib_everywhere(lib, functions)).collect(),
+        };
+        for ((lib, _), _) in todo.into_iter().zip(hooked).filter(|(_, n)| *n > 0) {
+            self.tls_libs.insert(lib);
+            self.layers.uprobe = true;
+            done += 1;
+        }
+        done
+    }
+
+    /// `tls_uprobes = "all"`: uprobes in every process that maps `lib`, pinned with the rest.
+    fn hook_tls_lib_everywhere(&mut self, lib: &Path, functions: &[(&'static str, &'static str)]) -> usize {
+        let mut hooked = 0;
+        for &(program, symbol) in functions {
+            let Some(p) = self.ebpf.program_mut(program).and_then(|p| <&mut UProbe>::try_from(p).ok()) else {
+                continue;
+            };
+            let link = p
+                .attach(symbol, lib, aya::programs::uprobe::UProbeScope::AllProcesses)
+                .map_err(anyhow::Error::from)
+                .and_then(|id| Ok(FdLink::try_from(p.take_link(id)?)?));
+            match link {
+                Ok(link) => {
+                    // bpffs names cannot hold '/' or '.': the library path is hex-encoded.
+                    let hex: String = lib.as_os_str().as_encoded_bytes().iter().map(|b| format!("{b:02x}")).collect();
+                    let label = format!("uprobe={program}={hex}");
+                    match self.keep_link(label, link) {
+                        Ok(()) => hooked += 1,
+                        Err(e) => warn!(error = %format!("{e:#}"), "uprobe link not kept"),
+                    }
+                }
+                Err(e) => debug!(lib = %lib.display(), symbol, error = %e, "uprobe not attached"),
+            }
+        }
+        if hooked > 0 {
+            info!(lib = %lib.display(), functions = hooked, "TLS library hooked in every process");
+        }
+        hooked
+    }
+}
+
+/// The system's OpenSSL and GnuTLS libraries, as the dynamic linker would find them.
+fn system_tls_libs() -> Vec<PathBuf> {
+    let out = std::process::Command::new("ldconfig").arg("-p").output().map(|o| o.stdout).unwrap_or_default();
+    let text = String::from_utf8_lossy(&out);
+    let mut libs: Vec<PathBuf> = text
+        .lines()
+        .filter_map(|l| l.split_once("=>").map(|(name, path)| (name.trim().to_string(), PathBuf::from(path.trim()))))
+        .filter(|(name, _)| {
+            TLS_LIBS.iter().any(|(prefix, _)| name.starts_with(prefix))
+                && !name.contains(".so ")
+                && name.contains(".so.")
+        })
+        .map(|(_, p)| p)
+        .collect();
+    libs.dedup();
+    libs
+}
+
+/// TLS library files the processes of `tracked` map (a vendored or private copy of libssl is a
+/// different file from the system's, with its own uprobes). Reads /proc: call without the
+/// kernel's lock.
+pub fn mapped_tls_libs(tracked: &[(u32, ProcState)]) -> BTreeSet<PathBuf> {
+    let mut found = BTreeSet::new();
+    for (pid, _) in tracked {
+        let Ok(maps) = std::fs::read_to_string(format!("/proc/{pid}/maps")) else { continue };
+        for path in maps.lines().filter_map(|l| l.split_whitespace().nth(5)) {
+            let name = path.rsplit('/').next().unwrap_or_default();
+            if TLS_LIBS.iter().any(|(prefix, _)| name.starts_with(prefix)) {
+                found.insert(PathBuf::from(path));
+            }
+        }
+    }
+    found
+}
+
+impl Kernel {
+    /// Hook the libraries in `found` that are not hooked yet.
+    pub fn hook_new_tls_libs(&mut self, found: BTreeSet<PathBuf>) {
+        let new: Vec<PathBuf> = found.into_iter().filter(|lib| !self.tls_libs.contains(lib)).collect();
+        if !new.is_empty() {
+            self.hook_tls_libs(&new);
+            self.announce_tls_hooks();
+        }
+    }
+
+    /// Hook the TLS of a new agent instance's first process (its exec event): as soon as the
+    /// daemon reads it, before the process gets far. Returns the processes hooked directly now,
+    /// or None without per-agent hooks.
+    pub fn hook_instance_tls(&mut self, run_id: u64, pid: u32) -> Option<usize> {
+        let t = self.agent_tls.as_mut()?;
+        let token = t.token;
+        let hooked = t.arm(Owner::Instance(run_id), &[pid]);
+        let armed = t.armed_processes();
+        self.release_tls_handshakes(&hooked, &[pid], token);
+        self.announce_tls_hooks();
+        Some(armed)
+    }
+
+    /// Once any library is hooked, tell the kernel that the per-agent hooks are in force: from
+    /// then on a new agent process's TLS handshake waits until it is hooked.
+    fn announce_tls_hooks(&mut self) {
+        let Some(t) = self.agent_tls.as_mut() else { return };
+        if t.in_force || !t.has_hooks() {
+            return;
+        }
+        t.in_force = true;
+        let token = t.token;
+        if let Err(e) = kmaps::set_tls_token_in_force(&mut self.ebpf, token) {
+            warn!(error = %format!("{e:#}"), "per-agent TLS hooks: the kernel was not told; early handshakes do not wait");
+        }
+    }
+
+    /// Hook every agent process not covered yet (adopted at start or by a reload, forked before
+    /// its instance was hooked, an exec event lost), and close the hooks of instances that are
+    /// gone. `tracked` was read after `seen`. Returns the processes hooked directly, or None
+    /// without per-agent hooks.
+    pub fn hook_uncovered_agents(&mut self, tracked: &[(u32, ProcState)], seen: Instant) -> Option<usize> {
+        let t = self.agent_tls.as_mut()?;
+        let token = t.token;
+        let mut uncovered: HashMap<u64, Vec<u32>> = HashMap::new();
+        for (pid, st) in tracked.iter().filter(|(_, st)| st.tls_token != token) {
+            uncovered.entry(st.run_id).or_default().push(*pid);
+        }
+        let mut hooked = Vec::new();
+        let mut tried = Vec::new();
+        for (run_id, pids) in uncovered {
+            hooked.extend(t.arm(Owner::Instance(run_id), &pids));
+            tried.extend(pids);
+        }
+        let live: HashSet<u64> = tracked.iter().map(|(_, st)| st.run_id).collect();
+        t.retain(seen, |owner| match owner {
+            Owner::Instance(run_id) => live.contains(&run_id),
+            Owner::Exec(pid) => Path::new(&format!("/proc/{pid}")).exists(),
+        });
+        let armed = t.armed_processes();
+        if !tried.is_empty() {
+            debug!(processes = hooked.len(), of = tried.len(), "agent processes hooked for TLS");
+            self.release_tls_handshakes(&hooked, &tried, token);
+        }
+        self.announce_tls_hooks();
+        Some(armed)
+    }
+
+    /// After hooking (or failing to hook) `tried` agent processes: those that map a hooked TLS
+    /// library are marked visible (a handshake begun before the hooks would not have marked
+    /// them), then all of them get the token, which lets their waiting TLS handshakes go. One
+    /// that could not be hooked is let go too (its handshake counts as invisible): waiting would
+    /// hang it.
+    fn release_tls_handshakes(&mut self, hooked: &[u32], tried: &[u32], token: u32) {
+        let visible: Vec<u32> = hooked
+            .iter()
+            .copied()
+            .filter(|pid| {
+                std::fs::read_to_string(format!("/proc/{pid}/maps")).is_ok_and(|maps| {
+                    maps.lines()
+                        .filter_map(|l| l.split_whitespace().nth(5))
+                        .any(|p| self.tls_libs.contains(Path::new(p)))
+                })
+            })
+            .collect();
+        kmaps::mark_tls_visible(&mut self.ebpf, &visible);
+        kmaps::set_tls_token(&mut self.ebpf, tried, token);
+    }
+
+    /// `agent-monitor exec`'s caller is hooked before it starts the command, so the command and
+    /// its descendants inherit the hooks at fork.
+    pub fn hook_exec_caller(&mut self, caller: u32) {
+        if let Some(t) = self.agent_tls.as_mut().filter(|_| caller != 0) {
+            t.arm(Owner::Exec(caller), &[caller]);
+        }
+    }
+
+    pub fn unhook_exec_caller(&mut self, caller: u32) {
+        if let Some(t) = self.agent_tls.as_mut() {
+            t.disarm(Owner::Exec(caller));
+        }
+    }
+}

@@ -1,0 +1,351 @@
+//! Validating the raw model and lowering it into the public one: every semantic rule checked,
+//! *all* violations reported, each at the offending value's `LINE:COL`.
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::net::SocketAddr;
+use std::ops::Range;
+
+use toml::Spanned;
+
+use super::{
+    checks::*,
+    diag::{self, Diagnostic},
+    model::*,
+    raw::{RawAgent, RawDaemon, RawMatch, RawPolicy},
+};
+
+/// Who first claimed a selector value: the agent's index and name, and the value's offset.
+type Owner = (usize, String, usize);
+
+pub(super) struct Validator<'a> {
+    pub file: &'a str,
+    pub text: &'a str,
+    pub diags: Vec<Diagnostic>,
+}
+
+impl Validator<'_> {
+    fn error(&mut self, span: Range<usize>, message: impl Into<String>) {
+        self.diags.push(Diagnostic::at_span(self.file, self.text, span, message));
+    }
+
+    fn line_of(&self, offset: usize) -> usize {
+        diag::line_col(self.text, offset).0
+    }
+
+    pub fn policy(&mut self, raw: RawPolicy) -> Policy {
+        let daemon = self.daemon(raw.daemon);
+        let mut webhook = Vec::new();
+        for w in raw.alerts.webhook {
+            if let Err(e) = check_webhook_url(w.url.get_ref()) {
+                self.error(w.url.span(), e);
+            }
+            webhook.push(Webhook { url: w.url.into_inner(), format: w.format });
+        }
+
+        let mut names: HashMap<String, usize> = HashMap::new();
+        let mut comms: HashMap<String, Owner> = HashMap::new();
+        let mut exes: HashMap<String, Owner> = HashMap::new();
+        let mut cgroups: HashMap<String, Owner> = HashMap::new();
+        let mut uids: HashMap<u32, Owner> = HashMap::new();
+        let mut agents = Vec::with_capacity(raw.agent.len());
+        for (i, agent) in raw.agent.into_iter().enumerate() {
+            let agent_span = agent.span();
+            let agent = agent.into_inner();
+            if i == MAX_AGENTS {
+                self.error(
+                    agent.name.span(),
+                    format!(
+                        "too many agents: at most {MAX_AGENTS} [[agent]] profiles are allowed \
+                         (the kernel's agent table has 256 slots and id 0 means \"not an agent\")"
+                    ),
+                );
+            }
+            let name = agent.name.get_ref().clone();
+            match check_agent_name(&name) {
+                Err(e) => self.error(agent.name.span(), e),
+                Ok(()) => {
+                    if let Some(&first) = names.get(&name) {
+                        let line = self.line_of(first);
+                        self.error(
+                            agent.name.span(),
+                            format!("duplicate agent name \"{name}\": first defined at line {line}"),
+                        );
+                    } else {
+                        names.insert(name.clone(), agent.name.span().start);
+                    }
+                }
+            }
+            let mut claims = Claims {
+                index: i,
+                agent: &name,
+                comms: &mut comms,
+                exes: &mut exes,
+                cgroups: &mut cgroups,
+                uids: &mut uids,
+            };
+            agents.push(self.agent(agent, agent_span, &mut claims));
+        }
+        Policy { daemon, alerts: AlertsConfig { webhook }, agents }
+    }
+
+    fn daemon(&mut self, d: RawDaemon) -> DaemonConfig {
+        let mut out = DaemonConfig::default();
+        if let Some(m) = d.metrics_listen {
+            if m.get_ref().parse::<SocketAddr>().is_err() {
+                self.error(
+                    m.span(),
+                    format!(
+                        "metrics_listen \"{}\" is not an IP:PORT socket address \
+                         (e.g. 127.0.0.1:9750 or [::1]:9750)",
+                        m.get_ref()
+                    ),
+                );
+            }
+            out.metrics_listen = Some(m.into_inner());
+        }
+        if let Some(f) = d.events_file {
+            out.events_file = Some(if f.get_ref() == "-" {
+                "-".to_string()
+            } else {
+                self.path("events_file", &f, "an absolute path, or \"-\" for stdout")
+            });
+        }
+        if let Some(s) = d.control_socket {
+            let p = self.path("control_socket", &s, "an absolute path");
+            if p.len() > MAX_UNIX_SOCKET_PATH_LEN {
+                self.error(
+                    s.span(),
+                    format!(
+                        "control_socket is {} bytes long; a Unix socket path is at most \
+                         {MAX_UNIX_SOCKET_PATH_LEN}",
+                        p.len()
+                    ),
+                );
+            }
+            out.control_socket = Some(p);
+        }
+        if let Some(g) = d.admin_group {
+            let ok = !g.get_ref().is_empty()
+                && g.get_ref().chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+            if !ok {
+                self.error(
+                    g.span(),
+                    format!(
+                        "admin_group \"{}\" is not a group name or id (letters, digits, `_`, `.`, `-`)",
+                        g.get_ref()
+                    ),
+                );
+            }
+            out.admin_group = Some(g.into_inner());
+        }
+        if let Some(p) = d.pin_path {
+            out.pin_path = Some(self.path("pin_path", &p, "an absolute path under bpffs"));
+        }
+        if let Some(t) = d.hold_timeout_secs {
+            if *t.get_ref() == 0 {
+                self.error(t.span(), "hold_timeout_secs must be at least 1");
+            }
+            out.hold_timeout_secs = Some(t.into_inner());
+        }
+        out.bpf_stats = d.bpf_stats;
+        out.tls_uprobes = d.tls_uprobes;
+        out
+    }
+
+    /// Normalise an absolute path setting, reporting `key "value": reason (expected ...)`.
+    fn path(&mut self, key: &str, v: &Spanned<String>, expected: &str) -> String {
+        match normalize_abs_path(v.get_ref()) {
+            Ok(p) => p,
+            Err(e) => {
+                self.error(v.span(), format!("{key} \"{}\": {e}; expected {expected}", v.get_ref()));
+                v.get_ref().clone()
+            }
+        }
+    }
+
+    fn agent(&mut self, a: RawAgent, span: Range<usize>, claims: &mut Claims<'_>) -> AgentPolicy {
+        let name = claims.agent.to_string();
+        let selector = match a.selector {
+            None => {
+                self.error(
+                    span,
+                    format!(
+                        "agent \"{name}\" has no selector: add an [agent.match] table with at least \
+                         one of comm, exe, cgroup, uid"
+                    ),
+                );
+                Match::default()
+            }
+            Some(m) => {
+                let written = m.comm.len() + m.exe.len() + m.cgroup.len() + m.uid.len();
+                let m = self.selector(m, claims);
+                // Only a table with no entries at all: invalid entries were reported already.
+                // The position is the agent's: toml 0.8 cannot span every form of the table.
+                if written == 0 {
+                    self.error(
+                        span,
+                        format!(
+                            "[agent.match] of agent \"{name}\" selects nothing: give at least one \
+                             of comm, exe, cgroup, uid"
+                        ),
+                    );
+                }
+                m
+            }
+        };
+
+        let mut writable = Vec::new();
+        for w in a.files.writable {
+            match normalize_abs_path(w.get_ref()) {
+                Err(e) => self.error(w.span(), format!("writable \"{}\": {e}", w.get_ref())),
+                Ok(p) if p.len() > MAX_WRITABLE_LEN => self.error(
+                    w.span(),
+                    format!(
+                        "writable \"{}\" is {} bytes long; at most {MAX_WRITABLE_LEN} are allowed",
+                        w.get_ref(),
+                        p.len()
+                    ),
+                ),
+                Ok(p) => writable.push(p),
+            }
+        }
+
+        let mut allow = Vec::new();
+        for e in a.network.allow {
+            match parse_allow_entry(e.get_ref()) {
+                Ok(entry) => allow.push(entry),
+                Err(why) => self.error(e.span(), format!("bad allow entry {why}")),
+            }
+        }
+        let http_methods = match a.network.http_methods {
+            None => Network::default().http_methods,
+            Some(ms) => {
+                let mut out = Vec::new();
+                for m in ms {
+                    match check_http_method(m.get_ref()) {
+                        Ok(()) => out.push(m.into_inner()),
+                        Err(e) => self.error(m.span(), e),
+                    }
+                }
+                out
+            }
+        };
+
+        let mut syscalls = Vec::new();
+        for c in a.syscalls.allow {
+            match check_syscall_class(c.get_ref()) {
+                Ok(()) => syscalls.push(c.into_inner()),
+                Err(e) => self.error(c.span(), e),
+            }
+        }
+
+        AgentPolicy {
+            name,
+            action: a.action,
+            audit: a.audit,
+            selector,
+            files: Files { writable },
+            network: Network { allow, http_methods, require_http_visibility: a.network.require_http_visibility },
+            syscalls: Syscalls { allow: syscalls },
+        }
+    }
+
+    fn selector(&mut self, m: RawMatch, claims: &mut Claims<'_>) -> Match {
+        let mut out = Match::default();
+        for c in m.comm {
+            match check_comm(c.get_ref()) {
+                Err(e) => self.error(c.span(), e),
+                Ok(()) => {
+                    let v = c.get_ref().clone();
+                    if self.claim("comm", &v, &format!("\"{v}\""), c.span(), (claims.index, claims.agent), claims.comms)
+                    {
+                        out.comm.push(v);
+                    }
+                }
+            }
+        }
+        for e in m.exe {
+            match normalize_abs_path(e.get_ref()) {
+                Err(why) => self.error(e.span(), format!("exe \"{}\": {why}", e.get_ref())),
+                Ok(p) if p == "/" => self.error(e.span(), "exe \"/\" is a directory, not a program"),
+                Ok(p) if p.len() > MAX_EXE_LEN => self.error(
+                    e.span(),
+                    format!("exe \"{p}\" is {} bytes long; at most {MAX_EXE_LEN} are allowed", p.len()),
+                ),
+                Ok(p) => {
+                    if self.claim("exe", &p, &format!("\"{p}\""), e.span(), (claims.index, claims.agent), claims.exes) {
+                        out.exe.push(p);
+                    }
+                }
+            }
+        }
+        for g in m.cgroup {
+            match normalize_cgroup(g.get_ref()) {
+                Err(why) => self.error(g.span(), why),
+                Ok(p) => {
+                    if self.claim(
+                        "cgroup",
+                        &p,
+                        &format!("\"{p}\""),
+                        g.span(),
+                        (claims.index, claims.agent),
+                        claims.cgroups,
+                    ) {
+                        out.cgroup.push(p);
+                    }
+                }
+            }
+        }
+        for u in m.uid {
+            let uid = *u.get_ref();
+            if uid == u32::MAX {
+                self.error(u.span(), "uid 4294967295 is (uid_t)-1, which no process can have");
+            } else if self.claim("uid", &uid, &uid.to_string(), u.span(), (claims.index, claims.agent), claims.uids) {
+                out.uid.push(uid);
+            }
+        }
+        out
+    }
+
+    /// Record that `agent` selects `value`; report it if another agent already does. Returns
+    /// whether to keep the value (a repeat within one agent is harmless and dropped).
+    fn claim<K: Hash + Eq + Clone>(
+        &mut self,
+        kind: &str,
+        value: &K,
+        shown: &str,
+        span: Range<usize>,
+        (index, agent): (usize, &str),
+        owners: &mut HashMap<K, Owner>,
+    ) -> bool {
+        match owners.get(value) {
+            None => {
+                owners.insert(value.clone(), (index, agent.to_string(), span.start));
+                true
+            }
+            Some((i, _, _)) if *i == index => false,
+            Some((_, owner, first)) => {
+                let line = self.line_of(*first);
+                let owner = owner.clone();
+                self.error(
+                    span,
+                    format!(
+                        "{kind} {shown} is already selected by agent \"{owner}\" (line {line}); \
+                         a process can belong to only one agent"
+                    ),
+                );
+                false
+            }
+        }
+    }
+}
+
+/// The selector values claimed so far, across agents, for the duplicate checks.
+struct Claims<'a> {
+    index: usize,
+    agent: &'a str,
+    comms: &'a mut HashMap<String, Owner>,
+    exes: &'a mut HashMap<String, Owner>,
+    cgroups: &'a mut HashMap<String, Owner>,
+    uids: &'a mut HashMap<u32, Owner>,
+}

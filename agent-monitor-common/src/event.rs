@@ -23,7 +23,15 @@ pub mod kind {
     pub const SYS_IO_URING: u32 = 14;
     /// A raw (`SOCK_RAW`) or packet (`AF_PACKET`) socket: bypasses the connect/sendmsg hooks.
     pub const NET_RAW_SOCKET: u32 = 15;
-    pub const MAX: u32 = 15;
+    /// Acting through a process outside the agent's instance: ptrace, `process_vm_writev`,
+    /// `pidfd_getfd`, `TIOCSTI`/`TIOCLINUX` into a terminal.
+    pub const PROCESS_INJECT: u32 = 16;
+    /// Changing the mount topology (`mount`, `umount2`, `open_tree`, `move_mount`, `fsmount`,
+    /// `mount_setattr`, `pivot_root`): a mount makes one file visible under another name.
+    pub const SYS_MOUNT: u32 = 17;
+    /// Creating or entering namespaces (`unshare`, `setns`, `clone` with namespace flags).
+    pub const SYS_NAMESPACE: u32 = 18;
+    pub const MAX: u32 = 18;
 }
 
 /// The event kinds as a type, for userspace decoding. Exhaustive on purpose: adding a kind
@@ -45,6 +53,9 @@ pub enum Kind {
     SelfTamper,
     SysIoUring,
     NetRawSocket,
+    ProcessInject,
+    SysMount,
+    SysNamespace,
 }
 
 impl Kind {
@@ -64,6 +75,9 @@ impl Kind {
         Kind::SelfTamper,
         Kind::SysIoUring,
         Kind::NetRawSocket,
+        Kind::ProcessInject,
+        Kind::SysMount,
+        Kind::SysNamespace,
     ];
 
     /// The contract name (docs/DESIGN.md).
@@ -84,6 +98,9 @@ impl Kind {
             Kind::SelfTamper => "self.tamper",
             Kind::SysIoUring => "sys.io_uring",
             Kind::NetRawSocket => "net.raw_socket",
+            Kind::ProcessInject => "process.inject",
+            Kind::SysMount => "sys.mount",
+            Kind::SysNamespace => "sys.namespace",
         }
     }
 
@@ -104,6 +121,9 @@ impl Kind {
             Kind::SelfTamper => kind::SELF_TAMPER,
             Kind::SysIoUring => kind::SYS_IO_URING,
             Kind::NetRawSocket => kind::NET_RAW_SOCKET,
+            Kind::ProcessInject => kind::PROCESS_INJECT,
+            Kind::SysMount => kind::SYS_MOUNT,
+            Kind::SysNamespace => kind::SYS_NAMESPACE,
         }
     }
 }
@@ -256,6 +276,23 @@ pub mod event_flags {
     /// control socket, binary): reported as `self.tamper` (`aux2` = the file kind), refused
     /// where a layer can refuse, and the agent killed whatever its action.
     pub const PROTECTED_PATH: u32 = 1 << 11;
+    /// An argument the program had to read from the process's memory (a path, `open_how`, a
+    /// socket address, a TLS buffer) could not be read, at the call nor after it: decided as a
+    /// violation, never as "no decision".
+    pub const ARG_UNREADABLE: u32 = 1 << 12;
+    /// The file's path crosses a mount the daemon did not see in the host's mount namespace (a
+    /// bind mount made since, a private mount namespace): its name is not what it is.
+    pub const FOREIGN_MOUNT: u32 = 1 << 13;
+    /// A device node: a block device, or creating a device node.
+    pub const DEVICE: u32 = 1 << 14;
+    /// On an HTTP connection, bytes where a request must start are not an allowed method token
+    /// followed by a space (an unknown method, bytes before it, an HTTP/2 preface, a body).
+    pub const HTTP_UNPARSABLE: u32 = 1 << 15;
+    /// TLS from a stack the daemon cannot read, to a destination that does not accept opaque
+    /// TLS (`opaque_tls`).
+    pub const OPAQUE_TLS: u32 = 1 << 16;
+    /// A request's path is not under the destination's allowed `paths`.
+    pub const HTTP_PATH: u32 = 1 << 17;
 }
 
 /// Index of each kernel-side counter in the `STATS` per-CPU array.
@@ -271,7 +308,10 @@ pub mod stat {
     /// Not a drop: a new agent process's TLS ClientHello held until the daemon hooked its TLS
     /// library (`tls_uprobes = "agents"`; TCP sends it again).
     pub const TLS_HANDSHAKE_HELD: u32 = 4;
-    pub const COUNT: u32 = 5;
+    /// A table that holds security state was full (`PENDING`, `PENDING_OPS`, `SOCKS`, `KILLED`):
+    /// the operation was refused or the process killed, never let through unchecked.
+    pub const TABLE_FULL: u32 = 5;
+    pub const COUNT: u32 = 6;
 }
 
 /// One record on the `EVENTS` ring buffer.

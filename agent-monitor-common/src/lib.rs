@@ -51,6 +51,9 @@ mod user {
     unsafe impl aya::Pod for SniKey {}
     unsafe impl aya::Pod for GrantKey {}
     unsafe impl aya::Pod for FileGrantKey {}
+    unsafe impl aya::Pod for DestRule {}
+    unsafe impl aya::Pod for PathAllowData {}
+    unsafe impl aya::Pod for HttpParse {}
 }
 
 #[cfg(test)]

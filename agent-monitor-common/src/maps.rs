@@ -24,7 +24,6 @@ pub mod names {
     pub const NET_ALLOW: &str = "NET_ALLOW";
     pub const UNIX_ALLOW: &str = "UNIX_ALLOW";
     pub const SNI_ALLOW: &str = "SNI_ALLOW";
-    pub const VISIBLE: &str = "VISIBLE";
     pub const SNI_SCRATCH: &str = "SNI_SCRATCH";
     pub const SOCKS: &str = "SOCKS";
     pub const EVENTS_SCRATCH: &str = "EVENTS_SCRATCH";
@@ -35,6 +34,12 @@ pub mod names {
     pub const EVENTS: &str = "EVENTS";
     pub const STATS: &str = "STATS";
     pub const SCRATCH: &str = "SCRATCH";
+    pub const KNOWN_MOUNTS: &str = "KNOWN_MOUNTS";
+    pub const DAEMON_TIDS: &str = "DAEMON_TIDS";
+    pub const HELD_RUNS: &str = "HELD_RUNS";
+    pub const TLS_CONNS: &str = "TLS_CONNS";
+    pub const HTTP_SCRATCH: &str = "HTTP_SCRATCH";
+    pub const PATH_ALLOW: &str = "PATH_ALLOW";
 
     /// Every map of the eBPF object.
     pub const ALL: &[&str] = &[
@@ -52,7 +57,6 @@ pub mod names {
         NET_ALLOW,
         UNIX_ALLOW,
         SNI_ALLOW,
-        VISIBLE,
         SNI_SCRATCH,
         SOCKS,
         EVENTS_SCRATCH,
@@ -63,6 +67,12 @@ pub mod names {
         EVENTS,
         STATS,
         SCRATCH,
+        KNOWN_MOUNTS,
+        DAEMON_TIDS,
+        HELD_RUNS,
+        TLS_CONNS,
+        HTTP_SCRATCH,
+        PATH_ALLOW,
     ];
 
     /// The maps pinned with the programs: every one that holds state a restart must keep (the
@@ -85,10 +95,14 @@ pub mod names {
         NET_ALLOW,
         UNIX_ALLOW,
         SNI_ALLOW,
-        VISIBLE,
         SOCKS,
         EVENTS,
         STATS,
+        KNOWN_MOUNTS,
+        DAEMON_TIDS,
+        HELD_RUNS,
+        TLS_CONNS,
+        PATH_ALLOW,
     ];
 }
 
@@ -122,10 +136,26 @@ pub mod agent_flags {
     pub const ALLOW_IO_URING: u32 = 1 << 2;
     pub const ALLOW_RAW_SOCKET: u32 = 1 << 3;
     pub const ALLOW_BPF: u32 = 1 << 4;
-    /// `require_http_visibility`: a TLS connection from a process whose TLS library is not
-    /// hooked (methods invisible) fails closed.
-    pub const REQUIRE_HTTP_VISIBILITY: u32 = 1 << 5;
+    /// `[agent.syscalls] allow = ["mount"]`.
+    pub const ALLOW_MOUNT: u32 = 1 << 5;
+    /// `[agent.syscalls] allow = ["namespaces"]`.
+    pub const ALLOW_NAMESPACES: u32 = 1 << 6;
 }
+
+/// Bits of [`ProcState::flags`].
+pub mod proc_flags {
+    /// This process image did TLS through a hooked library (a handshake or write hook ran):
+    /// its TLS plaintext is visible. Cleared at exec: visibility belongs to one image.
+    pub const TLS_VISIBLE: u32 = 1 << 0;
+    /// Started by `agent-monitor exec` (its cgroup was registered as such): the process and its
+    /// descendants run under that command's Landlock ruleset, so a write the kernel refuses
+    /// with `EACCES` outside `writable` is recorded as denied by Landlock.
+    pub const LANDLOCKED: u32 = 1 << 1;
+}
+
+/// `SEL_CGROUP` values: the agent id, with this bit when `agent-monitor exec` registered the
+/// cgroup (its processes are Landlocked: [`proc_flags::LANDLOCKED`]).
+pub const SEL_CGROUP_EXEC: u32 = 1 << 31;
 
 /// Per-process state, keyed by tgid in `PROCS`. Identity is (tgid, `start_ns`): a pid reused by
 /// a new process is not confused with an agent that exited (the exit hook removes the entry).
@@ -142,8 +172,11 @@ pub struct ProcState {
     pub run_id: u64,
     /// `task_struct::start_time` of the process (ns since boot, CLOCK_MONOTONIC).
     pub start_ns: u64,
+    /// [`proc_flags`].
+    pub flags: u32,
+    pub _pad: u32,
 }
-const _: () = assert!(size_of::<ProcState>() == 24);
+const _: () = assert!(size_of::<ProcState>() == 32);
 
 /// Per-agent configuration, indexed by agent id in the `AGENTS` array.
 #[repr(C)]
@@ -174,20 +207,141 @@ pub const fn agent_slot(id: u32, gen: u32) -> u32 {
     (id & (AGENT_SLOTS_PER_GEN - 1)) + (gen & 1) * AGENT_SLOTS_PER_GEN
 }
 
-/// Data of a `NET_ALLOW` LPM trie key: the agent, the destination port (network byte order,
-/// `[0, 0]` = any port), then the IPv6 address (IPv4 as `::ffff:a.b.c.d`). Prefix lengths
-/// count 32 + 16 bits for agent and port, then address bits.
+/// Data of a `NET_ALLOW` LPM trie key: the agent, the protocol ([`proto`]), the destination
+/// port (network byte order, `[0, 0]` = any port), then the IPv6 address (IPv4 as
+/// `::ffff:a.b.c.d`). Prefix lengths count 32 + 8 + 16 + 8 bits for agent, protocol, port and
+/// padding, then address bits: a protocol is part of a destination.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct NetData {
     pub agent: u32,
+    pub proto: u8,
     pub port: [u8; 2],
+    pub _pad: u8,
     pub addr: [u8; 16],
-    pub _pad: [u8; 2],
 }
 const _: () = assert!(size_of::<NetData>() == 24);
-/// Prefix bits of agent and port in a `NET_ALLOW` key.
-pub const NET_KEY_FIXED_BITS: u32 = 48;
+/// Prefix bits of agent, protocol, port and padding in a `NET_ALLOW` key.
+pub const NET_KEY_FIXED_BITS: u32 = 64;
+
+/// [`NetData::proto`]: IP protocol numbers.
+pub mod proto {
+    pub const TCP: u8 = 6;
+    pub const UDP: u8 = 17;
+}
+
+/// The value of a `NET_ALLOW` entry: how the destination came to be allowed and what it takes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct DestRule {
+    /// [`net_origin`].
+    pub origin: u8,
+    /// [`dest_flags`].
+    pub flags: u8,
+    pub _pad: u16,
+    /// HTTP methods allowed on this destination (bits as [`crate::HTTP_METHODS`]); 0: the
+    /// agent's `http_methods`.
+    pub methods: u32,
+    /// Methods among `methods` that are allowed only under the rule's path prefixes
+    /// (`PATH_ALLOW` entries of rule `rule`).
+    pub path_methods: u32,
+    /// The rule's id (its `PATH_ALLOW` entries); 0: none.
+    pub rule: u32,
+}
+const _: () = assert!(size_of::<DestRule>() == 16);
+
+/// [`DestRule::flags`].
+pub mod dest_flags {
+    /// `opaque_tls = true`: TLS the daemon cannot read is accepted to this destination.
+    pub const OPAQUE_TLS: u8 = 1 << 0;
+}
+
+/// Path prefix bytes in a `PATH_ALLOW` key.
+pub const HTTP_PATH_LEN: usize = 124;
+/// Request path bytes the kernel compares with the prefixes: a policy prefix is at most this.
+pub const HTTP_PATH_SCAN: usize = 64;
+
+/// Data of a `PATH_ALLOW` LPM trie key: a destination rule's id, then a path prefix (no
+/// trailing `/` added: `/v1/messages` also matches `/v1/messages?beta=true`).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct PathAllowData {
+    pub rule: u32,
+    pub path: [u8; HTTP_PATH_LEN],
+}
+const _: () = assert!(size_of::<PathAllowData>() == 128);
+
+/// The HTTP parser's state for one connection (clear text: in [`SockInfo`]; inside TLS: per
+/// `SSL *`). Read-only HTTP is a grammar: every request starts with an allowed method token and
+/// a space, its header block ends with CRLF CRLF, and only a method the destination takes as a
+/// write may carry a body (framed by `Content-Length`); nothing else may be written.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HttpParse {
+    /// [`http_mode`].
+    pub mode: u8,
+    /// Bytes of CRLF CRLF matched so far (in `IN_HEADERS`).
+    pub crlf: u8,
+    /// Position in the current header line (capped), to match header names.
+    pub line: u8,
+    /// [`http_match`]: which header names the current line may still be.
+    pub matching: u8,
+    /// The method (bit index) of the request being parsed.
+    pub method: u8,
+    pub _pad: [u8; 3],
+    /// `BODY`: body bytes still to come; `H2`: payload bytes of the current frame.
+    pub skip: u32,
+    /// The `Content-Length` of the request being parsed.
+    pub length: u32,
+}
+const _: () = assert!(size_of::<HttpParse>() == 16);
+
+/// [`HttpParse::matching`].
+pub mod http_match {
+    pub const CONTENT_LENGTH: u8 = 1 << 0;
+    pub const TRANSFER_ENCODING: u8 = 1 << 1;
+    /// Reading the digits of `Content-Length`.
+    pub const LENGTH_DIGITS: u8 = 1 << 2;
+    /// A `Transfer-Encoding` header was seen in this request (a body of unknown framing).
+    pub const HAS_TRANSFER_ENCODING: u8 = 1 << 3;
+}
+
+/// [`HttpParse::mode`].
+pub mod http_mode {
+    /// The next byte starts a request.
+    pub const EXPECT_REQUEST: u8 = 0;
+    /// Inside a request's header block.
+    pub const IN_HEADERS: u8 = 1;
+    /// HTTP/2 frames (inside TLS, after the connection preface).
+    pub const H2: u8 = 2;
+    /// Inside a request's body (`skip` bytes to come).
+    pub const BODY: u8 = 3;
+}
+
+/// What the HTTP parser found wrong (`Event::aux` of a `net.http_write` with
+/// `HTTP_UNPARSABLE`), or nothing.
+pub mod http_verdict {
+    pub const OK: u32 = 0;
+    /// A method this destination does not take.
+    pub const METHOD: u32 = 1;
+    /// Bytes where a request must start are no method token followed by a space.
+    pub const NOT_A_REQUEST: u32 = 2;
+    /// A request start cut before its method could be read (split across writes or segments).
+    pub const SPLIT: u32 = 3;
+    /// A body on a request whose method does not write, or a body framed other than by
+    /// `Content-Length`.
+    pub const BODY: u32 = 4;
+    /// A path outside the destination's `paths` (or one that climbs: `..`, `%2e`).
+    pub const PATH: u32 = 5;
+    /// HTTP/2: a request that is not a GET the destination takes, or a frame that writes.
+    pub const H2: u32 = 6;
+    /// The stream could not be read.
+    pub const UNREADABLE: u32 = 7;
+    /// More header bytes than the parser follows in one write.
+    pub const TOO_LONG: u32 = 8;
+    /// IP options or IPv6 extension headers on an agent's HTTP connection.
+    pub const IP_OPTIONS: u32 = 9;
+}
 
 /// Key of the `UNIX_ALLOW` hash map: agent and socket path, NUL padded.
 pub const UNIX_PATH_LEN: usize = 108;
@@ -235,9 +389,9 @@ pub struct SniKey {
 /// `NET_ALLOW` values: how a destination came to be allowed.
 pub mod net_origin {
     /// A literal address or network in the policy.
-    pub const STATIC: u32 = 1;
+    pub const STATIC: u8 = 1;
     /// Only a resolved host name: a TLS server name must match an allowed name.
-    pub const HOST: u32 = 2;
+    pub const HOST: u8 = 2;
 }
 
 /// An outbound socket of an agent, keyed by socket cookie in `SOCKS`: what the packet-level
@@ -258,12 +412,30 @@ pub struct SockInfo {
     /// 1 if the destination is allowed only through a host name: a TLS server name must then
     /// be one of the agent's allowed names.
     pub via_host: u8,
-    pub _pad: [u8; 3],
-    /// The TCP sequence number (as on the wire) of the held request's first segment.
+    /// 1 once the connection is known to carry TLS (its payload is not parsed as HTTP).
+    pub tls: u8,
+    /// 1 once `next_seq` is set.
+    pub seq_known: u8,
+    /// 1 once the socket was released while blocked: its owner is gone but TCP may still
+    /// send the refused bytes again from the orphaned socket, so the entry stays (dropping
+    /// them) until the daemon sweeps it ([`SOCK_RELEASED_KEEP_SECS`] later).
+    pub released: u8,
+    /// The TCP sequence number (as on the wire) of the held request's first segment; once
+    /// `released`, the boot time in seconds of the release.
     pub held_seq: u32,
-    pub _pad2: u32,
+    /// The sequence number (host order) up to which the payload has been parsed: a
+    /// retransmission is not parsed twice.
+    pub next_seq: u32,
+    /// The destination's rule, as the connect matched it.
+    pub dest: DestRule,
+    /// The HTTP parser's state.
+    pub http: HttpParse,
 }
-const _: () = assert!(size_of::<SockInfo>() == 56);
+const _: () = assert!(size_of::<SockInfo>() == 88);
+
+/// How long a released blocked socket's entry is kept: longer than TCP retransmits an
+/// unacknowledged segment (`tcp_retries2` = 15, about 924 s).
+pub const SOCK_RELEASED_KEEP_SECS: u32 = 1800;
 
 /// `SockInfo::blocked`.
 pub mod sock_state {

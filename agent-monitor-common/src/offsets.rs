@@ -13,6 +13,7 @@ pub struct Offsets {
     pub task_files: u32,
     pub mm_exe_file: u32,
     pub fs_pwd: u32,
+    pub fs_root: u32,
     pub files_fdt: u32,
     pub fdt_max_fds: u32,
     pub fdt_fd: u32,
@@ -40,6 +41,12 @@ pub struct Offsets {
     pub msghdr_msg_name: u32,
     pub inode_i_sb: u32,
     pub sb_s_flags: u32,
+    pub task_signal: u32,
+    pub signal_live: u32,
+    pub mount_mnt_id: u32,
+    pub socket_sk: u32,
+    /// `struct sock::__sk_common.skc_family` (`__sk_common` is the first member).
+    pub sock_family: u32,
     /// 1 once the daemon has filled the table; programs refuse to walk kernel memory before.
     pub valid: u32,
 }

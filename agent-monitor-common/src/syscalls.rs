@@ -11,6 +11,9 @@ pub mod tamper_call {
     pub const RT_TGSIGQUEUEINFO: u64 = 297;
     pub const PIDFD_SEND_SIGNAL: u64 = 424;
     pub const PIDFD_GETFD: u64 = 438;
+    pub const IOCTL: u64 = 16;
+    /// `ioctl(TIOCSTI | TIOCLINUX)` into a terminal (recorded as `ioctl`).
+    pub const TIOCSTI: u64 = IOCTL;
     /// Not syscalls: what the LSM layer refused.
     pub const LSM_SIGNAL: u64 = 1000;
     pub const LSM_PTRACE_ATTACH: u64 = 1001;
@@ -27,6 +30,7 @@ pub mod tamper_call {
             RT_TGSIGQUEUEINFO => "rt_tgsigqueueinfo",
             PIDFD_SEND_SIGNAL => "pidfd_send_signal",
             PIDFD_GETFD => "pidfd_getfd",
+            IOCTL => "ioctl",
             LSM_SIGNAL => "signal",
             LSM_PTRACE_ATTACH => "ptrace attach",
             _ => return None,

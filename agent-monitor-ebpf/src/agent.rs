@@ -61,9 +61,20 @@ pub fn reap_if_killed(st: &ProcState) -> bool {
     false
 }
 
-/// What the longest `WRITABLE` prefix of `s.buf[0..b.len]` says (`path_class`).
+/// What the longest `WRITABLE` prefix of `s.buf[0..b.len]` says (`path_class`). A path whose
+/// name is not known to be the object's (`Built::untrusted`) is never `WRITABLE`; it can still
+/// be one of the daemon's own (`PROTECTED`).
 #[inline(always)]
 pub unsafe fn path_class(s: *mut Scratch, slot: u32, b: Built) -> u32 {
+    let class = path_class_of_name(s, slot, b);
+    if b.untrusted && class == agent_monitor_common::path_class::WRITABLE {
+        return agent_monitor_common::path_class::OUTSIDE;
+    }
+    class
+}
+
+#[inline(always)]
+unsafe fn path_class_of_name(s: *mut Scratch, slot: u32, b: Built) -> u32 {
     let mut len = b.len as usize;
     if len > PATH_LEN - 1 {
         len = PATH_LEN - 1;
@@ -229,14 +240,23 @@ const WAKEUP_BYTES: u64 = 64 * 1024;
 
 /// The common tail of a file decision: `ok` is whether every path was writable.
 #[inline(always)]
-pub fn decide(st: &ProcState, cfg: &AgentCfg, ok: bool, mut r: Rec, p1: PathRef, p2: PathRef) {
+pub fn decide(st: &ProcState, cfg: &AgentCfg, ok: bool, r: Rec, p1: PathRef, p2: PathRef) {
+    decide_with(st, cfg, ok, r, p1, p2, true)
+}
+
+/// [`decide`], for an operation the BPF LSM layer may not see (`lsm_covers` false: extended
+/// attributes, times, FIFOs, device nodes): then the tracepoint layer acts even where the LSM
+/// layer is up.
+#[inline(always)]
+pub fn decide_with(st: &ProcState, cfg: &AgentCfg, ok: bool, mut r: Rec, p1: PathRef, p2: PathRef, lsm_covers: bool) {
     if ok {
         if cfg.flags & agent_flags::AUDIT == 0 {
             return;
         }
         r.verdict = verdict::ALLOWED;
         r.action = action::NONE;
-    } else if (agent_monitor_common::kind::FILE_WRITE..=agent_monitor_common::kind::FILE_CHMOD).contains(&r.kind)
+    } else if lsm_covers
+        && (agent_monitor_common::kind::FILE_WRITE..=agent_monitor_common::kind::FILE_CHMOD).contains(&r.kind)
         && crate::maps::lsm_active()
         && (cfg.action != policy_action::ALERT || r.flags & event_flags::PROTECTED_PATH != 0)
     {

@@ -22,6 +22,7 @@ static OFFSETS: Offsets = Offsets {
     task_files: 0,
     mm_exe_file: 0,
     fs_pwd: 0,
+    fs_root: 0,
     files_fdt: 0,
     fdt_max_fds: 0,
     fdt_fd: 0,
@@ -48,15 +49,22 @@ static OFFSETS: Offsets = Offsets {
     msghdr_msg_name: 0,
     inode_i_sb: 0,
     sb_s_flags: 0,
+    task_signal: 0,
+    signal_live: 0,
+    mount_mnt_id: 0,
+    socket_sk: 0,
+    sock_family: 0,
     valid: 0,
 };
 
 /// Read one offset. Volatile so that the value patched into .rodata at load time is used,
 /// not the zero the compiler saw.
 macro_rules! off {
-    ($f:ident) => {
-        unsafe { core::ptr::read_volatile(&OFFSETS.$f) as usize }
-    };
+    ($f:ident) => {{
+        #[allow(unused_unsafe)]
+        let v = unsafe { core::ptr::read_volatile(&OFFSETS.$f) as usize };
+        v
+    }};
 }
 
 pub const AT_FDCWD: i64 = -100;
@@ -138,6 +146,15 @@ pub unsafe fn task_ppid(task: *const u8) -> Result<u32, i64> {
     task_tgid(parent)
 }
 
+/// Is the thread group of `task` dead, at `sched_process_exit` (its last thread exiting)?
+/// `signal->live` counts the group's live threads; `do_exit` decrements it before the
+/// tracepoint (kernel/exit.c: `group_dead = atomic_dec_and_test(&tsk->signal->live)`).
+#[inline(always)]
+pub unsafe fn task_group_dead(task: *const u8) -> Result<bool, i64> {
+    let signal = rd_ptr(task, off!(task_signal))?;
+    Ok(rd::<i32>(signal, off!(signal_live))? <= 0)
+}
+
 #[inline(always)]
 pub unsafe fn task_exit_code(task: *const u8) -> Result<u32, i64> {
     rd::<u32>(task, off!(task_exit_code))
@@ -171,29 +188,43 @@ pub unsafe fn socket_type(sock: *const u8) -> Result<u16, i64> {
     rd::<u16>(sock, off!(socket_type))
 }
 
+/// The address family of the socket behind `fd` in the current task.
+#[inline(always)]
+pub unsafe fn socket_family(fd: i64) -> Result<u16, i64> {
+    let file = fd_file(current_task(), fd)?;
+    let sock = rd_ptr(file, off!(file_private_data))?;
+    let sk = rd_ptr(sock, off!(socket_sk))?;
+    rd::<u16>(sk, off!(sock_family))
+}
+
 /// `msghdr->msg_name`: the destination of a `sendmsg`/`sendto`, or null.
 #[inline(always)]
 pub unsafe fn msghdr_name(msg: *const u8) -> Result<*const u8, i64> {
     rd_ptr(msg, off!(msghdr_msg_name))
 }
 
-/// Is the pidfd `fd` of the current task one that names process `target` (global pid)? Its
+/// The global pid the pidfd `fd` of the current task names (0 if it cannot be read). Its
 /// `struct pid` is `file->private_data` on anon-inode pidfds (before pidfs, 6.9) and the
-/// inode's `i_private` on pidfs; both are read, and `numbers[0].nr` is the global pid.
+/// inode's `i_private` on pidfs; `numbers[0].nr` is the global pid.
 #[inline(always)]
-pub unsafe fn pidfd_names(fd: i64, target: u32) -> bool {
-    let Ok(file) = fd_file(current_task(), fd) else { return false };
+pub unsafe fn pidfd_pid(fd: i64) -> u32 {
+    let Ok(file) = fd_file(current_task(), fd) else { return 0 };
     let nr = |pid: *const u8| -> u32 {
         if pid.is_null() {
             return 0;
         }
         rd::<u32>(pid, off!(pid_numbers)).unwrap_or(0)
     };
-    if nr(rd_ptr(file, off!(file_private_data)).unwrap_or(core::ptr::null())) == target {
-        return true;
+    let n = nr(rd_ptr(file, off!(file_private_data)).unwrap_or(core::ptr::null()));
+    if n != 0 {
+        return n;
     }
     let inode = rd_ptr(file, off!(file_f_inode)).unwrap_or(core::ptr::null());
-    !inode.is_null() && nr(rd_ptr(inode, off!(inode_i_private)).unwrap_or(core::ptr::null())) == target
+    if inode.is_null() {
+        0
+    } else {
+        nr(rd_ptr(inode, off!(inode_i_private)).unwrap_or(core::ptr::null()))
+    }
 }
 
 /// `(dentry, vfsmount)` of a `struct path` at `base + off`.
@@ -257,80 +288,254 @@ struct DentryHead {
     name: u64,
 }
 
-/// A built path: its length in `Scratch::buf` and whether it was cut short.
+/// A built path: its length in `Scratch::buf`, and how far its name can be trusted.
 #[derive(Clone, Copy)]
 pub struct Built {
     pub len: u32,
+    /// Cut at the end: what is there is the real start of the path (a prefix of it can match).
     pub truncated: bool,
+    /// The name is not known to be what the object is: the walk did not reach the root (too
+    /// deep, or a dentry disconnected from its mount), the string was cut before `..` could be
+    /// folded, or it crosses a mount the daemon does not know. Never inside `writable`.
+    pub untrusted: bool,
+    /// It crosses a mount the daemon did not see in the host's namespace.
+    pub foreign: bool,
+}
+
+impl Built {
+    /// The event flags that say why this path is not trusted.
+    #[inline(always)]
+    pub fn flags(&self) -> u32 {
+        let mut f = 0;
+        if self.truncated || (self.untrusted && !self.foreign) {
+            f |= agent_monitor_common::event_flags::PATH_TRUNCATED;
+        }
+        if self.foreign {
+            f |= agent_monitor_common::event_flags::FOREIGN_MOUNT;
+        }
+        f
+    }
+}
+
+/// Is the mount `mount` (a `struct mount *`) one of the host's known mounts?
+#[inline(always)]
+unsafe fn mount_known(mount: *const u8) -> bool {
+    match rd::<i32>(mount, off!(mount_mnt_id)) {
+        Ok(id) => crate::maps::KNOWN_MOUNTS.get(&(id as u32)).is_some(),
+        Err(_) => false,
+    }
+}
+
+/// What a dentry walk found (`Scratch::wflags`).
+pub mod walk {
+    /// It reached the root of the mount tree.
+    pub const COMPLETE: u32 = 1;
+    /// A root dentry that is not its mount's root: disconnected from the tree (a file opened by
+    /// handle). No path names it.
+    pub const DISCONNECTED: u32 = 2;
+    /// It crossed a mount the daemon does not know.
+    pub const FOREIGN: u32 = 4;
+    /// Kernel memory could not be read.
+    pub const FAILED: u32 = 8;
+    /// The path was cut at the end (`PATH_LEN`).
+    pub const CUT: u32 = 16;
 }
 
 /// Rebuild the absolute path of `(dentry, vfsmnt)` into `s.buf`, crossing mount points up to
 /// the root of the mount namespace tree (not the process's chroot: policy paths are the host's).
+///
+/// Two passes, each a `bpf_loop` (the verifier checks one step instead of every iteration of
+/// an unrolled walk): up the tree collecting component names, then down writing them.
 #[inline(always)]
 pub unsafe fn dentry_path(s: *mut Scratch, dentry: *const u8, vfsmnt: *const u8) -> Result<Built, i64> {
     use core::ptr::{read_volatile as rv, write_volatile as wv};
-    let mut d = dentry;
-    let mut mount = vfsmnt.wrapping_sub(off!(mount_mnt));
+    let mount = vfsmnt.wrapping_sub(off!(mount_mnt));
     // The root of the mount being walked: read once per mount, not once per component.
-    let mut root = rd_ptr(vfsmnt, off!(vfsmount_mnt_root))?;
-    // Counters live in the scratch map (volatile): the verifier then sees bounded unknowns
-    // and prunes equivalent paths instead of tracking every combination of exact values.
+    let root = rd_ptr(vfsmnt, off!(vfsmount_mnt_root))?;
     wv(&mut (*s).n, 0);
-    let mut complete = false;
-    for _ in 0..MAX_PATH_DEPTH {
-        // `d_parent` and `d_name` in one read (the daemon checks they are adjacent): each
-        // probe read costs a helper call, and this walk runs on every write-open of an agent.
-        let h: DentryHead = rd(d, off!(dentry_d_parent))?;
-        let parent = h.parent as *const u8;
-        if d == root || d == parent {
-            let mparent = rd_ptr(mount, off!(mount_mnt_parent))?;
-            if mparent == mount || mparent.is_null() {
-                complete = true;
-                break;
-            }
-            d = rd_ptr(mount, off!(mount_mnt_mountpoint))?;
-            mount = mparent;
-            root = rd_ptr(mount.wrapping_add(off!(mount_mnt)), off!(vfsmount_mnt_root))?;
-            continue;
-        }
-        let n = rv(&(*s).n) as usize & (MAX_PATH_DEPTH - 1);
-        (*s).names[n] = h.name;
-        (*s).lens[n] = (h.hash_len >> 32) as u32;
-        wv(&mut (*s).n, n as u32 + 1);
-        d = parent;
-    }
-    let n = rv(&(*s).n) as usize;
-    let mut truncated = !complete || n >= MAX_PATH_DEPTH;
-    let buf = (*s).buf.as_mut_ptr();
+    wv(&mut (*s).wd, dentry as u64);
+    wv(&mut (*s).wm, mount as u64);
+    wv(&mut (*s).wr, root as u64);
+    // Every mount the path crosses must be one of the host's: a bind mount made since (in the
+    // host's namespace or a private one) names a file by something it is not.
+    wv(&mut (*s).wflags, if mount_known(mount) { 0 } else { walk::FOREIGN });
+    // Components, plus a few mount crossings.
+    bpf_loop(MAX_PATH_DEPTH as u32 + 16, walk_up as *mut c_void, core::ptr::null_mut(), 0);
     wv(&mut (*s).off, 0);
-    for j in 0..MAX_PATH_DEPTH {
-        let n = rv(&(*s).n) as usize;
-        if j >= n {
-            break;
-        }
-        let i = (n - 1 - j) & (MAX_PATH_DEPTH - 1);
-        let len = rv(&(*s).lens[i]) as usize & 255;
-        let off = rv(&(*s).off) as usize & 255;
-        if off + 1 + len > PATH_LEN - 1 {
-            truncated = true;
-            break;
-        }
-        *buf.add(off) = b'/';
-        raw_read_kernel(buf.add(off + 1) as *mut c_void, len as u32, (*s).names[i] as *const c_void);
-        wv(&mut (*s).off, (off + 1 + len) as u32);
+    bpf_loop(MAX_PATH_DEPTH as u32, write_down as *mut c_void, core::ptr::null_mut(), 0);
+    let f = rv(&(*s).wflags);
+    if f & walk::FAILED != 0 {
+        return Err(-14);
     }
+    let buf = (*s).buf.as_mut_ptr();
     let mut off = rv(&(*s).off) as usize & 255;
     if off == 0 {
         *buf = b'/';
         off = 1;
     }
     *buf.add(off) = 0;
-    Ok(Built { len: off as u32, truncated })
+    // Not complete: the walk stopped before the root (deeper than MAX_PATH_DEPTH, or
+    // disconnected): the components kept are the leaf end, not a prefix.
+    let untrusted = f & walk::COMPLETE == 0 || f & (walk::DISCONNECTED | walk::FOREIGN) != 0;
+    Ok(Built { len: off as u32, truncated: f & walk::CUT != 0, untrusted, foreign: f & walk::FOREIGN != 0 })
+}
+
+/// One step up: a component, or a mount crossing. Returns 1 to stop.
+extern "C" fn walk_up(_i: u64, _ctx: *mut c_void) -> i64 {
+    use core::ptr::{read_volatile as rv, write_volatile as wv};
+    let Some(s) = crate::maps::SCRATCH.get_ptr_mut(0) else {
+        return 1;
+    };
+    unsafe {
+        let d = rv(&(*s).wd) as *const u8;
+        let mount = rv(&(*s).wm) as *const u8;
+        let root = rv(&(*s).wr) as *const u8;
+        let fail = |s: *mut Scratch| {
+            wv(&mut (*s).wflags, rv(&(*s).wflags) | walk::FAILED);
+            1
+        };
+        // `d_parent` and `d_name` in one read (the daemon checks they are adjacent): each probe
+        // read costs a helper call, and this walk runs on every write-open of an agent.
+        let Ok(h) = rd::<DentryHead>(d, off!(dentry_d_parent)) else { return fail(s) };
+        let parent = h.parent as *const u8;
+        if d == root || d == parent {
+            if d != root {
+                wv(&mut (*s).wflags, rv(&(*s).wflags) | walk::DISCONNECTED);
+                return 1;
+            }
+            let Ok(mparent) = rd_ptr(mount, off!(mount_mnt_parent)) else { return fail(s) };
+            if mparent == mount || mparent.is_null() {
+                wv(&mut (*s).wflags, rv(&(*s).wflags) | walk::COMPLETE);
+                return 1;
+            }
+            let Ok(mp) = rd_ptr(mount, off!(mount_mnt_mountpoint)) else { return fail(s) };
+            let Ok(r) = rd_ptr(mparent.wrapping_add(off!(mount_mnt)), off!(vfsmount_mnt_root)) else {
+                return fail(s);
+            };
+            if !mount_known(mparent) {
+                wv(&mut (*s).wflags, rv(&(*s).wflags) | walk::FOREIGN);
+            }
+            wv(&mut (*s).wd, mp as u64);
+            wv(&mut (*s).wm, mparent as u64);
+            wv(&mut (*s).wr, r as u64);
+            return 0;
+        }
+        let n = rv(&(*s).n) as usize;
+        if n >= MAX_PATH_DEPTH {
+            return 1; // deeper than the walk follows: not complete
+        }
+        let n = n & (MAX_PATH_DEPTH - 1);
+        (*s).names[n] = h.name;
+        (*s).lens[n] = (h.hash_len >> 32) as u32;
+        wv(&mut (*s).n, n as u32 + 1);
+        wv(&mut (*s).wd, parent as u64);
+    }
+    0
+}
+
+/// One component down, written at `s.off`. Returns 1 to stop.
+extern "C" fn write_down(j: u64, _ctx: *mut c_void) -> i64 {
+    use core::ptr::{read_volatile as rv, write_volatile as wv};
+    let Some(s) = crate::maps::SCRATCH.get_ptr_mut(0) else {
+        return 1;
+    };
+    unsafe {
+        let n = rv(&(*s).n) as usize;
+        let j = j as usize;
+        if j >= n {
+            return 1;
+        }
+        let i = (n - 1 - j) & (MAX_PATH_DEPTH - 1);
+        let len = rv(&(*s).lens[i]) as usize & 255;
+        let off = rv(&(*s).off) as usize & 255;
+        if off + 1 + len > PATH_LEN - 1 {
+            wv(&mut (*s).wflags, rv(&(*s).wflags) | walk::CUT);
+            return 1;
+        }
+        let buf = (*s).buf.as_mut_ptr();
+        *buf.add(off) = b'/';
+        raw_read_kernel(buf.add(off + 1) as *mut c_void, len as u32, (*s).names[i] as *const c_void);
+        wv(&mut (*s).off, (off + 1 + len) as u32);
+    }
+    0
+}
+
+/// The process's root (`fs->root`) when it is not the top of its mount tree: after `chroot`,
+/// an absolute string names a file under that root, not under the host's `/`.
+#[inline(always)]
+unsafe fn moved_root(task: *const u8) -> Result<Option<(*const u8, *const u8)>, i64> {
+    let fs = rd_ptr(task, off!(task_fs))?;
+    let (d, m) = path_of(fs, off!(fs_root))?;
+    let mnt_root = rd_ptr(m, off!(vfsmount_mnt_root))?;
+    if d != mnt_root {
+        return Ok(Some((d, m)));
+    }
+    // The root of a mount: the top of the tree, or a mount on the host's `/` (the initial
+    // rootfs under it is the top): one level up must be the top.
+    let mount = m.wrapping_sub(off!(mount_mnt));
+    let parent = rd_ptr(mount, off!(mount_mnt_parent))?;
+    if parent == mount || parent.is_null() {
+        return Ok(None);
+    }
+    let grand = rd_ptr(parent, off!(mount_mnt_parent))?;
+    if grand == parent || grand.is_null() {
+        // `/` mounted on the rootfs: its mountpoint must be the rootfs's root.
+        let mp = rd_ptr(mount, off!(mount_mnt_mountpoint))?;
+        let proot = rd_ptr(parent.wrapping_add(off!(mount_mnt)), off!(vfsmount_mnt_root))?;
+        if mp == proot {
+            return Ok(None);
+        }
+    }
+    Ok(Some((d, m)))
+}
+
+/// `/proc/self/fd/N/`, `/proc/thread-self/fd/N/` or `/dev/fd/N/` at the start of the string
+/// in `s.tmp`: the rest names a file under descriptor `N` (Claude Code makes its directories
+/// this way). Returns `(N, bytes of the prefix)`.
+#[inline(always)]
+unsafe fn fd_prefix(s: *const Scratch, ulen: usize) -> Option<(i64, usize)> {
+    let t = (*s).tmp.as_ptr();
+    let starts = |p: &[u8]| -> bool {
+        let mut i = 0;
+        while i < p.len() {
+            if *t.add(i) != *p.get_unchecked(i) {
+                return false;
+            }
+            i += 1;
+        }
+        true
+    };
+    let mut at = if starts(b"/proc/self/fd/") {
+        14
+    } else if starts(b"/dev/fd/") {
+        8
+    } else if starts(b"/proc/thread-self/fd/") {
+        21
+    } else {
+        return None;
+    };
+    let mut fd: i64 = 0;
+    let mut digits = 0;
+    while digits < 7 {
+        let c = *t.add(at & 255);
+        if !c.is_ascii_digit() {
+            break;
+        }
+        fd = fd * 10 + (c - b'0') as i64;
+        at += 1;
+        digits += 1;
+    }
+    if digits == 0 || *t.add(at & 255) != b'/' || at + 1 > ulen {
+        return None;
+    }
+    Some((fd, at + 1))
 }
 
 /// Resolve the string a process passed to a path syscall to an absolute, normalised path in
-/// `s.buf`: relative paths start at `dirfd` (or the cwd for `AT_FDCWD`), taken from the kernel's
-/// own file and fs structures; `.`, `..` and repeated slashes are folded.
+/// `s.buf`: relative paths start at `dirfd` (or the cwd for `AT_FDCWD`), absolute ones at the
+/// process's root (the host's `/` unless it chrooted), `/proc/self/fd/N/...` at descriptor `N`,
+/// all taken from the kernel's own file and fs structures; `.`, `..` and repeated slashes are
+/// folded.
 ///
 /// Symlinks in the directories of the string are not followed here (only the LSM layer sees
 /// the resolved dentry); opens are decided on the file the kernel actually opened instead.
@@ -344,31 +549,83 @@ pub unsafe fn resolve_user_path(s: *mut Scratch, dirfd: i64, upath: *const u8) -
     }
     let ulen = opaque((ret - 1) as usize) & 255;
     let buf = (*s).buf.as_mut_ptr();
-    let mut truncated = ulen >= PATH_LEN - 1;
+    // A string cut short may hold `..` past the cut: its start says nothing about where it
+    // leads (`writable/AAAA…/../../outside`). Such a path is never inside `writable`.
+    let mut cut = ulen >= PATH_LEN - 1;
+    let mut foreign = false;
     let mut len: usize = 0;
-    if ulen == 0 || *tmp.as_ptr() != b'/' {
-        let task = current_task();
-        let (d, m) = if dirfd == AT_FDCWD { cwd_path(task)? } else { file_path(fd_file(task, dirfd)?)? };
+    let task = current_task();
+    let relative = ulen == 0 || *tmp.as_ptr() != b'/';
+    let (base, skip) = if relative {
+        let b = if dirfd == AT_FDCWD { cwd_path(task)? } else { file_path(fd_file(task, dirfd)?)? };
+        (Some(b), 0)
+    } else if let Some((fd, skip)) = fd_prefix(s, ulen) {
+        (Some(file_path(fd_file(task, fd)?)?), skip)
+    } else {
+        (moved_root(task)?, 0)
+    };
+    if let Some((d, m)) = base {
         let base = dentry_path(s, d, m)?;
-        truncated |= base.truncated;
+        cut |= base.truncated || base.untrusted;
+        foreign |= base.foreign;
         len = opaque(base.len as usize) & 255;
         if len > 1 {
             *buf.add(len) = b'/';
             len += 1;
         }
     }
-    if len + ulen > PATH_LEN - 1 {
-        truncated = true;
+    let skip = opaque(skip) & 31;
+    let rest = ulen.saturating_sub(skip) & 255;
+    if len + rest > PATH_LEN - 1 {
+        cut = true;
     }
     let at = opaque(len) & 255;
-    raw_read_kernel(buf.add(at) as *mut c_void, ulen as u32, tmp.as_ptr() as *const c_void);
-    len = at + ulen;
+    raw_read_kernel(buf.add(at) as *mut c_void, rest as u32, tmp.as_ptr().add(skip) as *const c_void);
+    len = at + rest;
     if len > PATH_LEN - 1 {
         len = PATH_LEN - 1;
     }
     *buf.add(opaque(len) & 511) = 0;
     let len = normalize(s, len as u32);
-    Ok(Built { len, truncated })
+    Ok(Built { len, truncated: cut, untrusted: cut || foreign, foreign })
+}
+
+/// Does the user string at `upath` (a relative symlink target) climb out of the directory it
+/// is resolved in, through a `..` component? A string too long to read whole is taken to.
+#[inline(always)]
+pub unsafe fn climbs(s: *mut Scratch, upath: *const u8) -> Result<bool, i64> {
+    use core::ptr::{read_volatile as rv, write_volatile as wv};
+    let tmp = &mut (*s).tmp;
+    let ret = raw_read_user_str(tmp.as_mut_ptr() as *mut c_void, PATH_LEN as u32, upath as *const c_void);
+    if ret <= 0 {
+        return Err(ret);
+    }
+    let n = (ret - 1) as u32;
+    if n as usize >= PATH_LEN - 1 {
+        return Ok(true);
+    }
+    wv(&mut (*s).nlen, n);
+    wv(&mut (*s).skip, 0);
+    bpf_loop(n.min(PATH_LEN as u32 - 1), climb_step as *mut c_void, core::ptr::null_mut(), 0);
+    Ok(rv(&(*s).skip) != 0)
+}
+
+/// One byte of [`climbs`]: is there a `..` component starting at byte `i`?
+extern "C" fn climb_step(i: u64, _ctx: *mut c_void) -> i64 {
+    let Some(s) = crate::maps::SCRATCH.get_ptr_mut(0) else {
+        return 1;
+    };
+    let i = i as usize & 255;
+    unsafe {
+        let t = (*s).tmp.as_ptr();
+        let starts = i == 0 || *t.add(opaque(i.wrapping_sub(1)) & 511) == b'/';
+        let next = *t.add(i + 2);
+        if starts && *t.add(i) == b'.' && *t.add(i + 1) == b'.' && (next == b'/' || next == 0) {
+            core::ptr::write_volatile(&mut (*s).skip, 1);
+            return 1;
+        }
+    }
+    0
 }
 
 /// Fold `//`, `/./` and `/../` in `s.buf[0..len]` in place; returns the new length.

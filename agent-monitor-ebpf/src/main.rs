@@ -12,6 +12,7 @@
 #![no_main]
 
 mod agent;
+mod http;
 mod kernel;
 mod maps;
 mod probes;

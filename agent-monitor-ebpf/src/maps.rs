@@ -2,18 +2,26 @@
 //! `agent_monitor_common::maps::names` lists them all for userspace (a daemon unit test reads
 //! the built object and holds the two lists equal).
 use agent_monitor_common::{
-    daemon_slot, AgentCfg, Event, ExeKey, FileGrantKey, GrantKey, NetData, PathData, ProcState, SniKey, SockInfo,
-    UnixKey, COMM_LEN, MAX_PATH_DEPTH, PATH_LEN, SCRATCH_LEN,
+    daemon_slot, AgentCfg, DestRule, Event, ExeKey, FileGrantKey, GrantKey, HttpParse, NetData, PathAllowData,
+    PathData, ProcState, SniKey, SockInfo, UnixKey, COMM_LEN, MAX_PATH_DEPTH, PATH_LEN, SCRATCH_LEN,
 };
 use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 
+/// `BPF_F_NO_PREALLOC`: elements are allocated as they are inserted (6.1+ lets tracing programs
+/// use such maps). The tables that hold security state are sized so that they cannot fill in
+/// practice (the daemon raises `PROCS` to `pid_max` at load), cost memory only for what they
+/// hold, and never evict: a failed insert is refused or killed and counted (`stat::TABLE_FULL`,
+/// `stat::PROCS_FULL`), never let through.
+pub const NO_PREALLOC: u32 = 1;
+
 /// Agent processes, keyed by tgid. Written by the fork/exec hooks and by the daemon when it
-/// adopts processes that were running before it started.
+/// adopts processes that were running before it started. An entry lives until the last thread
+/// of the process exits (not its leader: see `sched_process_exit`).
 #[map]
-pub static PROCS: HashMap<u32, ProcState> = HashMap::with_max_entries(32768, 0);
+pub static PROCS: HashMap<u32, ProcState> = HashMap::with_max_entries(32768, NO_PREALLOC);
 
 /// Per-agent configuration, indexed by `agent_slot(id, generation)` (id 0 unused).
 #[map]
@@ -39,13 +47,30 @@ pub static SEL_CGROUP: HashMap<u64, u32> = HashMap::with_max_entries(1024, 0);
 pub static WRITABLE: LpmTrie<PathData, u32> = LpmTrie::with_max_entries(8192, 0);
 
 /// Agent instances (run ids) that have been killed: any of their processes that shows up again
-/// is killed on sight, until userspace has swept the whole tree.
+/// is killed on sight. The daemon removes an entry once the instance has no process left.
 #[map]
-pub static KILLED: LruHashMap<u64, u32> = LruHashMap::with_max_entries(4096, 0);
+pub static KILLED: HashMap<u64, u32> = HashMap::with_max_entries(65536, NO_PREALLOC);
 
-/// Write-intent opens between sys_enter and sys_exit, keyed by pid_tgid (value: open flags).
+/// Opens of agent threads between sys_enter and sys_exit, keyed by pid_tgid (value: open flags
+/// with `PENDING_LIVE`, or `PENDING_UNREAD` and the `open_how` pointer). Removed when the thread
+/// exits.
 #[map]
-pub static PENDING: LruHashMap<u64, u64> = LruHashMap::with_max_entries(8192, 0);
+pub static PENDING: HashMap<u64, PendingOpen> = HashMap::with_max_entries(1 << 20, NO_PREALLOC);
+
+/// An open between sys_enter and sys_exit.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct PendingOpen {
+    /// Open flags, with `PENDING_LIVE` while the open is in flight.
+    pub flags: u64,
+    /// `openat2`'s `open_how` pointer when it could not be read at sys_enter (read again at
+    /// sys_exit), else 0.
+    pub how: u64,
+    /// The path argument and its directory fd: read again at sys_exit only when the open of a
+    /// Landlocked process was refused, for the record.
+    pub dfd: i64,
+    pub path: u64,
+}
 
 /// A path operation decided at sys_enter (while its paths still name what they name), acted on
 /// at sys_exit only if the syscall succeeded: a failed `mkdir -p` probe or an `unlink` of a
@@ -62,14 +87,18 @@ pub struct PendingOp {
     pub aux: u64,
     pub p1: [u8; PATH_LEN + 4],
     pub p2: [u8; PATH_LEN + 4],
+    /// A path that could not be read at sys_enter: its (dirfd, user pointer), read again at
+    /// sys_exit (the kernel has faulted the page in by then); 0 when read.
+    pub unread1: [u64; 2],
+    pub unread2: [u64; 2],
 }
 
 #[map]
-pub static PENDING_OPS: LruHashMap<u64, PendingOp> = LruHashMap::with_max_entries(4096, 0);
+pub static PENDING_OPS: HashMap<u64, PendingOp> = HashMap::with_max_entries(1 << 20, NO_PREALLOC);
 
 /// Allowed destinations per agent (see `agent_monitor_common::NetData`).
 #[map]
-pub static NET_ALLOW: LpmTrie<NetData, u32> = LpmTrie::with_max_entries(16384, 0);
+pub static NET_ALLOW: LpmTrie<NetData, DestRule> = LpmTrie::with_max_entries(16384, 0);
 
 /// Allowed Unix socket paths per agent.
 #[map]
@@ -79,18 +108,15 @@ pub static UNIX_ALLOW: HashMap<UnixKey, u32> = HashMap::with_max_entries(4096, 0
 #[map]
 pub static SNI_ALLOW: HashMap<SniKey, u32> = HashMap::with_max_entries(4096, 0);
 
-/// Agent processes seen entering a hooked TLS library (handshake or write): their TLS
-/// plaintext is visible. Keyed by tgid.
-#[map]
-pub static VISIBLE: LruHashMap<u32, u32> = LruHashMap::with_max_entries(32768, 0);
-
 /// Per-CPU scratch for the TLS server name of the packet being inspected.
 #[map]
 pub static SNI_SCRATCH: PerCpuArray<SniKey> = PerCpuArray::with_max_entries(1, 0);
 
 /// Agents' allowed outbound TCP sockets by socket cookie, for the packet-level HTTP check.
+/// Removed when the socket is released (`sock_release`); a connect whose socket cannot be
+/// recorded is refused.
 #[map]
-pub static SOCKS: LruHashMap<u64, SockInfo> = LruHashMap::with_max_entries(16384, 0);
+pub static SOCKS: HashMap<u64, SockInfo> = HashMap::with_max_entries(1 << 20, NO_PREALLOC);
 
 /// Per-CPU scratch of the network programs (separate from `SCRATCH`: a cgroup_skb program
 /// may run in softirq context on top of a tracing program on the same CPU). Bytes 0..16: an
@@ -133,6 +159,87 @@ pub static FILE_GRANTS: HashMap<FileGrantKey, u64> = HashMap::with_max_entries(1
 #[map]
 pub static GRANTS: HashMap<GrantKey, u64> = HashMap::with_max_entries(4096, 0);
 
+/// Mount ids (`struct mount::mnt_id`) of the host's mount namespace, as the daemon read them
+/// from its own mountinfo (at start, and mounts of whole filesystems since). A path that
+/// crosses any other mount (a bind mount an agent made, a private mount namespace) is not
+/// judged by its name: it is outside `writable` (`event_flags::FOREIGN_MOUNT`).
+#[map]
+pub static KNOWN_MOUNTS: HashMap<u32, u32> = HashMap::with_max_entries(65536, NO_PREALLOC);
+
+/// The daemon's thread ids: a signal, ptrace or memory write aimed at any of them is aimed at
+/// the daemon.
+#[map]
+pub static DAEMON_TIDS: HashMap<u32, u32> = HashMap::with_max_entries(4096, NO_PREALLOC);
+
+/// Agent instances with a held TLS write (the writer stopped before `SSL_write` ran): until a
+/// person decides, no packet of the instance's agent sockets leaves, whoever continues the
+/// writer.
+#[map]
+pub static HELD_RUNS: HashMap<u64, u32> = HashMap::with_max_entries(4096, NO_PREALLOC);
+
+/// The HTTP parser's state per TLS connection of an agent, keyed by (tgid, `SSL *`). An LRU:
+/// an evicted connection's next write is judged as the start of a request, which is stricter.
+#[map]
+pub static TLS_CONNS: LruHashMap<TlsConnKey, HttpParse> = LruHashMap::with_max_entries(65536, 0);
+
+#[repr(C)]
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct TlsConnKey {
+    pub tgid: u32,
+    pub _pad: u32,
+    pub ssl: u64,
+}
+
+/// Per-CPU working memory of the HTTP parser (`http.rs`): slot 0 for the packet path, slot 1
+/// for the TLS path.
+#[map]
+pub static HTTP_SCRATCH: PerCpuArray<HttpScratch> = PerCpuArray::with_max_entries(2, 0);
+
+/// Bytes of the stream the HTTP parser reads into its window at a time.
+pub const HTTP_WIN: usize = 2048;
+
+#[repr(C)]
+pub struct HttpScratch {
+    /// The window (with slack past `HTTP_WIN` so that a masked index never leaves it).
+    pub buf: [u8; HTTP_WIN + 64],
+    pub state: HttpParse,
+    /// The stream: where it is (a payload offset, or a user pointer with `user`), its length,
+    /// the window's offset in it.
+    pub base: u64,
+    pub user: u32,
+    pub len: u32,
+    pub p: u32,
+    /// Where the current request's header block started (in the stream).
+    pub header_start: u32,
+    /// Bytes in the window, the position of the next step, whether this is the end of what was
+    /// written.
+    pub n: u32,
+    pub i: u32,
+    pub last: u32,
+    /// What the steps found (`http_verdict`), where, and the method concerned.
+    pub verdict: u32,
+    pub at: u32,
+    pub method: u32,
+    /// What the destination takes (see `http::Takes`).
+    pub takes_methods: u32,
+    pub takes_writes: u32,
+    pub takes_paths: u32,
+    pub rule: u32,
+    pub h2: u32,
+    /// `record_only`, and the first violation recorded.
+    pub record_only: u32,
+    pub first: u32,
+    pub first_at: u32,
+    pub first_method: u32,
+    /// A `PATH_ALLOW` lookup key: prefix length, then the data (adjacent, as the trie reads it).
+    pub path_prefix: u32,
+    pub path: PathAllowData,
+}
+
+/// Allowed request path prefixes per destination rule (`DestRule::rule`).
+#[map]
+pub static PATH_ALLOW: LpmTrie<PathAllowData, u32> = LpmTrie::with_max_entries(4096, 1);
+
 /// The event stream to userspace.
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
@@ -163,6 +270,12 @@ pub struct Scratch {
     /// Dentry walk state (components found, bytes written), kept in memory for the same reason.
     pub n: u32,
     pub off: u32,
+    /// The walk's position: the dentry, its `struct mount`, that mount's root dentry, and what
+    /// the walk found (`kernel::walk`).
+    pub wd: u64,
+    pub wm: u64,
+    pub wr: u64,
+    pub wflags: u32,
     /// Length of the path being normalised.
     pub nlen: u32,
     /// LPM trie lookup key: prefix length then [`PathData`].

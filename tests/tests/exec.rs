@@ -114,6 +114,21 @@ fn writes_outside_writable_are_refused_by_landlock_not_killed() {
     d.wait_event("the exec'd agent's process.exec", |e| f(e, "agent") == "execd" && f(e, "comm") == "am-execd");
     let kills = d.settle_events(|e| f(e, "agent") == "execd" && f(e, "action") == "killed");
     assert!(kills.is_empty(), "the daemon killed the agent: {kills:?}");
+    // Refused by Landlock, not by the daemon, and on the record all the same: the shells'
+    // write opens and a mkdir outside writable.
+    let o = exec(&d.config, &[], &["/bin/sh", "-c", &format!("mkdir {}/made", t.path().display())]);
+    assert!(!o.status.success() && o.status.signal().is_none(), "{}", o.status);
+    assert!(!t.join("made").exists());
+    for (kind, target) in
+        [("file.write", outside.display().to_string()), ("file.mkdir", t.join("made").display().to_string())]
+    {
+        let e = d.wait_event(&format!("the refused {kind} on the record"), |e| {
+            f(e, "agent") == "execd" && f(e, "kind") == kind && f(e, "target") == target
+        });
+        assert_eq!((f(&e, "verdict"), f(&e, "action"), f(&e, "layer")), ("violation", "denied", "landlock"), "{e}");
+        assert_eq!(f(&e, "rule"), "files.writable", "{e}");
+        assert!(f(&e, "detail").contains("Landlock"), "{e}");
+    }
     assert!(is_alive(d.pid()), "the daemon died");
 
     // Each command ran in its own cgroup, removed after it exited.

@@ -12,7 +12,9 @@ use agent_monitor_e2e::*;
 
 fn policy(name: &str, comms: &[&str], action: &str, allow: &[&str], extra: &str) -> String {
     let comms: Vec<String> = comms.iter().map(|c| format!("\"{c}\"")).collect();
-    let allow: Vec<String> = allow.iter().map(|a| format!("\"{a}\"")).collect();
+    // A table entry (`{ to = ..., opaque_tls = true }`) is written as it is.
+    let allow: Vec<String> =
+        allow.iter().map(|a| if a.starts_with('{') { a.to_string() } else { format!("\"{a}\"") }).collect();
     format!(
         "[[agent]]\nname = \"{name}\"\naction = \"{action}\"\n[agent.match]\ncomm = [{}]\n[agent.files]\nwritable = [\"/tmp\"]\n[agent.network]\nallow = [{}]\n{extra}\n",
         comms.join(", "),
@@ -369,9 +371,13 @@ fn tls_server_name_must_be_an_allowed_host() {
     assert_eq!(f(&e, "target"), format!("127.0.0.2:{p}"));
 }
 
+/// TLS the daemon cannot read (a stack it does not hook) is opaque: its writes cannot be told
+/// from its reads, so it is allowed only to destinations marked `opaque_tls = true`, and refused
+/// (as the agent's action says) everywhere else. A client whose TLS the daemon sees is judged by
+/// its methods as usual.
 #[test]
-fn invisible_tls_is_reported_and_fails_closed_when_required() {
-    if !can_run_root_tests("invisible_tls_is_reported_and_fails_closed_when_required") {
+fn opaque_tls_is_refused_except_where_the_destination_accepts_it() {
+    if !can_run_root_tests("opaque_tls_is_refused_except_where_the_destination_accepts_it") {
         return;
     }
     // Node.js as shipped here links OpenSSL statically: the daemon's uprobes cannot see its
@@ -389,11 +395,12 @@ fn invisible_tls_is_reported_and_fails_closed_when_required() {
     let t = TempDir::new("visibility");
     let forum = Forum::start(t.path(), "127.0.0.1", true, None);
     let p = forum.port;
-    let allow = format!("127.0.0.1:{p}");
+    let opaque = format!("{{ to = \"127.0.0.1:{p}\", opaque_tls = true }}");
+    let plain = format!("127.0.0.1:{p}");
     let pol = format!(
         "{}\n{}",
-        policy("blind", &["am-blind"], "kill", &[&allow], ""),
-        policy("strict", &["am-strict", "am-strict-curl"], "kill", &[&allow], "require_http_visibility = true")
+        policy("blind", &["am-blind"], "kill", &[&opaque], ""),
+        policy("strict", &["am-strict", "am-strict-curl"], "kill", &[&plain], "")
     );
     let d = Daemon::start(&pol);
     let get = format!(
@@ -401,18 +408,17 @@ fn invisible_tls_is_reported_and_fails_closed_when_required() {
     );
     let blind = copy_binary(t.path(), node, "am-blind");
     let st = run(Command::new(&blind).args(["-e", &get]));
-    assert!(st.success(), "without require_http_visibility an invisible client may connect: {st}");
-    let e =
-        d.wait_event("invisible TLS report", |e| f(e, "agent") == "blind" && f(e, "detail").contains("not visible"));
+    assert!(st.success(), "opaque TLS to a destination with opaque_tls = true was refused: {st}");
+    let e = d.wait_event("opaque TLS report", |e| f(e, "agent") == "blind" && f(e, "detail").contains("not visible"));
     assert_eq!((f(&e, "verdict"), f(&e, "action")), ("allowed", "none"));
 
     let strict = copy_binary(t.path(), node, "am-strict");
     let before = forum.count("GET");
     let st = run(Command::new(&strict).args(["-e", &get]));
-    assert!(!st.success(), "an invisible TLS client got through require_http_visibility");
-    assert_eq!(forum.count("GET"), before, "the invisible request reached the server");
-    let e = d.wait_event("invisible TLS refused", |e| f(e, "agent") == "strict" && f(e, "verdict") == "violation");
-    assert!(f(&e, "detail").contains("not visible"), "{e}");
+    assert!(!st.success(), "opaque TLS got through to a destination without opaque_tls");
+    assert_eq!(forum.count("GET"), before, "the opaque request reached the server");
+    let e = d.wait_event("opaque TLS refused", |e| f(e, "agent") == "strict" && f(e, "verdict") == "violation");
+    assert_eq!((f(&e, "kind"), f(&e, "rule")), ("net.connect", "network.opaque_tls"), "{e}");
     // A client whose TLS goes through the system's (hooked) libssl is visible and allowed.
     let curl = copy_binary(t.path(), "/usr/bin/curl", "am-strict-curl");
     let st = run(Command::new(&curl).args([
@@ -430,21 +436,22 @@ fn invisible_tls_is_reported_and_fails_closed_when_required() {
 }
 
 /// `[daemon] tls_uprobes = false` (for hosts that want no uprobe at all): nothing is hooked,
-/// the layer says so, methods inside TLS go unseen (a POST gets through an agent that only
-/// allows GET) and an agent that requires visibility cannot use TLS at all.
+/// the layer says so, every TLS connection is opaque: a POST gets through to a destination that
+/// accepts opaque TLS (unseen), and a destination that does not is refused.
 #[test]
-fn with_tls_uprobes_off_tls_is_invisible_and_required_visibility_fails_closed() {
-    if !can_run_root_tests("with_tls_uprobes_off_tls_is_invisible_and_required_visibility_fails_closed") {
+fn with_tls_uprobes_off_all_tls_is_opaque() {
+    if !can_run_root_tests("with_tls_uprobes_off_all_tls_is_opaque") {
         return;
     }
     let t = TempDir::new("tls-off");
     let forum = Forum::start(t.path(), "127.0.0.1", true, None);
     let p = forum.port;
-    let allow = format!("127.0.0.1:{p}");
+    let opaque = format!("{{ to = \"127.0.0.1:{p}\", opaque_tls = true }}");
+    let plain = format!("127.0.0.1:{p}");
     let pol = format!(
         "[daemon]\ntls_uprobes = false\n{}\n{}",
-        policy("blind", &["am-blind-curl"], "kill", &[&allow], ""),
-        policy("strict", &["am-strict-curl"], "kill", &[&allow], "require_http_visibility = true")
+        policy("blind", &["am-blind-curl"], "kill", &[&opaque], ""),
+        policy("strict", &["am-strict-curl"], "kill", &[&plain], "")
     );
     let d = Daemon::start(&pol);
     assert_eq!(d.metric("agent_monitor_layer_up", &[("layer", "uprobe")]), Some(0.0));
@@ -458,10 +465,10 @@ fn with_tls_uprobes_off_tls_is_invisible_and_required_visibility_fails_closed() 
     let strict = copy_binary(t.path(), "/usr/bin/curl", "am-strict-curl");
     let gets = forum.count("GET");
     let st = run(Command::new(&strict).args(["-sk", "--max-time", "5", "-o", "/dev/null", &url]));
-    assert!(!st.success(), "an unseen TLS client got through require_http_visibility");
-    assert_eq!(forum.count("GET"), gets, "the unseen request reached the server");
-    let e = d.wait_event("invisible TLS refused", |e| f(e, "agent") == "strict" && f(e, "verdict") == "violation");
-    assert!(f(&e, "detail").contains("not visible"), "{e}");
+    assert!(!st.success(), "opaque TLS got through to a destination without opaque_tls");
+    assert_eq!(forum.count("GET"), gets, "the opaque request reached the server");
+    let e = d.wait_event("opaque TLS refused", |e| f(e, "agent") == "strict" && f(e, "verdict") == "violation");
+    assert_eq!(f(&e, "rule"), "network.opaque_tls", "{e}");
 }
 
 /// Maps libssl, prints the pid of the process that then waits (this one, or with `fork` a

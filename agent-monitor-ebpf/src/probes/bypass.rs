@@ -1,14 +1,17 @@
 //! The known ways around syscall tracing, each a violation unless the policy allows it:
 //! io_uring (its operations never pass the syscall tracepoints), raw and packet sockets (they
-//! bypass connect/sendmsg hooks), and `bpf()` (an agent must not load programs or touch maps).
+//! bypass connect/sendmsg hooks), `bpf()` (an agent must not load programs or touch maps),
+//! mounts (a mount names a file by what it is not) and namespaces; and acting through another
+//! process: ptrace, `process_vm_writev`, `pidfd_getfd` and terminal injection aimed at a process
+//! outside the agent's instance, or at the daemon.
 use agent_monitor_common::{
     action, agent_flags, daemon_slot, kind, layer, policy_action, syscalls::tamper_call, verdict, AgentCfg,
 };
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 
 use crate::{
-    agent::{current_agent, decide, reap_if_killed, PathRef, Rec},
-    maps::{lsm_active, DAEMON},
+    agent::{current_agent, decide, emit, enforce_after, reap_if_killed, PathRef, Rec},
+    maps::{lsm_active, DAEMON, DAEMON_TIDS, PROCS},
 };
 
 use crate::kernel::tp_arg as arg;
@@ -76,8 +79,7 @@ fn tamper(target: u64, what: u64, detail: u64) {
     if lsm_active() {
         return;
     }
-    let daemon = DAEMON.get(daemon_slot::PID).copied().unwrap_or(0);
-    if daemon == 0 || target as u32 != daemon || target >> 32 != 0 {
+    if !aimed_at_daemon(target) {
         return;
     }
     let Some((st, cfg)) = current_agent() else {
@@ -99,16 +101,65 @@ fn tamper(target: u64, what: u64, detail: u64) {
     decide(&st, &AgentCfg { action: policy_action::KILL, ..cfg }, false, r, PathRef::NONE, PathRef::NONE);
 }
 
+/// Is the pid (a process or a thread id, as a syscall takes it) the daemon, one of its threads,
+/// or a group of processes the daemon is in (`kill(-1)`, `kill(-pgid)`: the daemon leads its
+/// own process group)?
+#[inline(always)]
+fn aimed_at_daemon(target: u64) -> bool {
+    let daemon = DAEMON.get(daemon_slot::PID).copied().unwrap_or(0);
+    if daemon == 0 {
+        return false;
+    }
+    let pid = target as i32;
+    if pid == -1 || (pid < -1 && pid.wrapping_neg() as u32 == daemon) {
+        return true;
+    }
+    pid > 0 && (pid as u32 == daemon || unsafe { DAEMON_TIDS.get(&(pid as u32)) }.is_some())
+}
+
 #[inline(always)]
 fn pidfd_tamper(pidfd: u64, what: u64, detail: u64) {
     let daemon = DAEMON.get(daemon_slot::PID).copied().unwrap_or(0);
     // Only agents pay for the descriptor walk.
-    if daemon == 0 || current_agent().is_none() {
+    let Some((st, _)) = current_agent() else {
+        return;
+    };
+    let nr = unsafe { crate::kernel::pidfd_pid(pidfd as i64) };
+    if daemon != 0 && nr == daemon {
+        tamper(daemon as u64, what, detail);
+    } else if what == tamper_call::PIDFD_GETFD && !lsm_active() {
+        inject(&st, nr as u64, what, detail);
+    }
+}
+
+/// An agent acting on process `target` (a pid or tid) through `what`: a violation
+/// (`process.inject`) unless the target belongs to the same agent instance. A thread id of an
+/// instance member other than its leader is not in the table: judged outside (fail closed).
+#[inline(always)]
+fn inject(st: &agent_monitor_common::ProcState, target: u64, what: u64, detail: u64) {
+    let Some((st2, cfg)) = current_agent() else {
+        return;
+    };
+    let _ = st;
+    if reap_if_killed(&st2) {
         return;
     }
-    if unsafe { crate::kernel::pidfd_names(pidfd as i64, daemon) } {
-        tamper(daemon as u64, what, detail);
+    let tgid = target as u32;
+    let same = tgid != 0 && unsafe { PROCS.get(&tgid) }.is_some_and(|p| p.run_id == st2.run_id);
+    if same {
+        return;
     }
+    let (a, f) = enforce_after(&st2, &cfg);
+    let r = Rec {
+        kind: kind::PROCESS_INJECT,
+        verdict: verdict::VIOLATION,
+        action: a,
+        layer: layer::TRACEPOINT,
+        flags: f,
+        aux: what,
+        aux2: (detail << 32) | (target & 0xffff_ffff),
+    };
+    emit(&st2, &r, PathRef::NONE, PathRef::NONE);
 }
 
 /// `pidfd_send_signal(pidfd, sig, info, flags)`: the target is the process the pidfd names.
@@ -166,13 +217,149 @@ pub fn sys_enter_rt_tgsigqueueinfo(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 #[inline(always)]
 pub fn sys_enter_ptrace(ctx: TracePointContext) -> u32 {
-    tamper(arg(&ctx, 1), tamper_call::PTRACE, arg(&ctx, 0));
+    const PTRACE_TRACEME: u64 = 0;
+    let (req, pid) = (arg(&ctx, 0), arg(&ctx, 1));
+    tamper(pid, tamper_call::PTRACE, req);
+    if req != PTRACE_TRACEME && !lsm_active() && !aimed_at_daemon(pid) {
+        if let Some((st, _)) = current_agent() {
+            inject(&st, pid, tamper_call::PTRACE, req);
+        }
+    }
     0
 }
 
 #[tracepoint]
 #[inline(always)]
 pub fn sys_enter_process_vm_writev(ctx: TracePointContext) -> u32 {
-    tamper(arg(&ctx, 0), tamper_call::PROCESS_VM_WRITEV, 0);
+    let pid = arg(&ctx, 0);
+    tamper(pid, tamper_call::PROCESS_VM_WRITEV, 0);
+    if !aimed_at_daemon(pid) {
+        if let Some((st, _)) = current_agent() {
+            inject(&st, pid, tamper_call::PROCESS_VM_WRITEV, 0);
+        }
+    }
+    0
+}
+
+/// `ioctl(fd, cmd, arg)`, for the few commands that write: `TIOCSTI`/`TIOCLINUX` (typing into a
+/// terminal: another process reads it as its own input) and `FS_IOC_SETFLAGS`/
+/// `FS_IOC_FSSETXATTR` (`chattr`, allowed on a file opened read-only). The command is compared
+/// before anything else: every ioctl of every process passes here.
+#[tracepoint]
+#[inline(always)]
+pub fn sys_enter_ioctl(ctx: TracePointContext) -> u32 {
+    const TIOCSTI: u64 = 0x5412;
+    const TIOCLINUX: u64 = 0x541c;
+    const FS_IOC_SETFLAGS: u64 = 0x4008_6602;
+    const FS_IOC32_SETFLAGS: u64 = 0x4004_6602;
+    const FS_IOC_FSSETXATTR: u64 = 0x401c_5820;
+    let cmd = arg(&ctx, 1) & 0xffff_ffff;
+    match cmd {
+        TIOCSTI | TIOCLINUX => {
+            if let Some((st, _)) = current_agent() {
+                // A terminal is shared with whoever reads it: never the agent's own instance.
+                inject(&st, 0, tamper_call::TIOCSTI, cmd);
+            }
+        }
+        FS_IOC_SETFLAGS | FS_IOC32_SETFLAGS | FS_IOC_FSSETXATTR => super::file::file_flags_ioctl(&ctx),
+        _ => {}
+    }
+    0
+}
+
+/// The mount topology: a mount makes a file appear under another name (a bind of an outside
+/// directory into `writable`), so an agent may not change it unless the policy allows
+/// `mount`. The LSM layer refuses these before they run; here the kill lands after.
+#[inline(always)]
+fn mount_op(call: u64) {
+    if lsm_active() {
+        return;
+    }
+    bypass(kind::SYS_MOUNT, agent_flags::ALLOW_MOUNT, call, 0);
+}
+
+macro_rules! mount_probe {
+    ($name:ident, $nr:expr) => {
+        #[tracepoint]
+        #[inline(always)]
+        pub fn $name(_ctx: TracePointContext) -> u32 {
+            mount_op($nr);
+            0
+        }
+    };
+}
+
+// (x86_64 syscall numbers, recorded as the call's tag)
+mount_probe!(sys_enter_mount, 165);
+mount_probe!(sys_enter_umount, 166);
+mount_probe!(sys_enter_pivot_root, 155);
+// chroot: an absolute path then names a file under the new root (paths are resolved against
+// it, but a sibling thread sharing the fs struct races the kill).
+mount_probe!(sys_enter_chroot, 161);
+mount_probe!(sys_enter_open_tree, 428);
+mount_probe!(sys_enter_move_mount, 429);
+mount_probe!(sys_enter_fsopen, 430);
+mount_probe!(sys_enter_fsmount, 432);
+mount_probe!(sys_enter_mount_setattr, 442);
+
+/// Namespace flags of `clone`, `clone3` and `unshare`.
+const CLONE_NEW_ANY: u64 = 0x0002_0000 /* NEWNS */
+    | 0x0200_0000 /* NEWCGROUP */
+    | 0x0400_0000 /* NEWUTS */
+    | 0x0800_0000 /* NEWIPC */
+    | 0x1000_0000 /* NEWUSER */
+    | 0x2000_0000 /* NEWPID */
+    | 0x4000_0000 /* NEWNET */
+    | 0x80 /* NEWTIME */;
+
+/// A new namespace: in one of its own, a process can mount over anything (a user namespace
+/// makes any uid root there), so namespaces go with mounts.
+#[inline(always)]
+fn namespace_op(call: u64, flags: u64) {
+    bypass(kind::SYS_NAMESPACE, agent_flags::ALLOW_NAMESPACES, call, flags);
+}
+
+#[tracepoint]
+#[inline(always)]
+pub fn sys_enter_unshare(ctx: TracePointContext) -> u32 {
+    let flags = arg(&ctx, 0);
+    if flags & CLONE_NEW_ANY != 0 {
+        namespace_op(272, flags);
+    }
+    0
+}
+
+#[tracepoint]
+#[inline(always)]
+pub fn sys_enter_setns(ctx: TracePointContext) -> u32 {
+    namespace_op(308, arg(&ctx, 1));
+    0
+}
+
+#[tracepoint]
+#[inline(always)]
+pub fn sys_enter_clone(ctx: TracePointContext) -> u32 {
+    let flags = arg(&ctx, 0);
+    if flags & CLONE_NEW_ANY != 0 {
+        namespace_op(56, flags);
+    }
+    0
+}
+
+/// `clone3(struct clone_args *args, size_t size)`: the flags are the first field, in the
+/// process's memory; unreadable is a violation (fail closed) for agents.
+#[tracepoint]
+#[inline(always)]
+pub fn sys_enter_clone3(ctx: TracePointContext) -> u32 {
+    let args = arg(&ctx, 0);
+    match unsafe { aya_ebpf::helpers::bpf_probe_read_user(args as *const u64) } {
+        Ok(flags) if flags & CLONE_NEW_ANY == 0 => {}
+        Ok(flags) => namespace_op(435, flags),
+        Err(_) => {
+            if current_agent().is_some() {
+                namespace_op(435, u64::MAX);
+            }
+        }
+    }
     0
 }

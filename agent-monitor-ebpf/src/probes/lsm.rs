@@ -21,7 +21,7 @@ use core::ffi::c_void;
 use crate::{
     agent::{self, current_agent, emit, kill_instance, PathRef, Rec},
     kernel::{self, dentry_path, S_IFCHR, S_IFIFO, S_IFSOCK},
-    maps::{Scratch, DAEMON, FILE_GRANTS, KILLED},
+    maps::{Scratch, DAEMON, DAEMON_TIDS, FILE_GRANTS, KILLED, PROCS, UNIX_ALLOW},
     probes::net,
 };
 
@@ -35,6 +35,13 @@ const FMODE_BACKING: u32 = 1 << 25;
 /// Decide an operation on `(dentry, vfsmount)`; returns the LSM verdict.
 #[inline(always)]
 fn decide_path(kind: u32, dentry: *const u8, mnt: *const u8, aux: u64) -> i32 {
+    decide_path_as(kind, dentry, mnt, aux, 0)
+}
+
+/// [`decide_path`], for an object that is never writable whatever its path (`force` carries
+/// the event flag that says why: a block device).
+#[inline(always)]
+fn decide_path_as(kind: u32, dentry: *const u8, mnt: *const u8, aux: u64, force: u32) -> i32 {
     let Some((st, cfg)) = current_agent() else {
         return 0;
     };
@@ -44,11 +51,13 @@ fn decide_path(kind: u32, dentry: *const u8, mnt: *const u8, aux: u64) -> i32 {
     let Some(s) = agent::scratch() else {
         return 0;
     };
-    let Ok(b) = (unsafe { dentry_path(s, dentry, mnt) }) else {
-        return 0;
+    let b = match unsafe { dentry_path(s, dentry, mnt) } {
+        Ok(b) => b,
+        // A path that cannot be built is not inside `writable`.
+        Err(_) => kernel::Built { len: 0, truncated: false, untrusted: true, foreign: false },
     };
     let class = unsafe { agent::path_class(s, cfg.slot, b) };
-    if class == path_class::WRITABLE {
+    if class == path_class::WRITABLE && force == 0 {
         return 0;
     }
     let protected = class == path_class::PROTECTED;
@@ -68,7 +77,7 @@ fn decide_path(kind: u32, dentry: *const u8, mnt: *const u8, aux: u64) -> i32 {
         // (`hold`: refused now, held as a request; approval grants exactly this.)
         lsm_action(&st, &cfg)
     };
-    let mut flags = if b.truncated { event_flags::PATH_TRUNCATED } else { 0 };
+    let mut flags = b.flags() | force;
     let (kind, aux2) = if protected {
         flags |= event_flags::PROTECTED_PATH;
         (kind::SELF_TAMPER, kind as u64)
@@ -116,20 +125,87 @@ fn path_arg(p: *const u8) -> Option<(*const u8, *const u8)> {
 #[lsm(hook = "file_open")]
 #[inline(always)]
 pub fn lsm_file_open(ctx: LsmContext) -> i32 {
+    const S_IFBLK: u16 = 0o060000;
     let file: *const u8 = ctx.arg(0);
     let Ok(mode) = (unsafe { kernel::file_f_mode(file) }) else { return 0 };
     if mode & FMODE_WRITE == 0 || mode & FMODE_BACKING != 0 || unsafe { kernel::file_on_kernel_mount(file) } {
         return 0;
     }
-    if let Ok(t) = unsafe { kernel::file_mode_type(file) } {
-        if t == S_IFIFO || t == S_IFSOCK {
-            return 0;
-        }
-        let _ = S_IFCHR;
+    let t = unsafe { kernel::file_mode_type(file) }.unwrap_or(0);
+    if t == S_IFSOCK {
+        return 0;
     }
+    let _ = S_IFCHR;
     let Ok((d, m)) = (unsafe { kernel::file_path(file) }) else { return 0 };
+    if t == S_IFIFO {
+        return fifo_open(d, m);
+    }
+    // A block device is every file of a filesystem at once: never writable.
+    let force = if t == S_IFBLK { event_flags::DEVICE } else { 0 };
     // aux stays 0: events decode `aux` of file.write as open(2) flags, and this is an f_mode.
-    decide_path(kind::FILE_WRITE, d, m, 0)
+    decide_path_as(kind::FILE_WRITE, d, m, 0, force)
+}
+
+/// A FIFO opened for writing: a message to whoever reads it. Inside `writable`, or listed as
+/// `unix:PATH`, it is allowed; elsewhere it is `ipc.connect`, refused before it opens.
+#[inline(always)]
+fn fifo_open(dentry: *const u8, mnt: *const u8) -> i32 {
+    let Some((st, cfg)) = current_agent() else {
+        return 0;
+    };
+    let Some(s) = agent::scratch() else { return 0 };
+    let Ok(b) = (unsafe { dentry_path(s, dentry, mnt) }) else { return refuse_ipc(&st, &cfg, s, 0) };
+    if unsafe { agent::path_class(s, cfg.slot, b) } == path_class::WRITABLE {
+        return 0;
+    }
+    if !b.untrusted && unsafe { unix_allowed(s, cfg.slot, b.len) } {
+        return 0;
+    }
+    refuse_ipc(&st, &cfg, s, b.len)
+}
+
+/// Is `s.buf[..len]` a Unix path the agent may reach (`UNIX_ALLOW`)?
+#[inline(always)]
+unsafe fn unix_allowed(s: *mut Scratch, slot: u32, len: u32) -> bool {
+    use agent_monitor_common::{UnixKey, UNIX_PATH_LEN};
+    let key = (*s).fgrant.path.as_mut_ptr() as *mut UnixKey;
+    let words = key as *mut u64;
+    for i in 0..((4 + UNIX_PATH_LEN) / 8 + 1) {
+        *words.add(i) = 0;
+    }
+    (*key).agent = slot;
+    let n = kernel::opaque(len as usize) & 127;
+    if n == 0 || n >= UNIX_PATH_LEN {
+        return false;
+    }
+    raw_read_kernel((*key).path.as_mut_ptr() as *mut c_void, n as u32, (*s).buf.as_ptr() as *const c_void);
+    UNIX_ALLOW.get(&*key).is_some()
+}
+
+/// Refuse an `ipc.connect` (its path in `s.buf[..len]`) as the agent's action says.
+#[inline(always)]
+fn refuse_ipc(
+    st: &agent_monitor_common::ProcState,
+    cfg: &agent_monitor_common::AgentCfg,
+    s: *mut Scratch,
+    len: u32,
+) -> i32 {
+    let act = lsm_action(st, cfg);
+    let r = Rec {
+        kind: kind::IPC_CONNECT,
+        verdict: verdict::VIOLATION,
+        action: act,
+        layer: layer::BPF_LSM,
+        flags: 0,
+        aux: 0,
+        aux2: 0,
+    };
+    emit(st, &r, PathRef(unsafe { (*s).buf.as_ptr() }, len.min(PATH_LEN as u32)), PathRef::NONE);
+    if act == action::ALERTED {
+        0
+    } else {
+        EPERM
+    }
 }
 
 /// Hooks of the form `(const struct path *dir, struct dentry *dentry, ...)`.
@@ -229,6 +305,7 @@ fn tamper(target: *const u8, what: u64, detail: u64) -> i32 {
     let Some((st, _)) = current_agent() else {
         return 0;
     };
+    let _ = DAEMON_TIDS;
     refuse_tamper(&st, what, (detail << 32) | daemon as u64)
 }
 
@@ -275,7 +352,92 @@ pub fn lsm_ptrace_access_check(ctx: LsmContext) -> i32 {
     if mode & PTRACE_MODE_ATTACH == 0 {
         return 0;
     }
-    tamper(child, tamper_call::LSM_PTRACE_ATTACH, mode as u64)
+    let r = tamper(child, tamper_call::LSM_PTRACE_ATTACH, mode as u64);
+    if r != 0 {
+        return r;
+    }
+    // Any other process outside the agent's instance: acting through it is `process.inject`.
+    let Some((st, cfg)) = current_agent() else {
+        return 0;
+    };
+    let tgid = unsafe { kernel::task_tgid(child) }.unwrap_or(0);
+    if tgid != 0 && unsafe { PROCS.get(&tgid) }.is_some_and(|p| p.run_id == st.run_id) {
+        return 0;
+    }
+    let act = lsm_action(&st, &cfg);
+    let r = Rec {
+        kind: kind::PROCESS_INJECT,
+        verdict: verdict::VIOLATION,
+        action: act,
+        layer: layer::BPF_LSM,
+        flags: 0,
+        aux: tamper_call::LSM_PTRACE_ATTACH,
+        aux2: ((mode as u64) << 32) | tgid as u64,
+    };
+    emit(&st, &r, PathRef::NONE, PathRef::NONE);
+    if act == action::ALERTED {
+        0
+    } else {
+        EPERM
+    }
+}
+
+/// Mounts (`sb_mount`, `move_mount`, `sb_umount`, `sb_pivotroot`, `path_chroot`): a mount names a
+/// file by what it is not. Refused to agents unless the policy allows `mount`.
+#[inline(always)]
+fn mount_hook(call: u64) -> i32 {
+    let Some((st, cfg)) = current_agent() else {
+        return 0;
+    };
+    if cfg.flags & agent_flags::ALLOW_MOUNT != 0 {
+        return 0;
+    }
+    let act = lsm_action(&st, &cfg);
+    let r = Rec {
+        kind: kind::SYS_MOUNT,
+        verdict: verdict::VIOLATION,
+        action: act,
+        layer: layer::BPF_LSM,
+        flags: 0,
+        aux: call,
+        aux2: 0,
+    };
+    emit(&st, &r, PathRef::NONE, PathRef::NONE);
+    if act == action::ALERTED {
+        0
+    } else {
+        EPERM
+    }
+}
+
+#[lsm(hook = "sb_mount")]
+#[inline(always)]
+pub fn lsm_sb_mount(_ctx: LsmContext) -> i32 {
+    mount_hook(165)
+}
+
+#[lsm(hook = "sb_umount")]
+#[inline(always)]
+pub fn lsm_sb_umount(_ctx: LsmContext) -> i32 {
+    mount_hook(166)
+}
+
+#[lsm(hook = "move_mount")]
+#[inline(always)]
+pub fn lsm_move_mount(_ctx: LsmContext) -> i32 {
+    mount_hook(429)
+}
+
+#[lsm(hook = "path_chroot")]
+#[inline(always)]
+pub fn lsm_path_chroot(_ctx: LsmContext) -> i32 {
+    mount_hook(161)
+}
+
+#[lsm(hook = "sb_pivotroot")]
+#[inline(always)]
+pub fn lsm_sb_pivotroot(_ctx: LsmContext) -> i32 {
+    mount_hook(155)
 }
 
 /// `bpf(int cmd, union bpf_attr *attr, unsigned int size, ...)`: an agent may not load
@@ -301,19 +463,27 @@ pub fn lsm_bpf(ctx: LsmContext) -> i32 {
 fn net_decide(sock: *const u8, sa: *const u8, sendmsg: bool) -> i32 {
     const AF_INET: u16 = 2;
     const AF_INET6: u16 = 10;
+    const AF_UNIX: u16 = 1;
     const SOCK_STREAM: u16 = 1;
     let Some((st, cfg)) = current_agent() else {
         return 0;
     };
-    if cfg.action == policy_action::ALERT || sa.is_null() {
+    if sa.is_null() {
         return 0;
     }
     let ty = unsafe { kernel::socket_type(sock) }.unwrap_or(0);
+    let Ok(family) = (unsafe { kernel::rd::<u16>(sa, 0) }) else { return 0 };
+    if family == AF_UNIX {
+        return unix_decide(&st, &cfg, sa);
+    }
+    // `alert` for inet destinations is the cgroup hook's to report (one event).
+    if cfg.action == policy_action::ALERT {
+        return 0;
+    }
     // A stream socket's destination was decided at connect (TCP ignores msg_name).
     if sendmsg && ty == SOCK_STREAM {
         return 0;
     }
-    let Ok(family) = (unsafe { kernel::rd::<u16>(sa, 0) }) else { return 0 };
     let Ok(port) = (unsafe { kernel::rd::<[u8; 2]>(sa, 2) }) else { return 0 };
     let mut addr = [0u8; 16];
     match family {
@@ -332,7 +502,7 @@ fn net_decide(sock: *const u8, sa: *const u8, sendmsg: bool) -> i32 {
     if unsafe { KILLED.get(&st.run_id) }.is_some() {
         return EPERM;
     }
-    if net::allowed_or_granted(&st, cfg.slot, port, addr, false) != 0 {
+    if net::allowed_or_granted(&st, cfg.slot, net::proto_of(ty as u32), port, addr, false).is_some() {
         return 0;
     }
     let act = lsm_action(&st, &cfg);
@@ -340,6 +510,44 @@ fn net_decide(sock: *const u8, sa: *const u8, sendmsg: bool) -> i32 {
     let r = Rec { kind, verdict: verdict::VIOLATION, action: act, layer: layer::BPF_LSM, flags: 0, aux: 0, aux2: 0 };
     net::emit_net(&st, &net::who_current(), r, &addr, port, ty as u32, PathRef::NONE);
     EPERM
+}
+
+/// A Unix socket address (kernel memory: the copy the call made): allowed if listed
+/// (`unix:PATH`, `@name` for an abstract socket), else refused before it connects or sends.
+#[inline(always)]
+fn unix_decide(st: &agent_monitor_common::ProcState, cfg: &agent_monitor_common::AgentCfg, sa: *const u8) -> i32 {
+    use agent_monitor_common::{UnixKey, UNIX_PATH_LEN};
+    let Some(s) = agent::scratch() else { return EPERM };
+    unsafe {
+        let key = (*s).fgrant.path.as_mut_ptr() as *mut UnixKey;
+        let words = key as *mut u64;
+        for i in 0..((4 + UNIX_PATH_LEN) / 8 + 1) {
+            *words.add(i) = 0;
+        }
+        (*key).agent = cfg.slot;
+        let first = kernel::rd::<u8>(sa, 2).unwrap_or(0);
+        let p = (*key).path.as_mut_ptr();
+        if first == 0 {
+            *p = b'@';
+            aya_ebpf::helpers::generated::bpf_probe_read_kernel_str(
+                p.add(1) as *mut c_void,
+                (UNIX_PATH_LEN - 1) as u32,
+                sa.add(3) as *const c_void,
+            );
+        } else {
+            aya_ebpf::helpers::generated::bpf_probe_read_kernel_str(
+                p as *mut c_void,
+                UNIX_PATH_LEN as u32,
+                sa.add(2) as *const c_void,
+            );
+        }
+        if UNIX_ALLOW.get(&*key).is_some() {
+            return 0;
+        }
+        raw_read_kernel((*s).buf.as_mut_ptr() as *mut c_void, UNIX_PATH_LEN as u32, p as *const c_void);
+        (*s).buf[UNIX_PATH_LEN] = 0;
+    }
+    refuse_ipc(st, cfg, s, UNIX_PATH_LEN as u32)
 }
 
 /// `socket_connect(struct socket *sock, struct sockaddr *address, int addrlen)` (io_uring's

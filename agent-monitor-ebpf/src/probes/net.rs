@@ -1,18 +1,25 @@
 //! The network boundary.
 //!
 //! - cgroup `connect4/6` and `sendmsg4/6` (attached to the cgroup v2 root, so every process is
-//!   covered, io_uring's connect included): a destination not in the agent's `allow` is refused
-//!   with EPERM before any packet leaves. Allowed TCP connections are remembered by socket
-//!   cookie for the HTTP check.
-//! - cgroup `sock_create`: raw inet sockets refused.
-//! - cgroup_skb egress: on an agent's allowed connection, a clear-text HTTP/1.x request whose
-//!   method is not granted is dropped in the kernel, and so is every later packet of that socket.
-//! - uprobes on `SSL_write`, `SSL_write_ex` and `gnutls_record_send`: the same check on the
-//!   plaintext before it is encrypted, killing the agent before the call runs.
-//! - `sys_enter_connect` tracepoint: `ipc.connect` to a Unix socket not in `allow`.
+//!   covered, io_uring's connect included): a destination not in the agent's `allow`, for that
+//!   protocol (a TCP grant allows no datagram), is refused with EPERM before any packet leaves.
+//!   Allowed TCP connections are remembered by socket cookie for the HTTP check, until the
+//!   socket is released (`sock_release`).
+//! - cgroup `sock_create`: inet sockets other than TCP and UDP (raw, ping, SCTP, ...) refused.
+//! - cgroup_skb egress: on an agent's allowed connection, every byte of clear text goes through
+//!   the HTTP parser (`http.rs`): a request whose method the destination does not take, or bytes
+//!   that are no request, are dropped in the kernel, and so is every later packet of that socket.
+//!   The first TLS flight is checked for who can see inside it (a hooked TLS library in this
+//!   process image, else the destination must accept opaque TLS) and for its server name.
+//! - uprobes on `SSL_write`, `SSL_write_ex` and `gnutls_record_send`: the same parser on the
+//!   plaintext before it is encrypted, per TLS connection, killing the agent before the call
+//!   runs.
+//! - `connect`, `sendto`, `sendmsg` tracepoints: `ipc.connect` to a Unix socket not in `allow`
+//!   (a stream connect, or a datagram to a named socket).
 use agent_monitor_common::{
-    action, agent_flags, event_flags, http_method, kind, layer, net_origin, policy_action, sock_state, verdict,
-    AgentCfg, GrantKey, NetData, ProcState, SniKey, SockInfo, UnixKey, NET_KEY_FIXED_BITS, SNI_LEN, UNIX_PATH_LEN,
+    action, agent_flags, dest_flags, event_flags, http_verdict, kind, layer, net_origin, policy_action, proc_flags,
+    proto, sock_state, verdict, AgentCfg, DestRule, GrantKey, HttpParse, NetData, ProcState, SniKey, SockInfo, UnixKey,
+    NET_KEY_FIXED_BITS, SNI_LEN, UNIX_PATH_LEN,
 };
 use aya_ebpf::{
     bindings::bpf_sock_addr,
@@ -31,11 +38,12 @@ use aya_ebpf::{
 use core::ffi::c_void;
 
 use crate::{
-    agent::{self, current_agent, emit, emit_as, reap_if_killed, PathRef, Rec, Who},
+    agent::{self, count, current_agent, emit, emit_as, reap_if_killed, PathRef, Rec, Who},
+    http::{self, Src, Takes, READ_ONLY, SLOT_SKB, SLOT_TLS},
     kernel,
     maps::{
-        EVENTS_SCRATCH, GRANTS, HOLD_STOP, KILLED, NET_ALLOW, PENDING_OPS, PROCS, SNI_ALLOW, SNI_SCRATCH, SOCKS,
-        UNIX_ALLOW, VISIBLE,
+        PendingOp, TlsConnKey, EVENTS_SCRATCH, GRANTS, HELD_RUNS, HOLD_STOP, KILLED, NET_ALLOW, PENDING_OPS, PROCS,
+        SNI_ALLOW, SNI_SCRATCH, SOCKS, TLS_CONNS, UNIX_ALLOW,
     },
 };
 
@@ -43,7 +51,8 @@ const PASS: i32 = 1;
 const SIGSTOP: u32 = 19;
 const REFUSE: i32 = 0;
 const SOCK_STREAM: u32 = 1;
-const SOCK_RAW: u32 = 3;
+const SOCK_DGRAM: u32 = 2;
+const AF_UNIX: u16 = 1;
 
 #[inline(always)]
 pub fn who_current() -> Who {
@@ -57,27 +66,43 @@ pub fn who_current() -> Who {
     }
 }
 
-/// Is (addr, port) in the agent's `allow`? The exact port first, then "any port". Returns
-/// how it is allowed (`net_origin`), or 0.
+/// The protocol of a socket type, as a destination is granted for it.
 #[inline(always)]
-fn net_allowed(slot: u32, port: [u8; 2], addr: [u8; 16]) -> u32 {
-    let bits = NET_KEY_FIXED_BITS + 128;
-    let exact = Key::new(bits, NetData { agent: slot, port, addr, _pad: [0; 2] });
-    if let Some(v) = NET_ALLOW.get(&exact) {
-        return *v;
+pub fn proto_of(ty: u32) -> u8 {
+    if ty == SOCK_STREAM {
+        proto::TCP
+    } else {
+        proto::UDP
     }
-    let any = Key::new(bits, NetData { agent: slot, port: [0, 0], addr, _pad: [0; 2] });
-    NET_ALLOW.get(&any).copied().unwrap_or(0)
 }
 
-/// Is (addr, port) allowed to the agent in table slot `slot`, or granted to this instance by
-/// an approved hold (not expired)? `consume` uses up a one-time grant: only the last layer to
-/// decide a connect does (the cgroup hook; the LSM hook runs before it).
+/// Is (protocol, addr, port) in the agent's `allow`? The exact port first, then "any port".
+/// Returns the destination's rule.
 #[inline(always)]
-pub fn allowed_or_granted(st: &ProcState, slot: u32, port: [u8; 2], addr: [u8; 16], consume: bool) -> u32 {
-    let origin = net_allowed(slot, port, addr);
-    if origin != 0 {
-        return origin;
+fn net_allowed(slot: u32, proto: u8, port: [u8; 2], addr: [u8; 16]) -> Option<DestRule> {
+    let bits = NET_KEY_FIXED_BITS + 128;
+    let exact = Key::new(bits, NetData { agent: slot, proto, port, _pad: 0, addr });
+    if let Some(v) = NET_ALLOW.get(&exact) {
+        return Some(*v);
+    }
+    let any = Key::new(bits, NetData { agent: slot, proto, port: [0, 0], _pad: 0, addr });
+    NET_ALLOW.get(&any).copied()
+}
+
+/// Is (protocol, addr, port) allowed to the agent in table slot `slot`, or granted to this
+/// instance by an approved hold (not expired)? `consume` uses up a one-time grant: only the last
+/// layer to decide a connect does (the cgroup hook; the LSM hook runs before it).
+#[inline(always)]
+pub fn allowed_or_granted(
+    st: &ProcState,
+    slot: u32,
+    proto: u8,
+    port: [u8; 2],
+    addr: [u8; 16],
+    consume: bool,
+) -> Option<DestRule> {
+    if let Some(r) = net_allowed(slot, proto, port, addr) {
+        return Some(r);
     }
     let key = GrantKey { run_id: st.run_id, addr, port, _pad: [0; 6] };
     if let Some(v) = unsafe { GRANTS.get(&key) }.copied() {
@@ -86,10 +111,10 @@ pub fn allowed_or_granted(st: &ProcState, slot: u32, port: [u8; 2], addr: [u8; 1
             if consume && v >> 63 == 1 {
                 let _ = GRANTS.remove(&key);
             }
-            return net_origin::STATIC;
+            return Some(DestRule { origin: net_origin::STATIC, ..DestRule::default() });
         }
     }
-    0
+    None
 }
 
 /// What a cgroup-layer violation gets: the return code and the action recorded. `kill`
@@ -149,11 +174,10 @@ fn sock_addr(ctx: &SockAddrContext, v6: bool, sendmsg: bool) -> i32 {
     if unsafe { KILLED.get(&st.run_id) }.is_some() {
         return REFUSE;
     }
-    let origin = allowed_or_granted(&st, cfg.slot, port, addr, true);
-    let ok = origin != 0;
+    let rule = allowed_or_granted(&st, cfg.slot, proto_of(ty), port, addr, true);
     let r =
         Rec { kind, verdict: verdict::ALLOWED, action: action::NONE, layer: layer::CGROUP, flags: 0, aux: 0, aux2: 0 };
-    if ok {
+    if let Some(rule) = rule {
         if kind == kind::NET_CONNECT {
             let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
             let info = SockInfo {
@@ -163,14 +187,15 @@ fn sock_addr(ctx: &SockAddrContext, v6: bool, sendmsg: bool) -> i32 {
                 start_ns: st.start_ns,
                 port,
                 addr,
-                blocked: sock_state::OPEN,
-                seen: 0,
-                via_host: (origin == net_origin::HOST) as u8,
-                _pad: [0; 3],
-                held_seq: 0,
-                _pad2: 0,
+                via_host: (rule.origin == net_origin::HOST) as u8,
+                dest: rule,
+                ..SockInfo::default()
             };
-            let _ = SOCKS.insert(&cookie, &info, 0);
+            if SOCKS.insert(&cookie, &info, 0).is_err() {
+                // A connection the HTTP check could not follow is not made.
+                count(agent_monitor_common::stat::TABLE_FULL);
+                return REFUSE;
+            }
         }
         if cfg.flags & agent_flags::AUDIT != 0 {
             emit_net(&st, &who_current(), r, &addr, port, ty, PathRef::NONE);
@@ -207,13 +232,18 @@ pub fn sendmsg6(ctx: SockAddrContext) -> i32 {
     sock_addr(&ctx, true, true)
 }
 
-/// Raw inet sockets bypass connect/sendmsg: refused to agents unless the policy allows them.
+/// Inet sockets other than TCP and UDP bypass the connect/sendmsg hooks (raw sockets, ping
+/// sockets, SCTP, UDP-Lite, ...): refused to agents unless the policy allows `raw_socket`.
 /// (`AF_PACKET` never reaches this hook: the `socket` tracepoint covers it.)
 #[cgroup_sock(sock_create)]
 #[inline(always)]
 pub fn sock_create(ctx: SockContext) -> i32 {
-    let ty = unsafe { (*ctx.sock).type_ };
-    if ty != SOCK_RAW {
+    const IPPROTO_TCP: u32 = 6;
+    const IPPROTO_UDP: u32 = 17;
+    let (ty, proto) = unsafe { ((*ctx.sock).type_, (*ctx.sock).protocol) };
+    let plain = (ty == SOCK_STREAM && (proto == 0 || proto == IPPROTO_TCP))
+        || (ty == SOCK_DGRAM && (proto == 0 || proto == IPPROTO_UDP));
+    if plain {
         return PASS;
     }
     let Some((st, cfg)) = current_agent() else {
@@ -222,7 +252,7 @@ pub fn sock_create(ctx: SockContext) -> i32 {
     if cfg.flags & agent_flags::ALLOW_RAW_SOCKET != 0 {
         return PASS;
     }
-    let (family, proto) = unsafe { ((*ctx.sock).family, (*ctx.sock).protocol) };
+    let family = unsafe { (*ctx.sock).family };
     let (ret, act, flags) = refuse_or_alert(&st, &cfg);
     let r = Rec {
         kind: kind::NET_RAW_SOCKET,
@@ -237,7 +267,29 @@ pub fn sock_create(ctx: SockContext) -> i32 {
     ret
 }
 
-/// Load up to `N` bytes of the packet at `off` into the event scratch; returns how many.
+/// A socket is released: it no longer needs following (its `SOCKS` entry goes). Unless it was
+/// blocked or held: TCP still owns the refused bytes and sends them again from the orphaned
+/// socket (a held request denied by killing its writer), so the entry stays, dropping them,
+/// until the daemon sweeps it.
+#[cgroup_sock(sock_release)]
+#[inline(always)]
+pub fn sock_release(ctx: SockContext) -> i32 {
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.sock as *mut c_void) };
+    if let Some(info) = SOCKS.get_ptr_mut(&cookie) {
+        let info = unsafe { &mut *info };
+        let held_run = unsafe { HELD_RUNS.get(&info.run_id) }.is_some();
+        if info.blocked == sock_state::BLOCKED || info.blocked == sock_state::HELD || held_run {
+            info.blocked = sock_state::BLOCKED;
+            info.released = 1;
+            info.held_seq = (unsafe { aya_ebpf::helpers::bpf_ktime_get_boot_ns() } / 1_000_000_000) as u32;
+            return PASS;
+        }
+    }
+    let _ = SOCKS.remove(&cookie);
+    PASS
+}
+
+/// Load up to 192 bytes of the packet at `off` into the event scratch; returns how many.
 #[inline(always)]
 fn load_request(ctx: &SkBuffContext, off: u32) -> u32 {
     let Some(s) = EVENTS_SCRATCH.get_ptr_mut(0) else { return 0 };
@@ -245,7 +297,7 @@ fn load_request(ctx: &SkBuffContext, off: u32) -> u32 {
     // map_value_or_null, and LLVM would hoist it).
     let dst = unsafe { kernel::opaque(s as *mut u8).add(16) } as *mut c_void;
     let skb = ctx.skb.skb as *mut c_void;
-    for n in [192u32, 96, 32, 8] {
+    for n in [192u32, 96, 32, 8, 1] {
         if unsafe { bpf_skb_load_bytes(skb, off, dst, n) } == 0 {
             return n;
         }
@@ -253,16 +305,58 @@ fn load_request(ctx: &SkBuffContext, off: u32) -> u32 {
     0
 }
 
-/// Clear-text HTTP on an agent's allowed connection.
+#[inline(always)]
+fn request_ref(n: u32) -> PathRef {
+    match EVENTS_SCRATCH.get_ptr(0) {
+        Some(s) => PathRef(unsafe { kernel::opaque(s as *const u8).add(16) }, n),
+        None => PathRef::NONE,
+    }
+}
+
+/// What a destination takes, from its rule and the agent's `http_methods`. `record_only`: a
+/// violation is recorded and the parser goes on (`alert`, `hold`).
+#[inline(always)]
+fn takes(cfg: &AgentCfg, rule: &DestRule, h2: bool) -> Takes {
+    let methods = if rule.methods != 0 { rule.methods } else { cfg.http_allow };
+    let record_only = cfg.action == policy_action::ALERT || cfg.action == policy_action::HOLD;
+    Takes { methods, writes: methods & !READ_ONLY, path_methods: rule.path_methods, rule: rule.rule, h2, record_only }
+}
+
+/// Everything: a request a person approved.
+const TAKES_ALL: Takes = Takes { methods: 0x1ff, writes: 0x1ff, path_methods: 0, rule: 0, h2: true, record_only: true };
+
+/// The flags and `aux` of a `net.http_write` event for what the parser found.
+#[inline(always)]
+fn http_rec(found: &http::Found, layer: u32) -> Rec {
+    let mut flags = event_flags::HTTP_REQUEST;
+    match found.verdict {
+        http_verdict::METHOD => {}
+        http_verdict::PATH => flags |= event_flags::HTTP_PATH,
+        http_verdict::UNREADABLE => flags |= event_flags::ARG_UNREADABLE,
+        _ => flags |= event_flags::HTTP_UNPARSABLE,
+    }
+    Rec {
+        kind: kind::NET_HTTP_WRITE,
+        verdict: verdict::VIOLATION,
+        action: action::NONE,
+        layer,
+        flags,
+        aux: found.verdict as u64,
+        aux2: found.method as u64,
+    }
+}
+
+/// HTTP on an agent's allowed connection, and the holds of its instance.
 #[cgroup_skb(egress)]
 #[inline(always)]
 pub fn http_egress(ctx: SkBuffContext) -> i32 {
-    try_http_egress(&ctx).unwrap_or(PASS)
+    try_http_egress(&ctx).unwrap_or(REFUSE)
 }
 
 #[inline(always)]
 fn try_http_egress(ctx: &SkBuffContext) -> Result<i32, i64> {
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.skb.skb as *mut c_void) };
+    let skb = ctx.skb.skb as *mut c_void;
+    let cookie = unsafe { bpf_get_socket_cookie(skb) };
     let Some(info) = SOCKS.get_ptr_mut(&cookie) else {
         return Ok(PASS);
     };
@@ -270,28 +364,16 @@ fn try_http_egress(ctx: &SkBuffContext) -> Result<i32, i64> {
     if info.blocked == sock_state::BLOCKED || info.blocked == sock_state::HELD {
         return Ok(REFUSE);
     }
+    // A TLS write of this instance is held for a person: nothing of its connections leaves,
+    // whoever continued the writer (TCP keeps the bytes queued).
+    if unsafe { HELD_RUNS.get(&info.run_id) }.is_some() {
+        return Ok(REFUSE);
+    }
     let v: u8 = ctx.load(0)?;
     let (ip_hl, total, proto) = match v >> 4 {
         4 => ((v as u32 & 0xf) * 4, u16::from_be(ctx.load::<u16>(2)?) as u32, ctx.load::<u8>(9)?),
         6 => (40, 40 + u16::from_be(ctx.load::<u16>(4)?) as u32, ctx.load::<u8>(6)?),
-        _ => return Ok(PASS),
-    };
-    if proto != 6 {
-        return Ok(PASS);
-    }
-    let seq: u32 = ctx.load(ip_hl as usize + 4)?;
-    if info.blocked == sock_state::APPROVED && seq == info.held_seq {
-        // The approved request (or a retransmission of it) goes out.
-        return Ok(PASS);
-    }
-    let doff = ((ctx.load::<u8>(ip_hl as usize + 12)? >> 4) as u32) * 4;
-    let off = ip_hl + doff;
-    if off + 4 > total {
-        return Ok(PASS);
-    }
-    // A request line is longer than 8 bytes; a shorter segment is no request start.
-    let Ok(start) = ctx.load::<[u8; 8]>(off as usize) else {
-        return Ok(PASS);
+        _ => return Ok(REFUSE),
     };
     let Some(cfg) = agent::agent_cfg(info.agent) else {
         return Ok(PASS);
@@ -301,53 +383,136 @@ fn try_http_egress(ctx: &SkBuffContext) -> Result<i32, i64> {
         tls_token: 0,
         run_id: info.run_id,
         start_ns: info.start_ns,
+        flags: 0,
+        _pad: 0,
     };
     let who = Who { pid: info.tgid, tid: info.tgid, ppid: 0, uid: ctx.get_socket_uid(), comm: [0; 16] };
+    if ip_hl != 20 || proto != 6 {
+        // IP options (a source route) or IPv6 extension headers (a routing header) on an
+        // agent's connection: the destination on the wire may not be the one the connect was
+        // allowed for, and the payload is not where the parser looks.
+        let found = http::Found { verdict: http_verdict::IP_OPTIONS, method: 0, at: 0, lost: true };
+        return Ok(http_violation(ctx, info, &st, &cfg, &who, &found, 0, 0, cookie));
+    }
+    let seq_wire: u32 = ctx.load(ip_hl as usize + 4)?;
+    let seq = u32::from_be(seq_wire);
+    let doff = ((ctx.load::<u8>(ip_hl as usize + 12)? >> 4) as u32) * 4;
+    let off = ip_hl + doff;
+    if off >= total {
+        return Ok(PASS); // no payload
+    }
+    let len = total - off;
+    // The approved request (or a retransmission of it) goes out; the parser follows it as a
+    // request that was let through.
+    let approved = info.blocked == sock_state::APPROVED && seq_wire == info.held_seq;
+    // Each byte is parsed once: a retransmission passes as it passed the first time.
+    let mut skip = 0;
+    if info.seq_known == 0 {
+        info.seq_known = 1;
+        info.next_seq = seq;
+    } else {
+        let d = seq.wrapping_sub(info.next_seq) as i32;
+        if d < 0 {
+            let back = d.wrapping_neg() as u32;
+            if back >= len {
+                return Ok(PASS);
+            }
+            skip = back;
+        } else if d > 0 {
+            // Bytes the parser never saw: it cannot know where requests start.
+            let found = http::Found { verdict: http_verdict::SPLIT, method: 0, at: 0, lost: true };
+            return Ok(http_violation(ctx, info, &st, &cfg, &who, &found, off, seq_wire, cookie));
+        }
+    }
     if info.seen == 0 {
-        // A TLS handshake record: check who can see inside it, and the server name.
-        if start[0] == 0x16 && start[1] == 0x03 {
+        info.seen = 1;
+        let b: [u8; 2] = ctx.load((off + skip) as usize)?;
+        if b[0] == 0x16 && b[1] == 0x03 {
+            // A TLS handshake record: check who can see inside it, and the server name.
             if crate::maps::tls_hooks_pending(info.tgid) {
                 // A new agent process the daemon has not hooked yet: nothing would see its
                 // writes. The ClientHello waits (dropped here, TCP sends it again) and is
                 // checked again then; the handshake cannot finish, and no request can be
                 // written, before it is hooked.
+                info.seen = 0;
                 agent::count(agent_monitor_common::stat::TLS_HANDSHAKE_HELD);
                 return Ok(REFUSE);
             }
-            info.seen = 1;
-            return Ok(tls_first_flight(ctx, info, &st, &cfg, &who, off));
+            info.tls = 1;
+            let ret = tls_first_flight(ctx, info, &st, &cfg, &who, off + skip);
+            if ret == PASS {
+                info.next_seq = seq.wrapping_add(len);
+            }
+            return Ok(ret);
         }
-        info.seen = 1;
     }
-    let Some(m) = http_method(&start) else {
-        return Ok(PASS);
-    };
-    let n = load_request(ctx, off);
-    let req = match EVENTS_SCRATCH.get_ptr(0) {
-        Some(s) => PathRef(unsafe { kernel::opaque(s as *const u8).add(16) }, n),
-        None => PathRef::NONE,
-    };
-    let mut r = Rec {
-        kind: kind::NET_HTTP_WRITE,
-        verdict: verdict::ALLOWED,
-        action: action::NONE,
-        layer: layer::CGROUP,
-        flags: event_flags::HTTP_REQUEST,
-        aux: 0,
-        aux2: m as u64,
-    };
-    if cfg.http_allow & (1 << m) != 0 {
-        if cfg.flags & agent_flags::AUDIT != 0 {
-            emit_net(&st, &who, r, &info.addr, info.port, SOCK_STREAM, req);
-        }
+    if info.tls != 0 {
+        info.next_seq = seq.wrapping_add(len);
         return Ok(PASS);
     }
-    let (ret, act, flags) = refuse_or_alert(&st, &cfg);
-    if act == action::HELD {
+    let t = if approved { TAKES_ALL } else { takes(&cfg, &info.dest, false) };
+    let mut parse = info.http;
+    let found = http::parse(SLOT_SKB, Src::Skb(skb, off + skip), len - skip, &mut parse, &t);
+    if approved {
+        info.http = parse;
+        info.next_seq = seq.wrapping_add(len);
+        return Ok(PASS);
+    }
+    if found.verdict == http_verdict::OK {
+        info.http = parse;
+        info.next_seq = seq.wrapping_add(len);
+        if cfg.flags & agent_flags::AUDIT != 0 && skip == 0 {
+            let n = load_request(ctx, off);
+            let r = Rec {
+                kind: kind::NET_HTTP_WRITE,
+                verdict: verdict::ALLOWED,
+                action: action::NONE,
+                layer: layer::CGROUP,
+                flags: event_flags::HTTP_REQUEST,
+                aux: 0,
+                aux2: 0,
+            };
+            emit_net(&st, &who, r, &info.addr, info.port, SOCK_STREAM, request_ref(n));
+        }
+        return Ok(PASS);
+    }
+    let ret = http_violation(ctx, info, &st, &cfg, &who, &found, off + skip, seq_wire, cookie);
+    if ret == PASS {
+        // Alerted: the request goes out; the parser went on past it.
+        if found.lost {
+            // Nothing left to follow: the rest of this connection is not parsed (one alert).
+            info.tls = 2;
+        } else {
+            info.http = parse;
+        }
+        info.next_seq = seq.wrapping_add(len);
+    }
+    Ok(ret)
+}
+
+/// A request the parser refused on an agent's clear-text connection: the event, and what is
+/// done to this packet and the socket's later ones.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn http_violation(
+    ctx: &SkBuffContext,
+    info: &mut SockInfo,
+    st: &ProcState,
+    cfg: &AgentCfg,
+    who: &Who,
+    found: &http::Found,
+    payload: u32,
+    seq_wire: u32,
+    cookie: u64,
+) -> i32 {
+    let n = if payload != 0 { load_request(ctx, payload + found.at) } else { 0 };
+    let mut r = http_rec(found, layer::CGROUP);
+    let (ret, act, flags) = refuse_or_alert(st, cfg);
+    if act == action::HELD && found.verdict == http_verdict::METHOD && found.at == 0 {
         // Held: this packet and the rest wait in TCP's queue (a dropped segment is sent again
         // later); the writer is stopped as its send returns. Approval lets this segment pass.
         info.blocked = sock_state::HELD;
-        info.held_seq = seq;
+        info.held_seq = seq_wire;
         if let Some(p) = HOLD_STOP.get_ptr_mut(0) {
             unsafe { *p = info.tgid };
         }
@@ -356,14 +521,14 @@ fn try_http_egress(ctx: &SkBuffContext) -> Result<i32, i64> {
         // Drop this packet and every later one: the server receives nothing of the request.
         info.blocked = sock_state::BLOCKED;
     }
-    r.verdict = verdict::VIOLATION;
-    r.action = act;
+    r.action = if act == action::HELD && info.blocked != sock_state::HELD { action::DENIED } else { act };
     r.flags |= flags;
-    emit_net(&st, &who, r, &info.addr, info.port, SOCK_STREAM, req);
-    Ok(ret)
+    emit_net(st, who, r, &info.addr, info.port, SOCK_STREAM, request_ref(n));
+    ret
 }
 
-/// The first TLS flight of an agent's connection: visibility of its plaintext, and its SNI.
+/// The first TLS flight of an agent's connection: can a hooked library in this process image
+/// see its plaintext (else the destination must accept opaque TLS), and its server name.
 #[inline(always)]
 fn tls_first_flight(
     ctx: &SkBuffContext,
@@ -382,17 +547,19 @@ fn tls_first_flight(
         aux: 0,
         aux2: 0,
     };
-    if unsafe { VISIBLE.get(&info.tgid) }.is_none() {
+    let visible = unsafe { PROCS.get(&info.tgid) }.is_some_and(|p| p.flags & proc_flags::TLS_VISIBLE != 0);
+    if !visible {
         // Nothing we hook wrote this handshake: a statically linked TLS stack, or a library we
-        // do not know. Reported always; refused where the policy asks for visibility.
+        // do not know. Its writes cannot be told from its reads: allowed only where the
+        // destination accepts opaque TLS, refused (as the policy's action says) elsewhere.
         let mut r = Rec { flags: event_flags::TLS_INVISIBLE, ..base };
         let mut ret = PASS;
-        if cfg.flags & agent_flags::REQUIRE_HTTP_VISIBILITY != 0 {
+        if info.dest.flags & dest_flags::OPAQUE_TLS == 0 {
             let (rr, act, f) = refuse_or_alert(st, cfg);
             r.verdict = verdict::VIOLATION;
-            r.action = act;
-            r.flags |= f;
-            ret = rr;
+            r.action = if act == action::HELD { action::DENIED } else { act };
+            r.flags |= f | event_flags::OPAQUE_TLS;
+            ret = if act == action::HELD { REFUSE } else { rr };
             if ret == REFUSE {
                 info.blocked = sock_state::BLOCKED;
             }
@@ -405,7 +572,7 @@ fn tls_first_flight(
     if info.via_host == 0 {
         return PASS;
     }
-    let Some(key) = SNI_SCRATCH.get_ptr_mut(0) else { return PASS };
+    let Some(key) = SNI_SCRATCH.get_ptr_mut(0) else { return REFUSE };
     let key = unsafe { &mut *key };
     let found = match server_name(ctx, off) {
         Some((name_off, name_len)) => {
@@ -433,9 +600,11 @@ fn tls_first_flight(
         return PASS;
     }
     let (ret, act, f) = refuse_or_alert(st, cfg);
+    let ret = if act == action::HELD { REFUSE } else { ret };
     if ret == REFUSE {
         info.blocked = sock_state::BLOCKED;
     }
+    let act = if act == action::HELD { action::DENIED } else { act };
     let r = Rec { verdict: verdict::VIOLATION, action: act, flags: f | event_flags::SNI_MISMATCH, ..base };
     emit_net(st, who, r, &info.addr, info.port, SOCK_STREAM, PathRef(key.name.as_ptr(), SNI_LEN as u32));
     ret
@@ -476,13 +645,12 @@ fn server_name(ctx: &SkBuffContext, off: u32) -> Option<(u32, u32)> {
     None
 }
 
-/// Record that the current agent process does TLS through a hooked library.
+/// Record that the current agent process image does TLS through a hooked library.
 #[inline(always)]
 fn mark_visible() {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    if unsafe { PROCS.get(&tgid) }.is_some() {
-        let one: u32 = 1;
-        let _ = VISIBLE.insert(&tgid, &one, 0);
+    if let Some(p) = PROCS.get_ptr_mut(&tgid) {
+        unsafe { (*p).flags |= proc_flags::TLS_VISIBLE };
     }
 }
 
@@ -502,69 +670,97 @@ pub fn gnutls_handshake(_ctx: ProbeContext) -> u32 {
     0
 }
 
-/// The plaintext handed to a TLS library, before it is encrypted.
+/// Bytes of the request kept in an event.
+const REQ_BYTES: u32 = 192;
+
+/// The plaintext handed to a TLS library, before it is encrypted: the HTTP parser, per TLS
+/// connection (`ssl`), with the agent's `http_methods`.
 #[inline(always)]
-fn tls_write(buf: *const u8, len: u64) {
+fn tls_write(ssl: u64, buf: *const u8, len: u64) {
     let Some((st, cfg)) = current_agent() else {
         return;
     };
     mark_visible();
-    if reap_if_killed(&st) || len < 4 {
+    if reap_if_killed(&st) || len == 0 {
         return;
     }
-    let mut start = [0u8; 8];
-    let n = if len < 8 { len as u32 } else { 8 };
-    unsafe { raw_read_user(start.as_mut_ptr() as *mut c_void, n & 7 | n & 8, buf as *const c_void) };
-    let Some(m) = http_method(&start) else {
-        return;
-    };
-    let Some(s) = EVENTS_SCRATCH.get_ptr_mut(0) else { return };
-    let want = if len > 192 { 192 } else { len as u32 };
-    let got = unsafe {
-        raw_read_user(
-            kernel::opaque(s as *mut u8).add(16) as *mut c_void,
-            kernel::opaque(want) & 255,
-            buf as *const c_void,
-        )
-    };
-    let req = PathRef(unsafe { kernel::opaque(s as *const u8).add(16) }, if got == 0 { want } else { 0 });
-    let mut r = Rec {
-        kind: kind::NET_HTTP_WRITE,
-        verdict: verdict::ALLOWED,
-        action: action::NONE,
-        layer: layer::UPROBE,
-        flags: event_flags::HTTP_REQUEST,
-        aux: 0,
-        aux2: m as u64,
-    };
-    if cfg.http_allow & (1 << m) != 0 {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let key = TlsConnKey { tgid, _pad: 0, ssl };
+    let mut parse = unsafe { TLS_CONNS.get(&key) }.copied().unwrap_or(HttpParse::default());
+    let t = takes(&cfg, &DestRule::default(), true);
+    let len32 = if len > u32::MAX as u64 { u32::MAX } else { len as u32 };
+    let found = http::parse(SLOT_TLS, Src::User(buf as u64), len32, &mut parse, &t);
+    if found.verdict == http_verdict::OK {
+        let _ = TLS_CONNS.insert(&key, &parse, 0);
         if cfg.flags & agent_flags::AUDIT != 0 {
+            let req = tls_request(buf, len, 0);
+            let r = Rec {
+                kind: kind::NET_HTTP_WRITE,
+                verdict: verdict::ALLOWED,
+                action: action::NONE,
+                layer: layer::UPROBE,
+                flags: event_flags::HTTP_REQUEST,
+                aux: 0,
+                aux2: 0,
+            };
             emit(&st, &r, PathRef::NONE, req);
         }
         return;
     }
-    // A uprobe cannot make the call fail: deny falls back to kill, before the call encrypts
-    // or sends a byte. Hold stops the process here, before the call runs: continued on
-    // approval (the request goes out once), killed on denial.
-    if cfg.action == policy_action::HOLD {
+    let req = tls_request(buf, len, found.at);
+    let mut r = http_rec(&found, layer::UPROBE);
+    // A uprobe cannot make the call fail: deny falls back to kill, before the call encrypts or
+    // sends a byte. Hold stops the process here, before the call runs, and holds every packet
+    // of its instance's connections until a person decides: continued on approval (the request
+    // goes out once), killed on denial, whoever sends it SIGCONT meanwhile.
+    // (`alert` and `hold` parsed on past the violation: the state follows the stream as if the
+    // request were let through, which it is, or may be once approved.)
+    if found.lost {
+        let _ = TLS_CONNS.remove(&key);
+    } else {
+        let _ = TLS_CONNS.insert(&key, &parse, 0);
+    }
+    if cfg.action == policy_action::HOLD && !found.lost {
+        let one: u32 = 1;
+        let _ = HELD_RUNS.insert(&st.run_id, &one, 0);
         unsafe { aya_ebpf::helpers::generated::bpf_send_signal(SIGSTOP) };
-        r.verdict = verdict::VIOLATION;
         r.action = action::HELD;
         emit(&st, &r, PathRef::NONE, req);
         return;
     }
-    let (a, f) = agent::enforce_after(&st, &cfg);
-    r.verdict = verdict::VIOLATION;
+    let kill =
+        AgentCfg { action: if cfg.action == policy_action::HOLD { policy_action::KILL } else { cfg.action }, ..cfg };
+    let (a, f) = agent::enforce_after(&st, &kill);
     r.action = a;
     r.flags |= f & !event_flags::AFTER_EFFECT;
     emit(&st, &r, PathRef::NONE, req);
+}
+
+/// Up to [`REQ_BYTES`] of the plaintext at `buf + at`, for the event (none if unreadable).
+#[inline(always)]
+fn tls_request(buf: *const u8, len: u64, at: u32) -> PathRef {
+    let Some(s) = EVENTS_SCRATCH.get_ptr_mut(0) else { return PathRef::NONE };
+    let rest = len.saturating_sub(at as u64);
+    let want = if rest > REQ_BYTES as u64 { REQ_BYTES } else { rest as u32 };
+    if want == 0 {
+        return PathRef::NONE;
+    }
+    let n = ((kernel::opaque(want) - 1) & 255) + 1;
+    let got = unsafe {
+        raw_read_user(kernel::opaque(s as *mut u8).add(16) as *mut c_void, n, (buf as u64 + at as u64) as *const c_void)
+    };
+    PathRef(unsafe { kernel::opaque(s as *const u8).add(16) }, if got == 0 { want } else { 0 })
 }
 
 /// `int SSL_write(SSL *ssl, const void *buf, int num)`
 #[uprobe]
 #[inline(always)]
 pub fn ssl_write(ctx: ProbeContext) -> u32 {
-    tls_write(ctx.arg::<*const u8>(1).unwrap_or(core::ptr::null()), ctx.arg::<u64>(2).unwrap_or(0) as u32 as u64);
+    tls_write(
+        ctx.arg::<u64>(0).unwrap_or(0),
+        ctx.arg::<*const u8>(1).unwrap_or(core::ptr::null()),
+        ctx.arg::<u64>(2).unwrap_or(0) as u32 as u64,
+    );
     0
 }
 
@@ -572,7 +768,11 @@ pub fn ssl_write(ctx: ProbeContext) -> u32 {
 #[uprobe]
 #[inline(always)]
 pub fn ssl_write_ex(ctx: ProbeContext) -> u32 {
-    tls_write(ctx.arg::<*const u8>(1).unwrap_or(core::ptr::null()), ctx.arg::<u64>(2).unwrap_or(0));
+    tls_write(
+        ctx.arg::<u64>(0).unwrap_or(0),
+        ctx.arg::<*const u8>(1).unwrap_or(core::ptr::null()),
+        ctx.arg::<u64>(2).unwrap_or(0),
+    );
     0
 }
 
@@ -580,14 +780,54 @@ pub fn ssl_write_ex(ctx: ProbeContext) -> u32 {
 #[uprobe]
 #[inline(always)]
 pub fn gnutls_record_send(ctx: ProbeContext) -> u32 {
-    tls_write(ctx.arg::<*const u8>(1).unwrap_or(core::ptr::null()), ctx.arg::<u64>(2).unwrap_or(0));
+    tls_write(
+        ctx.arg::<u64>(0).unwrap_or(0),
+        ctx.arg::<*const u8>(1).unwrap_or(core::ptr::null()),
+        ctx.arg::<u64>(2).unwrap_or(0),
+    );
     0
+}
+
+/// A Unix socket address in process memory: its path (`@name` for an abstract socket) into
+/// `op.p1` and whether the agent may reach it. `Err` if it cannot be read; `Ok(None)` if it is
+/// not a Unix address.
+#[inline(always)]
+unsafe fn unix_addr(s: *mut crate::maps::Scratch, op: &mut PendingOp, slot: u32, sa: u64) -> Result<Option<bool>, ()> {
+    let family: u16 = bpf_probe_read_user(sa as *const u16).map_err(|_| ())?;
+    if family != AF_UNIX {
+        return Ok(None);
+    }
+    let key: *mut UnixKey = (*s).buf.as_mut_ptr() as *mut UnixKey;
+    let words = key as *mut u64;
+    for i in 0..((4 + UNIX_PATH_LEN) / 8 + 1) {
+        *words.add(i) = 0;
+    }
+    (*key).agent = slot;
+    let sun_path = (sa + 2) as *const u8;
+    let first: u8 = bpf_probe_read_user(sun_path).map_err(|_| ())?;
+    let p = (*key).path.as_mut_ptr();
+    let r = if first == 0 {
+        // Abstract socket: shown and matched as "@name".
+        *p = b'@';
+        bpf_probe_read_user_str(p.add(1) as *mut c_void, (UNIX_PATH_LEN - 1) as u32, sun_path.add(1) as *const c_void)
+    } else {
+        bpf_probe_read_user_str(p as *mut c_void, UNIX_PATH_LEN as u32, sun_path as *const c_void)
+    };
+    if r < 0 {
+        return Err(());
+    }
+    let ok = UNIX_ALLOW.get(&*key).is_some();
+    raw_read_kernel(op.p1.as_mut_ptr() as *mut c_void, UNIX_PATH_LEN as u32, p as *const c_void);
+    op.p1[UNIX_PATH_LEN] = 0;
+    op.len1 = UNIX_PATH_LEN as u32;
+    Ok(Some(ok))
 }
 
 /// `connect(fd, addr, len)` to a Unix socket: `ipc.connect` unless `unix:PATH` is allowed.
 /// Decided here, acted on at `sys_exit_connect` only if the connect succeeded (a resolver
-/// probing an nscd socket that does not exist reaches nothing). Tracepoint layer: a kill lands
-/// after the connect, before any message.
+/// probing an nscd socket that does not exist reaches nothing). An address that cannot be read
+/// now is read again there; unreadable then, it is a violation. Tracepoint layer: a kill lands
+/// after the connect, before any message (the BPF LSM layer refuses it before it connects).
 #[tracepoint]
 #[inline(always)]
 pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
@@ -597,56 +837,126 @@ pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
 
 #[inline(always)]
 fn try_unix_connect(ctx: &TracePointContext) -> Result<(), i64> {
-    const AF_UNIX: u16 = 1;
     let Some((st, cfg)) = current_agent() else {
         return Ok(());
     };
-    if reap_if_killed(&st) {
+    if reap_if_killed(&st) || crate::maps::lsm_active() {
         return Ok(());
     }
     let sa = crate::kernel::tp_arg(ctx, 1);
-    let family: u16 = unsafe { bpf_probe_read_user(sa as *const u16) }.map_err(|e| e as i64)?;
-    if family != AF_UNIX {
-        return Ok(());
-    }
     let s = agent::scratch().ok_or(-1i64)?;
     unsafe {
-        let key: *mut UnixKey = (*s).buf.as_mut_ptr() as *mut UnixKey;
-        let words = key as *mut u64;
-        for i in 0..((4 + UNIX_PATH_LEN) / 8 + 1) {
-            *words.add(i) = 0;
-        }
-        (*key).agent = cfg.slot;
-        let sun_path = (sa + 2) as *const u8;
-        let first: u8 = bpf_probe_read_user(sun_path).unwrap_or(0);
-        let p = (*key).path.as_mut_ptr();
-        if first == 0 {
-            // Abstract socket: shown and matched as "@name".
-            *p = b'@';
-            bpf_probe_read_user_str(
-                p.add(1) as *mut c_void,
-                (UNIX_PATH_LEN - 1) as u32,
-                sun_path.add(1) as *const c_void,
-            );
-        } else {
-            bpf_probe_read_user_str(p as *mut c_void, UNIX_PATH_LEN as u32, sun_path as *const c_void);
-        }
-        let ok = UNIX_ALLOW.get(&*key).is_some();
-        if ok && cfg.flags & agent_flags::AUDIT == 0 {
-            return Ok(());
-        }
         let op = &mut (*s).op;
-        raw_read_kernel(op.p1.as_mut_ptr() as *mut c_void, UNIX_PATH_LEN as u32, p as *const c_void);
-        op.p1[UNIX_PATH_LEN] = 0;
-        op.len1 = UNIX_PATH_LEN as u32;
-        op.len2 = 0;
         op.flags = 0;
+        op.len2 = 0;
+        op.unread1 = [0, 0];
+        op.unread2 = [0, 0];
         op.kind = kind::IPC_CONNECT;
-        op.ok = ok as u32;
         op.aux = 0;
-        let _ = PENDING_OPS.insert(&bpf_get_current_pid_tgid(), op, 0);
+        match unix_addr(s, op, cfg.slot, sa) {
+            Ok(None) => return Ok(()),
+            Ok(Some(ok)) => {
+                if ok && cfg.flags & agent_flags::AUDIT == 0 {
+                    return Ok(());
+                }
+                op.ok = ok as u32;
+            }
+            Err(()) => {
+                op.ok = 0;
+                op.len1 = 0;
+                op.unread1 = [0, sa];
+            }
+        }
+        if PENDING_OPS.insert(&bpf_get_current_pid_tgid(), op, 0).is_err() {
+            count(agent_monitor_common::stat::TABLE_FULL);
+        }
     }
     Ok(())
+}
+
+/// At `sys_exit_connect`, a Unix address that could not be read at `sys_enter`: read again.
+/// Returns false if it is no Unix address after all (nothing to decide).
+#[inline(always)]
+pub unsafe fn unix_reread(op: &mut PendingOp, slot: u32) -> bool {
+    let sa = op.unread1[1];
+    op.unread1 = [0, 0];
+    let Some(s) = agent::scratch() else { return true };
+    match unix_addr(s, op, slot, sa) {
+        Ok(None) => false,
+        Ok(Some(ok)) => {
+            op.ok = ok as u32;
+            true
+        }
+        Err(()) => {
+            op.ok = 0;
+            op.flags |= event_flags::ARG_UNREADABLE;
+            true
+        }
+    }
+}
+
+/// A datagram to a named Unix socket (`sendto`, `sendmsg` with an address) is a message to a
+/// local service, like a connect: `ipc.connect` unless the path is allowed. Judged as the call
+/// starts (on the tracepoint layer the datagram is delivered before the kill; the BPF LSM layer
+/// refuses it). Only Unix sockets are looked at: the cgroup hooks judge inet datagrams.
+#[inline(always)]
+fn unix_datagram(fd: i64, sa: u64) {
+    if sa == 0 {
+        return;
+    }
+    let Some((st, cfg)) = current_agent() else {
+        return;
+    };
+    if reap_if_killed(&st) || crate::maps::lsm_active() {
+        return;
+    }
+    let Some(s) = agent::scratch() else { return };
+    unsafe {
+        if kernel::socket_family(fd).unwrap_or(AF_UNIX) != AF_UNIX {
+            return;
+        }
+        let op = &mut (*s).op;
+        op.len1 = 0;
+        let (ok, flags) = match unix_addr(s, op, cfg.slot, sa) {
+            Ok(None) => return,
+            Ok(Some(ok)) => (ok, 0),
+            Err(()) => (false, event_flags::ARG_UNREADABLE),
+        };
+        let r = Rec {
+            kind: kind::IPC_CONNECT,
+            verdict: verdict::ALLOWED,
+            action: action::NONE,
+            layer: layer::TRACEPOINT,
+            flags,
+            aux: 1,
+            aux2: 0,
+        };
+        agent::decide_with(&st, &cfg, ok, r, PathRef(op.p1.as_ptr(), op.len1), PathRef::NONE, false);
+    }
+}
+
+/// `sendto(fd, buf, len, flags, addr, addrlen)`.
+#[tracepoint]
+#[inline(always)]
+pub fn sys_enter_sendto(ctx: TracePointContext) -> u32 {
+    let sa = crate::kernel::tp_arg(&ctx, 4);
+    if sa != 0 {
+        unix_datagram(crate::kernel::tp_arg(&ctx, 0) as i32 as i64, sa);
+    }
+    0
+}
+
+/// `sendmsg(fd, msg, flags)`: the address is `msg->msg_name`.
+#[tracepoint]
+#[inline(always)]
+pub fn sys_enter_sendmsg(ctx: TracePointContext) -> u32 {
+    if current_agent().is_none() {
+        return 0;
+    }
+    let msg = crate::kernel::tp_arg(&ctx, 1);
+    let name: u64 = unsafe { bpf_probe_read_user(msg as *const u64) }.unwrap_or(1);
+    unix_datagram(crate::kernel::tp_arg(&ctx, 0) as i32 as i64, name);
+    0
 }
 
 /// `skb:kfree_skb`: a packet freed as dropped. When the HTTP check has just held a request on

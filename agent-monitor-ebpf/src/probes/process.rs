@@ -1,6 +1,11 @@
 //! Agent identity: an exec that matches a selector starts an agent instance; fork passes the
-//! instance to every child; no later exec takes a process out of scope; exit forgets it.
-use agent_monitor_common::{action, event_flags, kind, layer, stat, verdict, ExeKey, ProcState, COMM_LEN, PATH_LEN};
+//! instance to every child; no later exec takes a process out of scope; the exit of its last
+//! thread forgets it (not the exit of its leader: a leader that exits while threads work on,
+//! and an exec from another thread, which makes the kernel kill the leader in `de_thread`,
+//! leave the process the agent it was).
+use agent_monitor_common::{
+    action, event_flags, kind, layer, proc_flags, stat, verdict, ExeKey, ProcState, COMM_LEN, PATH_LEN, SEL_CGROUP_EXEC,
+};
 use aya_ebpf::{
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
@@ -14,7 +19,7 @@ use core::ffi::c_void;
 use crate::{
     agent::{self, count, emit, PathRef, Rec},
     kernel::{self, dentry_path},
-    maps::{Scratch, PROCS, SEL_CGROUP, SEL_COMM, SEL_EXE, SEL_UID},
+    maps::{Scratch, PENDING, PENDING_OPS, PROCS, SEL_CGROUP, SEL_COMM, SEL_EXE, SEL_UID},
 };
 
 /// `sched_process_fork(struct task_struct *parent, struct task_struct *child)`.
@@ -43,7 +48,13 @@ fn try_fork(ctx: &RawTracePointContext) -> Result<(), i64> {
     let start_ns = unsafe { kernel::task_start_ns(child)? };
     let st = ProcState { start_ns, ..parent };
     if PROCS.insert(&ctgid, &st, 0).is_err() {
+        // The child could not be tracked: it must not run untracked. This hook runs in the
+        // parent before the child does; the parent's instance dies (the kernel kills any member
+        // it sees next, the child at its first exec or hooked call via the daemon's sweep, which
+        // finds it as the parent's child).
         count(stat::PROCS_FULL);
+        agent::kill_instance(&parent);
+        return Ok(());
     }
     agent::reap_if_killed(&parent);
     Ok(())
@@ -59,9 +70,20 @@ pub fn sched_process_exec(_ctx: RawTracePointContext) -> i32 {
     0
 }
 
-/// Which agent, if any, does the current (just exec'd) process select?
+/// Which agent, if any, does the current (just exec'd) process select? The cgroup of an
+/// `agent-monitor exec` command also marks the process Landlocked, whatever selects it.
 #[inline(always)]
-unsafe fn select(s: *mut Scratch, task: *const u8) -> Option<u32> {
+unsafe fn select(s: *mut Scratch, task: *const u8) -> Option<(u32, u32)> {
+    let cg = SEL_CGROUP.get(&bpf_get_current_cgroup_id()).copied();
+    let flags = match cg {
+        Some(v) if v & SEL_CGROUP_EXEC != 0 => proc_flags::LANDLOCKED,
+        _ => 0,
+    };
+    select_agent(s, task, cg.map(|v| v & !SEL_CGROUP_EXEC)).map(|a| (a, flags))
+}
+
+#[inline(always)]
+unsafe fn select_agent(s: *mut Scratch, task: *const u8, cgroup: Option<u32>) -> Option<u32> {
     if let Ok(comm) = bpf_get_current_comm() {
         let comm: [u8; COMM_LEN] = comm;
         if let Some(a) = SEL_COMM.get(&comm) {
@@ -72,15 +94,14 @@ unsafe fn select(s: *mut Scratch, task: *const u8) -> Option<u32> {
     if let Some(a) = SEL_UID.get(&uid) {
         return Some(*a);
     }
-    let cg = bpf_get_current_cgroup_id();
-    if let Some(a) = SEL_CGROUP.get(&cg) {
-        return Some(*a);
+    if let Some(a) = cgroup {
+        return Some(a);
     }
     // The executable the kernel actually mapped (not the string given to execve), so that a
     // relative path or a symlink does not hide it.
     let (d, m) = kernel::exe_path(task).ok()?;
     let b = dentry_path(s, d, m).ok()?;
-    if b.truncated {
+    if b.truncated || b.untrusted {
         return None;
     }
     let key: *mut ExeKey = &mut (*s).exe;
@@ -105,23 +126,28 @@ fn try_exec() -> Result<(), i64> {
     let s = agent::scratch().ok_or(-1i64)?;
     let task = kernel::current_task();
     let mut flags = 0;
-    let st = match unsafe { PROCS.get(&tgid) }.copied() {
-        Some(st) => {
+    let st = match PROCS.get_ptr_mut(&tgid) {
+        Some(p) => {
+            // A new image: whatever TLS the old one did says nothing about this one.
+            unsafe { (*p).flags &= !proc_flags::TLS_VISIBLE };
+            let st = unsafe { *p };
             if agent::reap_if_killed(&st) {
                 return Ok(());
             }
             st
         }
         None => {
-            let Some(agent_id) = (unsafe { select(s, task) }) else {
+            let Some((agent_id, pflags)) = (unsafe { select(s, task) }) else {
                 return Ok(());
             };
             let start_ns = unsafe { kernel::process_start_ns(task)? };
             // A run id unique on this boot: the instance's start, salted with its tgid.
             let run_id = unsafe { bpf_ktime_get_boot_ns() } ^ ((tgid as u64) << 40);
-            let st = ProcState { agent: agent_id, tls_token: 0, run_id, start_ns };
+            let st = ProcState { agent: agent_id, tls_token: 0, run_id, start_ns, flags: pflags, _pad: 0 };
             if PROCS.insert(&tgid, &st, 0).is_err() {
+                // A selected process that cannot be tracked is not let run untracked.
                 count(stat::PROCS_FULL);
+                unsafe { aya_ebpf::helpers::generated::bpf_send_signal(agent::SIGKILL) };
                 return Ok(());
             }
             flags |= event_flags::INSTANCE_START;
@@ -152,14 +178,22 @@ fn try_exec() -> Result<(), i64> {
 pub fn sched_process_exit(_ctx: RawTracePointContext) -> i32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
-    if tgid != pid_tgid as u32 {
-        return 0; // a thread other than the leader
-    }
     let Some(st) = (unsafe { PROCS.get(&tgid) }).copied() else {
         return 0;
     };
+    // This thread's calls in flight are over (a thread killed inside a syscall never reaches
+    // its sys_exit).
+    let _ = PENDING.remove(&pid_tgid);
+    let _ = PENDING_OPS.remove(&pid_tgid);
+    let task = kernel::current_task();
+    // The process stays an agent until its last thread is gone, whichever thread that is. If
+    // the group's state cannot be read, the entry stays (a stale entry costs a lookup; a
+    // missing one frees the process).
+    if !unsafe { kernel::task_group_dead(task) }.unwrap_or(false) {
+        return 0;
+    }
     let _ = PROCS.remove(&tgid);
-    let code = unsafe { kernel::task_exit_code(kernel::current_task()) }.unwrap_or(0);
+    let code = unsafe { kernel::task_exit_code(task) }.unwrap_or(0);
     let r = Rec {
         kind: kind::PROCESS_EXIT,
         verdict: verdict::ALLOWED,

@@ -100,7 +100,8 @@ pub fn adopt_running(ebpf: &mut Ebpf, p: &CompiledPolicy) -> anyhow::Result<usiz
                 continue;
             }
             if let Some(info) = by_pid.get(&pid) {
-                let st = ProcState { agent, tls_token: 0, run_id, start_ns: info.start_ticks * tick_ns };
+                let st =
+                    ProcState { agent, tls_token: 0, run_id, start_ns: info.start_ticks * tick_ns, flags: 0, _pad: 0 };
                 if table.get(&pid, 0).is_err() {
                     table.insert(pid, st, 0)?;
                     adopted += 1;

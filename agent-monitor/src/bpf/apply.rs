@@ -3,8 +3,9 @@
 use std::{collections::HashSet, fs, os::unix::fs::MetadataExt};
 
 use agent_monitor_common::{
-    agent_flags, agent_slot, maps::names, net_origin, path_class, policy_action, writable_key, AgentCfg, ExeKey,
-    NetData, PathData, SniKey, UnixKey, AGENT_SLOTS_PER_GEN, NET_KEY_FIXED_BITS, PATH_LEN, SNI_LEN, UNIX_PATH_LEN,
+    agent_flags, agent_slot, maps::names, net_origin, path_class, policy_action, writable_key, AgentCfg, DestRule,
+    ExeKey, NetData, PathAllowData, PathData, SniKey, UnixKey, AGENT_SLOTS_PER_GEN, HTTP_PATH_LEN, NET_KEY_FIXED_BITS,
+    PATH_LEN, SNI_LEN, UNIX_PATH_LEN,
 };
 use anyhow::{anyhow, Context as _};
 use aya::{
@@ -134,7 +135,8 @@ fn agent_bits(a: &crate::policy::CompiledAgent) -> u32 {
         (a.allow_io_uring, agent_flags::ALLOW_IO_URING),
         (a.allow_raw_socket, agent_flags::ALLOW_RAW_SOCKET),
         (a.allow_bpf, agent_flags::ALLOW_BPF),
-        (a.require_http_visibility, agent_flags::REQUIRE_HTTP_VISIBILITY),
+        (a.allow_mount, agent_flags::ALLOW_MOUNT),
+        (a.allow_namespaces, agent_flags::ALLOW_NAMESPACES),
     ] {
         if on {
             flags |= bit;
@@ -147,7 +149,8 @@ fn agent_bits(a: &crate::policy::CompiledAgent) -> u32 {
 struct Tables {
     unix: Vec<(UnixKey, u32)>,
     sni: Vec<(SniKey, u32)>,
-    net: Vec<(Key<NetData>, u32)>,
+    net: Vec<(Key<NetData>, DestRule)>,
+    paths_allow: Vec<(Key<PathAllowData>, u32)>,
     paths: Vec<(Key<PathData>, u32)>,
     comm: Vec<([u8; agent_monitor_common::COMM_LEN], u32)>,
     uid: Vec<(u32, u32)>,
@@ -220,6 +223,7 @@ impl Tables {
             unix,
             sni,
             net: net_entries(&p.net, resolved, gen),
+            paths_allow: path_entries(p, gen),
             paths,
             comm: p.comm.iter().map(|(c, id)| (*c, *id)).collect(),
             uid: p.uid.clone(),
@@ -232,6 +236,7 @@ impl Tables {
         insert_hash(ebpf, names::UNIX_ALLOW, &self.unix)?;
         insert_hash(ebpf, names::SNI_ALLOW, &self.sni)?;
         insert_lpm(ebpf, names::NET_ALLOW, &self.net)?;
+        insert_lpm(ebpf, names::PATH_ALLOW, &self.paths_allow)?;
         insert_lpm(ebpf, names::WRITABLE, &self.paths)?;
         insert_hash(ebpf, names::SEL_COMM, &self.comm)?;
         insert_hash(ebpf, names::SEL_UID, &self.uid)?;
@@ -248,6 +253,7 @@ impl Tables {
         remove_stale_hash(ebpf, names::SEL_EXE, &self.exe)?;
         remove_stale_hash(ebpf, names::SEL_CGROUP, &self.cgroup)?;
         remove_stale_lpm(ebpf, names::NET_ALLOW, &self.net)?;
+        remove_stale_lpm(ebpf, names::PATH_ALLOW, &self.paths_allow)?;
         remove_stale_lpm(ebpf, names::WRITABLE, &self.paths)
     }
 }
@@ -272,18 +278,42 @@ fn cgroup_selectors(p: &CompiledPolicy) -> Vec<(u64, u32)> {
     cg
 }
 
+/// A destination rule's id in generation `gen`: the two generations' `PATH_ALLOW` entries never
+/// share an id (a connection made under the old policy finds none of the new one's paths).
+fn gen_rule(rule: u32, gen: u32) -> u32 {
+    if rule == 0 {
+        0
+    } else {
+        rule | (gen & 1) << 31
+    }
+}
+
+/// The `PATH_ALLOW` entries of generation `gen`.
+fn path_entries(p: &CompiledPolicy, gen: u32) -> Vec<(Key<PathAllowData>, u32)> {
+    p.paths
+        .iter()
+        .filter(|(_, path)| path.len() <= HTTP_PATH_LEN)
+        .map(|(rule, path)| {
+            let mut data = PathAllowData { rule: gen_rule(*rule, gen), path: [0; HTTP_PATH_LEN] };
+            data.path[..path.len()].copy_from_slice(path.as_bytes());
+            (Key::new(32 + 8 * path.len() as u32, data), 1)
+        })
+        .collect()
+}
+
 /// The `NET_ALLOW` key of a rule in generation `gen`.
 pub fn net_key(r: &NetRule, gen: u32) -> Key<NetData> {
     let port = r.port.unwrap_or(0).to_be_bytes();
     Key::new(
         NET_KEY_FIXED_BITS + r.prefix_len as u32,
-        NetData { agent: agent_slot(r.agent, gen), port, addr: r.addr.octets(), _pad: [0; 2] },
+        NetData { agent: agent_slot(r.agent, gen), proto: r.proto, port, _pad: 0, addr: r.addr.octets() },
     )
 }
 
 /// Does the static rule `s` allow every connection the resolved rule `r` allows?
 fn covers(s: &NetRule, r: &NetRule) -> bool {
-    if s.agent != r.agent || (s.port.is_some() && s.port != r.port) || s.prefix_len > r.prefix_len {
+    if s.agent != r.agent || s.proto != r.proto || (s.port.is_some() && s.port != r.port) || s.prefix_len > r.prefix_len
+    {
         return false;
     }
     let mask = |a: std::net::Ipv6Addr, len: u8| -> u128 {
@@ -306,7 +336,7 @@ pub fn resolve_hosts(hosts: &[HostRule]) -> Vec<NetRule> {
             Ok(addrs) => {
                 for a in addrs {
                     let (addr, prefix_len) = ipv6_form(a.ip(), if a.is_ipv4() { 32 } else { 128 });
-                    let rule = NetRule { agent: h.agent, addr, prefix_len, port: h.port };
+                    let rule = NetRule { agent: h.agent, addr, prefix_len, port: h.port, proto: h.proto, dest: h.dest };
                     if !out.contains(&rule) {
                         out.push(rule);
                     }
@@ -321,13 +351,15 @@ pub fn resolve_hosts(hosts: &[HostRule]) -> Vec<NetRule> {
 }
 
 /// The `NET_ALLOW` entries of generation `gen`: static rules, plus resolved host names.
-fn net_entries(rules: &[NetRule], resolved: &[NetRule], gen: u32) -> Vec<(Key<NetData>, u32)> {
-    let mut out: Vec<(Key<NetData>, u32)> = rules.iter().map(|r| (net_key(r, gen), net_origin::STATIC)).collect();
+fn net_entries(rules: &[NetRule], resolved: &[NetRule], gen: u32) -> Vec<(Key<NetData>, DestRule)> {
+    let value = |r: &NetRule, origin: u8| DestRule { origin, rule: gen_rule(r.dest.rule, gen), ..r.dest };
+    let mut out: Vec<(Key<NetData>, DestRule)> =
+        rules.iter().map(|r| (net_key(r, gen), value(r, net_origin::STATIC))).collect();
     // A resolved address already covered by a literal rule keeps that rule's meaning (no
     // server-name check); otherwise it is allowed only as that host name.
     for r in resolved {
         if !rules.iter().any(|s| covers(s, r)) {
-            out.push((net_key(r, gen), net_origin::HOST));
+            out.push((net_key(r, gen), value(r, net_origin::HOST)));
         }
     }
     out

@@ -194,6 +194,7 @@ impl Btf {
             task_files: o("task_struct", "files")?,
             mm_exe_file: o("mm_struct", "exe_file")?,
             fs_pwd: o("fs_struct", "pwd")?,
+            fs_root: o("fs_struct", "root")?,
             files_fdt: o("files_struct", "fdt")?,
             fdt_max_fds: o("fdtable", "max_fds")?,
             fdt_fd: o("fdtable", "fd")?,
@@ -220,6 +221,11 @@ impl Btf {
             msghdr_msg_name: o("msghdr", "msg_name")?,
             inode_i_sb: o("inode", "i_sb")?,
             sb_s_flags: o("super_block", "s_flags")?,
+            task_signal: o("task_struct", "signal")?,
+            signal_live: o("signal_struct", "live")?,
+            mount_mnt_id: o("mount", "mnt_id")?,
+            socket_sk: o("socket", "sk")?,
+            sock_family: o("sock", "__sk_common")? + o("sock_common", "skc_family")?,
             valid: 1,
         };
         // The programs read `d_parent` + `d_name` and `struct path` each in one read.

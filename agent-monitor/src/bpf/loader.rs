@@ -147,6 +147,13 @@ fn load_object(pin_dir: Option<&Path>) -> anyhow::Result<(Ebpf, bool, Option<Res
         .with_context(|| format!("reading kernel struct offsets from {}", btf_path.display()))?;
     let mut loader = EbpfLoader::new();
     loader.override_global("OFFSETS", &offsets, true);
+    // The process table can hold every process the kernel can have: it never fills (its
+    // elements are allocated as they are inserted).
+    let pid_max = std::fs::read_to_string("/proc/sys/kernel/pid_max")
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+        .unwrap_or(4_194_304);
+    loader.map_max_entries(agent_monitor_common::maps::names::PROCS, pid_max.max(32768));
     let (map_paths, adopted) = match pin_dir {
         Some(dir) => pins::prepare(dir)?,
         None => (Vec::new(), false),

@@ -97,9 +97,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         );
     }
     let settings = Settings::new(&args, &policy)?;
+    // The daemon leads its own process group: `kill(-pgid)` aimed at it is aimed at the daemon
+    // (self-protection), and a signal to the group that started it does not reach it.
+    let _ = nix::unistd::setpgid(nix::unistd::Pid::from_raw(0), nix::unistd::Pid::from_raw(0));
     let (state, ring) = start(source, &policy, &settings)?;
     let mut tasks = Tasks::new(state.health.clone());
     spawn_tasks(&mut tasks, &state, ring, &settings, policy.daemon.admin_group.as_deref()).await?;
+    // The tasks' threads are the daemon too.
+    kmaps::sync_daemon_tids(&mut state.kernel.lock().unwrap().ebpf);
     state.record_policy(&state.compiled.lock().unwrap().clone());
     holds::deny_stale(&state.kernel, &state.metrics);
     info!(events = settings.events_path, metrics = %settings.metrics_addr, control = %settings.control_path.display(), "enforcing");
@@ -150,8 +155,15 @@ fn start(
     info!(paths = ?protected.iter().map(|p| p.path.as_str()).collect::<Vec<_>>(), "the daemon's own paths are protected from agents");
     let gen = apply::apply_policy(&mut kernel.ebpf, &compiled, &resolved, &[], &protected)
         .context("writing the policy into the kernel maps")?;
+    // The host's mounts: a path crossing any other is not judged by its name.
+    let learned = kmaps::learn_mounts(&mut kernel.ebpf, &kmaps::mount_ids("1"), true);
+    info!(mounts = learned, "the host's mounts are known");
     adopt::adopt_running(&mut kernel.ebpf, &compiled)?;
+    for (pid, _) in kmaps::tracked(&kernel.ebpf) {
+        pipeline::learn_agent_mounts(&mut kernel.ebpf, pid);
+    }
     kmaps::set_daemon(&mut kernel.ebpf, std::process::id(), kernel.layers.bpf_lsm)?;
+    kmaps::sync_daemon_tids(&mut kernel.ebpf);
     let ring = RingBuf::try_from(kernel.ebpf.take_map(names::EVENTS).ok_or_else(|| anyhow!("EVENTS map missing"))?)?;
     for layer in agent_monitor_common::Layer::ALL.iter().filter(|l| **l != agent_monitor_common::Layer::Userspace) {
         metrics.layer_up.with_label_values(&[layer.name()]).set(kernel.layers.is_up(*layer) as i64);
@@ -228,6 +240,15 @@ async fn spawn_tasks(
         // address after the records change.
         let st = state.clone();
         tasks.every("host resolution", HOST_REFRESH, move || move || st.refresh_hosts());
+    }
+    {
+        // Released blocked sockets are kept while TCP may still retransmit their refused bytes.
+        let st = state.clone();
+        tasks.every("socket sweep", Duration::from_secs(300), move || {
+            move || {
+                kmaps::sweep_released_socks(&mut st.kernel.lock().unwrap().ebpf);
+            }
+        });
     }
     {
         let st = state.clone();

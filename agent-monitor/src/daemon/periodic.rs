@@ -25,8 +25,16 @@ impl State {
                 self.kernel.lock().unwrap().hook_new_tls_libs(found);
             }
         }
-        if let Some(armed) = self.kernel.lock().unwrap().hook_uncovered_agents(&tracked, seen) {
-            self.metrics.tls_hooked.set(armed as i64);
+        {
+            let mut k = self.kernel.lock().unwrap();
+            if let Some(armed) = k.hook_uncovered_agents(&tracked, seen) {
+                self.metrics.tls_hooked.set(armed as i64);
+            }
+            // Whole filesystems mounted on the host since (never a bind mount); the daemon's
+            // threads; the kill marks of instances that are gone.
+            kmaps::learn_mounts(&mut k.ebpf, &kmaps::mount_ids("1"), false);
+            kmaps::sync_daemon_tids(&mut k.ebpf);
+            kmaps::forget_dead_kills(&mut k.ebpf, &tracked);
         }
         let tls_invisible = {
             let mut inv = self.tls_invisible.lock().unwrap();

@@ -31,8 +31,11 @@ impl Pipeline {
         self.procs.fill(ev, &mut self.rec);
         let rec = &mut self.rec;
         if ev.kind == kind::PROCESS_EXEC && ev.flags & event_flags::INSTANCE_START != 0 {
-            // Hook the TLS of a new agent instance's first process as soon as it is read.
-            if let Some(armed) = s.kernel.lock().unwrap().hook_instance_tls(ev.run_id, ev.pid) {
+            // Hook the TLS of a new agent instance's first process as soon as it is read, and
+            // know the mounts of the namespace it was started in.
+            let mut k = s.kernel.lock().unwrap();
+            learn_agent_mounts(&mut k.ebpf, ev.pid);
+            if let Some(armed) = k.hook_instance_tls(ev.run_id, ev.pid) {
                 s.metrics.tls_hooked.set(armed as i64);
             }
         }
@@ -58,6 +61,17 @@ impl BatchHandler for Pipeline {
         }
         // One write(2) per batch, not per event.
         self.state.flush();
+    }
+}
+
+/// An agent started in a mount namespace other than the host's (a service with a private
+/// `/tmp`, a container): the mounts its launcher set up are known too. Mounts made after that
+/// (by the agent: a violation of their own) never are.
+pub fn learn_agent_mounts(ebpf: &mut aya::Ebpf, pid: u32) {
+    let ns = |p: &str| std::fs::read_link(format!("/proc/{p}/ns/mnt")).ok();
+    let own = ns(&pid.to_string());
+    if own.is_some() && own != ns("1") {
+        crate::bpf::maps::learn_mounts(ebpf, &crate::bpf::maps::mount_ids(&pid.to_string()), true);
     }
 }
 

@@ -66,7 +66,7 @@ impl State {
         let ino = cgroup_ino(cgroup)?;
         {
             let mut k = self.kernel.lock().unwrap();
-            kmaps::add_cgroup_selector(&mut k.ebpf, ino, id)?;
+            kmaps::add_cgroup_selector(&mut k.ebpf, ino, id, true)?;
             k.hook_exec_caller(caller);
         }
         self.registered.lock().unwrap().push((cgroup.to_string(), agent.to_string()));
@@ -84,7 +84,8 @@ impl State {
         }
     }
 
-    /// The registered `exec` cgroups as selectors of `compiled` (cgroup inode, agent id). An
+    /// The registered `exec` cgroups as selectors of `compiled` (cgroup inode, agent id with
+    /// `SEL_CGROUP_EXEC`). An
     /// instance whose agent the new policy no longer has loses its registration (its running
     /// processes keep the agent they are); said in the log.
     fn exec_selectors(&self, compiled: &CompiledPolicy) -> Vec<(u64, u32)> {
@@ -97,7 +98,7 @@ impl State {
             };
             match cgroup_ino(cgroup) {
                 Ok(ino) => {
-                    out.push((ino, id));
+                    out.push((ino, id | agent_monitor_common::SEL_CGROUP_EXEC));
                     true
                 }
                 Err(_) => false,

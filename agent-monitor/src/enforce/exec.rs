@@ -247,8 +247,8 @@ struct Sandbox {
 /// any port (Landlock then does not handle TCP connects at all).
 fn tcp_ports(agent: &AgentPolicy) -> Option<Vec<u16>> {
     let mut ports = Vec::new();
-    for e in &agent.network.allow {
-        match e {
+    for e in agent.network.allow.iter().filter(|e| e.protocol != crate::policy::Protocol::Udp) {
+        match &e.dest {
             AllowEntry::Unix(_) => {}
             AllowEntry::Host { port, .. } | AllowEntry::Addr { port, .. } => match port {
                 None => return None,

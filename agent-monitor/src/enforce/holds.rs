@@ -190,8 +190,10 @@ impl Holds {
         metrics.hold_wait.observe(h.since.elapsed().as_secs_f64());
         let granted = if approve { approve_hold(&h, grant, kernel)? } else { Value::Null };
         if !approve && h.paused {
-            // The paused call must never run: the instance dies.
+            // The paused call must never run: the instance dies (its connections held until
+            // then carry nothing).
             kill_instance(kernel, h.run_id);
+            kmaps::release_held_run(&mut kernel.lock().unwrap().ebpf, h.run_id);
         }
         metrics.hold_decisions.with_label_values(&[outcome]).inc();
         info!(hold = h.id, approve, approver = approver.1, "hold decided");
@@ -249,7 +251,9 @@ fn approve_hold(h: &Hold, grant: Grant, kernel: &Mutex<Kernel>) -> Result<Value,
         }
     }
     if h.paused {
-        // The call was stopped at its entry: continuing it sends the request, once.
+        // The call was stopped at its entry: continuing it sends the request, once. The
+        // instance's connections carry bytes again.
+        kmaps::release_held_run(&mut kernel.lock().unwrap().ebpf, h.run_id);
         // SAFETY: plain kill(2).
         unsafe { libc::kill(h.pid as i32, libc::SIGCONT) };
         granted = json!("the paused call continues, once");

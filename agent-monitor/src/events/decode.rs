@@ -358,8 +358,71 @@ impl Decoder {
                 }
             },
             Kind::IpcConnect => {
-                target.insert_str(0, "unix:");
+                if target.is_empty() {
+                    assign(target, "unix");
+                } else {
+                    target.insert_str(0, "unix:");
+                }
+                match ev.aux {
+                    0 => {}
+                    1 => detail.push("a datagram to a named Unix socket"),
+                    _ => detail.push("a FIFO opened for writing: a message to whoever reads it"),
+                }
                 "network.allow"
+            }
+            Kind::ProcessInject => {
+                let pid = (ev.aux2 & 0xffff_ffff) as u32;
+                let arg = ev.aux2 >> 32;
+                let d = detail.next();
+                let _ = match ev.aux {
+                    tamper_call::PTRACE => write!(d, "ptrace(request={arg}) of a process outside the agent's instance"),
+                    tamper_call::PROCESS_VM_WRITEV => {
+                        write!(d, "process_vm_writev into a process outside the agent's instance")
+                    }
+                    tamper_call::PIDFD_GETFD => {
+                        write!(d, "pidfd_getfd(fd {arg}) of a process outside the agent's instance")
+                    }
+                    tamper_call::IOCTL => write!(d, "ioctl({arg:#x}): typing into a terminal another process reads"),
+                    _ => write!(d, "ptrace-level access to a process outside the agent's instance: refused"),
+                };
+                target.clear();
+                if ev.aux == tamper_call::IOCTL {
+                    target.push_str("terminal");
+                } else {
+                    let _ = write!(target, "pid {pid}");
+                }
+                "process.inject"
+            }
+            Kind::SysMount => {
+                let call = match ev.aux {
+                    155 => "pivot_root",
+                    161 => "chroot",
+                    165 => "mount",
+                    166 => "umount2",
+                    428 => "open_tree",
+                    429 => "move_mount",
+                    430 => "fsopen",
+                    432 => "fsmount",
+                    442 => "mount_setattr",
+                    _ => "",
+                };
+                let _ = write!(
+                    detail.next(),
+                    "a change to the mount topology ({call}, syscall {}): a mount names a file by what it is not",
+                    ev.aux
+                );
+                assign(target, if call.is_empty() { "mount" } else { call });
+                "syscalls.allow"
+            }
+            Kind::SysNamespace => {
+                let _ = write!(
+                    detail.next(),
+                    "a new namespace (syscall {}, flags {:#x}): inside its own, a process can mount over anything",
+                    ev.aux,
+                    ev.aux2
+                );
+                assign(target, "namespace");
+                "syscalls.allow"
             }
             Kind::NetConnect | Kind::NetSend | Kind::NetHttpWrite => {
                 // The first "path" is the address: the target is `host:port`, or nothing.
@@ -402,13 +465,25 @@ impl Decoder {
                         }
                     }
                 }
-                if kind == Kind::NetHttpWrite {
+                if ev.flags & event_flags::OPAQUE_TLS != 0 {
+                    detail.push("the destination does not accept TLS the daemon cannot read (no opaque_tls)");
+                    "network.opaque_tls"
+                } else if ev.flags & event_flags::HTTP_PATH != 0 {
+                    detail.push("the request's path is not under the destination's paths");
+                    "network.paths"
+                } else if kind == Kind::NetHttpWrite {
+                    if ev.flags & event_flags::HTTP_UNPARSABLE != 0 {
+                        detail.push(http_verdict_text(ev.aux as u32));
+                    }
                     "network.http_methods"
                 } else {
                     "network.allow"
                 }
             }
         };
+        if ev.layer == layer::LANDLOCK {
+            detail.push("refused by the Landlock ruleset of agent-monitor exec (EACCES): nothing was written");
+        }
         if ev.flags & event_flags::DENY_FELL_BACK != 0 {
             detail.push("deny requested but no active layer can refuse this operation here: killed instead");
         }
@@ -420,6 +495,15 @@ impl Decoder {
         }
         if ev.flags & event_flags::KILL_FROM_USERSPACE != 0 {
             detail.push("refused in the kernel; the instance is killed by the daemon");
+        }
+        if ev.flags & event_flags::ARG_UNREADABLE != 0 {
+            detail.push("an argument in the process's memory could not be read, at the call nor after it: a violation (fail closed)");
+        }
+        if ev.flags & event_flags::FOREIGN_MOUNT != 0 {
+            detail.push("the path crosses a mount the daemon did not see in the host's namespace (a bind mount, a private mount namespace): not judged by its name");
+        }
+        if ev.flags & event_flags::DEVICE != 0 {
+            detail.push("a device node: never writable (it reaches a disk or memory, not a file)");
         }
         // 0 where the hook could not read them (socket and packet hooks): `enrich` asks /proc.
         *ppid = ev.ppid;
@@ -448,6 +532,21 @@ impl Decoder {
             *policy_hash = None;
         }
         true
+    }
+}
+
+/// What the HTTP parser found wrong (`agent_monitor_common::http_verdict`).
+fn http_verdict_text(v: u32) -> &'static str {
+    use agent_monitor_common::http_verdict as h;
+    match v {
+        h::NOT_A_REQUEST => "the bytes where a request must start are not an allowed method followed by a space",
+        h::SPLIT => "a request start cut before its method could be read",
+        h::BODY => "a body on a request that does not write, or a body not framed by Content-Length",
+        h::H2 => "an HTTP/2 request that is not a GET, or a frame that writes",
+        h::UNREADABLE => "the request bytes could not be read",
+        h::TOO_LONG => "more header bytes than the parser follows in one write",
+        h::IP_OPTIONS => "IP options or IPv6 extension headers on the connection",
+        _ => "not read-only HTTP",
     }
 }
 

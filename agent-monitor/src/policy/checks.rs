@@ -280,6 +280,28 @@ pub fn check_http_method(m: &str) -> Result<(), String> {
     if m.len() > MAX_HTTP_METHOD_LEN {
         return Err(format!("HTTP method \"{m}\" is longer than {MAX_HTTP_METHOD_LEN} bytes"));
     }
+    if !KNOWN_HTTP_METHODS.contains(&m) {
+        return Err(format!(
+            "the kernel recognises only {} at the start of a request: a request with \"{m}\" is refused as \
+             a write whatever the policy says",
+            KNOWN_HTTP_METHODS.join(", ")
+        ));
+    }
+    Ok(())
+}
+
+/// An `allow` entry's `paths` element: an absolute request path prefix that fits the kernel's
+/// table and does not climb.
+pub fn check_http_path(p: &str) -> Result<(), String> {
+    if !p.starts_with('/') {
+        return Err(format!("path \"{p}\" must start with '/'"));
+    }
+    if p.len() > agent_monitor_common::HTTP_PATH_SCAN {
+        return Err(format!("path \"{p}\" is longer than {} bytes", agent_monitor_common::HTTP_PATH_SCAN));
+    }
+    if p.contains("..") || p.contains('%') || p.bytes().any(|b| b <= b' ' || b == 0x7f) {
+        return Err(format!("path \"{p}\" may not contain \"..\", '%', spaces or control characters"));
+    }
     Ok(())
 }
 
@@ -483,8 +505,13 @@ mod tests {
         // Truncation never splits a UTF-8 character.
         assert!(check_comm("ééééééééé").unwrap_err().contains("\"ééééééé\""));
 
-        for m in ["GET", "HEAD", "OPTIONS", "POST", "PROPFIND", "M-SEARCH", "BASELINE-CONTROL"] {
+        for m in ["GET", "HEAD", "OPTIONS", "POST", "PUT", "PATCH", "DELETE", "CONNECT", "TRACE"] {
             assert!(check_http_method(m).is_ok(), "{m}");
+        }
+        // A well-formed method the kernel parser does not know is refused at load, not
+        // silently never matched.
+        for m in ["PROPFIND", "M-SEARCH"] {
+            assert!(check_http_method(m).is_err(), "{m}");
         }
         assert!(check_http_method("get").unwrap_err().contains("write \"GET\""));
         assert!(check_http_method("GET /").unwrap_err().contains("not an HTTP method"));

@@ -17,7 +17,9 @@ use std::collections::HashSet;
 use std::fmt;
 use std::net::{IpAddr, Ipv6Addr};
 
-use super::model::{Action, AllowEntry, Policy, MAX_COMM_LEN};
+use agent_monitor_common::{dest_flags, net_origin, proto, DestRule};
+
+use super::model::{Action, Allow, AllowEntry, Policy, Protocol, MAX_COMM_LEN};
 
 /// Character devices and pseudo-files every agent may write: writing them changes no state outside the process's terminal.
 pub const IMPLICIT_WRITABLE: &[&str] =
@@ -51,6 +53,9 @@ pub struct CompiledPolicy {
     /// (agent id, normalised absolute socket path): the Unix sockets an agent may connect or
     /// send to.
     pub unix: Vec<(u32, String)>,
+    /// (rule id, path prefix): where a destination's `paths` let its writes through
+    /// (`DestRule::rule`).
+    pub paths: Vec<(u32, String)>,
 }
 
 /// One address rule for the kernel's `NET_ALLOW` LPM trie.
@@ -64,6 +69,10 @@ pub struct NetRule {
     pub prefix_len: u8,
     /// `None` is any port.
     pub port: Option<u16>,
+    /// `agent_monitor_common::proto`.
+    pub proto: u8,
+    /// What the destination takes (its `origin` is set when the rule is written).
+    pub dest: DestRule,
 }
 
 /// A host name the daemon must resolve and keep fresh.
@@ -74,6 +83,8 @@ pub struct HostRule {
     pub host: String,
     /// `None` is any port.
     pub port: Option<u16>,
+    pub proto: u8,
+    pub dest: DestRule,
 }
 
 /// Bit `i` of [`CompiledAgent::http_allow`] is `HTTP_METHOD_BITS[i]`: the kernel's one list
@@ -119,11 +130,11 @@ pub struct CompiledAgent {
     pub allow_io_uring: bool,
     pub allow_raw_socket: bool,
     pub allow_bpf: bool,
+    pub allow_mount: bool,
+    pub allow_namespaces: bool,
     /// The HTTP methods allowed on an allowed connection, as a bitmask (see
     /// [`HTTP_METHOD_BITS`] and [`http_mask`]).
     pub http_allow: u32,
-    /// A connection whose HTTP the daemon cannot see is a violation.
-    pub require_http_visibility: bool,
 }
 
 impl CompiledPolicy {
@@ -202,8 +213,9 @@ pub fn compile(p: &Policy) -> CompiledPolicy {
             allow_io_uring: a.syscalls.allows("io_uring"),
             allow_raw_socket: a.syscalls.allows("raw_socket"),
             allow_bpf: a.syscalls.allows("bpf"),
+            allow_mount: a.syscalls.allows("mount"),
+            allow_namespaces: a.syscalls.allows("namespaces"),
             http_allow: http_mask(&a.network.http_methods),
-            require_http_visibility: a.network.require_http_visibility,
         });
         out.comm.extend(unique(&a.selector.comm).map(|c| (comm_key(c), id)));
         out.exe.extend(unique(&a.selector.exe).map(|e| (e.clone(), id)));
@@ -212,7 +224,7 @@ pub fn compile(p: &Policy) -> CompiledPolicy {
         let implicit: Vec<String> = IMPLICIT_WRITABLE.iter().map(|s| s.to_string()).collect();
         let all: Vec<String> = a.files.writable.iter().cloned().chain(implicit).collect();
         out.writable.extend(unique(&all).map(|w| (id, w.clone())));
-        compile_network(id, &a.network.allow, &mut out);
+        compile_network(id, http_mask(&a.network.http_methods), &a.network.allow, &mut out);
     }
     out
 }
@@ -220,30 +232,40 @@ pub fn compile(p: &Policy) -> CompiledPolicy {
 /// Split one agent's `allow` entries into `net`, `hosts` and `unix`, each in policy order with
 /// repeats dropped (after normalisation: `10.0.0.0/8:443` and `[::ffff:10.0.0.0/104]:443` are
 /// the same rule).
-fn compile_network(id: u32, allow: &[AllowEntry], out: &mut CompiledPolicy) {
+fn compile_network(id: u32, agent_methods: u32, allow: &[Allow], out: &mut CompiledPolicy) {
     let mut net = Vec::new();
     let mut hosts = Vec::new();
     let mut unix = Vec::new();
     for entry in allow {
-        match entry {
-            AllowEntry::Unix(path) => unix.push((id, path.clone())),
-            AllowEntry::Addr { net: n, port } => {
-                let (addr, prefix_len) = ipv6_form(n.addr, n.prefix_len);
-                net.push(NetRule { agent: id, addr, prefix_len, port: *port });
-            }
-            AllowEntry::Host { host, port } => {
-                // The validator sends address literals to `Addr`; a programmatic policy may not.
-                let literal = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
-                match literal.parse::<IpAddr>() {
-                    Ok(ip) => {
-                        let (addr, prefix_len) = ipv6_form(ip, if ip.is_ipv4() { 32 } else { 128 });
-                        net.push(NetRule { agent: id, addr, prefix_len, port: *port });
+        let dest = dest_rule(entry, agent_methods, out);
+        let protos: &[u8] = match entry.protocol {
+            Protocol::Tcp => &[proto::TCP],
+            Protocol::Udp => &[proto::UDP],
+            Protocol::Any => &[proto::TCP, proto::UDP],
+        };
+        for &proto in protos {
+            match &entry.dest {
+                AllowEntry::Unix(path) => unix.push((id, path.clone())),
+                AllowEntry::Addr { net: n, port } => {
+                    let (addr, prefix_len) = ipv6_form(n.addr, n.prefix_len);
+                    net.push(NetRule { agent: id, addr, prefix_len, port: *port, proto, dest });
+                }
+                AllowEntry::Host { host, port } => {
+                    // The validator sends address literals to `Addr`; a programmatic policy may not.
+                    let literal = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+                    match literal.parse::<IpAddr>() {
+                        Ok(ip) => {
+                            let (addr, prefix_len) = ipv6_form(ip, if ip.is_ipv4() { 32 } else { 128 });
+                            net.push(NetRule { agent: id, addr, prefix_len, port: *port, proto, dest });
+                        }
+                        Err(_) => hosts.push(HostRule {
+                            agent: id,
+                            host: host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase(),
+                            port: *port,
+                            proto,
+                            dest,
+                        }),
                     }
-                    Err(_) => hosts.push(HostRule {
-                        agent: id,
-                        host: host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase(),
-                        port: *port,
-                    }),
                 }
             }
         }
@@ -251,6 +273,27 @@ fn compile_network(id: u32, allow: &[AllowEntry], out: &mut CompiledPolicy) {
     out.net.extend(unique(&net).cloned());
     out.hosts.extend(unique(&hosts).cloned());
     out.unix.extend(unique(&unix).cloned());
+}
+
+/// What one `allow` entry takes: its methods (0: the agent's), which of them only under its
+/// `paths` (a rule id and its `paths` entries), and whether opaque TLS is accepted.
+fn dest_rule(entry: &Allow, agent_methods: u32, out: &mut CompiledPolicy) -> DestRule {
+    let methods = entry.methods.as_deref().map(http_mask).unwrap_or(0);
+    let mut rule = DestRule {
+        origin: net_origin::STATIC,
+        flags: if entry.opaque_tls { dest_flags::OPAQUE_TLS } else { 0 },
+        _pad: 0,
+        methods,
+        path_methods: 0,
+        rule: 0,
+    };
+    if !entry.paths.is_empty() && methods != 0 {
+        let id = out.paths.iter().map(|(r, _)| *r).max().unwrap_or(0) + 1;
+        rule.rule = id;
+        rule.path_methods = methods & !agent_methods;
+        out.paths.extend(entry.paths.iter().map(|p| (id, p.clone())));
+    }
+    rule
 }
 
 /// The comm map key: the name's first 15 bytes, NUL-padded to `TASK_COMM_LEN` (16), as the
@@ -293,8 +336,7 @@ impl fmt::Display for CompiledPolicy {
             let methods = if methods.is_empty() { "none".to_string() } else { methods.join("|") };
             writeln!(
                 f,
-                "agent {} {:?} action={} audit={} io_uring={} raw_socket={} bpf={} http={} \
-                 require_http_visibility={}",
+                "agent {} {:?} action={} audit={} io_uring={} raw_socket={} bpf={} mount={} namespaces={} http={}",
                 a.id,
                 a.name,
                 a.action,
@@ -302,8 +344,9 @@ impl fmt::Display for CompiledPolicy {
                 a.allow_io_uring,
                 a.allow_raw_socket,
                 a.allow_bpf,
+                a.allow_mount,
+                a.allow_namespaces,
                 methods,
-                a.require_http_visibility
             )?;
         }
         for (key, id) in &self.comm {
@@ -325,14 +368,44 @@ impl fmt::Display for CompiledPolicy {
         fn port(p: Option<u16>) -> String {
             p.map_or_else(|| "*".to_string(), |p| p.to_string())
         }
+        fn dest(d: &DestRule) -> String {
+            let mut out = String::new();
+            if d.methods != 0 {
+                out.push_str(&format!(" methods {}", http_methods_of(d.methods).collect::<Vec<_>>().join("|")));
+            }
+            if d.rule != 0 {
+                out.push_str(&format!(
+                    " paths #{} for {}",
+                    d.rule,
+                    http_methods_of(d.path_methods).collect::<Vec<_>>().join("|")
+                ));
+            }
+            if d.flags & dest_flags::OPAQUE_TLS != 0 {
+                out.push_str(" opaque_tls");
+            }
+            out
+        }
+        let pname = |p: u8| if p == proto::UDP { "udp" } else { "tcp" };
         for r in &self.net {
-            writeln!(f, "net {} {}/{} port {}", r.agent, r.addr, r.prefix_len, port(r.port))?;
+            writeln!(
+                f,
+                "net {} {} {}/{} port {}{}",
+                r.agent,
+                pname(r.proto),
+                r.addr,
+                r.prefix_len,
+                port(r.port),
+                dest(&r.dest)
+            )?;
         }
         for r in &self.hosts {
-            writeln!(f, "host {} {:?} port {}", r.agent, r.host, port(r.port))?;
+            writeln!(f, "host {} {} {:?} port {}{}", r.agent, pname(r.proto), r.host, port(r.port), dest(&r.dest))?;
         }
         for (id, path) in &self.unix {
             writeln!(f, "unix {id} {path:?}")?;
+        }
+        for (rule, path) in &self.paths {
+            writeln!(f, "path #{rule} {path:?}")?;
         }
         Ok(())
     }
@@ -367,6 +440,7 @@ mod stable_id_tests {
 mod tests {
     use super::*;
     use crate::policy::{default_policy, parse, AgentPolicy, IpNet, DEFAULT_POLICY, KNOWN_HTTP_METHODS};
+    use agent_monitor_common::http_method_bit;
 
     const TWO_AGENTS: &str = r#"
 [daemon]
@@ -395,7 +469,6 @@ uid = [1600, 1601]
 [agent.network]
 allow = ["[fd00::/8]:*", "localhost:*", "Forum.Internal:443", "10.20.0.0/16:443"]
 http_methods = ["GET", "POST"]
-require_http_visibility = true
 [agent.syscalls]
 allow = ["io_uring", "raw_socket", "bpf"]
 "#;
@@ -408,12 +481,16 @@ allow = ["io_uring", "raw_socket", "bpf"]
         IMPLICIT_WRITABLE.iter().map(|p| (id, p.to_string())).collect()
     }
 
+    /// What a plain string entry takes.
+    const PLAIN: DestRule =
+        DestRule { origin: net_origin::STATIC, flags: 0, _pad: 0, methods: 0, path_methods: 0, rule: 0 };
+
     fn rule(agent: u32, addr: &str, prefix_len: u8, port: Option<u16>) -> NetRule {
-        NetRule { agent, addr: addr.parse().unwrap(), prefix_len, port }
+        NetRule { agent, addr: addr.parse().unwrap(), prefix_len, port, proto: proto::TCP, dest: PLAIN }
     }
 
     fn host(agent: u32, host: &str, port: Option<u16>) -> HostRule {
-        HostRule { agent, host: host.into(), port }
+        HostRule { agent, host: host.into(), port, proto: proto::TCP, dest: PLAIN }
     }
 
     /// A one-agent policy allowing `allow` (parsed and validated like a file).
@@ -439,8 +516,9 @@ allow = ["io_uring", "raw_socket", "bpf"]
                     allow_io_uring: false,
                     allow_raw_socket: false,
                     allow_bpf: false,
+                    allow_mount: false,
+                    allow_namespaces: false,
                     http_allow: 0b111,
-                    require_http_visibility: false,
                 },
                 CompiledAgent {
                     id: 2,
@@ -450,8 +528,9 @@ allow = ["io_uring", "raw_socket", "bpf"]
                     allow_io_uring: true,
                     allow_raw_socket: true,
                     allow_bpf: true,
+                    allow_mount: false,
+                    allow_namespaces: false,
                     http_allow: 0b1001,
-                    require_http_visibility: true,
                 },
             ]
         );
@@ -491,9 +570,9 @@ allow = ["io_uring", "raw_socket", "bpf"]
         let expected = format!(
             "hash {}\n\
              agent 1 \"forum-analyst\" action=kill audit=false io_uring=false raw_socket=false bpf=false \
-             http=GET|HEAD|OPTIONS require_http_visibility=false\n\
+             mount=false namespaces=false http=GET|HEAD|OPTIONS\n\
              agent 2 \"builder\" action=deny audit=true io_uring=true raw_socket=true bpf=true \
-             http=GET|POST require_http_visibility=true\n\
+             mount=false namespaces=false http=GET|POST\n\
              comm \"forum-agent\" -> 1\n\
              comm \"make\" -> 2\n\
              exe \"/opt/forum-agent/bin/agent\" -> 1\n\
@@ -519,13 +598,13 @@ allow = ["io_uring", "raw_socket", "bpf"]
              writable 2 \"/dev/ptmx\"\n\
              writable 2 \"/dev/random\"\n\
              writable 2 \"/dev/urandom\"\n\
-             net 1 ::ffff:10.20.0.0/112 port 443\n\
-             net 1 ::ffff:127.0.0.53/128 port 53\n\
-             net 2 fd00::/8 port *\n\
-             net 2 ::ffff:10.20.0.0/112 port 443\n\
-             host 1 \"forum.internal\" port 443\n\
-             host 2 \"localhost\" port *\n\
-             host 2 \"forum.internal\" port 443\n\
+             net 1 tcp ::ffff:10.20.0.0/112 port 443\n\
+             net 1 tcp ::ffff:127.0.0.53/128 port 53\n\
+             net 2 tcp fd00::/8 port *\n\
+             net 2 tcp ::ffff:10.20.0.0/112 port 443\n\
+             host 1 tcp \"forum.internal\" port 443\n\
+             host 2 tcp \"localhost\" port *\n\
+             host 2 tcp \"forum.internal\" port 443\n\
              unix 1 \"/run/nscd/socket\"\n",
             c.hash
         );
@@ -535,35 +614,67 @@ allow = ["io_uring", "raw_socket", "bpf"]
     #[test]
     fn golden_default_policy() {
         let c = compile(&default_policy());
-        assert_eq!(c.agents.len(), 1);
-        assert_eq!(c.agents[0].name, "agent-cli");
-        assert_eq!(c.agents[0].action, Action::Alert);
-        assert!(!c.agents[0].allow_io_uring && !c.agents[0].allow_raw_socket && !c.agents[0].allow_bpf);
-        let comms: Vec<[u8; 16]> = c
-            .comm
-            .iter()
-            .map(|(k, id)| {
-                assert_eq!(*id, 1);
-                *k
-            })
-            .collect();
-        assert_eq!(comms, ["claude", "codex", "gemini", "aider", "goose", "opencode"].map(comm_key));
-        let mut writable = vec![(1, "/tmp".to_string()), (1, "/var/tmp".to_string())];
-        writable.extend(implicit(1));
-        assert_eq!(c.writable, writable);
-        assert!(c.exe.is_empty() && c.uid.is_empty() && c.cgroup.is_empty());
-        assert_eq!(c.agents[0].http_allow, 0b111);
-        assert!(!c.agents[0].require_http_visibility);
-        // 127.0.0.53:53, 0.0.0.0/0:443, [::/0]:443: nothing implicit, no host names.
+        let names: Vec<&str> = c.agents.iter().map(|a| a.name.as_str()).collect();
+        assert_eq!(names, ["claude", "codex", "gemini", "agent-cli"]);
+        for a in &c.agents {
+            assert_eq!(a.action, Action::Alert, "{}", a.name);
+            assert!(!a.allow_io_uring && !a.allow_raw_socket && !a.allow_bpf, "{}", a.name);
+            assert!(!a.allow_mount && !a.allow_namespaces, "{}", a.name);
+            // Read-only methods everywhere; POST only where a destination lists it.
+            assert_eq!(a.http_allow, 0b111, "{}", a.name);
+        }
+        let comms: Vec<([u8; 16], u32)> = c.comm.clone();
         assert_eq!(
-            c.net,
+            comms,
             [
-                rule(1, "::ffff:127.0.0.53", 128, Some(53)),
-                rule(1, "::ffff:0.0.0.0", 96, Some(443)),
-                rule(1, "::", 0, Some(443))
+                (comm_key("claude"), 1),
+                (comm_key("claude.exe"), 1),
+                (comm_key("codex"), 2),
+                (comm_key("gemini"), 3),
+                (comm_key("aider"), 4),
+                (comm_key("goose"), 4),
+                (comm_key("opencode"), 4),
+                (comm_key("copilot"), 4),
+                (comm_key("qwen"), 4),
             ]
         );
-        assert!(c.hosts.is_empty() && c.unix.is_empty());
+        let mut writable = Vec::new();
+        for id in 1..=4 {
+            writable.extend([(id, "/tmp".to_string()), (id, "/var/tmp".to_string())]);
+            writable.extend(implicit(id));
+        }
+        assert_eq!(c.writable, writable);
+        assert!(c.exe.is_empty() && c.uid.is_empty() && c.cgroup.is_empty() && c.unix.is_empty());
+        // Every agent: DNS to the stub resolver over UDP or TCP, and 443 anywhere (read-only).
+        for id in 1..=4 {
+            let mine: Vec<&NetRule> = c.net.iter().filter(|r| r.agent == id).collect();
+            let dns: Vec<(Ipv6Addr, u8, u8)> =
+                mine.iter().filter(|r| r.port == Some(53)).map(|r| (r.addr, r.prefix_len, r.proto)).collect();
+            let stub: Ipv6Addr = "::ffff:127.0.0.53".parse().unwrap();
+            assert_eq!(dns, [(stub, 128, proto::TCP), (stub, 128, proto::UDP)]);
+            assert!(mine.iter().any(|r| r.prefix_len == 96 && r.port == Some(443) && r.dest.rule == 0));
+            assert!(mine.iter().any(|r| r.prefix_len == 0 && r.port == Some(443) && r.dest.rule == 0));
+        }
+        // The model APIs: POST under their paths only; opaque TLS where the agent's own TLS
+        // stack cannot be read (Claude Code's Bun, Codex's rustls).
+        let api = |agent: u32, host: &str| {
+            c.hosts.iter().find(|h| h.agent == agent && h.host == host).unwrap_or_else(|| panic!("{host}"))
+        };
+        let post = 1 << http_method_bit("POST").unwrap();
+        for (agent, host, opaque) in [
+            (1, "api.anthropic.com", true),
+            (2, "api.openai.com", true),
+            (2, "chatgpt.com", true),
+            (3, "generativelanguage.googleapis.com", false),
+            (4, "api.githubcopilot.com", false),
+        ] {
+            let h = api(agent, host);
+            assert_eq!(h.port, Some(443), "{host}");
+            assert_eq!(h.dest.flags & dest_flags::OPAQUE_TLS != 0, opaque, "{host}");
+            assert_eq!(h.dest.path_methods, post, "{host}");
+            assert!(c.paths.iter().any(|(rule, _)| *rule == h.dest.rule), "{host}");
+        }
+        assert!(c.paths.contains(&(api(1, "api.anthropic.com").dest.rule, "/v1/messages".to_string())));
         assert_eq!(c.hash.len(), 16);
         assert!(c.hash.bytes().all(|b| b.is_ascii_hexdigit()));
     }
@@ -636,10 +747,10 @@ allow = ["io_uring", "raw_socket", "bpf"]
         // A programmatic, unvalidated network: bits past the prefix are cleared in the rule.
         let mut p = Policy::default();
         let mut a = AgentPolicy::new("a");
-        a.network.allow.push(AllowEntry::Addr {
+        a.network.allow.push(Allow::plain(AllowEntry::Addr {
             net: IpNet { addr: "172.16.99.1".parse().unwrap(), prefix_len: 12 },
             port: Some(443),
-        });
+        }));
         p.agents.push(a);
         assert_eq!(compile(&p).net, [rule(1, "::ffff:172.16.0.0", 108, Some(443))]);
         // From a file.
@@ -704,11 +815,14 @@ allow = ["io_uring", "raw_socket", "bpf"]
         // A programmatic Host that is an address literal goes to `net`; names are lower-cased.
         let mut p = Policy::default();
         let mut a = AgentPolicy::new("a");
-        a.network.allow.extend([
-            AllowEntry::Host { host: "192.0.2.1".into(), port: Some(80) },
-            AllowEntry::Host { host: "2001:db8::1".into(), port: None },
-            AllowEntry::Host { host: "Mixed.Case".into(), port: Some(1) },
-        ]);
+        a.network.allow.extend(
+            [
+                AllowEntry::Host { host: "192.0.2.1".into(), port: Some(80) },
+                AllowEntry::Host { host: "2001:db8::1".into(), port: None },
+                AllowEntry::Host { host: "Mixed.Case".into(), port: Some(1) },
+            ]
+            .map(Allow::plain),
+        );
         p.agents.push(a);
         let c = compile(&p);
         assert_eq!(c.net, [rule(1, "::ffff:192.0.2.1", 128, Some(80)), rule(1, "2001:db8::1", 128, None)]);

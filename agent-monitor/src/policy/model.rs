@@ -40,7 +40,7 @@ pub const DEFAULT_HTTP_METHODS: &[&str] = &["GET", "HEAD", "OPTIONS"];
 /// bit order, shared with the kernel programs.
 pub const KNOWN_HTTP_METHODS: &[&str] = &agent_monitor_common::HTTP_METHOD_NAMES;
 /// The bypass-prone syscall families an agent may be granted in `[agent.syscalls] allow`.
-pub const SYSCALL_CLASSES: &[&str] = &["io_uring", "raw_socket", "bpf"];
+pub const SYSCALL_CLASSES: &[&str] = &["io_uring", "raw_socket", "bpf", "mount", "namespaces"];
 
 // ---------------------------------------------------------------------------------------------
 // Public model
@@ -298,21 +298,86 @@ pub struct Files {
 /// `[agent.network]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Network {
-    pub allow: Vec<AllowEntry>,
-    /// Methods an HTTP request may use on an allowed connection (default GET, HEAD, OPTIONS).
+    pub allow: Vec<Allow>,
+    /// Methods an HTTP request may use on an allowed connection (default GET, HEAD, OPTIONS),
+    /// where its `allow` entry does not say.
     pub http_methods: Vec<String>,
-    /// Treat a connection whose HTTP the daemon cannot see (statically linked TLS) as a
-    /// violation, instead of allowing it on the strength of `allow` alone.
-    pub require_http_visibility: bool,
 }
 
 impl Default for Network {
     fn default() -> Self {
-        Network {
-            allow: Vec::new(),
-            http_methods: DEFAULT_HTTP_METHODS.iter().map(|m| m.to_string()).collect(),
-            require_http_visibility: false,
+        Network { allow: Vec::new(), http_methods: DEFAULT_HTTP_METHODS.iter().map(|m| m.to_string()).collect() }
+    }
+}
+
+/// The transport a destination is granted for: a TCP grant allows no datagram.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    #[default]
+    Tcp,
+    Udp,
+    /// TCP and UDP (a resolver on port 53).
+    Any,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+            Protocol::Any => "any",
         }
+    }
+}
+
+/// One `allow` entry: a destination, and what it takes. The string form is a TCP destination
+/// that takes the agent's `http_methods`; the table form can say more.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Allow {
+    pub dest: AllowEntry,
+    pub protocol: Protocol,
+    /// The HTTP methods this destination takes (None: the agent's `http_methods`).
+    pub methods: Option<Vec<String>>,
+    /// Path prefixes: the methods this destination takes beyond the agent's `http_methods`
+    /// (its writes) are allowed only under them. Empty: anywhere.
+    pub paths: Vec<String>,
+    /// TLS the daemon cannot read (a TLS stack it does not hook) is accepted here. Elsewhere
+    /// it is refused: its writes cannot be told from its reads.
+    pub opaque_tls: bool,
+}
+
+impl Allow {
+    /// The string form's meaning: TCP, the agent's methods, no opaque TLS.
+    pub fn plain(dest: AllowEntry) -> Self {
+        Allow { dest, protocol: Protocol::Tcp, methods: None, paths: Vec::new(), opaque_tls: false }
+    }
+
+    fn is_plain(&self) -> bool {
+        self.protocol == Protocol::Tcp && self.methods.is_none() && self.paths.is_empty() && !self.opaque_tls
+    }
+}
+
+impl fmt::Display for Allow {
+    /// The string form where it says everything, else an inline table (valid TOML).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.is_plain() {
+            return write!(f, "{}", toml_string(&self.dest.to_string()));
+        }
+        let list = |v: &[String]| v.iter().map(|s| toml_string(s)).collect::<Vec<_>>().join(", ");
+        write!(f, "{{ to = {}", toml_string(&self.dest.to_string()))?;
+        if self.protocol != Protocol::Tcp {
+            write!(f, ", protocol = \"{}\"", self.protocol.as_str())?;
+        }
+        if let Some(m) = &self.methods {
+            write!(f, ", methods = [{}]", list(m))?;
+        }
+        if !self.paths.is_empty() {
+            write!(f, ", paths = [{}]", list(&self.paths))?;
+        }
+        if self.opaque_tls {
+            write!(f, ", opaque_tls = true")?;
+        }
+        write!(f, " }}")
     }
 }
 
@@ -481,9 +546,8 @@ impl fmt::Display for Policy {
             writeln!(f, "writable = {}", strs(&a.files.writable))?;
             writeln!(f, "[agent.network]")?;
             let allow: Vec<String> = a.network.allow.iter().map(|e| e.to_string()).collect();
-            writeln!(f, "allow = {}", strs(&allow))?;
+            writeln!(f, "allow = [{}]", allow.join(", "))?;
             writeln!(f, "http_methods = {}", strs(&a.network.http_methods))?;
-            writeln!(f, "require_http_visibility = {}", a.network.require_http_visibility)?;
             writeln!(f, "[agent.syscalls]")?;
             writeln!(f, "allow = {}", strs(&a.syscalls.allow))?;
         }

@@ -87,12 +87,15 @@ pub struct RawFiles {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawNetwork {
+    /// Each entry a string (`"host:443"`) or a table (`{ to = "host:443", protocol = "udp",
+    /// methods = [...], paths = [...], opaque_tls = true }`), told apart by the validator (serde's
+    /// untagged enums lose toml's spans).
     #[serde(default)]
-    pub allow: Vec<Spanned<String>>,
+    pub allow: Vec<Spanned<toml::Value>>,
     /// `None` when absent: the default methods apply; `Some([])` means no request is a read.
     pub http_methods: Option<Vec<Spanned<String>>>,
-    #[serde(default)]
-    pub require_http_visibility: bool,
+    /// Replaced by per-destination `opaque_tls`: refused with a message saying so.
+    pub require_http_visibility: Option<Spanned<bool>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -45,18 +45,23 @@ fn default_policy_parses_and_says_what_the_contract_says() {
     assert_eq!(p.daemon.events_file.as_deref(), Some("/var/log/agent-monitor/events.jsonl"));
     assert_eq!(p.daemon.control_socket.as_deref(), Some("/run/agent-monitor/control.sock"));
     assert!(p.alerts.webhook.is_empty());
-    assert_eq!(p.agents.len(), 1);
-    let a = &p.agents[0];
+    assert_eq!(p.agents.len(), 4);
+    let a = &p.agents[3];
     assert_eq!(a.name, "agent-cli");
     assert_eq!(a.action, Action::Alert);
     assert!(!a.audit);
-    assert_eq!(a.selector.comm, ["claude", "codex", "gemini", "aider", "goose", "opencode"]);
+    assert_eq!(a.selector.comm, ["aider", "goose", "opencode", "copilot", "qwen"]);
     assert!(a.selector.exe.is_empty() && a.selector.cgroup.is_empty() && a.selector.uid.is_empty());
     assert_eq!(a.files.writable, ["/tmp", "/var/tmp"]);
     let allow: Vec<String> = a.network.allow.iter().map(|e| e.to_string()).collect();
-    assert_eq!(allow, ["127.0.0.53:53", "0.0.0.0/0:443", "[::/0]:443"]);
+    assert_eq!(allow[4..], ["{ to = \"127.0.0.53:53\", protocol = \"any\" }", "\"0.0.0.0/0:443\"", "\"[::/0]:443\""]);
     assert_eq!(a.network.http_methods, ["GET", "HEAD", "OPTIONS"]);
-    assert!(!a.network.require_http_visibility);
+    // Each known agent's model API takes its POSTs, under its paths; nothing else writes.
+    let claude = &p.agents[0];
+    assert_eq!(claude.selector.comm, ["claude", "claude.exe"]);
+    let api = &claude.network.allow[0];
+    assert!(api.opaque_tls && api.methods.as_ref().is_some_and(|m| m.contains(&"POST".to_string())));
+    assert_eq!(api.dest.to_string(), "api.anthropic.com:443");
     assert!(a.syscalls.allow.is_empty());
 }
 
@@ -110,6 +115,7 @@ http_methods = ["GET", "HEAD", "OPTIONS"]
             AllowEntry::Addr { net: IpNet::host("127.0.0.53".parse().unwrap()), port: Some(53) },
             AllowEntry::Unix("/run/nscd/socket".into()),
         ]
+        .map(Allow::plain)
     );
 }
 
@@ -157,7 +163,6 @@ writable = ["/", "/srv/work//", "/srv/work"]
 [agent.network]
 allow = ["API.Example.com:*"]
 http_methods = []
-require_http_visibility = true
 [agent.syscalls]
 allow = ["io_uring", "bpf"]
 "#);
@@ -181,9 +186,8 @@ allow = ["io_uring", "bpf"]
     assert_eq!(a.selector.cgroup, ["/agents.slice/x.service"]);
     assert_eq!(a.selector.uid, [0, 1500]);
     assert_eq!(a.files.writable, ["/", "/srv/work", "/srv/work"]);
-    assert_eq!(a.network.allow, [AllowEntry::Host { host: "api.example.com".into(), port: None }]);
+    assert_eq!(a.network.allow, [Allow::plain(AllowEntry::Host { host: "api.example.com".into(), port: None })]);
     assert!(a.network.http_methods.is_empty());
-    assert!(a.network.require_http_visibility);
     assert!(a.syscalls.allows("io_uring") && a.syscalls.allows("bpf"));
     assert!(!a.syscalls.allows("raw_socket"));
 }
@@ -515,4 +519,51 @@ fn load_reads_files_and_reports_io_errors() {
     assert_eq!(ds[0].line, 0);
     assert!(ds[0].to_string().starts_with(&format!("{}: cannot read the policy: ", missing.display())), "{}", ds[0]);
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn allow_tables_say_what_a_destination_takes() {
+    let p = parse(
+        FILE,
+        r#"
+[[agent]]
+name = "a"
+[agent.match]
+comm = ["a"]
+[agent.network]
+allow = [
+  { to = "127.0.0.53:53", protocol = "udp" },
+  { to = "api.example.com:443", methods = ["GET", "POST"], paths = ["/v1/messages"], opaque_tls = true },
+  "forum.internal:443",
+]
+"#,
+    )
+    .unwrap();
+    let allow = &p.agents[0].network.allow;
+    assert_eq!(allow[0].protocol, Protocol::Udp);
+    assert_eq!(allow[1].paths, ["/v1/messages"]);
+    assert!(allow[1].opaque_tls && !allow[2].opaque_tls);
+    assert_eq!(allow[2], Allow::plain(AllowEntry::Host { host: "forum.internal".into(), port: Some(443) }));
+    // The canonical form reads back as the same policy.
+    assert_eq!(parse(FILE, &p.to_string()).unwrap(), p);
+}
+
+#[test]
+fn allow_table_errors_and_the_replaced_key_say_why() {
+    let agent = "[[agent]]\nname = \"a\"\n[agent.match]\ncomm = [\"a\"]\n[agent.network]\n";
+    let errs = |net: &str| errors(&format!("{agent}{net}"));
+    let one = |net: &str, want: &str| {
+        let e = errs(net);
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(e[0].2.contains(want), "{:?} does not say {want:?}", e[0].2);
+        assert_eq!(e[0].0, 6, "{e:?}");
+    };
+    one("allow = [{ to = \"h:1\", protocol = \"sctp\" }]", "protocol");
+    one("allow = [{ to = \"h:1\", colour = \"red\" }]", "unknown key");
+    one("allow = [{ protocol = \"udp\" }]", "needs `to`");
+    one("allow = [{ to = \"h:1\", paths = [\"/x\"] }]", "methods");
+    one("allow = [{ to = \"h:1\", methods = [\"POST\"], paths = [\"/a/../b\"] }]", "..");
+    one("allow = [{ to = \"unix:/run/x\", protocol = \"udp\" }]", "Unix socket");
+    one("allow = [{ to = \"h:1\", methods = [\"PROPFIND\"] }]", "recognises only");
+    one("require_http_visibility = true", "opaque_tls");
 }

@@ -212,10 +212,19 @@ impl Validator<'_> {
 
         let mut allow = Vec::new();
         for e in a.network.allow {
-            match parse_allow_entry(e.get_ref()) {
+            let span = e.span();
+            match self.allow_entry(e.into_inner()) {
                 Ok(entry) => allow.push(entry),
-                Err(why) => self.error(e.span(), format!("bad allow entry {why}")),
+                Err(why) => self.error(span, format!("bad allow entry {why}")),
             }
+        }
+        if let Some(r) = a.network.require_http_visibility {
+            self.error(
+                r.span(),
+                "require_http_visibility was replaced by per-destination rules: TLS the daemon cannot read is \
+                 refused everywhere except to allow entries with opaque_tls = true (e.g. { to = \"api.example.com:443\", \
+                 opaque_tls = true }); remove this key",
+            );
         }
         let http_methods = match a.network.http_methods {
             None => Network::default().http_methods,
@@ -245,9 +254,68 @@ impl Validator<'_> {
             audit: a.audit,
             selector,
             files: Files { writable },
-            network: Network { allow, http_methods, require_http_visibility: a.network.require_http_visibility },
+            network: Network { allow, http_methods },
             syscalls: Syscalls { allow: syscalls },
         }
+    }
+
+    /// One `allow` entry: a destination string, or a table saying what the destination takes.
+    fn allow_entry(&mut self, v: toml::Value) -> Result<Allow, String> {
+        let table = match v {
+            toml::Value::String(s) => return parse_allow_entry(&s).map(Allow::plain),
+            toml::Value::Table(t) => t,
+            other => return Err(format!("{other}: expected \"host:port\" or a table {{ to = \"host:port\", ... }}")),
+        };
+        const KEYS: &str = "to, protocol, methods, paths, opaque_tls";
+        let mut allow = None;
+        let (mut protocol, mut methods, mut paths, mut opaque_tls) = (Protocol::Tcp, None, Vec::new(), false);
+        let strings = |key: &str, v: &toml::Value| -> Result<Vec<String>, String> {
+            let arr = v.as_array().ok_or_else(|| format!("{key} must be an array of strings"))?;
+            arr.iter()
+                .map(|x| x.as_str().map(str::to_string).ok_or_else(|| format!("{key} must be an array of strings")))
+                .collect()
+        };
+        for (k, v) in &table {
+            match k.as_str() {
+                "to" => {
+                    let s = v.as_str().ok_or("to must be a string such as \"host:443\"")?;
+                    allow = Some(parse_allow_entry(s)?);
+                }
+                "protocol" => {
+                    protocol = match v.as_str() {
+                        Some("tcp") => Protocol::Tcp,
+                        Some("udp") => Protocol::Udp,
+                        Some("any") => Protocol::Any,
+                        _ => return Err(format!("protocol {v}: expected \"tcp\", \"udp\" or \"any\"")),
+                    }
+                }
+                "methods" => {
+                    let ms = strings("methods", v)?;
+                    for m in &ms {
+                        check_http_method(m)?;
+                    }
+                    methods = Some(ms);
+                }
+                "paths" => {
+                    paths = strings("paths", v)?;
+                    for p in &paths {
+                        check_http_path(p)?;
+                    }
+                }
+                "opaque_tls" => opaque_tls = v.as_bool().ok_or("opaque_tls must be true or false")?,
+                other => return Err(format!("unknown key {other:?} in an allow table (expected {KEYS})")),
+            }
+        }
+        let dest = allow.ok_or(format!("an allow table needs `to` (keys: {KEYS})"))?;
+        if matches!(dest, AllowEntry::Unix(_))
+            && (protocol != Protocol::Tcp || methods.is_some() || !paths.is_empty() || opaque_tls)
+        {
+            return Err(format!("{dest}: a Unix socket takes no protocol, methods, paths or opaque_tls"));
+        }
+        if !paths.is_empty() && methods.is_none() {
+            return Err(format!("{dest}: paths limit the methods the entry adds: give them with `methods`"));
+        }
+        Ok(Allow { dest, protocol, methods, paths, opaque_tls })
     }
 
     fn selector(&mut self, m: RawMatch, claims: &mut Claims<'_>) -> Match {

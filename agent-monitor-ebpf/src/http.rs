@@ -1,0 +1,578 @@
+//! Read-only HTTP, by construction: the parser every agent HTTP stream goes through (the
+//! payload of an allowed clear-text connection, and the plaintext handed to a hooked TLS
+//! library).
+//!
+//! The stream must parse as a sequence of requests, each starting with a method token the
+//! destination takes followed by a space (nothing before it: no CRLF, no unknown or lowercase
+//! token, no HTTP/2 preface in clear text), its header block ending with CRLF CRLF, and a body
+//! only where the method writes and the destination takes it, framed by `Content-Length`
+//! (`Transfer-Encoding` is refused: its framing is not followed). Inside TLS an HTTP/2
+//! connection is followed frame by frame: a request is read-only only if its `:method` is the
+//! static-table GET (`0x82`); a DATA frame, or a header block the parser cannot read without the
+//! connection's dynamic table, is a write. Whatever does not parse is a write, never a pass.
+//!
+//! The parser keeps its state per connection ([`HttpParse`]), so a method split over two
+//! segments or writes, and every request of a keep-alive or pipelined connection, is judged.
+//! It reads the stream through a per-CPU window and walks it one step per `bpf_loop` iteration
+//! (a step is a request start, one header byte, or a run of body or frame bytes).
+use agent_monitor_common::{http_match, http_method, http_mode, http_verdict, HttpParse, PathAllowData, HTTP_METHODS};
+use aya_ebpf::{
+    helpers::generated::{bpf_loop, bpf_probe_read_user as raw_read_user, bpf_skb_load_bytes},
+    maps::lpm_trie::Key,
+};
+use core::ffi::c_void;
+
+use crate::{
+    kernel::opaque,
+    maps::{HttpScratch, HTTP_SCRATCH, HTTP_WIN, PATH_ALLOW},
+};
+
+/// Where the stream is.
+#[derive(Clone, Copy)]
+pub enum Src {
+    /// A packet (`__sk_buff *`) and the payload's offset in it.
+    Skb(*mut c_void, u32),
+    /// Process memory (a TLS library's plaintext buffer).
+    User(u64),
+}
+
+/// What a destination takes.
+#[derive(Clone, Copy)]
+pub struct Takes {
+    /// Methods allowed (bits of [`HTTP_METHODS`]).
+    pub methods: u32,
+    /// Methods that write: allowed a body, and (with `rule`) only under the rule's paths.
+    pub writes: u32,
+    /// Methods allowed only under the `PATH_ALLOW` prefixes of `rule`.
+    pub path_methods: u32,
+    pub rule: u32,
+    /// Inside TLS: an HTTP/2 connection may be followed.
+    pub h2: bool,
+    /// Record the first violation and go on parsing as if it had been let through (`alert`,
+    /// `hold`: the request goes out, or may, and the parser must stay in step with the stream).
+    pub record_only: bool,
+}
+
+/// What the parser found: an [`http_verdict`], the method (bit) it concerns, and the offset in
+/// the stream of the request it concerns; `lost`: the parser could not stay in step (a violation
+/// it cannot parse past, in `record_only`): the connection cannot be followed further.
+#[derive(Clone, Copy)]
+pub struct Found {
+    pub verdict: u32,
+    pub method: u32,
+    pub at: u32,
+    pub lost: bool,
+}
+
+/// The methods that never write: GET, HEAD, OPTIONS (bits 0..3 of [`HTTP_METHODS`]).
+pub const READ_ONLY: u32 = 0b111;
+
+/// Steps a call may take: enough for the header bytes a request may have (`MAX_HEADER`) and
+/// then some; a write that needs more is refused (`TOO_LONG`).
+const MAX_STEPS: u32 = 20_000;
+/// Header block bytes of one request the parser follows.
+const MAX_HEADER: u32 = 16 * 1024;
+
+/// Scratch slot: the packet path and the TLS path never share one (a cgroup_skb program may run
+/// in softirq on top of a uprobe program on the same CPU).
+pub const SLOT_SKB: u32 = 0;
+pub const SLOT_TLS: u32 = 1;
+
+/// What the loop's steps need that is not in the scratch map: the packet (a context pointer
+/// the verifier follows through this stack slot).
+#[repr(C)]
+struct LoopCtx {
+    skb: *mut c_void,
+}
+
+/// Parse `len` bytes of the stream at `src` from state `st` (updated). One `bpf_loop`: each
+/// step is a request start, one header byte, a run of body or frame bytes skipped unread, or
+/// the next window of the stream read in.
+#[inline(always)]
+pub fn parse(slot: u32, src: Src, len: u32, st: &mut HttpParse, takes: &Takes) -> Found {
+    let Some(sc) = HTTP_SCRATCH.get_ptr_mut(slot) else {
+        return Found { verdict: http_verdict::UNREADABLE, method: 0, at: 0, lost: true };
+    };
+    let sc = unsafe { &mut *sc };
+    sc.state = *st;
+    sc.takes_methods = takes.methods;
+    sc.takes_writes = takes.writes;
+    sc.takes_paths = takes.path_methods;
+    sc.rule = takes.rule;
+    sc.h2 = takes.h2 as u32;
+    sc.record_only = takes.record_only as u32;
+    sc.first = http_verdict::OK;
+    sc.verdict = http_verdict::OK;
+    sc.at = 0;
+    sc.p = 0;
+    sc.i = 0;
+    sc.n = 0;
+    sc.len = len;
+    let mut lc = LoopCtx { skb: core::ptr::null_mut() };
+    match src {
+        Src::Skb(skb, off) => {
+            lc.skb = skb;
+            sc.base = off as u64;
+            sc.user = 0;
+        }
+        Src::User(ptr) => {
+            sc.base = ptr;
+            sc.user = 1;
+        }
+    }
+    let f = if slot == SLOT_SKB { step_skb as *mut c_void } else { step_tls as *mut c_void };
+    unsafe { bpf_loop(MAX_STEPS, f, &mut lc as *mut LoopCtx as *mut c_void, 0) };
+    let mut hard = sc.verdict;
+    let mut hard_at = sc.at;
+    if hard == http_verdict::OK && sc.p + sc.i < len {
+        hard = http_verdict::TOO_LONG;
+        hard_at = sc.p + sc.i;
+    }
+    *st = sc.state;
+    if sc.first != http_verdict::OK {
+        // The first violation, recorded while the parser went on.
+        return Found { verdict: sc.first, method: sc.first_method, at: sc.first_at, lost: hard != http_verdict::OK };
+    }
+    Found { verdict: hard, method: sc.method, at: hard_at, lost: hard != http_verdict::OK }
+}
+
+/// A violation at `at`: stop, or (`record_only`) record it and go on as if it had been let
+/// through. Returns whether to go on.
+#[inline(always)]
+fn violate(sc: &mut HttpScratch, verdict: u32, at: u32) -> bool {
+    if sc.record_only != 0 {
+        if sc.first == http_verdict::OK {
+            sc.first = verdict;
+            sc.first_at = at;
+            sc.first_method = sc.method;
+        }
+        return true;
+    }
+    sc.verdict = verdict;
+    sc.at = at;
+    false
+}
+
+extern "C" fn step_skb(_index: u64, ctx: *mut c_void) -> i64 {
+    step::<false>(SLOT_SKB, ctx)
+}
+
+extern "C" fn step_tls(_index: u64, ctx: *mut c_void) -> i64 {
+    step::<true>(SLOT_TLS, ctx)
+}
+
+/// One step of the parser. Returns 1 to stop (a verdict, or the end of the stream). `USER`: the
+/// stream is process memory (a uprobe, which may not read packets), else a packet.
+#[inline(always)]
+fn step<const USER: bool>(slot: u32, ctx: *mut c_void) -> i64 {
+    let Some(sc) = HTTP_SCRATCH.get_ptr_mut(slot) else {
+        return 1;
+    };
+    let sc = unsafe { &mut *sc };
+    if sc.i >= sc.n {
+        return next_window::<USER>(sc, ctx);
+    }
+    let i = opaque(sc.i) & (HTTP_WIN as u32 - 1);
+    let n = sc.n;
+    match sc.state.mode {
+        http_mode::EXPECT_REQUEST => request_start(sc, i, n),
+        http_mode::IN_HEADERS => {
+            header_byte(sc, i);
+            if sc.state.line == 0 && sc.p + i > sc.header_start + MAX_HEADER {
+                return stop(sc, http_verdict::TOO_LONG, i);
+            }
+            (sc.verdict != http_verdict::OK) as i64
+        }
+        http_mode::BODY | http_mode::H2 if sc.state.skip > 0 => {
+            // Body or frame payload inside the window: skip it.
+            let k = if sc.state.skip > n - i { n - i } else { sc.state.skip };
+            sc.state.skip -= k;
+            sc.i = i + k;
+            if sc.state.skip == 0 && sc.state.mode == http_mode::BODY {
+                sc.state.mode = http_mode::EXPECT_REQUEST;
+            }
+            0
+        }
+        http_mode::H2 => h2_step(sc, i, n),
+        _ => stop(sc, http_verdict::NOT_A_REQUEST, i),
+    }
+}
+
+/// The window is used up: move past it; skip a body or frame payload without reading it; or
+/// read the next window. Returns 1 at the end of the stream or when it cannot be read.
+#[inline(always)]
+fn next_window<const USER: bool>(sc: &mut HttpScratch, ctx: *mut c_void) -> i64 {
+    sc.p += sc.i;
+    sc.i = 0;
+    sc.n = 0;
+    if sc.p >= sc.len {
+        return 1;
+    }
+    let rest = sc.len - sc.p;
+    let mode = sc.state.mode;
+    if (mode == http_mode::BODY || mode == http_mode::H2) && sc.state.skip > 0 {
+        let k = if sc.state.skip > rest { rest } else { sc.state.skip };
+        sc.state.skip -= k;
+        sc.p += k;
+        if sc.state.skip == 0 && mode == http_mode::BODY {
+            sc.state.mode = http_mode::EXPECT_REQUEST;
+        }
+        return 0;
+    }
+    let want = if rest > HTTP_WIN as u32 { HTTP_WIN as u32 } else { rest };
+    // ((n - 1) & (WIN - 1)) + 1 is n for 1..=WIN, on the register the verifier checks.
+    let n = ((opaque(want) - 1) & (HTTP_WIN as u32 - 1)) + 1;
+    let dst = sc.buf.as_mut_ptr() as *mut c_void;
+    let loaded = unsafe {
+        if USER {
+            raw_read_user(dst, n, (sc.base + sc.p as u64) as *const c_void)
+        } else {
+            let skb = (*(ctx as *const LoopCtx)).skb;
+            bpf_skb_load_bytes(skb, sc.base as u32 + sc.p, dst, n)
+        }
+    };
+    if loaded != 0 {
+        return stop(sc, http_verdict::UNREADABLE, 0);
+    }
+    sc.n = n;
+    sc.last = (sc.p + n >= sc.len) as u32;
+    0
+}
+
+/// More bytes are needed than the window holds from `i`: read the window again from `i`, or, at
+/// the end of what was written, the request start is cut (`PO` then `ST`).
+#[inline(always)]
+fn need_more(sc: &mut HttpScratch, i: u32) -> i64 {
+    if sc.last != 0 || i == 0 {
+        return stop(sc, http_verdict::SPLIT, i);
+    }
+    // The window starts again at `i`.
+    sc.p += i;
+    sc.i = 0;
+    sc.n = 0;
+    0
+}
+
+#[inline(always)]
+fn stop(sc: &mut HttpScratch, verdict: u32, at: u32) -> i64 {
+    sc.verdict = verdict;
+    sc.at = at;
+    1
+}
+
+#[inline(always)]
+fn byte(sc: &HttpScratch, i: u32) -> u8 {
+    sc.buf[(opaque(i) as usize) & (HTTP_WIN + 63)]
+}
+
+/// The length, with its space, of each method token of [`HTTP_METHODS`] (a table of lengths:
+/// BPF has no relocations for pointers inside read-only data).
+const TOKEN_LEN: [u8; 9] = [4, 5, 8, 5, 4, 6, 7, 8, 6];
+const _: () = {
+    let mut k = 0;
+    while k < 9 {
+        assert!(HTTP_METHODS[k].len() == TOKEN_LEN[k] as usize);
+        k += 1;
+    }
+};
+
+/// The HTTP/2 connection preface (RFC 9113 3.4).
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+#[inline(always)]
+fn request_start(sc: &mut HttpScratch, i: u32, n: u32) -> i64 {
+    if n - i < 8 {
+        // Not enough bytes in this window to see the method: read again from here, or, at the
+        // end of what was written, a request cut before its method (`PO` then `ST`).
+        return need_more(sc, i);
+    }
+    let mut tok = [0u8; 8];
+    for (k, t) in tok.iter_mut().enumerate() {
+        *t = byte(sc, i + k as u32);
+    }
+    let Some(m) = http_method(&tok) else {
+        if sc.h2 != 0 && tok == *b"PRI * HT" {
+            if n - i < 24 {
+                return need_more(sc, i);
+            }
+            for (k, b) in H2_PREFACE.iter().enumerate() {
+                if byte(sc, i + k as u32) != *b {
+                    return stop(sc, http_verdict::NOT_A_REQUEST, i);
+                }
+            }
+            sc.state.mode = http_mode::H2;
+            sc.state.skip = 0;
+            sc.i = i + 24;
+            return 0;
+        }
+        return stop(sc, http_verdict::NOT_A_REQUEST, i);
+    };
+    sc.method = m;
+    let bit = 1u32 << (m & 15);
+    if sc.takes_methods & bit == 0 && !violate(sc, http_verdict::METHOD, i) {
+        return 1;
+    }
+    let toklen = TOKEN_LEN[(m as usize) % TOKEN_LEN.len()] as u32;
+    if sc.takes_paths & bit != 0 {
+        // The path must be seen whole enough to judge (up to HTTP_PATH_LEN bytes).
+        let need = toklen + PATH_SCAN as u32;
+        if n - i < need && sc.last == 0 {
+            return need_more(sc, i);
+        }
+        if !path_allowed(sc, i + toklen, n) && !violate(sc, http_verdict::PATH, i) {
+            return 1;
+        }
+    }
+    sc.state.mode = http_mode::IN_HEADERS;
+    sc.header_start = sc.p + i;
+    sc.state.crlf = 0;
+    sc.state.line = 0;
+    sc.state.matching = 0;
+    sc.state.method = m as u8;
+    sc.state.length = 0;
+    sc.i = i + toklen;
+    0
+}
+
+/// Request path bytes compared with the rule's prefixes (a longer prefix never matches).
+pub const PATH_SCAN: usize = agent_monitor_common::HTTP_PATH_SCAN;
+
+/// Is the request target at `at` (up to a space) under one of the rule's path prefixes, and
+/// does it not climb (`..`, `%2e`)?
+#[inline(always)]
+fn path_allowed(sc: &mut HttpScratch, at: u32, n: u32) -> bool {
+    sc.path.rule = sc.rule;
+    let mut len = 0u32;
+    let mut prev = 0u8;
+    for k in 0..PATH_SCAN {
+        let pos = at + k as u32;
+        if pos >= n {
+            break;
+        }
+        let b = byte(sc, pos);
+        if b == b' ' || b == b'\r' || b == b'\n' {
+            break;
+        }
+        if (b == b'.' && prev == b'.') || (prev == b'%' && (b == b'2')) {
+            // `..` anywhere, or a percent-encoded byte of the 0x2X range ('.', '/'): a path
+            // that could lead out of the prefix once the server decodes and folds it.
+            return false;
+        }
+        prev = b;
+        sc.path.path[k] = b;
+        len = k as u32 + 1;
+    }
+    if len == 0 {
+        return false;
+    }
+    // The trie key is `{ prefix_len, data }`: the scratch keeps them adjacent.
+    sc.path_prefix = 32 + len * 8;
+    let key = (&sc.path_prefix as *const u32) as *const Key<PathAllowData>;
+    unsafe { PATH_ALLOW.get(&*key) }.is_some()
+}
+
+/// CR LF CR LF.
+const END: [u8; 4] = *b"\r\n\r\n";
+const CONTENT_LENGTH: &[u8; 15] = b"content-length:";
+const TRANSFER_ENCODING: &[u8; 18] = b"transfer-encoding:";
+
+/// One byte of a header block: the end of the block, and the two header names that frame a
+/// body.
+#[inline(always)]
+fn header_byte(sc: &mut HttpScratch, i: u32) {
+    let b = byte(sc, i);
+    sc.i = i + 1;
+    let c = (sc.state.crlf & 3) as usize;
+    sc.state.crlf = if b == END[c] {
+        sc.state.crlf + 1
+    } else if b == b'\r' {
+        1
+    } else {
+        0
+    };
+    if sc.state.crlf >= 4 {
+        end_of_headers(sc, i);
+        return;
+    }
+    let st = &mut sc.state;
+    if b == b'\n' {
+        st.line = 0;
+        st.matching = (st.matching & http_match::HAS_TRANSFER_ENCODING)
+            | http_match::CONTENT_LENGTH
+            | http_match::TRANSFER_ENCODING;
+        return;
+    }
+    if st.matching & http_match::LENGTH_DIGITS != 0 {
+        if b.is_ascii_digit() {
+            st.length = st.length.saturating_mul(10).saturating_add((b - b'0') as u32).min(1 << 30);
+        } else if b != b' ' && b != b'\t' && b != b'\r' {
+            // Not a length: the body's framing is unknown.
+            st.matching |= http_match::HAS_TRANSFER_ENCODING;
+            st.matching &= !http_match::LENGTH_DIGITS;
+        }
+        if b == b'\r' {
+            st.matching &= !http_match::LENGTH_DIGITS;
+        }
+        return;
+    }
+    let line = st.line as usize;
+    if line < TRANSFER_ENCODING.len() {
+        let lb = b | 0x20;
+        if st.matching & http_match::CONTENT_LENGTH != 0 {
+            if line >= CONTENT_LENGTH.len() || lb != CONTENT_LENGTH[line % CONTENT_LENGTH.len()] {
+                st.matching &= !http_match::CONTENT_LENGTH;
+            } else if line == CONTENT_LENGTH.len() - 1 {
+                st.matching &= !http_match::CONTENT_LENGTH;
+                st.matching |= http_match::LENGTH_DIGITS;
+                st.length = 0;
+            }
+        }
+        if st.matching & http_match::TRANSFER_ENCODING != 0 {
+            if lb != TRANSFER_ENCODING[line % TRANSFER_ENCODING.len()] {
+                st.matching &= !http_match::TRANSFER_ENCODING;
+            } else if line == TRANSFER_ENCODING.len() - 1 {
+                st.matching &= !http_match::TRANSFER_ENCODING;
+                st.matching |= http_match::HAS_TRANSFER_ENCODING;
+            }
+        }
+        st.line += 1;
+    }
+}
+
+#[inline(always)]
+fn end_of_headers(sc: &mut HttpScratch, i: u32) {
+    let bit = 1u32 << (sc.state.method & 15);
+    // (record_only: a request let through may write)
+    let writes = sc.takes_writes & bit != 0 || sc.record_only != 0 && sc.first != http_verdict::OK;
+    sc.method = sc.state.method as u32;
+    if sc.state.matching & http_match::HAS_TRANSFER_ENCODING != 0 {
+        // A body whose end the parser cannot find: it cannot follow the stream past it.
+        sc.verdict = http_verdict::BODY;
+        sc.at = i;
+        return;
+    }
+    if sc.state.length > 0 && !writes && !violate(sc, http_verdict::BODY, i) {
+        // A body on a request that does not write.
+        return;
+    }
+    let st = &mut sc.state;
+    st.crlf = 0;
+    st.matching = 0;
+    if st.length > 0 {
+        st.mode = http_mode::BODY;
+        st.skip = st.length;
+    } else {
+        st.mode = http_mode::EXPECT_REQUEST;
+    }
+}
+
+/// HTTP/2 frames (RFC 9113 4.1): a 9-byte header (length 24 bits, type, flags, stream id),
+/// then the payload.
+#[inline(always)]
+fn h2_step(sc: &mut HttpScratch, i: u32, n: u32) -> i64 {
+    const DATA: u8 = 0;
+    const HEADERS: u8 = 1;
+    const CONTINUATION: u8 = 9;
+    if sc.state.skip > 0 {
+        let k = if sc.state.skip > n - i { n - i } else { sc.state.skip };
+        sc.state.skip -= k;
+        sc.i = i + k;
+        return 0;
+    }
+    // A frame header, and for HEADERS the start of its block, must be in the window.
+    if n - i < 9 + H2_BLOCK && sc.last == 0 {
+        return need_more(sc, i);
+    }
+    if n - i < 9 {
+        return stop(sc, http_verdict::SPLIT, i);
+    }
+    let flen = (byte(sc, i) as u32) << 16 | (byte(sc, i + 1) as u32) << 8 | byte(sc, i + 2) as u32;
+    let ty = byte(sc, i + 3);
+    let flags = byte(sc, i + 4);
+    match ty {
+        DATA | CONTINUATION => {
+            if !violate(sc, http_verdict::H2, i) {
+                return 1;
+            }
+        }
+        HEADERS => {
+            if !h2_read_only(sc, i + 9, n, flen, flags) && !violate(sc, http_verdict::H2, i) {
+                return 1;
+            }
+        }
+        _ => {}
+    }
+    sc.state.skip = flen;
+    sc.i = i + 9;
+    0
+}
+
+/// Bytes of a HEADERS block the decoder reads: the pseudo-header fields come first, and
+/// `:method` among them.
+const H2_BLOCK: u32 = 48;
+
+/// Does the header block at `at` (of a frame of `flen` bytes with `flags`) ask for a GET the
+/// destination takes? Decodes the first fields with the static table only (RFC 7541): an indexed
+/// `:method: GET` (`0x82`) is read-only; any other method, a field named from the dynamic table
+/// or a new name before `:method`, or a block cut short, is a write.
+#[inline(always)]
+fn h2_read_only(sc: &HttpScratch, at: u32, n: u32, flen: u32, flags: u8) -> bool {
+    const PADDED: u8 = 0x8;
+    const PRIORITY: u8 = 0x20;
+    if sc.takes_methods & 1 == 0 {
+        return false; // GET not taken here
+    }
+    let mut q = at;
+    if flags & PADDED != 0 {
+        q += 1;
+    }
+    if flags & PRIORITY != 0 {
+        q += 5;
+    }
+    let end = {
+        let e = at + flen;
+        if e > n {
+            n
+        } else {
+            e
+        }
+    };
+    for _ in 0..6 {
+        if q >= end {
+            return false;
+        }
+        let b = byte(sc, q);
+        if b & 0x80 != 0 {
+            // Indexed field: 2 is `:method: GET`, 3 `:method: POST`; 1 and 4..=7 are the other
+            // pseudo-headers (:authority, :path, :scheme) of the static table.
+            match b & 0x7f {
+                2 => return true,
+                1 | 4..=7 => {
+                    q += 1;
+                    continue;
+                }
+                _ => return false,
+            }
+        }
+        let name = if b & 0xc0 == 0x40 {
+            b & 0x3f
+        } else if b & 0xe0 == 0x20 {
+            // A dynamic table size update: no field.
+            q += 1;
+            continue;
+        } else {
+            b & 0x0f
+        };
+        // A literal: its name from the static table's pseudo-headers, or the method itself.
+        if name == 0 || name > 7 || name == 2 || name == 3 {
+            return false;
+        }
+        let v = byte(sc, q + 1);
+        let vlen = (v & 0x7f) as u32;
+        if vlen == 0x7f {
+            return false;
+        }
+        q += 2 + vlen;
+    }
+    false
+}

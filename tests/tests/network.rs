@@ -169,7 +169,13 @@ fn unlisted_destinations_are_refused_in_the_kernel() {
     let ns = NetNs::new(&["10.77.0.1/32", "198.51.100.7/32", "2001:db8::7/128", "192.0.2.9/32"]);
     let forum = Forum::start(t.path(), "::", false, Some(&ns.0));
     let p = forum.port;
-    let d = Daemon::start(&policy("egress", &["am-net"], "deny", &[&format!("192.0.2.9:{p}"), "127.0.0.53:53"], ""));
+    let d = Daemon::start(&policy(
+        "egress",
+        &["am-net"],
+        "deny",
+        &[&format!("192.0.2.9:{p}"), r#"{ to = "127.0.0.53:53", protocol = "udp" }"#],
+        "",
+    ));
     let agent = copy_binary(t.path(), &python3(), "am-net");
     let connect = |host: &str, port: u16, proto: &str| {
         let out = ns.cmd(&agent).args(["-c", PY_CONNECT, host, &port.to_string(), proto]).output().unwrap();
@@ -190,7 +196,7 @@ fn unlisted_destinations_are_refused_in_the_kernel() {
         let e = d.wait_event(&format!("connect {host}"), |e| f(e, "kind") == "net.connect" && f(e, "target") == target);
         assert_eq!((f(&e, "verdict"), f(&e, "action"), f(&e, "layer")), ("violation", "denied", d.connect_layer()));
     }
-    // A datagram to a non-resolver; a datagram to the listed resolver is fine.
+    // A datagram to a non-resolver; a datagram to the resolver listed for UDP is fine.
     assert_eq!(connect("10.77.0.1", 53, "udp"), (Some(13), "EPERM".into()));
     d.wait_event("udp", |e| f(e, "kind") == "net.send" && f(e, "target") == "10.77.0.1:53");
     assert_eq!(connect("127.0.0.53", 53, "udp").0, Some(0));

@@ -299,7 +299,58 @@ fn run_quiet(cmd: &mut Command) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use super::results::{Delivery, Enforcement, EventStep};
     use super::*;
+    use std::collections::BTreeMap;
+
+    /// Results with every section filled, for the report's tests.
+    pub(super) fn sample_results() -> Results {
+        let mut r = Results { rounds: 3, reps: 2, run_secs: 0.1, ..Results::default() };
+        r.info = system::Info { date: "2026-12-03".into(), cores: 2, ..Default::default() };
+        r.workloads = WORKLOADS.to_vec();
+        r.n = vec![1000, 2000, 3000, 400, 5000, 60, 70];
+        let cases = [Case::Loaded, Case::NonAgent, Case::AgentAllowed, Case::AgentRefused, Case::AgentDenied];
+        for (i, w) in WORKLOADS.iter().enumerate() {
+            r.samples.insert((i, Monitor::None, Case::Baseline), vec![Some(1000.0), None, Some(1010.5)]);
+            for case in cases.into_iter().filter(|&c| c != Case::AgentRefused || w.refused.is_some()) {
+                r.samples.insert((i, Monitor::Ours, case), vec![Some(1100.0), Some(1200.0), Some(1150.25)]);
+                r.refused.insert((i, Monitor::Ours, case), (10, 10));
+                r.samples.insert((i, Monitor::Auditd, case), vec![Some(1300.0), None, None]);
+                r.peer_records.insert((i, Monitor::Auditd, case), (100, 7));
+            }
+        }
+        r.delivery.insert(Monitor::Ours, Delivery { ops: 100, delivered: 100, lost: 0, spurious: 0 });
+        r.delivery.insert(Monitor::Auditd, Delivery { ops: 100, delivered: 90, lost: 3, spurious: 2 });
+        r.denied.insert("connect", (50, 50));
+        let drops = BTreeMap::from([("ringbuf_full".to_string(), 12)]);
+        r.event_path.push(EventStep {
+            requested: 20_000,
+            offered: 19_990.5,
+            ops: 40_000,
+            delivered: 40_000,
+            ..Default::default()
+        });
+        r.event_path.push(EventStep {
+            requested: 0,
+            offered: 400_000.0,
+            ops: 800_000,
+            delivered: 790_000,
+            kernel_drops: drops,
+            ..Default::default()
+        });
+        r.not_measured = vec!["something".into()];
+        r.decode_rates = vec![("decode".into(), 11.1e6), ("decode+metrics+json".into(), 5.03e6)];
+        (r.startup_s, r.attach_s) = (vec![0.75, 0.8], vec![0.5]);
+        (r.rss_idle_mib, r.hwm_start_mib, r.rss_load_mib, r.rss_peak_mib) =
+            (vec![19.5], vec![21.0], vec![21.3], vec![25.5]);
+        r.cpu_idle = (0.01, 3.0);
+        r.cpu_load.insert((0, Case::Loaded), (0.5, 2.0));
+        r.peers.insert(Monitor::Auditd, "auditd 3.0.9 (Debian)".into());
+        r.peers.insert(Monitor::Bpftrace, "not run (--no-peers)".into());
+        let kill_latency_us = vec![100.5, 200.25];
+        r.enforcement = Some(Enforcement { attempts: 1000, connected: 1000, kill_latency_us, ..Default::default() });
+        r
+    }
 
     #[test]
     fn helpers() {

@@ -4,6 +4,7 @@ use super::event_path::{EVENT_BISECT, EVENT_STEP_SECS, EVENT_THREADS};
 use super::results::Results;
 use super::workloads::{Case, Key, Monitor, REFUSED_NOT_APPLICABLE};
 use super::{median, AGENT, DENY_AGENT, DENY_PORT, METRICS_REFRESH};
+use serde::Serialize;
 use std::fmt::Write as _;
 
 /// Issue 7's targets.
@@ -18,6 +19,22 @@ pub fn case_target(case: Case) -> Option<f64> {
         Case::Baseline => None,
         Case::Loaded | Case::NonAgent => Some(NON_AGENT_MAX),
         Case::AgentAllowed | Case::AgentRefused | Case::AgentDenied => Some(AGENT_MAX),
+    }
+}
+
+/// One of issue 7's targets: what it bounds, the bound, this run's value, and PASS, MISS, `-`
+/// (none set) or "not measured".
+#[derive(Serialize)]
+pub struct Target {
+    pub name: String,
+    pub bound: String,
+    pub value: String,
+    pub status: &'static str,
+}
+
+impl Target {
+    fn new(name: &str, bound: impl Into<String>, value: impl Into<String>, status: &'static str) -> Target {
+        Target { name: name.into(), bound: bound.into(), value: value.into(), status }
     }
 }
 
@@ -43,8 +60,8 @@ impl Results {
         self.delivery.get(&Monitor::Ours).map(|d| d.ops > 0 && d.delivered == d.ops && d.lost == 0 && denied)
     }
 
-    /// (name, target, value, PASS/MISS/not measured)
-    pub fn targets(&self) -> Vec<(String, String, String, &'static str)> {
+    /// Issue 7's targets, as met or missed by this run.
+    pub fn targets(&self) -> Vec<Target> {
         let mut t = Vec::new();
         let rows = self.rows();
         let worst = |cases: &[Case]| {
@@ -54,8 +71,8 @@ impl Results {
                 .max_by(|a, b| a.0.total_cmp(&b.0))
         };
         if let Some((r, k)) = worst(&[Case::Loaded, Case::NonAgent]) {
-            t.push((
-                "a non-agent process (loaded, non-agent): worst median ratio".into(),
+            t.push(Target::new(
+                "a non-agent process (loaded, non-agent): worst median ratio",
                 format!("<= {NON_AGENT_MAX}x"),
                 format!("{r:.3}x ({} {})", self.workloads[k.0].name, k.2.name()),
                 pass(r <= NON_AGENT_MAX),
@@ -63,8 +80,8 @@ impl Results {
         }
         if let Some((r, k)) = worst(&[Case::AgentAllowed, Case::AgentRefused, Case::AgentDenied]) {
             let all = self.delivered_all().unwrap_or(false);
-            t.push((
-                "an agent (allowed, refused-alert, refused-deny): worst median ratio, every event delivered".into(),
+            t.push(Target::new(
+                "an agent (allowed, refused-alert, refused-deny): worst median ratio, every event delivered",
                 format!("<= {AGENT_MAX}x, no loss"),
                 format!(
                     "{r:.3}x ({} {}); events {}",
@@ -76,9 +93,9 @@ impl Results {
             ));
         }
         if let Some((rate, first_loss)) = self.zero_loss_rate() {
-            t.push((
-                "event path: highest offered events/s that reached the events log with zero loss".into(),
-                "none set (reported)".into(),
+            t.push(Target::new(
+                "event path: highest offered events/s that reached the events log with zero loss",
+                "none set (reported)",
                 format!(
                     "{rate:.0} events/s{}",
                     first_loss.map(|f| format!("; first loss at {f:.0} events/s")).unwrap_or_default()
@@ -90,20 +107,18 @@ impl Results {
             Some((_, full)) => {
                 let stages: Vec<String> =
                     self.decode_rates.iter().map(|(s, r)| format!("{s} {:.2} M/s", r / 1e6)).collect();
-                t.push((
-                    "events/s through decode and decision (one core)".into(),
-                    ">= 1 M/s".into(),
+                t.push(Target::new(
+                    "events/s through decode and decision (one core)",
+                    ">= 1 M/s",
                     stages.join("; "),
                     pass(*full >= 1e6),
                 ));
             }
-            None => {
-                t.push(("events/s through decode and decision".into(), ">= 1 M/s".into(), "-".into(), "not measured"))
-            }
+            None => t.push(Target::new("events/s through decode and decision", ">= 1 M/s", "-", "not measured")),
         }
         if let Some(m) = median(&self.startup_s) {
-            t.push((
-                "start-up until enforcing (median)".into(),
+            t.push(Target::new(
+                "start-up until enforcing (median)",
                 format!("< {STARTUP_MAX_S} s"),
                 format!("{m:.3} s"),
                 pass(m < STARTUP_MAX_S),
@@ -112,8 +127,8 @@ impl Results {
         let max = |v: &[f64]| v.iter().copied().reduce(f64::max);
         if let (Some(idle), Some(load)) = (max(&self.rss_idle_mib), max(&self.rss_load_mib)) {
             let (start, end) = (max(&self.hwm_start_mib).unwrap_or(0.0), max(&self.rss_peak_mib).unwrap_or(0.0));
-            t.push((
-                "daemon RSS (VmRSS) idle and after the heaviest load, worst round".into(),
+            t.push(Target::new(
+                "daemon RSS (VmRSS) idle and after the heaviest load, worst round",
                 format!("< {RSS_MAX_MIB} MiB"),
                 format!(
                     "idle {idle:.1} MiB, after load {load:.1} MiB (VmHWM {start:.1} MiB 1 s after start-up, \
@@ -123,9 +138,9 @@ impl Results {
             ));
         }
         if let Some(e) = &self.enforcement {
-            t.push((
-                "bytes of refused requests reaching the server".into(),
-                "0 over >= 1000 attempts".into(),
+            t.push(Target::new(
+                "bytes of refused requests reaching the server",
+                "0 over >= 1000 attempts",
                 format!("{} over {} attempts", e.bytes_at_server, e.attempts),
                 pass(e.bytes_at_server == 0 && e.attempts >= 1000 && e.validation_bytes == e.validation_expected),
             ));
@@ -166,7 +181,7 @@ impl Results {
         }
         let _ = writeln!(md, "\n## Targets\n");
         let _ = writeln!(md, "| target | bound | result | status |\n| --- | --- | --- | --- |");
-        for (name, bound, value, status) in self.targets() {
+        for Target { name, bound, value, status } in self.targets() {
             let _ = writeln!(md, "| {name} | {bound} | {value} | {status} |");
         }
     }

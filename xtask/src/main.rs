@@ -3,6 +3,7 @@
 mod bench;
 mod demo;
 mod dist;
+mod harness;
 mod promtool;
 mod setup;
 mod test;

@@ -2,11 +2,12 @@
 //! opens, paced at rising rates, then bisected), and events/s through the daemon's userspace
 //! path alone (its `decode_throughput` test).
 
-use super::daemon::{metric_sum, Daemon};
+use super::daemon::{self, metric_sum, Measured};
 use super::results::EventStep;
 use super::{kv, settle, Bench, METRICS_REFRESH};
-use crate::demo::http_get;
+use crate::harness;
 use crate::{cargo, output};
+use agent_monitor_e2e::Daemon;
 use anyhow::{ensure, Context, Result};
 use std::collections::BTreeMap;
 use std::fs;
@@ -29,7 +30,7 @@ impl Bench {
     /// events log, and lost by the daemon's and the kernel's counters.
     pub(super) fn measure_event_path(&mut self) -> Result<()> {
         let ddir = self.dir.join("daemon-events");
-        let (daemon, startup) = Daemon::start(&self.daemon_bin, &ddir, &self.bench_policy())?;
+        let (daemon, startup) = daemon::start(&self.daemon_bin, ddir, &self.bench_policy())?;
         self.r.startup_s.push(startup);
         self.r.attach_s.extend(daemon.attach_secs());
         std::thread::sleep(METRICS_REFRESH);
@@ -55,8 +56,7 @@ impl Bench {
             let step = self.event_step(&daemon, ((lo + hi) / 2.0).max(1000.0) as u64, &mut counters)?;
             self.r.event_path.push(step);
         }
-        daemon.stop();
-        let _ = fs::remove_dir_all(&ddir);
+        drop(daemon); // stopped, its directory removed
         Ok(())
     }
 
@@ -119,7 +119,7 @@ struct DropCounters {
 
 impl DropCounters {
     fn read(daemon: &Daemon) -> Result<DropCounters> {
-        let m = http_get(&daemon.metrics, "/metrics").context("reading the daemon's /metrics")?;
+        let m = harness::get(&daemon.metrics_addr, "/metrics").context("reading the daemon's /metrics")?;
         let mut drops = BTreeMap::new();
         for l in m.lines() {
             let Some(rest) = l.strip_prefix("agent_monitor_kernel_drops_total{reason=\"") else { continue };

@@ -2,12 +2,13 @@
 //! workload in the loaded and agent cases, the events it logged), and enforcement (refused
 //! requests against a byte-counting server, the time to a kill).
 
-use super::daemon::{metric_sum, Bg, Daemon};
+use super::daemon::{self, metric_sum, Measured};
 use super::results::Enforcement;
 use super::workloads::{Case, Monitor};
 use super::{kv, settle, Bench, AGENT, DENY_AGENT, DENY_PORT, KILL_AGENT, METRICS_REFRESH};
-use crate::demo::http_get;
+use crate::harness;
 use crate::{output, show};
+use agent_monitor_e2e::{Bg, Daemon};
 use anyhow::{bail, Context, Result};
 use std::collections::BTreeMap;
 use std::fs;
@@ -36,7 +37,7 @@ impl Bench {
 
     pub(super) fn agent_monitor_round(&mut self, round: usize) -> Result<()> {
         let ddir = self.dir.join(format!("daemon-{round}"));
-        let (daemon, startup) = Daemon::start(&self.daemon_bin, &ddir, &self.bench_policy())?;
+        let (daemon, startup) = daemon::start(&self.daemon_bin, ddir, &self.bench_policy())?;
         self.r.startup_s.push(startup);
         self.r.attach_s.extend(daemon.attach_secs());
         // Idle: one second with nothing to do.
@@ -85,8 +86,7 @@ impl Bench {
         if let Some(hwm) = daemon.status_kib("VmHWM") {
             self.r.rss_peak_mib.push(hwm as f64 / 1024.0);
         }
-        daemon.stop();
-        let _ = fs::remove_dir_all(&ddir);
+        drop(daemon); // stopped, its directory removed
         Ok(())
     }
 
@@ -117,7 +117,7 @@ impl Bench {
         let delivered = violations.iter().filter(|l| l.contains(&outside)).count() as u64;
         let spurious = violations.iter().filter(|l| l.contains(&work)).count() as u64;
         std::thread::sleep(METRICS_REFRESH); // the kernel's drop counter reaches /metrics
-        let lost = http_get(&daemon.metrics, "/metrics")
+        let lost = harness::get(&daemon.metrics_addr, "/metrics")
             .map(|m| metric_sum(&m, "agent_monitor_events_lost_total"))
             .unwrap_or(0.0) as u64;
         let d = self.r.delivery.entry(Monitor::Ours).or_default();
@@ -141,7 +141,7 @@ impl Bench {
     /// Refused HTTP requests against a byte-counting server, and the time to a kill.
     pub(super) fn enforcement(&mut self) -> Result<()> {
         let ddir = self.dir.join("daemon-enforce");
-        let (daemon, startup) = Daemon::start(&self.daemon_bin, &ddir, &self.enforcement_policy())?;
+        let (daemon, startup) = daemon::start(&self.daemon_bin, ddir, &self.enforcement_policy())?;
         self.r.startup_s.push(startup);
         self.r.attach_s.extend(daemon.attach_secs());
         let sink = Sink::start()?;
@@ -184,8 +184,7 @@ impl Bench {
         let lat = out.lines().find_map(|l| l.strip_prefix("latencies_ns=")).unwrap_or("");
         e.kill_latency_us = lat.split(',').filter_map(|v| v.parse::<f64>().ok()).map(|ns| ns / 1000.0).collect();
         e.kill_survived = kv(&out, "survived").unwrap_or(0.0) as u64;
-        daemon.stop();
-        let _ = fs::remove_dir_all(&ddir);
+        drop(daemon); // stopped, its directory removed
         self.r.enforcement = Some(e);
         Ok(())
     }

@@ -1,10 +1,10 @@
 //! The peers, on the same workloads and cases: Debian's auditd with rules equivalent to the
 //! policy as far as audit can filter, and a bpftrace script with the policy's filters.
 
-use super::daemon::stop_child;
 use super::system::linked_lib;
 use super::workloads::{Case, Monitor};
 use super::{run_quiet, settle, Bench, AGENT, DENY_AGENT, DENY_PORT};
+use agent_monitor_e2e::{stop_child, Signal};
 use anyhow::{bail, ensure, Context, Result};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -284,7 +284,7 @@ impl Auditd {
     fn shutdown(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = run_quiet(Command::new("auditctl").arg("-D"));
-            stop_child(&mut c, "-TERM");
+            stop_child(&mut c, Signal::SIGTERM, Duration::from_secs(10));
             let _ = run_quiet(Command::new("auditctl").args(["-e", "0"]));
         }
     }
@@ -405,7 +405,7 @@ impl Bpftrace {
     #[allow(clippy::type_complexity)]
     fn finish(mut self, refused: &Path, work: &Path) -> (u64, u64, u64, BTreeMap<(&'static str, &'static str), u64>) {
         if let Some(mut c) = self.child.take() {
-            stop_child(&mut c, "-INT");
+            stop_child(&mut c, Signal::SIGINT, Duration::from_secs(10));
         }
         let out = String::from_utf8_lossy(&fs::read(&self.out).unwrap_or_default()).into_owned();
         let (hit, allowed) = (format!(" {AGENT} {}", refused.display()), format!(" {AGENT} {}/", work.display()));
@@ -430,7 +430,7 @@ impl Bpftrace {
 impl Drop for Bpftrace {
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {
-            stop_child(&mut c, "-INT");
+            stop_child(&mut c, Signal::SIGINT, Duration::from_secs(10));
         }
     }
 }

@@ -1,9 +1,10 @@
 //! The workloads, the cases they run in, and the load generator (`xtask/bench/load.c`) that
 //! times them: built here, calibrated, run once per case and round.
 
-use super::daemon::Daemon;
+use super::daemon::Measured;
 use super::{kv, run_quiet, system, Bench};
 use crate::{output, root, run_cmd, show, target_dir};
+use agent_monitor_e2e::Daemon;
 use anyhow::{Context, Result};
 use std::fs;
 use std::path::{Path, PathBuf};

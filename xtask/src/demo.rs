@@ -8,6 +8,7 @@
 //! the forum or the agent was not killed.
 
 use crate::harness::{get, start_daemon};
+use crate::packages::Need;
 use crate::{cargo, run_cmd, setup, target_dir};
 use agent_monitor_e2e::{fixture, poll_until, python3, Daemon, Forum, Launch, TempDir};
 use anyhow::{bail, ensure, Context, Result};
@@ -25,7 +26,7 @@ pub fn run(home: &Path) -> Result<()> {
     let start = Instant::now();
     ensure!(fs::metadata("/proc/self")?.uid() == 0, "the demo loads eBPF: run it as root (e.g. `sudo -i`)");
     step(1, "setup, then build the daemon (debug)");
-    setup::run(home, true)?;
+    setup::run(home, true, &[Need::Tests])?;
     run_cmd(cargo().args(["build", "-p", "agent-monitor"]))?;
     let bin = target_dir().join("debug/agent-monitor");
     let built = Instant::now();

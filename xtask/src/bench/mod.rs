@@ -53,6 +53,7 @@ mod results;
 mod system;
 mod workloads;
 
+use crate::packages::{self, Need};
 use crate::{cargo, run_cmd, setup, show, target_dir};
 use anyhow::{ensure, Context, Result};
 use results::Results;
@@ -94,7 +95,13 @@ pub fn run(home: &Path, opts: Options) -> Result<()> {
         opts.rounds >= 1 && opts.reps >= 1 && opts.run_secs > 0.0,
         "--rounds and --reps must be at least 1, --run-secs positive"
     );
-    setup::run(home, true)?;
+    setup::run(home, true, &[Need::Tests])?;
+    // The bench's own packages: what cannot be installed is reported as not measured (OpenSSL's
+    // headers: SSL_write) or skipped (a peer), as when apt is not there.
+    let extra: &[Need] = if opts.peers { &[Need::Bench, Need::Peers] } else { &[Need::Bench] };
+    if let Err(e) = packages::ensure(extra) {
+        eprintln!("bench: {e:#}; what they provide is not measured");
+    }
     // BPF programs already in the kernel run in every case, `none` included, and make every
     // ratio look better than it is (an earlier session's benchmarks ran beside 96 programs
     // left pinned by interrupted tests: open+close took 2.8 us instead of 2.1 us with no monitor).

@@ -16,20 +16,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 impl Bench {
-    /// Install auditd and bpftrace where missing (failure tolerated) and say which can run.
+    /// Say which peers can run here (the bench's packages installed them where they could).
     pub(super) fn find_peers(&mut self) {
         let have = |p: &str| which::which(p).is_ok();
-        if !(have("auditd") && have("auditctl") && have("bpftrace")) {
-            eprintln!("bench: installing the peers (Debian packages auditd, bpftrace)");
-            let st = Command::new("apt-get")
-                .args(["install", "-y", "-qq", "auditd", "bpftrace"])
-                .env("DEBIAN_FRONTEND", "noninteractive")
-                .stdout(Stdio::null())
-                .status();
-            if !st.is_ok_and(|s| s.success()) {
-                eprintln!("bench: apt-get install auditd bpftrace failed; the missing peers are skipped");
-            }
-        }
         self.auditd_ok = have("auditd") && have("auditctl");
         if !self.auditd_ok {
             self.r.peers.insert(Monitor::Auditd, "not installed (Debian package auditd)".into());

@@ -150,7 +150,8 @@ impl Case {
 pub type Key = (usize, Monitor, Case);
 
 /// Compile the load generator into `target/bench/load`, with OpenSSL (`SSL_write`) when its
-/// headers are there or can be installed (Debian package libssl-dev); returns whether it has it.
+/// headers are there (Debian package libssl-dev, installed with the bench's packages); returns
+/// whether it has it.
 pub fn build_load() -> Result<(PathBuf, Result<(), String>)> {
     let dir = target_dir().join("bench");
     fs::create_dir_all(&dir)?;
@@ -158,17 +159,6 @@ pub fn build_load() -> Result<(PathBuf, Result<(), String>)> {
     let src = root().join("xtask/bench/load.c");
     let cc = which::which("cc").context("no C compiler `cc` (Debian package gcc) for xtask/bench/load.c")?;
     let headers = || Path::new("/usr/include/openssl/ssl.h").exists();
-    if !headers() {
-        eprintln!("bench: installing OpenSSL's headers (Debian package libssl-dev) for the SSL_write workload");
-        let st = Command::new("apt-get")
-            .args(["install", "-y", "-qq", "libssl-dev"])
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .stdout(Stdio::null())
-            .status();
-        if !st.is_ok_and(|s| s.success()) {
-            eprintln!("bench: apt-get install libssl-dev failed; SSL_write is not measured");
-        }
-    }
     if headers() {
         let mut cmd = Command::new(&cc);
         cmd.args(["-O2", "-Wall", "-pthread", "-DHAVE_SSL", "-o"]).arg(&bin).arg(&src).args(["-lssl", "-lcrypto"]);

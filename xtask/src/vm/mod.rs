@@ -36,6 +36,7 @@ mod kernels;
 mod qemu;
 mod report;
 
+use crate::packages::Need;
 use crate::{cargo, output, run_cmd, setup, show, target_dir};
 use anyhow::{bail, ensure, Context, Result};
 use apt::Apt;
@@ -93,7 +94,7 @@ pub fn run(home: &Path, opts: &Options) -> Result<()> {
         setup::is_root()?,
         "`cargo xtask test --vm` must run as root (it installs QEMU and exports / to the guest)"
     );
-    setup::run(home, true)?;
+    setup::run(home, true, &[Need::Tests])?;
     let cache = home.join(".cache/agent-monitor/vm");
     let _lock = lock(&cache)?;
     let apt = Apt::new(&cache.join("apt"))?;

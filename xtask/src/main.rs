@@ -210,6 +210,13 @@ pub fn output(cmd: &mut Command) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// Effective uid 0, from the second field of `Uid:` in /proc/self/status.
+pub fn is_root() -> Result<bool> {
+    let status = std::fs::read_to_string("/proc/self/status").context("cannot read /proc/self/status")?;
+    let uid = status.lines().find_map(|l| l.strip_prefix("Uid:")?.split_whitespace().nth(1).map(str::to_owned));
+    Ok(uid.as_deref() == Some("0"))
+}
+
 /// The command line as a user would type it.
 pub fn show(cmd: &Command) -> String {
     let env = cmd.get_envs().filter_map(|(k, v)| Some((k, v?)));

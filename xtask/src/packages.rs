@@ -13,8 +13,7 @@
 //! - what every Debian system has: dpkg (`dpkg-deb`), util-linux (`setpriv`, `mount`), libc-bin
 //!   (`ldd`, `getconf`), coreutils, bash.
 
-use crate::run_cmd;
-use crate::setup::is_root;
+use crate::{is_root, run_cmd};
 use anyhow::{Context, Result};
 use std::collections::BTreeSet;
 use std::process::{Command, Stdio};

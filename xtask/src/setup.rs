@@ -2,7 +2,7 @@
 //! Any failure is one sentence: what is missing and how to fix it.
 
 use crate::packages::{self, Need};
-use crate::{output, run_cmd};
+use crate::{is_root, output, run_cmd};
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -134,13 +134,6 @@ fn mount(fstype: &str, source: &str, dir: &str, already: bool) -> Result<()> {
     })?;
     println!("setup: {fstype}: mounted at {dir}");
     Ok(())
-}
-
-/// Effective uid 0, from the second field of `Uid:` in /proc/self/status.
-pub fn is_root() -> Result<bool> {
-    let status = fs::read_to_string("/proc/self/status").context("cannot read /proc/self/status")?;
-    let uid = status.lines().find_map(|l| l.strip_prefix("Uid:")?.split_whitespace().nth(1).map(str::to_owned));
-    Ok(uid.as_deref() == Some("0"))
 }
 
 #[cfg(test)]

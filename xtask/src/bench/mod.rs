@@ -96,8 +96,8 @@ pub fn run(home: &Path, opts: Options) -> Result<()> {
         "--rounds and --reps must be at least 1, --run-secs positive"
     );
     setup::run(home, true, &[Need::Tests])?;
-    // The bench's own packages: what cannot be installed is reported as not measured (OpenSSL's
-    // headers: SSL_write) or skipped (a peer), as when apt is not there.
+    // The bench's own packages. One that cannot be installed is not fatal: without OpenSSL's
+    // headers SSL_write is reported as not measured, without a peer the peer as not installed.
     let extra: &[Need] = if opts.peers { &[Need::Bench, Need::Peers] } else { &[Need::Bench] };
     if let Err(e) = packages::ensure(extra) {
         eprintln!("bench: {e:#}; what they provide is not measured");

@@ -2,7 +2,6 @@
 //! `~/.cache/agent-monitor/vm/apt`; the mirror taken from the system's own sources, which are
 //! left alone), and the parsing of what it and the system's sources say.
 
-use super::kernels::SERIES;
 use crate::{output, run_cmd};
 use anyhow::{Context, Result};
 use std::collections::HashMap;
@@ -22,7 +21,8 @@ pub struct Apt {
 }
 
 impl Apt {
-    pub fn new(dir: &Path) -> Result<Apt> {
+    /// `kernel_suites`: the suites the kernels come from, beside the host's own.
+    pub fn new(dir: &Path, kernel_suites: &[&str]) -> Result<Apt> {
         for d in ["lists/partial", "cache/archives/partial", "sources.list.d", "debs"] {
             fs::create_dir_all(dir.join(d)).with_context(|| format!("cannot create {}", dir.join(d).display()))?;
         }
@@ -42,9 +42,9 @@ impl Apt {
             host.push((e.uri.clone(), security));
         }
         let mut all = host.clone();
-        for s in SERIES {
-            if !all.iter().any(|(_, suite)| suite == s.suite) {
-                all.push((mirror.clone(), s.suite.to_string()));
+        for &s in kernel_suites {
+            if !all.iter().any(|(_, suite)| suite == s) {
+                all.push((mirror.clone(), s.to_string()));
             }
         }
         let write = |name: &str, list: &[(String, String)]| -> Result<PathBuf> {

@@ -37,7 +37,7 @@ mod qemu;
 mod report;
 
 use crate::packages::Need;
-use crate::{cargo, output, run_cmd, setup, show, target_dir};
+use crate::{cargo, is_root, output, run_cmd, setup, show, target_dir};
 use anyhow::{bail, ensure, Context, Result};
 use apt::Apt;
 use qemu::Guests;
@@ -90,14 +90,12 @@ pub struct Options<'a> {
 
 pub fn run(home: &Path, opts: &Options) -> Result<()> {
     let start = Instant::now();
-    ensure!(
-        setup::is_root()?,
-        "`cargo xtask test --vm` must run as root (it installs QEMU and exports / to the guest)"
-    );
+    ensure!(is_root()?, "`cargo xtask test --vm` must run as root (it installs QEMU and exports / to the guest)");
     setup::run(home, true, &[Need::Tests])?;
     let cache = home.join(".cache/agent-monitor/vm");
     let _lock = lock(&cache)?;
-    let apt = Apt::new(&cache.join("apt"))?;
+    let suites: Vec<&str> = kernels::SERIES.iter().map(|s| s.suite).collect();
+    let apt = Apt::new(&cache.join("apt"), &suites)?;
     apt.update()?;
     qemu::ensure_qemu(&apt)?;
     let busybox = initramfs::busybox(&apt, &cache.join("busybox"))?;

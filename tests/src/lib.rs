@@ -3,6 +3,10 @@
 //!
 //! Tests panic with a message rather than return errors, and skip (with the reason) when they
 //! cannot run here: not root, or the binary under test was not given.
+//!
+//! `xtask` (the bench and the demo) starts the daemon, its helpers and its HTTP reads through
+//! this harness too: [`Daemon::launch`], [`try_http_get`] and [`stop_child`] return what went
+//! wrong instead of panicking, and the panicking helpers the tests use are built on them.
 use std::{
     fs,
     io::{Read, Write},
@@ -14,6 +18,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub use nix::sys::signal::Signal;
 pub use serde_json::Value;
 
 /// The binary under test (`cargo xtask test` sets it).
@@ -43,9 +48,15 @@ impl TempDir {
     pub fn new(tag: &str) -> Self {
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let p = std::env::temp_dir().join(format!("am-e2e-{tag}-{}-{n}", std::process::id()));
-        let _ = fs::remove_dir_all(&p);
-        fs::create_dir_all(&p).unwrap();
-        TempDir(p)
+        Self::at(p).unwrap()
+    }
+
+    /// A scratch directory at `path`, emptied first (the bench keeps its daemons' files under
+    /// its own scratch directory).
+    pub fn at(path: PathBuf) -> std::io::Result<Self> {
+        let _ = fs::remove_dir_all(&path);
+        fs::create_dir_all(&path)?;
+        Ok(TempDir(path))
     }
     pub fn path(&self) -> &Path {
         &self.0
@@ -76,6 +87,43 @@ pub struct Daemon {
     pub control: PathBuf,
 }
 
+/// How to start the daemon: [`Daemon::start_env`] fills it from the tests' defaults; xtask's
+/// bench and demo choose their own binary and directory, and the bench polls the log more often
+/// (it times the start-up).
+pub struct Launch<'a> {
+    pub bin: PathBuf,
+    /// Holds the policy, the events log, the daemon's log and its control socket; removed when
+    /// the daemon is dropped.
+    pub dir: TempDir,
+    pub policy: &'a str,
+    /// More arguments for `run`; a `--control-socket PATH` here replaces the one in `dir`.
+    pub extra: &'a [&'a str],
+    /// Environment variables (e.g. systemd's NOTIFY_SOCKET).
+    pub env: &'a [(&'a str, &'a str)],
+    /// How often the log is read for "enforcing", and for how long.
+    pub poll: Duration,
+    pub timeout: Duration,
+}
+
+impl<'a> Launch<'a> {
+    /// `bin` with `policy` in `dir`, no more arguments, the log read every 50 ms for up to 120 s.
+    pub fn new(bin: PathBuf, dir: TempDir, policy: &'a str) -> Self {
+        let (poll, timeout) = (Duration::from_millis(50), Duration::from_secs(120));
+        Launch { bin, dir, policy, extra: &[], env: &[], poll, timeout }
+    }
+}
+
+/// Why the daemon did not come up, or did not log what was awaited.
+#[derive(Debug)]
+pub enum StartError {
+    /// Writing its files or spawning it failed: what, and the error.
+    Io(String, std::io::Error),
+    /// It exited first; its log.
+    Exited(ExitStatus, String),
+    /// The wait timed out; its log.
+    TimedOut(String),
+}
+
 impl Daemon {
     /// Start `agent-monitor run` with this policy and wait until it says it is enforcing.
     pub fn start(policy: &str) -> Daemon {
@@ -90,37 +138,12 @@ impl Daemon {
     /// `start_with`, with environment variables (e.g. systemd's NOTIFY_SOCKET).
     pub fn start_env(policy: &str, extra: &[&str], env: &[(&str, &str)]) -> Daemon {
         let dir = TempDir::new("daemon");
-        let config = dir.join("policy.toml");
-        fs::write(&config, policy).unwrap();
-        let events = dir.join("events.jsonl");
-        let log = dir.join("daemon.log");
-        let metrics_addr = format!("127.0.0.1:{}", free_port());
-        // A test that names its own control socket passes `--control-socket PATH` in `extra`.
-        let control = match extra.iter().position(|a| *a == "--control-socket") {
-            Some(i) => PathBuf::from(extra[i + 1]),
-            None => dir.join("control.sock"),
+        let launch = Launch { extra, env, ..Launch::new(binary().expect("AGENT_MONITOR_BIN"), dir, policy) };
+        let timeout = launch.timeout;
+        let d = match Self::launch(launch) {
+            Ok((d, _)) => d,
+            Err(e) => panic!("{}", e.waiting_for("enforcing", timeout)),
         };
-        let child = Command::new(binary().expect("AGENT_MONITOR_BIN"))
-            .args(["run", "--config"])
-            .arg(&config)
-            .arg("--events")
-            .arg(&events)
-            .args(["--metrics-listen", &metrics_addr])
-            .args(if extra.contains(&"--control-socket") {
-                vec![]
-            } else {
-                vec!["--control-socket".into(), control.clone()]
-            })
-            .args(extra)
-            .envs(env.iter().copied())
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdout(Stdio::null())
-            .stderr(fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("spawn agent-monitor");
-        let mut d = Daemon { child: Some(child), dir, events, log, config, metrics_addr, control };
-        d.wait_log("enforcing", Duration::from_secs(120));
         // The VM tier boots kernels that run BPF LSM: there, a layer that did not come up is a
         // failure of every test, not a reason to take the fallback path (or to skip).
         if std::env::var_os("AGENT_MONITOR_EXPECT_LSM").is_some() && !d.lsm() {
@@ -130,24 +153,68 @@ impl Daemon {
         d
     }
 
+    /// Start `agent-monitor run` as `launch` says and wait until it logs "enforcing"; returns
+    /// it and the time from spawning it to that line.
+    pub fn launch(launch: Launch) -> Result<(Daemon, Duration), StartError> {
+        let Launch { bin, dir, policy, extra, env, poll, timeout } = launch;
+        let io = |what: &str| {
+            let what = what.to_string();
+            move |e| StartError::Io(what, e)
+        };
+        let config = dir.join("policy.toml");
+        fs::write(&config, policy).map_err(io(&format!("cannot write {}", config.display())))?;
+        let events = dir.join("events.jsonl");
+        let log = dir.join("daemon.log");
+        let metrics_addr = format!("127.0.0.1:{}", free_port());
+        let control = match extra.iter().position(|a| *a == "--control-socket") {
+            Some(i) => PathBuf::from(extra[i + 1]),
+            None => dir.join("control.sock"),
+        };
+        let stderr = fs::File::create(&log).map_err(io(&format!("cannot create {}", log.display())))?;
+        let mut cmd = Command::new(&bin);
+        cmd.args(["run", "--config"]).arg(&config).arg("--events").arg(&events);
+        cmd.args(["--metrics-listen", &metrics_addr]);
+        if !extra.contains(&"--control-socket") {
+            cmd.arg("--control-socket").arg(&control);
+        }
+        cmd.args(extra).envs(env.iter().copied()).env("RUST_LOG", "info").env("NO_COLOR", "1");
+        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(stderr);
+        let t = Instant::now();
+        let child = cmd.spawn().map_err(io(&format!("could not start {}", bin.display())))?;
+        let mut d = Daemon { child: Some(child), dir, events, log, config, metrics_addr, control };
+        d.poll_log("enforcing", timeout, poll)?;
+        Ok((d, t.elapsed()))
+    }
+
     pub fn log_text(&self) -> String {
         fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// Wait for `needle` in the daemon's log; panic with the log if the daemon dies or times out.
     pub fn wait_log(&mut self, needle: &str, timeout: Duration) {
+        if let Err(e) = self.poll_log(needle, timeout, Duration::from_millis(50)) {
+            panic!("{}", e.waiting_for(needle, timeout));
+        }
+    }
+
+    /// Read the log every `every` until it has `needle`, the daemon exits, or `timeout` passes.
+    fn poll_log(&mut self, needle: &str, timeout: Duration, every: Duration) -> Result<(), StartError> {
         let t = Instant::now();
         loop {
-            if self.log_text().contains(needle) {
-                return;
+            let log = self.log_text();
+            if log.contains(needle) {
+                return Ok(());
             }
-            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("agent-monitor exited ({status}) before logging {needle:?}:\n{}", self.log_text());
+            let child = self.child.as_mut().expect("the daemon was stopped");
+            match child.try_wait() {
+                Ok(Some(status)) => return Err(StartError::Exited(status, self.log_text())),
+                Ok(None) => {}
+                Err(e) => return Err(StartError::Io("cannot wait for agent-monitor".into(), e)),
             }
             if t.elapsed() > timeout {
-                panic!("agent-monitor did not log {needle:?} within {timeout:?}:\n{}", self.log_text());
+                return Err(StartError::TimedOut(self.log_text()));
             }
-            std::thread::sleep(Duration::from_millis(50));
+            std::thread::sleep(every);
         }
     }
 
@@ -200,6 +267,13 @@ impl Daemon {
         metric_value(&self.metrics(), name, labels)
     }
 
+    /// SIGTERM the daemon and wait up to 10 s for it (SIGKILL after): its exit status if it
+    /// stopped by itself, None if it had to be killed or was stopped already.
+    pub fn stop(&mut self) -> Option<ExitStatus> {
+        let mut c = self.child.take()?;
+        stop_child(&mut c, Signal::SIGTERM, Duration::from_secs(10))
+    }
+
     /// SIGKILL the daemon and reap it: nothing of it runs any more, only what it left in the
     /// kernel.
     pub fn kill9(&mut self) {
@@ -230,29 +304,68 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ =
-                nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), nix::sys::signal::Signal::SIGTERM);
-            let t = Instant::now();
-            while t.elapsed() < Duration::from_secs(10) {
-                if let Ok(Some(_)) = c.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(50));
+        self.stop();
+    }
+}
+
+impl StartError {
+    /// The message for a wait for `needle` that failed.
+    pub fn waiting_for(&self, needle: &str, timeout: Duration) -> String {
+        match self {
+            StartError::Io(what, e) => format!("{what}: {e}"),
+            StartError::Exited(status, log) => {
+                format!("agent-monitor exited ({status}) before logging {needle:?}:\n{log}")
             }
-            let _ = c.kill();
-            let _ = c.wait();
+            StartError::TimedOut(log) => format!("agent-monitor did not log {needle:?} within {timeout:?}:\n{log}"),
         }
     }
 }
 
+/// Send `signal` to a child, wait up to `grace` for it to exit (SIGKILL after) and reap it: its
+/// exit status if it exited by itself.
+pub fn stop_child(child: &mut Child, signal: Signal, grace: Duration) -> Option<ExitStatus> {
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), signal);
+    let t = Instant::now();
+    while t.elapsed() < grace {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
+
+/// The body of a GET (empty if the response has none); panics if the connection fails.
 pub fn http_get(addr: &str, path: &str) -> String {
-    let mut s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes()).unwrap();
+    try_http_get(addr, path).unwrap_or_else(|e| panic!("{e}")).body
+}
+
+/// An HTTP response: its head (status line and headers) and its body.
+pub struct Response {
+    pub head: String,
+    pub body: String,
+}
+
+impl Response {
+    /// The status line is `HTTP/1.1 200 ...`.
+    pub fn ok(&self) -> bool {
+        self.head.starts_with("HTTP/1.1 200")
+    }
+}
+
+/// One HTTP/1.1 GET on a plain TcpStream (5 s read timeout); an error says which step failed.
+pub fn try_http_get(addr: &str, path: &str) -> Result<Response, String> {
+    let mut s = TcpStream::connect(addr).map_err(|e| format!("connect {addr}: {e}"))?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
     let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default()
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .and_then(|()| s.write_all(request.as_bytes()))
+        .and_then(|()| s.read_to_string(&mut out))
+        .map_err(|e| format!("GET {path} from {addr}: {e}"))?;
+    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+    Ok(Response { head: head.to_string(), body: body.to_string() })
 }
 
 /// Find `name{labels...} value` in Prometheus text format.
@@ -431,16 +544,23 @@ pub fn port() -> u16 {
 }
 
 /// Wait until `f` returns Some, up to `secs`; panic with `what` otherwise.
-pub fn wait_for<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
+pub fn wait_for<T>(what: &str, secs: u64, f: impl FnMut() -> Option<T>) -> T {
+    let v = poll_until(Duration::from_secs(secs), Duration::from_millis(200), f);
+    v.unwrap_or_else(|| panic!("timed out after {secs} s waiting for {what}"))
+}
+
+/// Call `f` every `every` until it returns Some, for up to `timeout` (it is called once more
+/// after the deadline).
+pub fn poll_until<T>(timeout: Duration, every: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
     let t = Instant::now();
     loop {
         if let Some(v) = f() {
-            return v;
+            return Some(v);
         }
-        if t.elapsed() > Duration::from_secs(secs) {
-            panic!("timed out after {secs} s waiting for {what}");
+        if t.elapsed() > timeout {
+            return None;
         }
-        std::thread::sleep(Duration::from_millis(200));
+        std::thread::sleep(every);
     }
 }
 

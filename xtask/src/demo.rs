@@ -7,15 +7,16 @@
 //! of the request is encrypted. Each step prints one line; the demo fails if the POST reached
 //! the forum or the agent was not killed.
 
-use crate::{cargo, root, run_cmd, setup, show, target_dir};
+use crate::harness::{get, start_daemon};
+use crate::packages::Need;
+use crate::{cargo, run_cmd, setup, target_dir};
+use agent_monitor_e2e::{fixture, poll_until, python3, Daemon, Forum, Launch, TempDir};
 use anyhow::{bail, ensure, Context, Result};
 use std::fs;
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 const STEPS: u32 = 6;
@@ -25,7 +26,7 @@ pub fn run(home: &Path) -> Result<()> {
     let start = Instant::now();
     ensure!(fs::metadata("/proc/self")?.uid() == 0, "the demo loads eBPF: run it as root (e.g. `sudo -i`)");
     step(1, "setup, then build the daemon (debug)");
-    setup::run(home, true)?;
+    setup::run(home, true, &[Need::Tests])?;
     run_cmd(cargo().args(["build", "-p", "agent-monitor"]))?;
     let bin = target_dir().join("debug/agent-monitor");
     let built = Instant::now();
@@ -51,9 +52,8 @@ fn step(n: u32, what: &str) {
 /// What the demo started, stopped (and its scratch directory removed) on drop.
 struct Demo {
     dir: PathBuf,
-    forum: Option<Child>,
-    daemon: Option<Child>,
-    daemon_log: PathBuf,
+    forum: Option<Forum>,
+    daemon: Option<Daemon>,
 }
 
 impl Demo {
@@ -61,51 +61,30 @@ impl Demo {
         let dir = PathBuf::from(format!("/tmp/agent-monitor-demo-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(dir.join("work")).with_context(|| format!("could not create {}", dir.display()))?;
-        let daemon_log = dir.join("daemon.log");
-        Ok(Demo { dir, forum: None, daemon: None, daemon_log })
+        Ok(Demo { dir, forum: None, daemon: None })
     }
 
     /// Steps 2 to 5. Errors are for what stops the demo; what it shows to be wrong is returned.
     fn play(&mut self, bin: &Path) -> Result<Vec<String>> {
-        let (forum_port, forum_log) = self.start_forum()?;
-        let metrics = self.start_daemon(bin, forum_port)?;
+        let forum_port = self.start_forum();
+        self.start_daemon(bin, forum_port)?;
         let status = self.run_agent(forum_port)?;
-        let failures = self.show_result(status, &forum_log, &metrics)?;
-        if !failures.is_empty() {
-            let log = fs::read_to_string(&self.daemon_log).unwrap_or_default();
-            println!("  the daemon's log:\n{}", indent(&log, "    "));
+        let failures = self.show_result(status)?;
+        if let (false, Some(daemon)) = (failures.is_empty(), &self.daemon) {
+            println!("  the daemon's log:\n{}", indent(&daemon.log_text(), "    "));
         }
         Ok(failures)
     }
 
-    fn start_forum(&mut self) -> Result<(u16, PathBuf)> {
-        let (cert, key) = (self.dir.join("cert.pem"), self.dir.join("key.pem"));
-        let mut openssl = Command::new("openssl");
-        openssl.args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=forum.local"]);
-        openssl.arg("-keyout").arg(&key).arg("-out").arg(&cert);
-        let out = openssl.stdin(Stdio::null()).output().context("could not run openssl (Debian package openssl)")?;
-        ensure!(out.status.success(), "`{}` failed: {}", show(&openssl), String::from_utf8_lossy(&out.stderr));
-
-        let (log, ready) = (self.dir.join("forum.log"), self.dir.join("forum.port"));
-        let mut cmd = Command::new("python3");
-        cmd.arg(root().join("tests/fixtures/forum_server.py")).args(["--host", "127.0.0.1", "--log"]).arg(&log);
-        cmd.arg("--ready").arg(&ready).arg("--tls").arg(&cert).arg(&key).args(["--lifetime", "120"]);
-        let forum = self.forum.insert(cmd.stdin(Stdio::null()).spawn().context("could not start python3")?);
-        let t = Instant::now();
-        while !ready.exists() {
-            if let Some(status) = forum.try_wait()? {
-                bail!("the forum server exited ({status}) before listening");
-            }
-            ensure!(t.elapsed() < Duration::from_secs(10), "the forum server did not listen within 10 s");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let port = fs::read_to_string(&ready)?.trim().parse().context("bad port in the forum's ready file")?;
+    /// The e2e tests' loopback HTTPS forum (a self-signed certificate from `openssl`).
+    fn start_forum(&mut self) -> u16 {
+        let port = self.forum.insert(Forum::start(&self.dir, "127.0.0.1", true, None)).port;
         step(2, &format!("forum up at https://127.0.0.1:{port} (self-signed cert; it logs every request)"));
-        Ok((port, log))
+        port
     }
 
-    /// Check the policy, start the daemon with it; returns the metrics address.
-    fn start_daemon(&mut self, bin: &Path, forum_port: u16) -> Result<String> {
+    /// Check the policy, start the daemon with it.
+    fn start_daemon(&mut self, bin: &Path, forum_port: u16) -> Result<()> {
         let work = self.dir.join("work");
         let policy = format!(
             r#"# cargo xtask demo: the forum analyst may read the forum, not write to it.
@@ -137,58 +116,40 @@ http_methods = ["GET", "HEAD", "OPTIONS"]
         eprint!("{}", String::from_utf8_lossy(&check.stderr));
         ensure!(check.status.success(), "agent-monitor check rejected the demo's policy ({})", check.status);
 
-        let events = self.dir.join("events.jsonl");
-        let metrics = format!("127.0.0.1:{}", free_port()?);
-        let mut cmd = Command::new(bin);
-        cmd.arg("run").arg("--config").arg(&config).arg("--events").arg(&events);
-        cmd.args(["--metrics-listen", &metrics]).env("RUST_LOG", "info").env("NO_COLOR", "1");
-        let log = fs::File::create(&self.daemon_log)?;
-        let daemon = cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(log).spawn();
-        let daemon = self.daemon.insert(daemon.with_context(|| format!("could not start {}", bin.display()))?);
-        let t = Instant::now();
-        loop {
-            let text = fs::read_to_string(&self.daemon_log).unwrap_or_default();
-            if text.contains("enforcing") {
-                break;
-            }
-            if let Some(status) = daemon.try_wait()? {
-                bail!("agent-monitor exited ({status}) before enforcing; its log:\n{text}");
-            }
-            ensure!(
-                t.elapsed() < Duration::from_secs(60),
-                "agent-monitor was not enforcing after 60 s; its log:\n{text}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        println!("  agent-monitor (pid {}) is enforcing after {:.1}s", daemon.id(), t.elapsed().as_secs_f64());
-        Ok(metrics)
+        // Its policy, events log, log and control socket, in a directory of its own.
+        let dir = self.dir.join("daemon");
+        let dir = TempDir::at(dir.clone()).with_context(|| format!("could not create {}", dir.display()))?;
+        let launch = Launch { timeout: Duration::from_secs(60), ..Launch::new(bin.to_path_buf(), dir, &policy) };
+        let (daemon, t) = start_daemon(launch)?;
+        let daemon = self.daemon.insert(daemon);
+        println!("  agent-monitor (pid {}) is enforcing after {:.1}s", daemon.pid(), t.as_secs_f64());
+        Ok(())
     }
 
     fn run_agent(&mut self, forum_port: u16) -> Result<ExitStatus> {
         let agent = self.dir.join("forum-agent");
-        let python = python3()?;
+        let python = PathBuf::from(python3());
         fs::copy(&python, &agent).with_context(|| format!("could not copy {}", python.display()))?;
         step(4, &format!("the agent: {} (a copy of {}) runs forum_agent.py", agent.display(), python.display()));
         let mut cmd = Command::new(&agent);
-        cmd.arg(root().join("tests/fixtures/forum_agent.py")).arg(forum_port.to_string());
+        cmd.arg(fixture("forum_agent.py")).arg(forum_port.to_string());
         // The demo is about the POST: a missing stdlib .pyc must not be what gets the agent killed.
         cmd.env("PYTHONDONTWRITEBYTECODE", "1").current_dir(self.dir.join("work")).stdin(Stdio::null());
         let mut child = cmd.spawn().with_context(|| format!("could not start {}", agent.display()))?;
-        let t = Instant::now();
-        loop {
-            if let Some(status) = child.try_wait()? {
-                return Ok(status);
-            }
-            if t.elapsed() > Duration::from_secs(30) {
+        match poll_until(Duration::from_secs(30), Duration::from_millis(10), || child.try_wait().ok().flatten()) {
+            Some(status) => Ok(status),
+            None => {
                 let _ = child.kill();
                 let _ = child.wait();
                 bail!("the agent did not finish within 30 s");
             }
-            std::thread::sleep(Duration::from_millis(10));
         }
     }
 
-    fn show_result(&mut self, status: ExitStatus, forum_log: &Path, metrics: &str) -> Result<Vec<String>> {
+    fn show_result(&mut self, status: ExitStatus) -> Result<Vec<String>> {
+        let (Some(forum), Some(daemon)) = (&self.forum, &self.daemon) else {
+            bail!("the forum or the daemon is not up")
+        };
         step(5, "the result");
         let mut failures = Vec::new();
         let killed = status.signal() == Some(SIGKILL);
@@ -200,14 +161,14 @@ http_methods = ["GET", "HEAD", "OPTIONS"]
         }
 
         // Let anything in flight land in the forum's log and the events log.
-        let events = self.dir.join("events.jsonl");
-        let violations = wait_for(Duration::from_secs(10), || {
-            let v = violation_lines(&events);
+        let events = &daemon.events;
+        let violations = poll_until(Duration::from_secs(10), Duration::from_millis(50), || {
+            let v = violation_lines(events);
             v.iter().any(|l| json_str(l, "kind") == Some("net.http_write")).then_some(v)
         });
         std::thread::sleep(Duration::from_millis(300));
 
-        let requests = fs::read_to_string(forum_log).unwrap_or_default();
+        let requests = fs::read_to_string(&forum.log).unwrap_or_default();
         let posts = requests.lines().filter(|l| l.starts_with("POST ")).count();
         println!("  the forum received (METHOD PATH BODYLEN):");
         for line in requests.lines() {
@@ -221,7 +182,7 @@ http_methods = ["GET", "HEAD", "OPTIONS"]
             failures.push("the agent's GET /question never reached the forum".into());
         }
 
-        let violations = violations.unwrap_or_else(|| violation_lines(&events));
+        let violations = violations.unwrap_or_else(|| violation_lines(events));
         println!("  violations in the events log ({}):", events.display());
         for line in &violations {
             match json_str(line, "kind") {
@@ -233,8 +194,9 @@ http_methods = ["GET", "HEAD", "OPTIONS"]
             failures.push("no net.http_write violation in the events log within 10 s".into());
         }
 
+        let metrics = &daemon.metrics_addr;
         println!("  metrics (http://{metrics}/metrics):");
-        match http_get(metrics, "/metrics") {
+        match get(metrics, "/metrics") {
             Ok(text) => {
                 let wanted = ["agent_monitor_violations_total", "agent_monitor_kills_total"];
                 for line in text.lines().filter(|l| wanted.iter().any(|w| l.starts_with(w))) {
@@ -246,22 +208,16 @@ http_methods = ["GET", "HEAD", "OPTIONS"]
         Ok(failures)
     }
 
-    /// SIGTERM the daemon (via `kill`: xtask has no libc), wait for it; stop the forum; clean up.
+    /// SIGTERM the daemon, wait for it; stop the forum; clean up.
     fn stop(&mut self) {
         if let Some(mut daemon) = self.daemon.take() {
-            let _ = Command::new("kill").args(["-TERM", &daemon.id().to_string()]).status();
-            match wait_for(Duration::from_secs(10), || daemon.try_wait().ok().flatten()) {
+            match daemon.stop() {
                 Some(status) => println!("  agent-monitor stopped ({status})"),
-                None => {
-                    let _ = daemon.kill();
-                    let _ = daemon.wait();
-                    println!("  agent-monitor did not stop on SIGTERM within 10 s: killed");
-                }
+                None => println!("  agent-monitor did not stop on SIGTERM within 10 s: killed"),
             }
         }
-        if let Some(mut forum) = self.forum.take() {
-            let _ = forum.kill();
-            let _ = forum.wait();
+        if let Some(forum) = self.forum.take() {
+            drop(forum);
             println!("  forum stopped");
         }
         if self.dir.exists() {
@@ -275,47 +231,6 @@ impl Drop for Demo {
     fn drop(&mut self) {
         self.stop();
     }
-}
-
-/// Poll `f` every 50 ms until it returns something or `timeout` passes.
-fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
-    let t = Instant::now();
-    loop {
-        if let Some(v) = f() {
-            return Some(v);
-        }
-        if t.elapsed() > timeout {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-pub(crate) fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-/// The real python3 interpreter (not a pyenv shim), to copy under the agent's name.
-fn python3() -> Result<PathBuf> {
-    let usr = Path::new("/usr/bin/python3");
-    if usr.exists() {
-        return Ok(fs::canonicalize(usr)?);
-    }
-    let out = Command::new("python3").args(["-c", "import sys; print(sys.executable)"]).output()?;
-    ensure!(out.status.success(), "python3 did not say where its interpreter is");
-    Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
-}
-
-/// One HTTP/1.1 GET with a plain TcpStream; the response body.
-pub(crate) fn http_get(addr: &str, path: &str) -> Result<String> {
-    let mut s = TcpStream::connect(addr).with_context(|| format!("connect {addr}"))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())?;
-    let mut out = String::new();
-    s.read_to_string(&mut out)?;
-    let (head, body) = out.split_once("\r\n\r\n").context("no HTTP response")?;
-    ensure!(head.starts_with("HTTP/1.1 200"), "GET {path}: {}", head.lines().next().unwrap_or(""));
-    Ok(body.to_string())
 }
 
 /// The events log's lines whose verdict is "violation".
@@ -340,7 +255,8 @@ fn json_str<'a>(line: &'a str, key: &str) -> Option<&'a str> {
     None
 }
 
-/// Compact JSON, one member per line (no serde in xtask).
+/// Compact JSON, one member per line, in the daemon's field order (serde_json's Value would
+/// sort the keys).
 fn pretty_json(s: &str) -> String {
     let (mut out, mut depth, mut in_str, mut escaped) = (String::new(), 0usize, false, false);
     let newline = |out: &mut String, depth: usize| {

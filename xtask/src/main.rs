@@ -3,6 +3,8 @@
 mod bench;
 mod demo;
 mod dist;
+mod harness;
+mod packages;
 mod promtool;
 mod setup;
 mod test;
@@ -10,6 +12,7 @@ mod vm;
 
 use anyhow::{ensure, Context, Result};
 use clap::{Parser, Subcommand};
+use packages::Need;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -23,12 +26,18 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Install the eBPF toolchain and mount the kernel filesystems (idempotent).
+    /// Install the eBPF toolchain and the Debian packages, mount the kernel filesystems (idempotent).
     ///
-    /// Ensures the nightly toolchain, its rust-src, and bpf-linker (built against nightly's LLVM),
-    /// then, as root, mounts tracefs, bpffs and securityfs where missing. `run` and `test` run
-    /// this first.
-    Setup,
+    /// Ensures the nightly toolchain, its rust-src, and bpf-linker (built against nightly's LLVM);
+    /// then, as root, installs the Debian packages the tests and the VM tier need that are missing
+    /// (the list, with who needs each: xtask/src/packages.rs) and mounts tracefs, bpffs and
+    /// securityfs where missing. `test`, `demo` and `bench` run this first; `run` too, without the
+    /// packages.
+    Setup {
+        /// Also the bench's packages (OpenSSL's headers, auditd, bpftrace).
+        #[arg(long)]
+        bench: bool,
+    },
     /// Build the daemon (release) and run it in the foreground, as root.
     ///
     /// Runs setup, `cargo build --release -p agent-monitor`, then replaces itself with
@@ -125,7 +134,8 @@ fn real_main() -> Result<()> {
     let home = home()?;
     prepend_cargo_bin_to_path(&home)?;
     match cli.cmd {
-        Cmd::Setup => setup::run(&home, true),
+        Cmd::Setup { bench: false } => setup::run(&home, true, &[Need::Tests]),
+        Cmd::Setup { bench: true } => setup::run(&home, true, &[Need::Tests, Need::Bench, Need::Peers]),
         Cmd::Run { args } => run_daemon(&home, &args),
         Cmd::Test { vm: true, full, kernels, filter, .. } => {
             vm::run(&home, &vm::Options { full, kernels: &kernels, filter: &filter })
@@ -142,7 +152,7 @@ fn real_main() -> Result<()> {
 
 /// `cargo xtask run`: setup, release build, then replace this process with the daemon.
 fn run_daemon(home: &Path, args: &[String]) -> Result<()> {
-    setup::run(home, true)?;
+    setup::run(home, true, &[])?;
     run_cmd(cargo().args(["build", "--release", "-p", "agent-monitor"]))?;
     let bin = target_dir().join("release/agent-monitor");
     let err = Command::new(&bin).arg("run").args(args).exec();
@@ -198,6 +208,13 @@ pub fn output(cmd: &mut Command) -> Result<String> {
         .with_context(|| format!("could not start `{}`", show(cmd)))?;
     ensure!(out.status.success(), "`{}` failed ({})", show(cmd), out.status);
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Effective uid 0, from the second field of `Uid:` in /proc/self/status.
+pub fn is_root() -> Result<bool> {
+    let status = std::fs::read_to_string("/proc/self/status").context("cannot read /proc/self/status")?;
+    let uid = status.lines().find_map(|l| l.strip_prefix("Uid:")?.split_whitespace().nth(1).map(str::to_owned));
+    Ok(uid.as_deref() == Some("0"))
 }
 
 /// The command line as a user would type it.

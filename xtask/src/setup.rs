@@ -1,7 +1,8 @@
 //! `cargo xtask setup`: each step prints one line, what it did or that it was already done.
 //! Any failure is one sentence: what is missing and how to fix it.
 
-use crate::{output, run_cmd};
+use crate::packages::{self, Need};
+use crate::{is_root, output, run_cmd};
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -9,11 +10,13 @@ use std::{fs, os::unix::fs::symlink};
 
 const BPF_LINKER: &str = "bpf-linker@0.13.0";
 
-/// Runs every step; `mounts` is false for `test --no-root`, which needs no kernel filesystems.
-pub fn run(home: &Path, mounts: bool) -> Result<()> {
+/// Runs every step: the toolchain, the Debian packages for `needs` (none for `run`: the daemon
+/// needs none), the kernel filesystems unless `mounts` is false (`test --no-root` needs none).
+pub fn run(home: &Path, mounts: bool, needs: &[Need]) -> Result<()> {
     nightly_toolchain()?;
     rust_src()?;
     bpf_linker(home)?;
+    packages::ensure(needs)?;
     if mounts {
         kernel_filesystems()?;
     } else {
@@ -131,13 +134,6 @@ fn mount(fstype: &str, source: &str, dir: &str, already: bool) -> Result<()> {
     })?;
     println!("setup: {fstype}: mounted at {dir}");
     Ok(())
-}
-
-/// Effective uid 0, from the second field of `Uid:` in /proc/self/status.
-pub fn is_root() -> Result<bool> {
-    let status = fs::read_to_string("/proc/self/status").context("cannot read /proc/self/status")?;
-    let uid = status.lines().find_map(|l| l.strip_prefix("Uid:")?.split_whitespace().nth(1).map(str::to_owned));
-    Ok(uid.as_deref() == Some("0"))
 }
 
 #[cfg(test)]

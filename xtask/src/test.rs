@@ -1,5 +1,6 @@
 //! `cargo xtask test`: setup, debug build, unit tests, root end-to-end tests; timed, summarised.
 
+use crate::packages::Need;
 use crate::{cargo, run_cmd, setup, show, target_dir};
 use anyhow::{bail, Result};
 use std::path::Path;
@@ -20,7 +21,7 @@ struct Step {
 
 pub fn run(home: &Path, no_root: bool, filter: &[String]) -> Result<()> {
     let start = Instant::now();
-    setup::run(home, !no_root)?;
+    setup::run(home, !no_root, &[Need::Tests])?;
     let mut steps = vec![Step { name: "setup", outcome: Outcome::Ok, time: start.elapsed() }];
 
     steps.push(step("build", cargo().args(["build", "-p", "agent-monitor"])));

@@ -437,3 +437,91 @@ pub fn kernel_at_least(major: u32, minor: u32) -> bool {
 pub fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
+
+/// Run `check` for every variant of an attack, each under `catch_unwind`, and fail once at the
+/// end naming every variant that failed: one hole does not hide the others.
+pub fn each_variant<T: std::fmt::Debug>(variants: &[T], check: impl Fn(&T)) {
+    let mut failed = Vec::new();
+    for v in variants {
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| check(v)));
+        if let Err(p) = r {
+            let msg = p
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            failed.push(format!("{v:?}: {}", msg.lines().next().unwrap_or("")));
+        }
+    }
+    assert!(failed.is_empty(), "{} of {} variants failed:\n  {}", failed.len(), variants.len(), failed.join("\n  "));
+}
+
+/// Assert a path operation outside `writable` was stopped and reported: the event `kind` names
+/// `target` and the rule `files.writable`; the object is unchanged unless the event says the
+/// tracepoint layer could only kill after the syscall had taken effect (its documented limit).
+/// `before`: the object's state before the attack, None if it did not exist.
+pub fn assert_path_op_stopped(
+    d: &Daemon,
+    agent: &str,
+    kinds: &[&str],
+    target: &Path,
+    before: Option<&FileState>,
+    (st, out, err): &(ExitStatus, String, String),
+) {
+    assert_stopped(&format!("{kinds:?} on {}", target.display()), st, out, err);
+    let t = target.display().to_string();
+    let e = d.wait_event(&format!("{kinds:?} violation on {t}"), |e| {
+        crate::f(e, "agent") == agent
+            && crate::f(e, "verdict") == "violation"
+            && kinds.contains(&crate::f(e, "kind"))
+            && crate::f(e, "target") == t
+    });
+    assert_enforced(&e, "files.writable");
+    let after_effect = crate::f(&e, "detail").contains("completed before the kill");
+    if d.lsm() || !after_effect {
+        let now = fs::symlink_metadata(target).is_ok().then(|| FileState::of(target));
+        assert_eq!(now.as_ref(), before, "{t} changed although the event does not say so: {e}");
+    }
+}
+
+/// A path operation, as an agent's python runs it: `OP PATH [PATH2]` with OP one of unlink,
+/// rename, link, symlink, chmod, chown, mkdir, rmdir, mknod-fifo, append, truncate, utime,
+/// setxattr, removexattr. Exit 13 on EPERM/EACCES.
+pub const PY_PATH_OP: &str = r#"
+import os, sys
+op, a = sys.argv[1], sys.argv[2]
+b = sys.argv[3] if len(sys.argv) > 3 else None
+try:
+    if op == "unlink": os.unlink(a)
+    elif op == "rename": os.rename(a, b)
+    elif op == "link": os.link(a, b)
+    elif op == "symlink": os.symlink(a, b)
+    elif op == "chmod": os.chmod(a, 0o666)
+    elif op == "chown": os.chown(a, 65534, 65534)
+    elif op == "mkdir": os.mkdir(a)
+    elif op == "rmdir": os.rmdir(a)
+    elif op == "mknod-fifo": os.mkfifo(a)
+    elif op == "append":
+        with open(a, "a") as f: f.write("pwned\n")
+    elif op == "truncate": os.truncate(a, 0)
+    elif op == "utime": os.utime(a, (0, 0))
+    elif op == "setxattr": os.setxattr(a, "user.pwned", b"1")
+    elif op == "removexattr": os.removexattr(a, "user.keep")
+    else: sys.exit(2)
+except PermissionError as e:
+    print(e, flush=True); sys.exit(13)
+print("done", flush=True)
+"#;
+
+/// The violation events of agent `agent` so far.
+pub fn violations(d: &Daemon, agent: &str) -> Vec<Value> {
+    d.events().into_iter().filter(|e| crate::f(e, "agent") == agent && crate::f(e, "verdict") == "violation").collect()
+}
+
+/// Wait for a violation of agent `agent` of one of `kinds`, after the first `seen` violations of
+/// that agent (for a test that runs several attacks under one daemon).
+pub fn next_violation(d: &Daemon, agent: &str, kinds: &[&str], seen: usize) -> Value {
+    crate::wait_for(&format!("a new violation of kind {kinds:?} by {agent}"), 10, || {
+        violations(d, agent).into_iter().skip(seen).find(|e| kinds.contains(&crate::f(e, "kind")))
+    })
+}

@@ -486,7 +486,8 @@ pub fn assert_path_op_stopped(
 
 /// A path operation, as an agent's python runs it: `OP PATH [PATH2]` with OP one of unlink,
 /// rename, link, symlink, chmod, chown, mkdir, rmdir, mknod-fifo, append, truncate, utime,
-/// setxattr, removexattr. Exit 13 on EPERM/EACCES.
+/// setxattr, removexattr (`user.keep`), setacl (a POSIX ACL granting uid 65534 rw), chattr
+/// (`FS_IOC_SETFLAGS` +d on an O_RDONLY descriptor). Exit 13 on EPERM/EACCES.
 pub const PY_PATH_OP: &str = r#"
 import os, sys
 op, a = sys.argv[1], sys.argv[2]
@@ -507,6 +508,16 @@ try:
     elif op == "utime": os.utime(a, (0, 0))
     elif op == "setxattr": os.setxattr(a, "user.pwned", b"1")
     elif op == "removexattr": os.removexattr(a, "user.keep")
+    elif op == "setacl":
+        # system.posix_acl_access, version 2: user::rw- user:65534:rw- group::r-- mask::rw- other::r--
+        import struct
+        entries = [(1, 6, 0xFFFFFFFF), (2, 6, 65534), (4, 4, 0xFFFFFFFF), (0x10, 6, 0xFFFFFFFF), (0x20, 4, 0xFFFFFFFF)]
+        os.setxattr(a, "system.posix_acl_access", struct.pack("<I", 2) + b"".join(struct.pack("<HHI", *e) for e in entries))
+    elif op == "chattr":
+        import fcntl, struct
+        fd = os.open(a, os.O_RDONLY)
+        flags = struct.unpack("l", fcntl.ioctl(fd, 0x80086601, struct.pack("l", 0)))[0]   # FS_IOC_GETFLAGS
+        fcntl.ioctl(fd, 0x40086602, struct.pack("l", flags | 0x40))                         # FS_IOC_SETFLAGS: +d
     else: sys.exit(2)
 except PermissionError as e:
     print(e, flush=True); sys.exit(13)
@@ -525,3 +536,25 @@ pub fn next_violation(d: &Daemon, agent: &str, kinds: &[&str], seen: usize) -> V
         violations(d, agent).into_iter().skip(seen).find(|e| kinds.contains(&crate::f(e, "kind")))
     })
 }
+
+/// Python that enters a private mount namespace and pivots its root to `sys.argv[1]` (which it
+/// removes from argv), as an attacker would to rename the world; what follows runs there.
+/// Everything it needs later must be imported before.
+pub const PY_PIVOT_ROOT: &str = r#"
+import ctypes, os, platform, sys
+libc = ctypes.CDLL(None, use_errno=True)
+def ok(r, what):
+    if r != 0:
+        e = ctypes.get_errno()
+        print(what, os.strerror(e), flush=True)
+        sys.exit(13 if e in (1, 13) else 2)
+new_root = sys.argv.pop(1).encode()
+ok(libc.unshare(0x00020000), "unshare(CLONE_NEWNS)")
+ok(libc.mount(None, b"/", None, 0x4000 | 0x40000, None), "mount --make-rprivate /")   # MS_REC|MS_PRIVATE
+ok(libc.mount(new_root, new_root, None, 0x1000 | 0x4000, None), "mount --rbind")          # MS_BIND|MS_REC
+os.chdir(new_root)
+SYS_pivot_root = {"x86_64": 155, "aarch64": 41}[platform.machine()]
+ok(libc.syscall(SYS_pivot_root, b".", b"."), "pivot_root")
+ok(libc.umount2(b".", 2), "umount2(MNT_DETACH)")
+os.chdir("/")
+"#;

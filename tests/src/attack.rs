@@ -558,3 +558,33 @@ ok(libc.syscall(SYS_pivot_root, b".", b"."), "pivot_root")
 ok(libc.umount2(b".", 2), "umount2(MNT_DETACH)")
 os.chdir("/")
 "#;
+
+/// `fixtures/opaque_tls_client.go` built (statically, Go's own TLS: nothing for a uprobe to
+/// hook) into `dir/<name>`. None, with the reason printed, when Go is not installed. The build
+/// cache is kept between runs (`$TMPDIR/am-e2e-gocache`).
+pub fn go_tls_client(dir: &Path, name: &str) -> Option<PathBuf> {
+    if !crate::have("go") {
+        eprintln!(
+            "SKIPPED: no Go toolchain (Debian: apt-get install golang-go) to build a TLS client the daemon cannot hook"
+        );
+        return None;
+    }
+    let sub = dir.join(format!("go-{}", N.fetch_add(1, Ordering::Relaxed)));
+    fs::create_dir_all(&sub).unwrap();
+    let out = sub.join(name);
+    let tmp = std::env::temp_dir();
+    let res = Command::new("go")
+        .args(["build", "-o"])
+        .arg(&out)
+        .arg(fixture("opaque_tls_client.go"))
+        .current_dir(&sub)
+        .env("CGO_ENABLED", "0")
+        .env("GOCACHE", tmp.join("am-e2e-gocache"))
+        .env("GOPATH", tmp.join("am-e2e-gopath"))
+        .env("GOFLAGS", "-mod=mod")
+        .env("GO111MODULE", "auto")
+        .output()
+        .expect("run go build");
+    assert!(res.status.success(), "go build failed:\n{}", String::from_utf8_lossy(&res.stderr));
+    Some(out)
+}

@@ -588,3 +588,15 @@ pub fn go_tls_client(dir: &Path, name: &str) -> Option<PathBuf> {
     assert!(res.status.success(), "go build failed:\n{}", String::from_utf8_lossy(&res.stderr));
     Some(out)
 }
+
+/// A process that is not an agent (the real python3), running `code` with `args`; the words of
+/// the first line it prints (its pid, an address, a descriptor...). Killed on drop.
+pub fn victim(code: &str, args: &[&str]) -> (Bg, Vec<String>) {
+    use std::io::BufRead;
+    let mut child =
+        Bg(Command::new(python3()).args(["-c", code]).args(args).stdout(Stdio::piped()).spawn().expect("spawn victim"));
+    let mut line = String::new();
+    std::io::BufReader::new(child.0.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    assert!(!line.is_empty(), "the victim printed nothing");
+    (child, line.split_whitespace().map(str::to_string).collect())
+}

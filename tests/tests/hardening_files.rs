@@ -73,6 +73,10 @@ fn a_bind_mount_in_the_host_namespace_does_not_make_outside_writable() {
     if !can_run_root_tests("a_bind_mount_in_the_host_namespace_does_not_make_outside_writable") {
         return;
     }
+    if !have("mount") || !have("umount") {
+        eprintln!("SKIPPED: mount and umount (util-linux) are needed");
+        return;
+    }
     let s = setup("bind-host");
     let file = s.outdir.join("file");
     let (r1, r2) = (s.work.join("r"), s.work.join("r2"));
@@ -128,6 +132,10 @@ fn a_bind_mount_in_a_private_mount_namespace_does_not_make_outside_writable() {
     if !can_run_root_tests("a_bind_mount_in_a_private_mount_namespace_does_not_make_outside_writable") {
         return;
     }
+    if !have("unshare") || !have("mount") {
+        eprintln!("SKIPPED: unshare and mount (util-linux) are needed");
+        return;
+    }
     let s = setup("bind-ns");
     let file = s.outdir.join("file");
     let d = Daemon::start(&policy("ns-binder", "am-nsbind", &s.work));
@@ -163,6 +171,10 @@ fn a_bind_mount_in_a_user_namespace_does_not_make_a_users_own_files_writable() {
     fs::write(&rc, "original\n").unwrap();
     for p in [&home, &rc] {
         std::os::unix::fs::chown(p, Some(65534), Some(65534)).unwrap();
+    }
+    if !have("setpriv") || !have("unshare") {
+        eprintln!("SKIPPED: setpriv and unshare (util-linux) are needed to act as uid 65534");
+        return;
     }
     fs::set_permissions(&s.work, fs::Permissions::from_mode(0o777)).unwrap();
     fs::set_permissions(s.t.path(), fs::Permissions::from_mode(0o755)).unwrap();
@@ -447,6 +459,14 @@ fn metadata_changes_outside_writable_are_judged() {
 #[test]
 fn a_block_device_node_inside_writable_is_judged_by_what_it_is() {
     if !can_run_root_tests("a_block_device_node_inside_writable_is_judged_by_what_it_is") {
+        return;
+    }
+    if !have("losetup") || !have("mknod") {
+        eprintln!("SKIPPED: losetup and mknod are needed to make a disk over a file");
+        return;
+    }
+    if !std::path::Path::new("/dev/loop-control").exists() {
+        eprintln!("SKIPPED: no loop devices here (/dev/loop-control is missing)");
         return;
     }
     let s = setup("blockdev");

@@ -106,7 +106,7 @@ fn an_allow_entry_marked_opaque_tls_accepts_an_unhooked_client() {
             &[format!("{{ to = {to}, opaque_tls = true }}")],
             ""
         ),
-        agent_policy("opaque-no", &["am-opaque-no"], "kill", &[t.path()], &[to.clone()], ""),
+        agent_policy("opaque-no", &["am-opaque-no"], "kill", &[t.path()], std::slice::from_ref(&to), ""),
     );
     let d = Daemon::start(&policy);
     let url = format!("https://127.0.0.1:{}/answer", forum.port);

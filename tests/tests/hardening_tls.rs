@@ -1,0 +1,121 @@
+//! Issue 20, class 6: TLS visibility belongs to one process image. A process that did HTTPS
+//! through the hooked system libssl (visible) and then execs a client whose TLS is not hooked
+//! must not stay "visible": the new image's TLS is opaque, and opaque TLS is refused except to
+//! an `allow` entry that accepts it:
+//!
+//! ```toml
+//! allow = ["forum.internal:443", { to = "api.model.internal:443", opaque_tls = true }]
+//! ```
+//! Refusals are `net.connect` events with the rule `network.opaque_tls`.
+//!
+//! The unhooked client is `fixtures/opaque_tls_client.go`, built in the test (Go's own TLS,
+//! linked statically); the tests skip when Go is not installed.
+use std::{process::Command, time::Duration};
+
+use agent_monitor_e2e::{attack::*, *};
+
+const PY_VISIBLE_THEN_EXEC: &str = r#"
+import http.client, os, ssl, sys
+port, client, method = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+c = http.client.HTTPSConnection("127.0.0.1", port, context=ssl._create_unverified_context(), timeout=5)
+c.request("GET", "/question")
+print("visible GET:", c.getresponse().status, flush=True)
+c.close()
+os.execv(client, [client, f"https://127.0.0.1:{port}/answer", method])
+"#;
+
+#[test]
+fn tls_visibility_does_not_survive_an_exec_into_an_unhooked_client() {
+    if !can_run_root_tests("tls_visibility_does_not_survive_an_exec_into_an_unhooked_client") {
+        return;
+    }
+    let t = TempDir::new("tls-exec");
+    let Some(client) = go_tls_client(t.path(), "opaque-client") else { return };
+    let forum = Forum::start(t.path(), "127.0.0.1", true, None);
+    let d = Daemon::start(&agent_policy(
+        "vis-exec",
+        &["am-vis"],
+        "kill",
+        &[t.path()],
+        &[q(format!("127.0.0.1:{}", forum.port))],
+        "",
+    ));
+    let py = py_agent(t.path(), "am-vis");
+    each_variant(&["POST", "GET"], |method| {
+        let before = forum.requests().len();
+        let seen = violations(&d, "vis-exec").len();
+        let (st, out, err) = output(
+            Command::new(&py).args(["-c", PY_VISIBLE_THEN_EXEC, &forum.port.to_string()]).arg(&client).arg(method),
+        );
+        assert!(out.contains("visible GET: 200"), "the hooked GET before the exec failed: {st}\n{out}{err}");
+        std::thread::sleep(Duration::from_millis(300));
+        let after: Vec<String> = forum.requests().into_iter().skip(before).collect();
+        assert_eq!(after.len(), 1, "the unhooked client's {method} reached the server: {after:?}");
+        assert_stopped(&format!("exec into an unhooked TLS client, {method}"), &st, &out, &err);
+        let e = next_violation(&d, "vis-exec", &["net.connect"], seen);
+        assert_enforced(&e, "network.opaque_tls");
+        assert_eq!(f(&e, "comm"), "opaque-client", "{e}");
+    });
+}
+
+/// Opaque TLS to a plain `allow` entry is refused, reads included (they cannot be told from
+/// writes).
+#[test]
+fn opaque_tls_to_a_plain_allow_entry_is_refused() {
+    if !can_run_root_tests("opaque_tls_to_a_plain_allow_entry_is_refused") {
+        return;
+    }
+    let t = TempDir::new("tls-opaque");
+    let Some(client) = go_tls_client(t.path(), "am-opaque") else { return };
+    let forum = Forum::start(t.path(), "127.0.0.1", true, None);
+    let to = q(format!("127.0.0.1:{}", forum.port));
+    let d = Daemon::start(&agent_policy("opaque", &["am-opaque"], "kill", &[t.path()], &[to], ""));
+    let url = format!("https://127.0.0.1:{}/answer", forum.port);
+    each_variant(&["GET", "POST"], |method| {
+        let before = forum.requests().len();
+        let seen = violations(&d, "opaque").len();
+        let (st, out, err) = output(Command::new(&client).arg(&url).arg(method));
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(forum.requests().len(), before, "opaque {method} reached the server: {:?}", forum.requests());
+        assert_stopped(&format!("opaque TLS {method} to a plain allow entry"), &st, &out, &err);
+        let e = next_violation(&d, "opaque", &["net.connect"], seen);
+        assert_enforced(&e, "network.opaque_tls");
+        assert_eq!(f(&e, "target"), format!("127.0.0.1:{}", forum.port));
+    });
+}
+
+/// The same client to an entry marked `opaque_tls = true` goes through, and the plain entry of
+/// another agent in the same policy still refuses it.
+#[test]
+fn an_allow_entry_marked_opaque_tls_accepts_an_unhooked_client() {
+    if !can_run_root_tests("an_allow_entry_marked_opaque_tls_accepts_an_unhooked_client") {
+        return;
+    }
+    let t = TempDir::new("tls-opaque-ok");
+    let Some(trusted) = go_tls_client(t.path(), "am-opaque-ok") else { return };
+    let Some(strict) = go_tls_client(t.path(), "am-opaque-no") else { return };
+    let forum = Forum::start(t.path(), "127.0.0.1", true, None);
+    let to = q(format!("127.0.0.1:{}", forum.port));
+    let policy = format!(
+        "{}{}",
+        agent_policy(
+            "opaque-ok",
+            &["am-opaque-ok"],
+            "kill",
+            &[t.path()],
+            &[format!("{{ to = {to}, opaque_tls = true }}")],
+            ""
+        ),
+        agent_policy("opaque-no", &["am-opaque-no"], "kill", &[t.path()], std::slice::from_ref(&to), ""),
+    );
+    let d = Daemon::start(&policy);
+    let url = format!("https://127.0.0.1:{}/answer", forum.port);
+    let (st, out, err) = output(Command::new(&trusted).arg(&url).arg("POST"));
+    assert!(st.success(), "opaque_tls = true did not let the client through: {st}\n{out}{err}");
+    assert_eq!(forum.count("POST"), 1, "{:?}", forum.requests());
+    assert!(violations(&d, "opaque-ok").is_empty(), "{:?}", violations(&d, "opaque-ok"));
+    let (st, out, err) = output(Command::new(&strict).arg(&url).arg("POST"));
+    assert_stopped("opaque TLS to the other agent's plain entry", &st, &out, &err);
+    assert_eq!(forum.count("POST"), 1, "{:?}", forum.requests());
+    assert_enforced(&violation(&d, "opaque-no", &["net.connect"]), "network.opaque_tls");
+}

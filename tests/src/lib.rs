@@ -16,6 +16,8 @@ use std::{
 
 pub use serde_json::Value;
 
+pub mod agents;
+
 /// The binary under test (`cargo xtask test` sets it).
 pub fn binary() -> Option<PathBuf> {
     std::env::var_os("AGENT_MONITOR_BIN").map(PathBuf::from).filter(|p| p.exists())

@@ -1,5 +1,6 @@
 //! `cargo xtask`: developer tasks for agent-monitor (see `cargo xtask --help`).
 
+mod agents;
 mod bench;
 mod demo;
 mod dist;
@@ -28,7 +29,12 @@ enum Cmd {
     /// Ensures the nightly toolchain, its rust-src, and bpf-linker (built against nightly's LLVM),
     /// then, as root, mounts tracefs, bpffs and securityfs where missing. `run` and `test` run
     /// this first.
-    Setup,
+    Setup {
+        /// Also install the pinned agent CLIs of the real-agent tier from the npm registry
+        /// (cached in ~/.cache/agent-monitor/agents; `test` does this too). See docs/real-agents.md.
+        #[arg(long)]
+        agents: bool,
+    },
     /// Build the daemon (release) and run it in the foreground, as root.
     ///
     /// Runs setup, `cargo build --release -p agent-monitor`, then replaces itself with
@@ -43,7 +49,9 @@ enum Cmd {
     ///
     /// Steps: setup, `cargo build -p agent-monitor`, the unit tests of every crate, then
     /// `cargo test -p agent-monitor-e2e -- --test-threads=1 FILTER...` (serial: they load eBPF)
-    /// with AGENT_MONITOR_BIN set to the debug binary. Prints each step's time and a summary.
+    /// with AGENT_MONITOR_BIN set to the debug binary, then the real-agent tier (installs the
+    /// pinned agent CLIs, cached; skipped with the reason without node, npm or the registry;
+    /// `-- real_agents` runs only it). Prints each step's time and a summary.
     Test {
         /// Skip the root end-to-end tests (and the mounts setup needs root for).
         #[arg(long)]
@@ -125,7 +133,9 @@ fn real_main() -> Result<()> {
     let home = home()?;
     prepend_cargo_bin_to_path(&home)?;
     match cli.cmd {
-        Cmd::Setup => setup::run(&home, true),
+        Cmd::Setup { agents } => {
+            setup::run(&home, true).and_then(|()| if agents { agents::setup(&home) } else { Ok(()) })
+        }
         Cmd::Run { args } => run_daemon(&home, &args),
         Cmd::Test { vm: true, full, kernels, filter, .. } => {
             vm::run(&home, &vm::Options { full, kernels: &kernels, filter: &filter })

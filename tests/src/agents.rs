@@ -479,8 +479,10 @@ impl Setup {
     /// them: what each needs to run headless, offline, as root, against a local model API).
     fn command(&self) -> Command {
         let program = self.agent.program(&self.install);
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.ns.0]);
+        // nsenter, not `ip netns exec`: that one also remounts /sys in a mount namespace of its
+        // own, without the cgroup2 hierarchy `exec` makes the agent's cgroup in.
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net=/run/netns/{}", self.ns.0)).arg("--");
         if self.mode == Mode::Exec && self.tier.daemon() {
             let config = &self.daemon().config;
             cmd.arg(binary().unwrap()).args(["exec", "--agent", self.agent.name(), "--config"]).arg(config).arg("--");
@@ -583,10 +585,30 @@ impl Setup {
         self.daemon().settle_events(|e| f(e, "agent") == self.agent.name() && f(e, "verdict") == "violation")
     }
 
-    /// Wait for the agent's violation event matching `pred`; a failure shows every event.
-    pub fn wait_violation(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    /// Wait (up to 10 s) for the agent's violation event matching `pred`. A failure shows the
+    /// run, then the agent's violations first (one that killed the agent before the scenario's
+    /// own action is the usual story), then every event of the agent.
+    pub fn expect_violation(&self, o: &Outcome, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
         let name = self.agent.name();
-        self.daemon().wait_event(what, |e| f(e, "agent") == name && f(e, "verdict") == "violation" && pred(e))
+        let d = self.daemon();
+        let t = Instant::now();
+        loop {
+            let events = d.events();
+            let mine: Vec<&Value> = events.iter().filter(|e| f(e, "agent") == name).collect();
+            if let Some(e) = mine.iter().find(|e| f(e, "verdict") == "violation" && pred(e)) {
+                return (*e).clone();
+            }
+            if t.elapsed() > Duration::from_secs(10) {
+                let v: String =
+                    mine.iter().filter(|e| f(e, "verdict") == "violation").map(|e| format!("  {e}\n")).collect();
+                panic!(
+                    "no violation event {what} within 10 s\n-- violations of agent {name}\n{v}\n{}\n-- every event of agent {name}\n{}",
+                    o.describe(),
+                    self.events_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// The daemon saw this agent start: a `process.exec` of the agent's name (the selector, or

@@ -100,7 +100,7 @@ fn write_outside(agent: Agent, mode: Mode) {
             continue;
         }
         assert_ne!(now.as_deref(), Some(content), "the {name} write landed outside the work dir: {}", why(&s, &o));
-        let e = s.wait_violation(&format!("file.write of {}", path.display()), |e| {
+        let e = s.expect_violation(&o, &format!("file.write of {}", path.display()), |e| {
             f(e, "kind") == "file.write" && f(e, "target") == path.display().to_string()
         });
         let refused = !o.killed() && mode == Mode::Exec && now.is_none();
@@ -165,7 +165,7 @@ fn forum_post(agent: Agent, mode: Mode) {
         }
         assert!(posts.is_empty(), "the forum received the {name} POST: {posts:?}\n{}", why(&s, &o));
         let target = format!("127.0.0.1:{}", forum.port);
-        let e = s.wait_violation(&format!("{name}: net.http_write to {target}"), |e| {
+        let e = s.expect_violation(&o, &format!("{name}: net.http_write to {target}"), |e| {
             f(e, "target") == target
                 && (f(e, "kind") == "net.http_write"
                     || (name == "node-https" && f(e, "kind") == "net.connect" && f(e, "rule") == "network.opaque_tls"))
@@ -207,7 +207,7 @@ fn own_post_elsewhere(agent: Agent, mode: Mode) {
     }
     assert!(posts.is_empty(), "the MCP server received POSTs from the agent's own process: {}", why(&s, &o));
     let target = format!("127.0.0.1:{}", s.api.mcp);
-    let e = s.wait_violation(&format!("the agent's own POST to {target}"), |e| {
+    let e = s.expect_violation(&o, &format!("the agent's own POST to {target}"), |e| {
         let opaque = f(e, "kind") == "net.connect" && f(e, "rule") == "network.opaque_tls";
         f(e, "target") == target && (opaque || (agent == Agent::Gemini && f(e, "kind") == "net.http_write"))
     });

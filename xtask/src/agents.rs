@@ -136,7 +136,10 @@ fn install(home: &Path) -> Result<PathBuf, Unavailable> {
     }
     let npm = tool_version("npm").ok_or_else(|| Unavailable::Skip(format!("npm is not installed (node {node} is)")))?;
     fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let npm_cache = home.join(".npm");
+    let npm_cache = ["npm_config_cache", "NPM_CONFIG_CACHE"]
+        .iter()
+        .find_map(|k| std::env::var_os(k).filter(|v| !v.is_empty()))
+        .map_or_else(|| home.join(".npm"), PathBuf::from);
     let cache_before = disk_usage(&npm_cache);
     let mut installed_any = false;
     for pin in &pins {
@@ -186,7 +189,9 @@ fn install_one(pin: &Pin, target: &Path) -> Result<(), Unavailable> {
     // placeholder `bin/claude.exe`.
     let mut cmd = Command::new("npm");
     cmd.args(["install", "--prefix"]).arg(&partial);
-    cmd.args(["--no-audit", "--no-fund", "--no-update-notifier", "--loglevel=error", &pin.spec()]);
+    // A registry that does not answer ends the install in about two minutes, not the default ten.
+    cmd.args(["--no-audit", "--no-fund", "--no-update-notifier", "--loglevel=error", "--fetch-retries=1"]);
+    cmd.args(["--fetch-timeout=60000", &pin.spec()]);
     println!("setup: real agents: {}: {}", pin.spec(), show(&cmd));
     let out = cmd.stdin(Stdio::null()).output().with_context(|| format!("could not start `{}`", show(&cmd)))?;
     if !out.status.success() {

@@ -21,6 +21,7 @@ use std::{
 pub use nix::sys::signal::Signal;
 pub use serde_json::Value;
 
+pub mod agents;
 pub mod attack;
 
 /// The binary under test (`cargo xtask test` sets it).

@@ -1,5 +1,6 @@
 //! `cargo xtask`: developer tasks for agent-monitor (see `cargo xtask --help`).
 
+mod agents;
 mod bench;
 mod demo;
 mod dist;
@@ -37,6 +38,10 @@ enum Cmd {
         /// Also the bench's packages (OpenSSL's headers, auditd, bpftrace).
         #[arg(long)]
         bench: bool,
+        /// Also install the pinned agent CLIs of the real-agent tier from the npm registry
+        /// (cached in ~/.cache/agent-monitor/agents; `test` does this too). See docs/real-agents.md.
+        #[arg(long)]
+        agents: bool,
     },
     /// Build the daemon (release) and run it in the foreground, as root.
     ///
@@ -52,7 +57,9 @@ enum Cmd {
     ///
     /// Steps: setup, `cargo build -p agent-monitor`, the unit tests of every crate, then
     /// `cargo test -p agent-monitor-e2e -- --test-threads=1 FILTER...` (serial: they load eBPF)
-    /// with AGENT_MONITOR_BIN set to the debug binary. Prints each step's time and a summary.
+    /// with AGENT_MONITOR_BIN set to the debug binary, then the real-agent tier (installs the
+    /// pinned agent CLIs, cached; skipped with the reason without node, npm or the registry;
+    /// `-- real_agents` runs only it). Prints each step's time and a summary.
     Test {
         /// Skip the root end-to-end tests (and the mounts setup needs root for).
         #[arg(long)]
@@ -134,8 +141,10 @@ fn real_main() -> Result<()> {
     let home = home()?;
     prepend_cargo_bin_to_path(&home)?;
     match cli.cmd {
-        Cmd::Setup { bench: false } => setup::run(&home, true, &[Need::Tests]),
-        Cmd::Setup { bench: true } => setup::run(&home, true, &[Need::Tests, Need::Bench, Need::Peers]),
+        Cmd::Setup { bench, agents } => {
+            let needs: &[Need] = if bench { &[Need::Tests, Need::Bench, Need::Peers] } else { &[Need::Tests] };
+            setup::run(&home, true, needs).and_then(|()| if agents { agents::setup(&home) } else { Ok(()) })
+        }
         Cmd::Run { args } => run_daemon(&home, &args),
         Cmd::Test { vm: true, full, kernels, filter, .. } => {
             vm::run(&home, &vm::Options { full, kernels: &kernels, filter: &filter })

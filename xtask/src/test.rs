@@ -64,6 +64,15 @@ pub fn run(home: &Path, no_root: bool, filter: &[String]) -> Result<()> {
         }
     });
 
+    // The real-agent tier (xtask/src/agents.rs), after the other end-to-end tests.
+    steps.push(match crate::agents::tier(home, no_root, built, filter) {
+        crate::agents::Tier::Run(mut cmd) => step("real agents (root)", &mut cmd),
+        crate::agents::Tier::Skip(why) => skipped("real agents (root)", why),
+        crate::agents::Tier::Failed => {
+            Step { name: "real agents (root)", outcome: Outcome::Failed, time: Duration::ZERO }
+        }
+    });
+
     summary(&steps, start.elapsed());
     let failed: Vec<_> = steps.iter().filter(|s| matches!(s.outcome, Outcome::Failed)).map(|s| s.name).collect();
     if !failed.is_empty() {

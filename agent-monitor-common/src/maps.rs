@@ -40,6 +40,7 @@ pub mod names {
     pub const TLS_CONNS: &str = "TLS_CONNS";
     pub const HTTP_SCRATCH: &str = "HTTP_SCRATCH";
     pub const PATH_ALLOW: &str = "PATH_ALLOW";
+    pub const UNIX_REFUSE: &str = "UNIX_REFUSE";
 
     /// Every map of the eBPF object.
     pub const ALL: &[&str] = &[
@@ -73,6 +74,7 @@ pub mod names {
         TLS_CONNS,
         HTTP_SCRATCH,
         PATH_ALLOW,
+        UNIX_REFUSE,
     ];
 
     /// The maps pinned with the programs: every one that holds state a restart must keep (the
@@ -116,7 +118,11 @@ pub mod daemon_slot {
     /// The token of the daemon run whose per-agent TLS hooks are in force (0: hooks in every
     /// process, or none): until an agent process carries it, its TLS handshake waits.
     pub const TLS_TOKEN: u32 = 2;
-    pub const COUNT: u32 = 3;
+    /// 1 when the cgroup `connect_unix` and `sendmsg_unix` programs are attached (6.7+): a Unix
+    /// connect or datagram the tracepoint judged a violation is then refused by them before it
+    /// happens (`UNIX_REFUSE`), not killed after.
+    pub const UNIX_CGROUP: u32 = 3;
+    pub const COUNT: u32 = 4;
 }
 
 /// The policy's `action` for an agent, as stored in [`AgentCfg::action`].

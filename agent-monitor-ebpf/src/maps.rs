@@ -138,6 +138,19 @@ pub fn tls_hooks_pending(tgid: u32) -> bool {
     token != 0 && unsafe { PROCS.get(&tgid) }.is_some_and(|st| st.tls_token != token)
 }
 
+/// Is a Unix connect or datagram refused by the cgroup `connect_unix`/`sendmsg_unix` programs?
+#[inline(always)]
+pub fn unix_cgroup_active() -> bool {
+    DAEMON.get(daemon_slot::UNIX_CGROUP).copied().unwrap_or(0) == 1
+}
+
+/// Threads (pid_tgid) whose Unix connect or datagram in flight the tracepoint judged a
+/// violation: the cgroup `connect_unix`/`sendmsg_unix` program refuses it. Set or cleared at
+/// every such `sys_enter` of an agent, so an entry left by a call that failed before the hook
+/// never refuses the next one.
+#[map]
+pub static UNIX_REFUSE: HashMap<u64, u32> = HashMap::with_max_entries(65536, NO_PREALLOC);
+
 /// Is the BPF LSM layer deciding?
 #[inline(always)]
 pub fn lsm_active() -> bool {

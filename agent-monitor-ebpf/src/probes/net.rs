@@ -43,7 +43,7 @@ use crate::{
     kernel,
     maps::{
         PendingOp, TlsConnKey, EVENTS_SCRATCH, GRANTS, HELD_RUNS, HOLD_STOP, KILLED, NET_ALLOW, PENDING_OPS, PROCS,
-        SNI_ALLOW, SNI_SCRATCH, SOCKS, TLS_CONNS, UNIX_ALLOW,
+        SNI_ALLOW, SNI_SCRATCH, SOCKS, TLS_CONNS, UNIX_ALLOW, UNIX_REFUSE,
     },
 };
 
@@ -823,6 +823,144 @@ unsafe fn unix_addr(s: *mut crate::maps::Scratch, op: &mut PendingOp, slot: u32,
     Ok(Some(ok))
 }
 
+/// A Unix connect or datagram of the current thread judged at `sys_enter`: where the cgroup
+/// `connect_unix`/`sendmsg_unix` programs are attached and the agent's action refuses, it is
+/// refused there before it happens (`UNIX_REFUSE`) and the event is written now (layer cgroup;
+/// `kill` also kills, `hold` is a plain refusal: no grant exists for a Unix path). Returns false
+/// if the caller must decide as before (no such programs, `alert`, or no room to remember it).
+/// Every call clears what an earlier call of this thread left (one that failed before the
+/// hook).
+#[inline(always)]
+fn unix_refused(st: &ProcState, cfg: &AgentCfg, ok: bool, flags: u32, aux: u64, path: PathRef) -> bool {
+    if !crate::maps::unix_cgroup_active() {
+        return false;
+    }
+    let tid = bpf_get_current_pid_tgid();
+    let _ = UNIX_REFUSE.remove(&tid);
+    if ok || cfg.action == policy_action::ALERT {
+        return false;
+    }
+    let one: u32 = 1;
+    if UNIX_REFUSE.insert(&tid, &one, 0).is_err() {
+        count(agent_monitor_common::stat::TABLE_FULL);
+        return false;
+    }
+    let act = if cfg.action == policy_action::KILL {
+        agent::kill_instance(st);
+        action::KILLED
+    } else {
+        action::DENIED
+    };
+    let r = Rec {
+        kind: kind::IPC_CONNECT,
+        verdict: verdict::VIOLATION,
+        action: act,
+        layer: layer::CGROUP,
+        flags,
+        aux,
+        aux2: 0,
+    };
+    emit(st, &r, path, PathRef::NONE);
+    true
+}
+
+/// `PendingOp::aux` of a Unix connect or datagram refused at `sys_enter` because its address
+/// could not be read: the event is written at `sys_exit`, once the kernel's copy has faulted the
+/// page in, so that it names the path.
+pub const UNIX_REFUSED_UNREAD: u64 = 1 << 32;
+
+/// A Unix connect (`aux` 0) or datagram (1) whose address cannot be read as the call starts:
+/// refused where the cgroup Unix programs can refuse it (fail closed), its event written at
+/// `sys_exit` ([`unix_refused_exit`]). Returns false if the caller must decide as before.
+#[inline(always)]
+fn unix_refuse_unread(st: &ProcState, cfg: &AgentCfg, op: &mut PendingOp, sa: u64, aux: u64) -> bool {
+    if !crate::maps::unix_cgroup_active() || cfg.action == policy_action::ALERT {
+        return false;
+    }
+    let tid = bpf_get_current_pid_tgid();
+    let one: u32 = 1;
+    if UNIX_REFUSE.insert(&tid, &one, 0).is_err() {
+        count(agent_monitor_common::stat::TABLE_FULL);
+        return false;
+    }
+    op.kind = kind::IPC_CONNECT;
+    op.flags = 0;
+    op.ok = 0;
+    op.len1 = 0;
+    op.len2 = 0;
+    op.aux = aux | UNIX_REFUSED_UNREAD;
+    op.unread1 = [0, sa];
+    op.unread2 = [0, 0];
+    if PENDING_OPS.insert(&tid, op, 0).is_err() {
+        // Nowhere to finish the record: write it now, without the path.
+        count(agent_monitor_common::stat::TABLE_FULL);
+        let _ = UNIX_REFUSE.remove(&tid);
+        return unix_refused(st, cfg, false, event_flags::ARG_UNREADABLE, aux, PathRef::NONE);
+    }
+    true
+}
+
+/// At `sys_exit`, the record of a Unix connect or datagram refused because its address could
+/// not be read at `sys_enter`: the address is read again (the kernel has copied it by now).
+#[inline(always)]
+pub unsafe fn unix_refused_exit(st: &ProcState, cfg: &AgentCfg, op: &mut PendingOp) {
+    let _ = UNIX_REFUSE.remove(&bpf_get_current_pid_tgid());
+    let sa = op.unread1[1];
+    let Some(s) = agent::scratch() else { return };
+    let mut flags = 0;
+    let path = match unix_addr(s, op, cfg.slot, sa) {
+        Ok(Some(_)) => PathRef(op.p1.as_ptr(), op.len1),
+        _ => {
+            flags |= event_flags::ARG_UNREADABLE;
+            PathRef::NONE
+        }
+    };
+    let act = if cfg.action == policy_action::KILL {
+        agent::kill_instance(st);
+        action::KILLED
+    } else {
+        action::DENIED
+    };
+    // aux 3: a connect, 4: a datagram, refused with its address unreadable at the call.
+    let aux = (op.aux & 1) + 3;
+    let r = Rec {
+        kind: kind::IPC_CONNECT,
+        verdict: verdict::VIOLATION,
+        action: act,
+        layer: layer::CGROUP,
+        flags,
+        aux,
+        aux2: 0,
+    };
+    emit(st, &r, path, PathRef::NONE);
+}
+
+/// `cgroup/connect_unix` (6.7+): refuses the Unix connect the tracepoint judged a violation.
+/// The path itself is not readable here without kfuncs; the tracepoint read it as the call
+/// started (the kernel copies the address right after).
+#[no_mangle]
+#[link_section = "cgroup/connect_unix"]
+pub fn connect_unix(_ctx: *mut bpf_sock_addr) -> i32 {
+    unix_verdict()
+}
+
+/// `cgroup/sendmsg_unix` (6.7+): the same for a datagram sent with an address.
+#[no_mangle]
+#[link_section = "cgroup/sendmsg_unix"]
+pub fn sendmsg_unix(_ctx: *mut bpf_sock_addr) -> i32 {
+    unix_verdict()
+}
+
+#[inline(always)]
+fn unix_verdict() -> i32 {
+    let tid = bpf_get_current_pid_tgid();
+    if unsafe { UNIX_REFUSE.get(&tid) }.is_some() {
+        let _ = UNIX_REFUSE.remove(&tid);
+        return REFUSE;
+    }
+    PASS
+}
+
 /// `connect(fd, addr, len)` to a Unix socket: `ipc.connect` unless `unix:PATH` is allowed.
 /// Decided here, acted on at `sys_exit_connect` only if the connect succeeded (a resolver
 /// probing an nscd socket that does not exist reaches nothing). An address that cannot be read
@@ -856,12 +994,21 @@ fn try_unix_connect(ctx: &TracePointContext) -> Result<(), i64> {
         match unix_addr(s, op, cfg.slot, sa) {
             Ok(None) => return Ok(()),
             Ok(Some(ok)) => {
+                if unix_refused(&st, &cfg, ok, 0, 0, PathRef(op.p1.as_ptr(), op.len1)) {
+                    return Ok(());
+                }
                 if ok && cfg.flags & agent_flags::AUDIT == 0 {
                     return Ok(());
                 }
                 op.ok = ok as u32;
             }
             Err(()) => {
+                // Unreadable now: refused where the cgroup program can refuse it (on a Unix
+                // socket: the fd says so), else read again at sys_exit.
+                let fd = crate::kernel::tp_arg(ctx, 0) as i32 as i64;
+                if kernel::socket_family(fd).unwrap_or(AF_UNIX) == AF_UNIX && unix_refuse_unread(&st, &cfg, op, sa, 0) {
+                    return Ok(());
+                }
                 op.ok = 0;
                 op.len1 = 0;
                 op.unread1 = [0, sa];
@@ -900,28 +1047,36 @@ pub unsafe fn unix_reread(op: &mut PendingOp, slot: u32) -> bool {
 /// starts (on the tracepoint layer the datagram is delivered before the kill; the BPF LSM layer
 /// refuses it). Only Unix sockets are looked at: the cgroup hooks judge inet datagrams.
 #[inline(always)]
-fn unix_datagram(fd: i64, sa: u64) {
+fn unix_datagram(fd: i64, sa: u64) -> bool {
     if sa == 0 {
-        return;
+        return false;
     }
     let Some((st, cfg)) = current_agent() else {
-        return;
+        return false;
     };
     if reap_if_killed(&st) || crate::maps::lsm_active() {
-        return;
+        return false;
     }
-    let Some(s) = agent::scratch() else { return };
+    let Some(s) = agent::scratch() else { return false };
     unsafe {
         if kernel::socket_family(fd).unwrap_or(AF_UNIX) != AF_UNIX {
-            return;
+            return false;
         }
         let op = &mut (*s).op;
         op.len1 = 0;
         let (ok, flags) = match unix_addr(s, op, cfg.slot, sa) {
-            Ok(None) => return,
+            Ok(None) => return false,
             Ok(Some(ok)) => (ok, 0),
-            Err(()) => (false, event_flags::ARG_UNREADABLE),
+            Err(()) => {
+                if unix_refuse_unread(&st, &cfg, op, sa, 1) {
+                    return true;
+                }
+                (false, event_flags::ARG_UNREADABLE)
+            }
         };
+        if unix_refused(&st, &cfg, ok, flags, 1, PathRef(op.p1.as_ptr(), op.len1)) {
+            return true;
+        }
         let r = Rec {
             kind: kind::IPC_CONNECT,
             verdict: verdict::ALLOWED,
@@ -932,6 +1087,7 @@ fn unix_datagram(fd: i64, sa: u64) {
             aux2: 0,
         };
         agent::decide_with(&st, &cfg, ok, r, PathRef(op.p1.as_ptr(), op.len1), PathRef::NONE, false);
+        !ok
     }
 }
 
@@ -942,6 +1098,40 @@ pub fn sys_enter_sendto(ctx: TracePointContext) -> u32 {
     let sa = crate::kernel::tp_arg(&ctx, 4);
     if sa != 0 {
         unix_datagram(crate::kernel::tp_arg(&ctx, 0) as i32 as i64, sa);
+    }
+    0
+}
+
+/// `sendmmsg(fd, msgvec, vlen, flags)`: each message's `msg_name` (`struct mmsghdr` is a
+/// `msghdr` and a length: 64 bytes), up to the first violation. Past the first
+/// `SENDMMSG_CHECKED` messages, addressed datagrams on a Unix socket are a violation (fail
+/// closed: the probe does not read that far).
+#[tracepoint]
+#[inline(always)]
+pub fn sys_enter_sendmmsg(ctx: TracePointContext) -> u32 {
+    const SENDMMSG_CHECKED: u64 = 8;
+    if current_agent().is_none() {
+        return 0;
+    }
+    let fd = crate::kernel::tp_arg(&ctx, 0) as i32 as i64;
+    let vec = crate::kernel::tp_arg(&ctx, 1);
+    let vlen = crate::kernel::tp_arg(&ctx, 2) & 0xffff_ffff;
+    let mut first_named = false;
+    for i in 0..SENDMMSG_CHECKED {
+        if i >= vlen {
+            return 0;
+        }
+        // Unreadable: 1, which `unix_addr` cannot read either (fail closed).
+        let name: u64 = unsafe { bpf_probe_read_user((vec + i * 64) as *const u64) }.unwrap_or(1);
+        if i == 0 {
+            first_named = name != 0;
+        }
+        if unix_datagram(fd, name) {
+            return 0;
+        }
+    }
+    if vlen > SENDMMSG_CHECKED && first_named {
+        unix_datagram(fd, 1);
     }
     0
 }

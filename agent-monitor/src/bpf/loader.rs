@@ -27,6 +27,9 @@ pub struct LayerStatus {
     pub cgroup: bool,
     pub landlock: bool,
     pub uprobe: bool,
+    /// The cgroup `connect_unix` and `sendmsg_unix` programs are attached (6.7+): Unix connects
+    /// and datagrams are refused before they happen, not killed after.
+    pub unix_refusal: bool,
     /// Why a layer is down, for the log and `status`.
     pub notes: Vec<String>,
 }
@@ -94,7 +97,23 @@ impl Kernel {
             let (up, links, lsm_note) = attach_all(&mut ebpf, lsm_btf)?;
             (up, BTreeSet::new(), links, lsm_note)
         };
-        let layers = LayerStatus::new(&up, lsm_note);
+        let mut layers = LayerStatus::new(&up, lsm_note);
+        // Both Unix programs, attached now or adopted from this build's pins.
+        let names: Vec<String> = if adopted {
+            let dir = pin_dir.as_deref().expect("adopted from a pin dir").join("links");
+            std::fs::read_dir(dir)
+                .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+                .unwrap_or_default()
+        } else {
+            links.iter().map(|(label, _)| label.clone()).collect()
+        };
+        let has = |p: &str| names.iter().any(|n| n.starts_with(&format!("cgroup:{p}")));
+        layers.unix_refusal = has("connect_unix") && has("sendmsg_unix");
+        if !layers.unix_refusal {
+            layers.notes.push(
+                "cgroup: no connect_unix/sendmsg_unix hooks (Linux 6.7+): a Unix connect to an unlisted path is killed after it connects, a datagram after it is delivered".into(),
+            );
+        }
         info!(links = links.len(), adopted, landlock = layers.landlock, "eBPF programs attached");
         for n in &layers.notes {
             warn!("{n}");

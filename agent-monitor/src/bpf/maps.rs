@@ -42,10 +42,11 @@ pub(super) fn set_generation(ebpf: &mut Ebpf, gen: u32) -> anyhow::Result<()> {
 /// Tell the kernel side which process is the daemon (self-protection).
 /// `lsm`: the BPF LSM layer is attached in full (the tracepoint layer then leaves signals,
 /// ptrace and bpf() to it).
-pub fn set_daemon(ebpf: &mut Ebpf, tgid: u32, lsm: bool) -> anyhow::Result<()> {
+pub fn set_daemon(ebpf: &mut Ebpf, tgid: u32, lsm: bool, unix_refusal: bool) -> anyhow::Result<()> {
     let mut a: Array<&mut MapData, u32> = Array::try_from(map_mut(ebpf, names::DAEMON)?)?;
     a.set(daemon_slot::PID, tgid, 0)?;
     a.set(daemon_slot::LSM_ACTIVE, lsm as u32, 0)?;
+    a.set(daemon_slot::UNIX_CGROUP, unix_refusal as u32, 0)?;
     Ok(())
 }
 

@@ -162,7 +162,7 @@ fn start(
     for (pid, _) in kmaps::tracked(&kernel.ebpf) {
         pipeline::learn_agent_mounts(&mut kernel.ebpf, pid);
     }
-    kmaps::set_daemon(&mut kernel.ebpf, std::process::id(), kernel.layers.bpf_lsm)?;
+    kmaps::set_daemon(&mut kernel.ebpf, std::process::id(), kernel.layers.bpf_lsm, kernel.layers.unix_refusal)?;
     kmaps::sync_daemon_tids(&mut kernel.ebpf);
     let ring = RingBuf::try_from(kernel.ebpf.take_map(names::EVENTS).ok_or_else(|| anyhow!("EVENTS map missing"))?)?;
     for layer in agent_monitor_common::Layer::ALL.iter().filter(|l| **l != agent_monitor_common::Layer::Userspace) {

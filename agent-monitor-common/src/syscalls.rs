@@ -14,6 +14,8 @@ pub mod tamper_call {
     pub const IOCTL: u64 = 16;
     /// `ioctl(TIOCSTI | TIOCLINUX)` into a terminal (recorded as `ioctl`).
     pub const TIOCSTI: u64 = IOCTL;
+    /// `open` of another process's pipe or memfd through `/proc/PID/fd/N`.
+    pub const PROC_FD_OPEN: u64 = 257;
     /// Not syscalls: what the LSM layer refused.
     pub const LSM_SIGNAL: u64 = 1000;
     pub const LSM_PTRACE_ATTACH: u64 = 1001;
@@ -31,6 +33,7 @@ pub mod tamper_call {
             PIDFD_SEND_SIGNAL => "pidfd_send_signal",
             PIDFD_GETFD => "pidfd_getfd",
             IOCTL => "ioctl",
+            PROC_FD_OPEN => "openat",
             LSM_SIGNAL => "signal",
             LSM_PTRACE_ATTACH => "ptrace attach",
             _ => return None,

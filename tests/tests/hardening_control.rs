@@ -53,7 +53,8 @@ for i in range(attempts):
         s.settimeout(5)
         reply = s.recv(65536)
     except OSError as e:
-        reply = str(e).encode()
+        # The daemon closed the socket without reading it (refused): no approval.
+        reply = json.dumps({"error": str(e)}).encode()
     s.close()
     if reply and b'"error"' not in reply:
         print("approved on attempt", i, reply[:300], flush=True)

@@ -34,10 +34,20 @@ except OSError as e:
     print(e, flush=True); sys.exit(1)
 "#;
 
+/// Send `payload` as `mode`. Over TCP it is carried in a read-only HTTP request (a header), as
+/// an allowed TCP destination takes only requests that start with a read-only method: raw
+/// bytes are a write there unless the destination accepts opaque traffic.
 fn send(agent: &std::path::Path, ns: Option<&NetNs>, host: &str, port: u16, mode: &str, payload: &[u8]) -> Option<i32> {
     let mut cmd = match ns {
         Some(ns) => ns.cmd(agent),
         None => Command::new(agent),
+    };
+    let wrapped;
+    let payload = if mode == "tcp" {
+        wrapped = [b"GET / HTTP/1.1\r\nHost: sink\r\nX-Marker: ".as_slice(), payload, b"\r\n\r\n"].concat();
+        &wrapped[..]
+    } else {
+        payload
     };
     cmd.args(["-c", PY_SEND, host, &port.to_string(), mode, &hex(payload)]);
     let (st, out, err) = output(&mut cmd);

@@ -125,7 +125,8 @@ fn pidfd_tamper(pidfd: u64, what: u64, detail: u64) {
         return;
     };
     let nr = unsafe { crate::kernel::pidfd_pid(pidfd as i64) };
-    if daemon != 0 && nr == daemon {
+    // A PIDFD_THREAD pidfd names one of the daemon's threads.
+    if daemon != 0 && nr != 0 && (nr == daemon || unsafe { DAEMON_TIDS.get(&nr) }.is_some()) {
         tamper(daemon as u64, what, detail);
     } else if what == tamper_call::PIDFD_GETFD && !lsm_active() {
         inject(&st, nr as u64, what, detail);
@@ -136,7 +137,7 @@ fn pidfd_tamper(pidfd: u64, what: u64, detail: u64) {
 /// (`process.inject`) unless the target belongs to the same agent instance. A thread id of an
 /// instance member other than its leader is not in the table: judged outside (fail closed).
 #[inline(always)]
-fn inject(st: &agent_monitor_common::ProcState, target: u64, what: u64, detail: u64) {
+pub fn inject(st: &agent_monitor_common::ProcState, target: u64, what: u64, detail: u64) {
     let Some((st2, cfg)) = current_agent() else {
         return;
     };
@@ -255,7 +256,8 @@ pub fn sys_enter_ioctl(ctx: TracePointContext) -> u32 {
     const FS_IOC_FSSETXATTR: u64 = 0x401c_5820;
     let cmd = arg(&ctx, 1) & 0xffff_ffff;
     match cmd {
-        TIOCSTI | TIOCLINUX => {
+        // With BPF LSM, `file_ioctl` refuses it before a byte is pushed.
+        TIOCSTI | TIOCLINUX if !lsm_active() => {
             if let Some((st, _)) = current_agent() {
                 // A terminal is shared with whoever reads it: never the agent's own instance.
                 inject(&st, 0, tamper_call::TIOCSTI, cmd);

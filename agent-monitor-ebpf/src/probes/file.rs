@@ -12,7 +12,8 @@
 //! known to be the object's (cut short, through a mount the daemon does not know) is never
 //! inside `writable`.
 use agent_monitor_common::{
-    action, agent_flags, event_flags, kind, layer, open_is_write, path_class, proc_flags, stat, verdict, UNIX_PATH_LEN,
+    action, agent_flags, event_flags, kind, layer, open_is_write, path_class, proc_flags, stat, syscalls::tamper_call,
+    verdict, UNIX_PATH_LEN,
 };
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user, generated::bpf_probe_read_kernel as raw_read_kernel},
@@ -164,8 +165,14 @@ fn path_op(
         if ok && cfg.flags & agent_flags::AUDIT == 0 {
             return Ok(());
         }
-        // The event's target is the path that is not writable (the second when only it is).
-        if c1 == path_class::WRITABLE && c2 != path_class::WRITABLE && op.flags & event_flags::PROTECTED_PATH == 0 {
+        // The event's target is the path that is not writable (the second when only it is),
+        // except for a symlink: its target is the link it makes (`link -> where it leads`).
+        let symlink = matches!(p2, Some((_, _, Judge::LinkTarget)));
+        if c1 == path_class::WRITABLE
+            && c2 != path_class::WRITABLE
+            && op.flags & event_flags::PROTECTED_PATH == 0
+            && !symlink
+        {
             op.flags |= event_flags::SECOND_PATH;
         }
         op.kind = kind;
@@ -189,7 +196,11 @@ pub fn sys_exit_path_any(ctx: TracePointContext) -> u32 {
         return 0;
     };
     let ret = kernel::tp_ret(&ctx);
-    if ret >= 0 {
+    if unsafe { (*op).aux } & super::net::UNIX_REFUSED_UNREAD != 0 {
+        if let Some((st, cfg)) = current_agent() {
+            unsafe { super::net::unix_refused_exit(&st, &cfg, &mut *op) };
+        }
+    } else if ret >= 0 {
         if let Some((st, cfg)) = current_agent() {
             unsafe { exit_path_op(&st, &cfg, &mut *op) };
         }
@@ -549,7 +560,12 @@ fn try_open_exit(ctx: &TracePointContext) -> Result<(), i64> {
             return Ok(());
         }
         if kernel::file_on_kernel_mount(file) {
-            return Ok(()); // anonymous pipes, sockets, memfds reopened: no file anyone names
+            // Anonymous pipes, memfds: no file anyone names. Reopened through another
+            // process's /proc/PID/fd, a write into that process.
+            if pend.path != 0 {
+                reopened_kernel_file(s, &st, pend.dfd, pend.path);
+            }
+            return Ok(());
         }
         let t = kernel::file_mode_type(file)?;
         if t == S_IFSOCK {
@@ -583,6 +599,53 @@ fn try_open_exit(ctx: &TracePointContext) -> Result<(), i64> {
         );
     }
     Ok(())
+}
+
+/// A pipe or memfd opened for writing by path: through the process's own descriptors
+/// (`/proc/self/fd/N`, `/dev/fd/N`, `/dev/stdout`, `/proc/<own or an instance member's
+/// pid>/fd/N`) it is the agent's; through another process's `/proc/PID/fd` it is
+/// `process.inject` (a command into a service's pipe); by any other name (a symlink to such a
+/// path) a violation too (fail closed).
+#[inline(always)]
+unsafe fn reopened_kernel_file(s: *mut Scratch, st: &agent_monitor_common::ProcState, dfd: i64, path: u64) {
+    let Ok(_) = kernel::resolve_user_path(s, dfd, path as *const u8) else {
+        super::bypass::inject(st, 0, tamper_call::PROC_FD_OPEN, 0);
+        return;
+    };
+    let b = (*s).buf.as_ptr();
+    let starts = |p: &[u8]| -> bool {
+        let mut i = 0;
+        while i < p.len() {
+            if *b.add(i) != *p.get_unchecked(i) {
+                return false;
+            }
+            i += 1;
+        }
+        true
+    };
+    if starts(b"/proc/self/") || starts(b"/proc/thread-self/") || starts(b"/dev/fd/") || starts(b"/dev/std") {
+        return;
+    }
+    if !starts(b"/proc/") {
+        super::bypass::inject(st, 0, tamper_call::PROC_FD_OPEN, 0);
+        return;
+    }
+    let mut pid: u64 = 0;
+    let mut i = 6;
+    while i < 16 {
+        let c = *b.add(i);
+        if !c.is_ascii_digit() {
+            break;
+        }
+        pid = pid * 10 + (c - b'0') as u64;
+        i += 1;
+    }
+    if i == 6 || *b.add(i & 31) != b'/' {
+        super::bypass::inject(st, 0, tamper_call::PROC_FD_OPEN, 0);
+        return;
+    }
+    // `inject` lets the instance's own processes through.
+    super::bypass::inject(st, pid, tamper_call::PROC_FD_OPEN, 0);
 }
 
 /// `EACCES` from the kernel.

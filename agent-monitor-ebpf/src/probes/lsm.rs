@@ -382,6 +382,40 @@ pub fn lsm_ptrace_access_check(ctx: LsmContext) -> i32 {
     }
 }
 
+/// `file_ioctl(file, cmd, arg)`: `TIOCSTI`/`TIOCLINUX` push input into a terminal that another
+/// process (the shell the agent was started from) reads as typed by its user: refused to agents
+/// (`process.inject`) before a byte is pushed. Every other ioctl passes here (`chattr` is the
+/// tracepoint layer's).
+#[lsm(hook = "file_ioctl")]
+#[inline(always)]
+pub fn lsm_file_ioctl(ctx: LsmContext) -> i32 {
+    const TIOCSTI: u32 = 0x5412;
+    const TIOCLINUX: u32 = 0x541c;
+    let cmd: u32 = ctx.arg(1);
+    if cmd != TIOCSTI && cmd != TIOCLINUX {
+        return 0;
+    }
+    let Some((st, cfg)) = current_agent() else {
+        return 0;
+    };
+    let act = lsm_action(&st, &cfg);
+    let r = Rec {
+        kind: kind::PROCESS_INJECT,
+        verdict: verdict::VIOLATION,
+        action: act,
+        layer: layer::BPF_LSM,
+        flags: 0,
+        aux: tamper_call::TIOCSTI,
+        aux2: (cmd as u64) << 32,
+    };
+    emit(&st, &r, PathRef::NONE, PathRef::NONE);
+    if act == action::ALERTED {
+        0
+    } else {
+        EPERM
+    }
+}
+
 /// Mounts (`sb_mount`, `move_mount`, `sb_umount`, `sb_pivotroot`, `path_chroot`): a mount names a
 /// file by what it is not. Refused to agents unless the policy allows `mount`.
 #[inline(always)]

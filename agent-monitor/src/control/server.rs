@@ -1,6 +1,11 @@
-//! The control socket's server. Callers are authorised by the kernel's credentials of the peer
-//! (SO_PEERCRED), before a byte of the request is read: root or a member of `admin_group`; a
-//! process that is an agent, or descends from one, is always refused, whatever its uid.
+//! The control socket's server. Callers are authorised by the kernel's credentials: of the peer
+//! that connected (SO_PEERCRED), before a byte of the request is read, and of the process that
+//! sent each chunk of the request (SCM_CREDENTIALS, which the kernel attaches to every message
+//! because the listening socket has SO_PASSCRED): a socket connected by one process and handed
+//! to, or written by, another is judged by who wrote. Authorised: root or a member of
+//! `admin_group`; a process that is an agent, or descends from one, is always refused, whatever
+//! its uid, and so is a process that is gone before it could be judged (its ancestry cannot be
+//! read). A request is one line of at most [`MAX_REQUEST`] bytes.
 //! Authorised requests go to a [`Handler`] (the daemon implements it; this module knows nothing
 //! of the daemon).
 use std::{
@@ -9,9 +14,12 @@ use std::{
     sync::Arc,
 };
 
+use std::os::fd::AsRawFd;
+
 use anyhow::Context as _;
+use nix::sys::socket::{recvmsg, setsockopt, sockopt, ControlMessageOwned, MsgFlags, UnixCredentials};
 use tokio::{
-    io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
+    io::{AsyncWrite, AsyncWriteExt, Interest},
     net::{UnixListener, UnixStream},
     sync::broadcast,
 };
@@ -84,6 +92,9 @@ impl Control {
         let _ = std::fs::remove_file(path);
         let listener =
             UnixListener::bind(path).with_context(|| format!("binding the control socket {}", path.display()))?;
+        // Every message sent to an accepted socket carries its sender's credentials (accepted
+        // sockets inherit the flag, so none is sent before it is set).
+        setsockopt(&listener, sockopt::PassCred, &true).context("SO_PASSCRED on the control socket")?;
         let admin_gid = admin_group.and_then(|g| {
             let gid = group_id(g);
             if gid.is_none() {
@@ -106,6 +117,11 @@ impl Control {
     fn refuse(&self, handler: &dyn Handler, pid: u32, uid: u32, gid: u32) -> Option<String> {
         if pid == 0 || handler.is_agent(pid) {
             return Some(format!("refused: pid {pid} is an agent process; agents cannot control agent-monitor"));
+        }
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            return Some(format!(
+                "refused: pid {pid} exited before it could be checked; whether it was an agent cannot be told"
+            ));
         }
         if uid == 0 {
             return None;
@@ -132,19 +148,84 @@ pub async fn serve(listener: UnixListener, control: Arc<Control>, handler: Arc<d
     }
 }
 
-async fn handle(sock: UnixStream, control: &Control, handler: Arc<dyn Handler>) -> anyhow::Result<()> {
+/// The longest request line read (a request is a few hundred bytes; this bounds what an
+/// unauthorised or broken client can make the daemon hold).
+pub const MAX_REQUEST: usize = 64 * 1024;
+
+/// What reading a request found.
+enum Read {
+    Line(String),
+    /// Closed before a full line.
+    Eof,
+    /// Refused: the reason, for the reply.
+    Refused(String),
+}
+
+/// Read one request line, judging the sender of every chunk by the credentials the kernel
+/// attached to it.
+async fn read_request(sock: &UnixStream, control: &Control, handler: &dyn Handler) -> anyhow::Result<Read> {
+    let mut buf = Vec::new();
+    let mut chunk = vec![0u8; 16 * 1024];
+    loop {
+        sock.readable().await?;
+        let got = sock.try_io(Interest::READABLE, || {
+            let mut iov = [std::io::IoSliceMut::new(&mut chunk)];
+            let mut cmsg = nix::cmsg_space!(UnixCredentials);
+            let msg = recvmsg::<()>(sock.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::MSG_DONTWAIT)
+                .map_err(std::io::Error::from)?;
+            let creds = msg.cmsgs().ok().and_then(|mut c| {
+                c.find_map(|m| match m {
+                    ControlMessageOwned::ScmCredentials(c) => Some(c),
+                    _ => None,
+                })
+            });
+            Ok((msg.bytes, creds))
+        });
+        let (n, creds) = match got {
+            Ok(r) => r,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e.into()),
+        };
+        if n == 0 {
+            return Ok(Read::Eof);
+        }
+        let Some(c) = creds else {
+            return Ok(Read::Refused("refused: the request carries no sender credentials".into()));
+        };
+        if let Some(why) = control.refuse(handler, c.pid() as u32, c.uid(), c.gid()) {
+            return Ok(Read::Refused(why));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(end) = buf.iter().position(|b| *b == b'\n') {
+            buf.truncate(end);
+            return Ok(Read::Line(String::from_utf8_lossy(&buf).into_owned()));
+        }
+        if buf.len() > MAX_REQUEST {
+            return Ok(Read::Refused(format!("refused: a request line is at most {MAX_REQUEST} bytes")));
+        }
+    }
+}
+
+async fn handle(mut sock: UnixStream, control: &Control, handler: Arc<dyn Handler>) -> anyhow::Result<()> {
     let cred = sock.peer_cred()?;
     let (pid, uid, gid) = (cred.pid().unwrap_or(0) as u32, cred.uid(), cred.gid());
-    let (rd, mut wr) = sock.into_split();
     // Who is asking is decided before the request is read: an agent's bytes are never parsed.
     // (The reply stays readable: a Unix stream delivers what was written before the close.)
     if let Some(why) = control.refuse(handler.as_ref(), pid, uid, gid) {
         warn!(pid, uid, "control socket: {why}");
-        wr.write_all(Reply::error(why).line().as_bytes()).await?;
+        sock.write_all(Reply::error(why).line().as_bytes()).await?;
         return Ok(());
     }
-    let mut lines = BufReader::new(rd).lines();
-    let Some(line) = lines.next_line().await? else { return Ok(()) };
+    let line = match read_request(&sock, control, handler.as_ref()).await? {
+        Read::Line(l) => l,
+        Read::Eof => return Ok(()),
+        Read::Refused(why) => {
+            warn!(pid, uid, "control socket: {why}");
+            sock.write_all(Reply::error(why).line().as_bytes()).await?;
+            return Ok(());
+        }
+    };
+    let wr = &mut sock;
     let req: Request = match serde_json::from_str(&line) {
         Ok(r) => r,
         Err(e) => {
@@ -154,7 +235,7 @@ async fn handle(sock: UnixStream, control: &Control, handler: Arc<dyn Handler>) 
     };
     let reply = match req {
         Request::Status => Reply::Record(serde_json::to_value(handler.status())?),
-        Request::Events => return stream_events(handler.events(), &mut wr).await,
+        Request::Events => return stream_events(handler.events(), wr).await,
         Request::Reload => match blocking(handler, |h| h.reload()).await {
             Ok(Ok(())) => Reply::Ok { ok: true },
             Ok(Err(diagnostics)) => Reply::Error {
@@ -205,10 +286,7 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(move || f(handler.as_ref())).await.map_err(|e| format!("the request failed: {e}"))
 }
 
-async fn stream_events(
-    mut rx: broadcast::Receiver<String>,
-    wr: &mut tokio::net::unix::OwnedWriteHalf,
-) -> anyhow::Result<()> {
+async fn stream_events(mut rx: broadcast::Receiver<String>, wr: &mut (impl AsyncWrite + Unpin)) -> anyhow::Result<()> {
     loop {
         match rx.recv().await {
             Ok(line) => wr.write_all(format!("{line}\n").as_bytes()).await?,

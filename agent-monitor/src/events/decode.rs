@@ -366,6 +366,12 @@ impl Decoder {
                 match ev.aux {
                     0 => {}
                     1 => detail.push("a datagram to a named Unix socket"),
+                    3 | 4 => {
+                        if ev.aux == 4 {
+                            detail.push("a datagram to a named Unix socket");
+                        }
+                        detail.push("its address could not be read as the call started: refused before it happened (fail closed)");
+                    }
                     _ => detail.push("a FIFO opened for writing: a message to whoever reads it"),
                 }
                 "network.allow"
@@ -383,6 +389,14 @@ impl Decoder {
                         write!(d, "pidfd_getfd(fd {arg}) of a process outside the agent's instance")
                     }
                     tamper_call::IOCTL => write!(d, "ioctl({arg:#x}): typing into a terminal another process reads"),
+                    tamper_call::PROC_FD_OPEN if pid == 0 => write!(
+                        d,
+                        "a pipe or memfd opened for writing by a name that is not one of the process's own descriptors"
+                    ),
+                    tamper_call::PROC_FD_OPEN => write!(
+                        d,
+                        "a pipe or memfd of a process outside the agent's instance opened for writing through /proc/{pid}/fd"
+                    ),
                     _ => write!(d, "ptrace-level access to a process outside the agent's instance: refused"),
                 };
                 target.clear();

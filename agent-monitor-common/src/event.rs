@@ -293,6 +293,10 @@ pub mod event_flags {
     pub const OPAQUE_TLS: u32 = 1 << 16;
     /// A request's path is not under the destination's allowed `paths`.
     pub const HTTP_PATH: u32 = 1 << 17;
+    /// A Unix connect or datagram refused by the cgroup hook, which runs before the kernel looks
+    /// the socket up: the daemon records it (and kills, for `kill`) only if the socket exists
+    /// (a resolver probing an nscd that is not running reached nothing).
+    pub const UNIX_UNCHECKED: u32 = 1 << 18;
 }
 
 /// Index of each kernel-side counter in the `STATS` per-CPU array.

@@ -43,6 +43,7 @@ mod user {
     unsafe impl aya::Pod for AgentCfg {}
     unsafe impl aya::Pod for PathData {}
     unsafe impl aya::Pod for ExeKey {}
+    unsafe impl aya::Pod for CmdlineSel {}
     unsafe impl aya::Pod for Offsets {}
     unsafe impl aya::Pod for Event {}
     unsafe impl aya::Pod for NetData {}

@@ -41,6 +41,7 @@ pub mod names {
     pub const HTTP_SCRATCH: &str = "HTTP_SCRATCH";
     pub const PATH_ALLOW: &str = "PATH_ALLOW";
     pub const UNIX_REFUSE: &str = "UNIX_REFUSE";
+    pub const SEL_CMDLINE: &str = "SEL_CMDLINE";
 
     /// Every map of the eBPF object.
     pub const ALL: &[&str] = &[
@@ -75,6 +76,7 @@ pub mod names {
         HTTP_SCRATCH,
         PATH_ALLOW,
         UNIX_REFUSE,
+        SEL_CMDLINE,
     ];
 
     /// The maps pinned with the programs: every one that holds state a restart must keep (the
@@ -90,6 +92,7 @@ pub mod names {
         SEL_EXE,
         SEL_UID,
         SEL_CGROUP,
+        SEL_CMDLINE,
         WRITABLE,
         KILLED,
         PENDING,
@@ -122,7 +125,9 @@ pub mod daemon_slot {
     /// connect or datagram the tracepoint judged a violation is then refused by them before it
     /// happens (`UNIX_REFUSE`), not killed after.
     pub const UNIX_CGROUP: u32 = 3;
-    pub const COUNT: u32 = 4;
+    /// How many `SEL_CMDLINE` entries are in use (0: an exec reads no command line).
+    pub const CMDLINE_COUNT: u32 = 4;
+    pub const COUNT: u32 = 5;
 }
 
 /// The policy's `action` for an agent, as stored in [`AgentCfg::action`].
@@ -157,6 +162,28 @@ pub mod proc_flags {
     /// descendants run under that command's Landlock ruleset, so a write the kernel refuses
     /// with `EACCES` outside `writable` is recorded as denied by Landlock.
     pub const LANDLOCKED: u32 = 1 << 1;
+}
+
+/// Longest TEXT of a `cmdline = ["*TEXT*"]` selector.
+pub const CMDLINE_TEXT_LEN: usize = 48;
+/// Bytes of a new image's command line the `cmdline` selectors are matched against.
+pub const CMDLINE_READ: usize = 256;
+/// Most `cmdline` selectors, over all agents.
+pub const CMDLINE_MAX: u32 = 16;
+
+/// A `SEL_CMDLINE` entry: TEXT of `*TEXT*`, for agent `agent`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CmdlineSel {
+    pub agent: u32,
+    pub len: u32,
+    pub text: [u8; CMDLINE_TEXT_LEN],
+}
+
+impl Default for CmdlineSel {
+    fn default() -> Self {
+        CmdlineSel { agent: 0, len: 0, text: [0; CMDLINE_TEXT_LEN] }
+    }
 }
 
 /// `SEL_CGROUP` values: the agent id, with this bit when `agent-monitor exec` registered the

@@ -12,6 +12,7 @@ pub struct Offsets {
     pub task_fs: u32,
     pub task_files: u32,
     pub mm_exe_file: u32,
+    pub mm_arg_start: u32,
     pub fs_pwd: u32,
     pub fs_root: u32,
     pub files_fdt: u32,

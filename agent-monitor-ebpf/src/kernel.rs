@@ -21,6 +21,7 @@ static OFFSETS: Offsets = Offsets {
     task_fs: 0,
     task_files: 0,
     mm_exe_file: 0,
+    mm_arg_start: 0,
     fs_pwd: 0,
     fs_root: 0,
     files_fdt: 0,
@@ -268,6 +269,14 @@ pub unsafe fn file_on_kernel_mount(file: *const u8) -> bool {
 pub unsafe fn cwd_path(task: *const u8) -> Result<(*const u8, *const u8), i64> {
     let fs = rd_ptr(task, off!(task_fs))?;
     path_of(fs, off!(fs_pwd))
+}
+
+/// `mm->arg_start`, `mm->arg_end`: where the process's command line is in its memory.
+#[inline(always)]
+pub unsafe fn task_args(task: *const u8) -> Result<(u64, u64), i64> {
+    let mm = rd_ptr(task, off!(task_mm))?;
+    let [start, end]: [u64; 2] = rd(mm, off!(mm_arg_start))?;
+    Ok((start, end))
 }
 
 #[inline(always)]

@@ -151,6 +151,17 @@ pub fn unix_cgroup_active() -> bool {
 #[map]
 pub static UNIX_REFUSE: HashMap<u64, u32> = HashMap::with_max_entries(65536, NO_PREALLOC);
 
+/// `cmdline = ["*TEXT*"]` selectors (`DAEMON[CMDLINE_COUNT]` of them in use).
+#[map]
+pub static SEL_CMDLINE: Array<agent_monitor_common::CmdlineSel> =
+    Array::with_max_entries(agent_monitor_common::CMDLINE_MAX, 0);
+
+/// How many `cmdline` selectors are in use.
+#[inline(always)]
+pub fn cmdline_count() -> u32 {
+    DAEMON.get(daemon_slot::CMDLINE_COUNT).copied().unwrap_or(0).min(agent_monitor_common::CMDLINE_MAX)
+}
+
 /// Is the BPF LSM layer deciding?
 #[inline(always)]
 pub fn lsm_active() -> bool {
@@ -291,6 +302,12 @@ pub struct Scratch {
     pub wflags: u32,
     /// Length of the path being normalised.
     pub nlen: u32,
+    /// `cmdline` matching: the selector being tried (its TEXT), the command line's length in
+    /// `tmp`, and whether TEXT was found.
+    pub cmd_text: [u8; agent_monitor_common::CMDLINE_TEXT_LEN],
+    pub cmd_tlen: u32,
+    pub cmd_len: u32,
+    pub cmd_hit: u32,
     /// LPM trie lookup key: prefix length then [`PathData`].
     pub key_prefix: u32,
     pub key: PathData,

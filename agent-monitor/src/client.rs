@@ -154,7 +154,9 @@ fn print_status(s: &Status) {
     for a in &s.agents {
         println!("  {} (action {}): {} process(es)", a.name, a.action, a.processes.len());
         for p in &a.processes {
-            println!("    pid {:<7} {:<16} run {} tls {}", p.pid, p.comm, p.run, p.tls);
+            let stacks =
+                if p.tls_stacks.is_empty() { "no hooked TLS stack".to_string() } else { p.tls_stacks.join(", ") };
+            println!("    pid {:<7} {:<16} run {} tls {} ({stacks})", p.pid, p.comm, p.run, p.tls);
         }
     }
     println!(

@@ -100,8 +100,12 @@ fn write_outside(agent: Agent, mode: Mode) {
             continue;
         }
         assert_ne!(now.as_deref(), Some(content), "the {name} write landed outside the work dir: {}", why(&s, &o));
+        // The file itself, or the temporary file an atomic write makes beside it first (Claude
+        // Code's Write tool: `tool.txt.tmp.PID.RANDOM`, then a rename).
         let e = s.expect_violation(&o, &format!("file.write of {}", path.display()), |e| {
-            f(e, "kind") == "file.write" && f(e, "target") == path.display().to_string()
+            let target = f(e, "target");
+            let p = path.display().to_string();
+            f(e, "kind") == "file.write" && (target == p || target.starts_with(&format!("{p}.tmp.")))
         });
         let refused = !o.killed() && mode == Mode::Exec && now.is_none();
         assert!(o.killed() || refused, "the agent was neither killed nor refused: {e}\n{}", why(&s, &o));

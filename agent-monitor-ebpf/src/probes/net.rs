@@ -662,6 +662,15 @@ pub fn ssl_do_handshake(_ctx: ProbeContext) -> u32 {
     0
 }
 
+/// `void SSL_set_connect_state(SSL *s)`: where Node.js starts a client connection (its handshake
+/// then runs inside `SSL_read`, never entering `SSL_do_handshake`).
+#[uprobe]
+#[inline(always)]
+pub fn ssl_set_connect_state(_ctx: ProbeContext) -> u32 {
+    mark_visible();
+    0
+}
+
 /// `int gnutls_handshake(gnutls_session_t session)`
 #[uprobe]
 #[inline(always)]
@@ -845,12 +854,8 @@ fn unix_refused(st: &ProcState, cfg: &AgentCfg, ok: bool, flags: u32, aux: u64, 
         count(agent_monitor_common::stat::TABLE_FULL);
         return false;
     }
-    let act = if cfg.action == policy_action::KILL {
-        agent::kill_instance(st);
-        action::KILLED
-    } else {
-        action::DENIED
-    };
+    let (act, kill) = unix_refusal_action(cfg);
+    let flags = flags | kill | event_flags::UNIX_UNCHECKED;
     let r = Rec {
         kind: kind::IPC_CONNECT,
         verdict: verdict::VIOLATION,
@@ -862,6 +867,18 @@ fn unix_refused(st: &ProcState, cfg: &AgentCfg, ok: bool, flags: u32, aux: u64, 
     };
     emit(st, &r, path, PathRef::NONE);
     true
+}
+
+/// The action recorded for a refused Unix connect or datagram. `kill` is left to the daemon
+/// (`KILL_FROM_USERSPACE`): it kills only if the socket exists, which the cgroup hook, running
+/// before the kernel's lookup, cannot know (`UNIX_UNCHECKED`).
+#[inline(always)]
+fn unix_refusal_action(cfg: &AgentCfg) -> (u32, u32) {
+    if cfg.action == policy_action::KILL {
+        (action::KILLED, event_flags::KILL_FROM_USERSPACE)
+    } else {
+        (action::DENIED, 0)
+    }
 }
 
 /// `PendingOp::aux` of a Unix connect or datagram refused at `sys_enter` because its address
@@ -915,12 +932,8 @@ pub unsafe fn unix_refused_exit(st: &ProcState, cfg: &AgentCfg, op: &mut Pending
             PathRef::NONE
         }
     };
-    let act = if cfg.action == policy_action::KILL {
-        agent::kill_instance(st);
-        action::KILLED
-    } else {
-        action::DENIED
-    };
+    let (act, kill) = unix_refusal_action(cfg);
+    flags |= kill | event_flags::UNIX_UNCHECKED;
     // aux 3: a connect, 4: a datagram, refused with its address unreadable at the call.
     let aux = (op.aux & 1) + 3;
     let r = Rec {

@@ -4,12 +4,14 @@
 //! and an exec from another thread, which makes the kernel kill the leader in `de_thread`,
 //! leave the process the agent it was).
 use agent_monitor_common::{
-    action, event_flags, kind, layer, proc_flags, stat, verdict, ExeKey, ProcState, COMM_LEN, PATH_LEN, SEL_CGROUP_EXEC,
+    action, event_flags, kind, layer, proc_flags, stat, verdict, ExeKey, ProcState, CMDLINE_MAX, CMDLINE_READ,
+    CMDLINE_TEXT_LEN, COMM_LEN, PATH_LEN, SEL_CGROUP_EXEC,
 };
 use aya_ebpf::{
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
-        bpf_ktime_get_boot_ns, generated::bpf_probe_read_kernel as raw_read_kernel,
+        bpf_ktime_get_boot_ns,
+        generated::{bpf_loop, bpf_probe_read_kernel as raw_read_kernel},
     },
     macros::{raw_tracepoint, tracepoint},
     programs::{RawTracePointContext, TracePointContext},
@@ -114,7 +116,80 @@ unsafe fn select_agent(s: *mut Scratch, task: *const u8, cgroup: Option<u32>) ->
         return None;
     }
     raw_read_kernel((*key).path.as_mut_ptr() as *mut c_void, n as u32, (*s).buf.as_ptr() as *const c_void);
-    SEL_EXE.get(&*key).copied()
+    if let Some(a) = SEL_EXE.get(&*key) {
+        return Some(*a);
+    }
+    select_cmdline(s, task)
+}
+
+/// `cmdline = ["*TEXT*"]`: the first `CMDLINE_READ` bytes of the new image's command line
+/// (its arguments, NUL-separated, as the kernel set them up at exec) contain TEXT. Only read
+/// when such selectors exist; each is searched with one `bpf_loop`.
+#[inline(always)]
+unsafe fn select_cmdline(s: *mut Scratch, task: *const u8) -> Option<u32> {
+    use core::ptr::{read_volatile as rv, write_volatile as wv};
+    let count = crate::maps::cmdline_count();
+    if count == 0 {
+        return None;
+    }
+    let (start, end) = kernel::task_args(task).ok()?;
+    let len = (end.saturating_sub(start) as usize).min(CMDLINE_READ);
+    if len == 0 {
+        return None;
+    }
+    let tmp = (*s).tmp.as_mut_ptr();
+    if aya_ebpf::helpers::generated::bpf_probe_read_user(
+        tmp as *mut c_void,
+        (len & (CMDLINE_READ * 2 - 1)) as u32,
+        start as *const c_void,
+    ) != 0
+    {
+        return None;
+    }
+    wv(&mut (*s).cmd_len, len as u32);
+    for i in 0..CMDLINE_MAX {
+        if i >= count {
+            break;
+        }
+        let Some(sel) = crate::maps::SEL_CMDLINE.get(i) else { break };
+        let tlen = sel.len as usize;
+        if tlen == 0 || tlen > CMDLINE_TEXT_LEN || tlen > len {
+            continue;
+        }
+        (*s).cmd_text = sel.text;
+        wv(&mut (*s).cmd_tlen, tlen as u32);
+        wv(&mut (*s).cmd_hit, 0);
+        bpf_loop((len - tlen + 1) as u32, cmdline_step as *mut c_void, core::ptr::null_mut(), 0);
+        if rv(&(*s).cmd_hit) != 0 {
+            return Some(sel.agent);
+        }
+    }
+    None
+}
+
+/// One position of the `cmdline` search: does TEXT start at byte `i`? Returns 1 to stop.
+extern "C" fn cmdline_step(i: u64, _ctx: *mut c_void) -> i64 {
+    let Some(s) = crate::maps::SCRATCH.get_ptr_mut(0) else {
+        return 1;
+    };
+    unsafe {
+        let tlen = core::ptr::read_volatile(&(*s).cmd_tlen) as usize;
+        let t = (*s).tmp.as_ptr();
+        let i = i as usize & (CMDLINE_READ - 1);
+        let mut j = 0;
+        while j < CMDLINE_TEXT_LEN {
+            if j >= tlen {
+                core::ptr::write_volatile(&mut (*s).cmd_hit, 1);
+                return 1;
+            }
+            if *t.add((i + j) & (2 * CMDLINE_READ - 1)) != (*s).cmd_text[j] {
+                return 0;
+            }
+            j += 1;
+        }
+        core::ptr::write_volatile(&mut (*s).cmd_hit, 1);
+        1
+    }
 }
 
 #[inline(always)]

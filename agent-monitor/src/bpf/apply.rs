@@ -80,6 +80,7 @@ pub fn apply_policy(
     // 1. The new generation, complete; the old one still decides.
     write_agents(ebpf, p, gen)?;
     t.insert(ebpf)?;
+    write_cmdline(ebpf, p)?;
     // 2. One store: the new policy decides from the next lookup on.
     set_generation(ebpf, gen)?;
     // 3. Let decisions that read the old generation before the flip finish (they run for
@@ -96,6 +97,22 @@ pub fn apply_policy(
     t.remove_stale(ebpf)?;
     info!(generation = gen, "policy generation active");
     Ok(gen)
+}
+
+/// The `cmdline` selectors (`SEL_CMDLINE`, then how many are in use). Written in place: like
+/// every selector, during a reload a process may match the old or the new ones.
+fn write_cmdline(ebpf: &mut Ebpf, p: &CompiledPolicy) -> anyhow::Result<()> {
+    use agent_monitor_common::{daemon_slot, CmdlineSel, CMDLINE_MAX};
+    let mut sel: Array<&mut MapData, CmdlineSel> = Array::try_from(map_mut(ebpf, names::SEL_CMDLINE)?)?;
+    let n = p.cmdline.len().min(CMDLINE_MAX as usize);
+    for (i, (text, id)) in p.cmdline.iter().take(n).enumerate() {
+        let mut e = CmdlineSel { agent: *id, len: text.len() as u32, ..CmdlineSel::default() };
+        e.text[..text.len()].copy_from_slice(text.as_bytes());
+        sel.set(i as u32, e, 0)?;
+    }
+    let mut d: Array<&mut MapData, u32> = Array::try_from(map_mut(ebpf, names::DAEMON)?)?;
+    d.set(daemon_slot::CMDLINE_COUNT, n as u32, 0)?;
+    Ok(())
 }
 
 /// Each agent's configuration in generation `gen`; every other slot of it is "not an agent"
@@ -327,23 +344,37 @@ fn covers(s: &NetRule, r: &NetRule) -> bool {
     mask(s.addr, s.prefix_len) == mask(r.addr, s.prefix_len)
 }
 
-/// Resolve the policy's host names (blocking: call off the async runtime).
+/// Resolve the policy's host names (blocking: call off the async runtime). Each name is looked
+/// up once per call however many rules name it; a name that stops resolving is said once (and
+/// again once it resolves), not at every refresh.
 pub fn resolve_hosts(hosts: &[HostRule]) -> Vec<NetRule> {
-    use std::net::ToSocketAddrs;
+    use std::collections::HashMap;
+    use std::net::{IpAddr, ToSocketAddrs};
+    use std::sync::{Mutex, OnceLock};
+    static FAILING: OnceLock<Mutex<HashSet<String>>> = OnceLock::new();
+    let failing = FAILING.get_or_init(Default::default);
+    let mut looked_up: HashMap<&str, Vec<IpAddr>> = HashMap::new();
     let mut out = Vec::new();
     for h in hosts {
-        match (h.host.as_str(), 0u16).to_socket_addrs() {
+        let ips = looked_up.entry(h.host.as_str()).or_insert_with(|| match (h.host.as_str(), 0u16).to_socket_addrs() {
             Ok(addrs) => {
-                for a in addrs {
-                    let (addr, prefix_len) = ipv6_form(a.ip(), if a.is_ipv4() { 32 } else { 128 });
-                    let rule = NetRule { agent: h.agent, addr, prefix_len, port: h.port, proto: h.proto, dest: h.dest };
-                    if !out.contains(&rule) {
-                        out.push(rule);
-                    }
+                if failing.lock().unwrap().remove(&h.host) {
+                    info!(host = h.host, "an allowed host resolves again");
                 }
+                addrs.map(|a| a.ip()).collect()
             }
             Err(e) => {
-                warn!(host = h.host, error = %e, "cannot resolve an allowed host; it stays unreachable until it resolves")
+                if failing.lock().unwrap().insert(h.host.clone()) {
+                    warn!(host = h.host, error = %e, "cannot resolve an allowed host; it stays unreachable until it resolves");
+                }
+                Vec::new()
+            }
+        });
+        for ip in ips.iter() {
+            let (addr, prefix_len) = ipv6_form(*ip, if ip.is_ipv4() { 32 } else { 128 });
+            let rule = NetRule { agent: h.agent, addr, prefix_len, port: h.port, proto: h.proto, dest: h.dest };
+            if !out.contains(&rule) {
+                out.push(rule);
             }
         }
     }

@@ -193,6 +193,7 @@ impl Btf {
             task_fs: o("task_struct", "fs")?,
             task_files: o("task_struct", "files")?,
             mm_exe_file: o("mm_struct", "exe_file")?,
+            mm_arg_start: o("mm_struct", "arg_start")?,
             fs_pwd: o("fs_struct", "pwd")?,
             fs_root: o("fs_struct", "root")?,
             files_fdt: o("files_struct", "fdt")?,
@@ -228,6 +229,7 @@ impl Btf {
             sock_family: o("sock", "__sk_common")? + o("sock_common", "skc_family")?,
             valid: 1,
         };
+        let arg_end = self.offset("mm_struct", "arg_end")?;
         // The programs read `d_parent` + `d_name` and `struct path` each in one read.
         let o = &offsets;
         let layout = [
@@ -235,6 +237,7 @@ impl Btf {
             ("qstr { u32 hash; u32 len; const char *name; }", o.qstr_len == 4 && o.qstr_name == 8),
             ("path { mnt; dentry; }", o.path_mnt == 0 && o.path_dentry == 8),
             ("fdtable { max_fds; fd; }", o.fdt_max_fds == 0 && o.fdt_fd == 8),
+            ("mm_struct.arg_end right after arg_start", arg_end == o.mm_arg_start + 8),
         ];
         if let Some((what, _)) = layout.iter().find(|(_, ok)| !ok) {
             return Err(BtfError::Layout(what));

@@ -235,7 +235,7 @@ fn attach_all(
     }
     let lsm_note = lsm_refused.map(|why| {
         format!(
-            "bpf_lsm: the kernel refused the LSM programs ({}); file writes are decided by the tracepoint layer after the syscall (deny falls back to kill)",
+            "bpf_lsm: the kernel refused the LSM programs ({}); file writes are decided by the tracepoint layer after the syscall (deny falls back to kill): start agents with `agent-monitor exec`, whose Landlock ruleset refuses them before they happen",
             why.lines().next().unwrap_or_default()
         )
     });
@@ -255,7 +255,7 @@ impl LayerStatus {
         };
         if !layers.bpf_lsm {
             layers.notes.push(lsm_note.unwrap_or_else(|| {
-                "bpf_lsm: not active; file writes cannot be refused in-kernel for agents not started by `exec` (deny falls back to kill after the syscall)".into()
+                "bpf_lsm: not active; file writes cannot be refused in-kernel for agents not started by `exec` (deny falls back to kill after the syscall): start agents with `agent-monitor exec`, whose Landlock ruleset refuses them before they happen".into()
             }));
         }
         layers.landlock = landlock_abi() > 0;

@@ -26,7 +26,7 @@ pub enum Attach {
     CgroupSock,
     CgroupSkbEgress,
     /// Uprobes on TLS library functions, attached to each library file found (see
-    /// `tls_libs::TLS_LIBS`).
+    /// `tls_libs::Stack`).
     UProbe(&'static str),
     /// A BPF LSM hook; loaded only where the kernel runs BPF LSM programs.
     Lsm(&'static str),
@@ -254,6 +254,12 @@ pub const PROBES: &[Probe] = &[
     Probe {
         program: "ssl_do_handshake",
         attach: Attach::UProbe("SSL_do_handshake"),
+        required: false,
+        layer: Layer::Uprobe,
+    },
+    Probe {
+        program: "ssl_set_connect_state",
+        attach: Attach::UProbe("SSL_set_connect_state"),
         required: false,
         layer: Layer::Uprobe,
     },

@@ -52,7 +52,7 @@ const HANDSHAKE_PROGRAM: &str = "ssl_do_handshake";
 
 fn program_of(program: &str) -> &'static str {
     match program {
-        "ssl_do_handshake" | "gnutls_handshake" => HANDSHAKE_PROGRAM,
+        "ssl_do_handshake" | "ssl_set_connect_state" | "gnutls_handshake" => HANDSHAKE_PROGRAM,
         _ => WRITE_PROGRAM,
     }
 }
@@ -69,7 +69,7 @@ struct Hook {
 /// The per-agent TLS hooks.
 pub struct AgentTls {
     group: String,
-    /// eBPF program fds by program name (see `loader::TLS_LIBS`).
+    /// eBPF program fds by program name (see `tls_libs::Stack::programs`).
     progs: HashMap<&'static str, OwnedFd>,
     hooks: Vec<Hook>,
     /// Per-process events by owner.

@@ -19,11 +19,89 @@ use super::{
 };
 use crate::policy::model::TlsUprobes;
 
-/// TLS libraries whose write functions carry plaintext, by the name their file starts with.
-pub const TLS_LIBS: &[(&str, &[&str])] = &[
-    ("libssl.so", &["ssl_write", "ssl_write_ex", "ssl_do_handshake"]),
-    ("libgnutls.so", &["gnutls_record_send", "gnutls_handshake"]),
-];
+/// A TLS stack whose plaintext writes the uprobes read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Stack {
+    /// OpenSSL (and BoringSSL builds that keep OpenSSL's names): the system's libssl, or
+    /// linked into any object that defines `SSL_write` (Node.js exports it from its executable).
+    OpenSsl,
+    GnuTls,
+}
+
+impl Stack {
+    pub fn name(self) -> &'static str {
+        match self {
+            Stack::OpenSsl => "openssl",
+            Stack::GnuTls => "gnutls",
+        }
+    }
+
+    /// The uprobe programs of its functions (each program is named after its function).
+    pub fn programs(self) -> &'static [&'static str] {
+        match self {
+            Stack::OpenSsl => &["ssl_write", "ssl_write_ex", "ssl_do_handshake", "ssl_set_connect_state"],
+            Stack::GnuTls => &["gnutls_record_send", "gnutls_handshake"],
+        }
+    }
+
+    /// A library known by its file name.
+    fn of_name(name: &str) -> Option<Stack> {
+        if name.starts_with("libssl.so") {
+            Some(Stack::OpenSsl)
+        } else if name.starts_with("libgnutls.so") {
+            Some(Stack::GnuTls)
+        } else {
+            None
+        }
+    }
+}
+
+/// Which TLS stack the object file at `path` carries, if any: a `libssl.so*` or
+/// `libgnutls.so*` by its name; any other ELF object (an executable such as `node`, a
+/// vendored or static build) by a definition of `SSL_write` or `gnutls_record_send` in its
+/// symbol tables, whatever its file name. Read through a memory map (an agent's executable may
+/// be 400 MB: only the symbol tables are paged in) and cached by file identity (device, inode,
+/// size, modification time), so a path is parsed once however many processes map it.
+pub fn stack_of(path: &Path) -> Option<Stack> {
+    use std::os::unix::fs::MetadataExt;
+    use std::sync::{Mutex, OnceLock};
+    /// (device, inode, size, mtime) and what the file carries.
+    type Seen = ((u64, u64, u64, i64), Option<Stack>);
+    static CACHE: OnceLock<Mutex<HashMap<PathBuf, Seen>>> = OnceLock::new();
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    if let Some(s) = Stack::of_name(name) {
+        return Some(s);
+    }
+    let meta = std::fs::metadata(path).ok()?;
+    let key = (meta.dev(), meta.ino(), meta.size(), meta.mtime());
+    let cache = CACHE.get_or_init(Default::default);
+    if let Some((k, s)) = cache.lock().unwrap().get(path) {
+        if *k == key {
+            return *s;
+        }
+    }
+    let found = defines_tls_symbols(path);
+    cache.lock().unwrap().insert(path.to_path_buf(), (key, found));
+    found
+}
+
+fn defines_tls_symbols(path: &Path) -> Option<Stack> {
+    use object::{Object as _, ObjectSymbol as _};
+    let file = std::fs::File::open(path).ok()?;
+    // SAFETY: a read-only private mapping of a file we only parse; a file changed under it can
+    // at worst make the parse fail (the cache key then changes too).
+    let map = unsafe { memmap2::Mmap::map(&file) }.ok()?;
+    let obj = object::File::parse(&*map).ok()?;
+    let defined =
+        |want: &str| obj.dynamic_symbols().chain(obj.symbols()).any(|s| s.is_definition() && s.name() == Ok(want));
+    if defined("SSL_write") {
+        Some(Stack::OpenSsl)
+    } else if defined("gnutls_record_send") {
+        Some(Stack::GnuTls)
+    } else {
+        None
+    }
+}
 
 impl Kernel {
     /// At load: per-agent hooks where asked (falling back to every process), then the system's
@@ -103,8 +181,8 @@ impl Kernel {
                 done += 1;
                 continue;
             }
-            let name = canon.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-            let Some((_, programs)) = TLS_LIBS.iter().find(|(prefix, _)| name.starts_with(prefix)) else { continue };
+            let Some(stack) = stack_of(&canon) else { continue };
+            let programs = stack.programs();
             if todo.iter().all(|(l, _)| *l != canon) {
                 let functions = loaded.iter().copied().filter(|(p, _)| programs.contains(p)).collect();
                 todo.push((canon, functions));
@@ -160,32 +238,49 @@ fn system_tls_libs() -> Vec<PathBuf> {
     let mut libs: Vec<PathBuf> = text
         .lines()
         .filter_map(|l| l.split_once("=>").map(|(name, path)| (name.trim().to_string(), PathBuf::from(path.trim()))))
-        .filter(|(name, _)| {
-            TLS_LIBS.iter().any(|(prefix, _)| name.starts_with(prefix))
-                && !name.contains(".so ")
-                && name.contains(".so.")
-        })
+        .filter(|(name, _)| Stack::of_name(name).is_some() && !name.contains(".so ") && name.contains(".so."))
         .map(|(_, p)| p)
         .collect();
     libs.dedup();
     libs
 }
 
-/// TLS library files the processes of `tracked` map (a vendored or private copy of libssl is a
-/// different file from the system's, with its own uprobes). Reads /proc: call without the
-/// kernel's lock.
+/// Object files carrying a TLS stack that the processes of `tracked` map with code (a
+/// vendored or private copy of libssl is a different file from the system's, with its own
+/// uprobes; Node.js carries OpenSSL in its executable). Reads /proc and the files: call without
+/// the kernel's lock.
 pub fn mapped_tls_libs(tracked: &[(u32, ProcState)]) -> BTreeSet<PathBuf> {
     let mut found = BTreeSet::new();
+    let mut seen = HashSet::new();
     for (pid, _) in tracked {
         let Ok(maps) = std::fs::read_to_string(format!("/proc/{pid}/maps")) else { continue };
-        for path in maps.lines().filter_map(|l| l.split_whitespace().nth(5)) {
-            let name = path.rsplit('/').next().unwrap_or_default();
-            if TLS_LIBS.iter().any(|(prefix, _)| name.starts_with(prefix)) {
+        for (perms, path) in maps.lines().filter_map(|l| {
+            let mut f = l.split_whitespace();
+            Some((f.nth(1)?, f.nth(3)?))
+        }) {
+            if !perms.contains('x') || !path.starts_with('/') || !seen.insert(path.to_string()) {
+                continue;
+            }
+            if stack_of(Path::new(path)).is_some() {
                 found.insert(PathBuf::from(path));
             }
         }
     }
     found
+}
+
+/// The TLS stacks process `pid` maps that are hooked, by name (`status`).
+pub fn process_stacks(pid: u32, hooked: &BTreeSet<PathBuf>) -> Vec<String> {
+    let Ok(maps) = std::fs::read_to_string(format!("/proc/{pid}/maps")) else { return Vec::new() };
+    let mut out: Vec<String> = maps
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(5))
+        .filter(|p| hooked.contains(Path::new(p)))
+        .filter_map(|p| stack_of(Path::new(p)).map(|s| format!("{} ({p})", s.name())))
+        .collect();
+    out.sort();
+    out.dedup();
+    out
 }
 
 impl Kernel {

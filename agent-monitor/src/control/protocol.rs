@@ -141,6 +141,10 @@ pub struct ProcessStatus {
     pub comm: String,
     /// "visible", "invisible" or "none seen".
     pub tls: String,
+    /// The hooked TLS stacks it maps, as "stack (file)": what the uprobes can read of it.
+    /// Empty: whatever TLS it does is opaque.
+    #[serde(default)]
+    pub tls_stacks: Vec<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

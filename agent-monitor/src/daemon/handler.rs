@@ -112,6 +112,7 @@ fn status(s: &State) -> Status {
                         run: format!("{:016x}", st.run_id),
                         comm: comm.trim().into(),
                         tls: tls.into(),
+                        tls_stacks: crate::bpf::tls_libs::process_stacks(*pid, &tls_libs),
                     }
                 })
                 .collect(),

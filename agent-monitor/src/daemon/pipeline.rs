@@ -30,13 +30,30 @@ impl Pipeline {
         }
         self.procs.fill(ev, &mut self.rec);
         let rec = &mut self.rec;
-        if ev.kind == kind::PROCESS_EXEC && ev.flags & event_flags::INSTANCE_START != 0 {
-            // Hook the TLS of a new agent instance's first process as soon as it is read, and
-            // know the mounts of the namespace it was started in.
+        if ev.flags & event_flags::UNIX_UNCHECKED != 0 && !unix_target_exists(ev.pid, &rec.target) {
+            // Refused before the kernel's lookup, to a socket that does not exist: the connect
+            // would have failed and reached nothing. No violation, no kill.
+            return;
+        }
+        if ev.kind == kind::PROCESS_EXEC {
+            // The TLS stacks the new image carries in its own files (Node.js's OpenSSL in its
+            // executable), found before its handshakes are let go. Parsed once per file.
+            let found = if s.tls_uprobes != crate::policy::TlsUprobes::Off {
+                crate::bpf::tls_libs::mapped_tls_libs(&[(ev.pid, Default::default())])
+            } else {
+                Default::default()
+            };
             let mut k = s.kernel.lock().unwrap();
-            learn_agent_mounts(&mut k.ebpf, ev.pid);
-            if let Some(armed) = k.hook_instance_tls(ev.run_id, ev.pid) {
-                s.metrics.tls_hooked.set(armed as i64);
+            if !found.is_empty() {
+                k.hook_new_tls_libs(found);
+            }
+            if ev.flags & event_flags::INSTANCE_START != 0 {
+                // Hook the TLS of a new agent instance's first process as soon as it is read,
+                // and know the mounts of the namespace it was started in.
+                learn_agent_mounts(&mut k.ebpf, ev.pid);
+                if let Some(armed) = k.hook_instance_tls(ev.run_id, ev.pid) {
+                    s.metrics.tls_hooked.set(armed as i64);
+                }
             }
         }
         if ev.flags & event_flags::TLS_INVISIBLE != 0 {
@@ -61,6 +78,33 @@ impl BatchHandler for Pipeline {
         }
         // One write(2) per batch, not per event.
         self.state.flush();
+    }
+}
+
+/// Does the Unix socket of an `ipc.connect` target (`unix:PATH`, `unix:@NAME`) exist, as process
+/// `pid` sees it (its mount and network namespaces)? An unknown target (the address could not
+/// be read) counts as existing: fail closed.
+fn unix_target_exists(pid: u32, target: &str) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    let Some(addr) = target.strip_prefix("unix:") else { return true };
+    if let Some(name) = addr.strip_prefix('@') {
+        // Abstract: listed in the process's network namespace, as `@NAME`.
+        let Ok(list) = std::fs::read_to_string(format!("/proc/{pid}/net/unix")) else { return true };
+        let want = format!("@{name}");
+        return list.lines().any(|l| l.split_whitespace().nth(7) == Some(want.as_str()));
+    }
+    match std::fs::symlink_metadata(format!("/proc/{pid}/root{addr}")) {
+        Ok(m) => m.file_type().is_socket(),
+        // The process may be gone already: then look from the host.
+        Err(e)
+            if e.kind() == std::io::ErrorKind::NotFound && std::path::Path::new(&format!("/proc/{pid}")).exists() =>
+        {
+            false
+        }
+        Err(_) => match std::fs::symlink_metadata(addr) {
+            Ok(m) => m.file_type().is_socket(),
+            Err(e) => e.kind() != std::io::ErrorKind::NotFound,
+        },
     }
 }
 

@@ -261,6 +261,30 @@ fn truncate_bytes(s: &str, max: usize) -> &str {
 /// An HTTP method: an RFC 9110 token in upper case (letters, digits, `-`, `_`; starting with a
 /// letter), at most [`MAX_HTTP_METHOD_LEN`] bytes. Methods are case-sensitive on the wire, so
 /// `get` is refused rather than silently matching nothing.
+/// Longest TEXT of a `cmdline = ["*TEXT*"]` selector (`agent_monitor_common::CMDLINE_TEXT_LEN`).
+pub const MAX_CMDLINE_TEXT: usize = agent_monitor_common::CMDLINE_TEXT_LEN;
+
+/// A `cmdline` selector: `*TEXT*`, matched in the kernel against the first
+/// `CMDLINE_READ` bytes of the command line, inside one argument. Returns TEXT.
+pub fn check_cmdline(pattern: &str) -> Result<String, String> {
+    let Some(text) = pattern.strip_prefix('*').and_then(|p| p.strip_suffix('*')) else {
+        return Err("write it *TEXT*: the command line contains TEXT (e.g. \"*/@google/gemini-cli/*\")".into());
+    };
+    if text.len() < 4 {
+        return Err("TEXT must be at least 4 bytes: a shorter one selects too much".into());
+    }
+    if text.len() > MAX_CMDLINE_TEXT {
+        return Err(format!("TEXT is {} bytes long; at most {MAX_CMDLINE_TEXT} are allowed", text.len()));
+    }
+    if text.contains(['*', '?', '[']) {
+        return Err("only the leading and trailing * are wildcards: TEXT is matched as written".into());
+    }
+    if text.contains([' ', '\0']) {
+        return Err("TEXT is matched inside one argument: it may not contain a space".into());
+    }
+    Ok(text.to_string())
+}
+
 pub fn check_http_method(m: &str) -> Result<(), String> {
     if m.is_empty() {
         return Err("empty HTTP method".into());
@@ -518,6 +542,13 @@ mod tests {
         assert!(check_http_method("").unwrap_err().contains("empty"));
         assert!(check_http_method("1GET").unwrap_err().contains("not an HTTP method"));
         assert!(check_http_method("VERYLONGMETHODNAME").unwrap_err().contains("longer than 16"));
+
+        assert_eq!(check_cmdline("*/@google/gemini-cli/*").unwrap(), "/@google/gemini-cli/");
+        assert!(check_cmdline("/@google/gemini-cli/*").unwrap_err().contains("*TEXT*"));
+        assert!(check_cmdline("*ab*").unwrap_err().contains("at least 4"));
+        assert!(check_cmdline("*abc*def*").unwrap_err().contains("wildcards"));
+        assert!(check_cmdline("*two words*").unwrap_err().contains("space"));
+        assert!(check_cmdline(&format!("*{}*", "x".repeat(49))).unwrap_err().contains("at most 48"));
 
         for c in SYSCALL_CLASSES {
             assert!(check_syscall_class(c).is_ok());

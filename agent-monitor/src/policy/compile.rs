@@ -36,6 +36,8 @@ pub struct CompiledPolicy {
     pub exe: Vec<(String, u32)>,
     /// uid -> agent id.
     pub uid: Vec<(u32, u32)>,
+    /// TEXT of a `*TEXT*` command-line selector -> agent id.
+    pub cmdline: Vec<(String, u32)>,
     /// cgroup path relative to the v2 root, written with a leading `/` (`/` is the root itself),
     /// -> agent id; the daemon resolves it to a cgroup id.
     pub cgroup: Vec<(String, u32)>,
@@ -184,6 +186,7 @@ impl CompiledPolicy {
         self.comm.iter_mut().for_each(|(_, id)| m(id));
         self.exe.iter_mut().for_each(|(_, id)| m(id));
         self.uid.iter_mut().for_each(|(_, id)| m(id));
+        self.cmdline.iter_mut().for_each(|(_, id)| m(id));
         self.cgroup.iter_mut().for_each(|(_, id)| m(id));
         self.writable.iter_mut().for_each(|(id, _)| m(id));
         self.unix.iter_mut().for_each(|(id, _)| m(id));
@@ -220,6 +223,7 @@ pub fn compile(p: &Policy) -> CompiledPolicy {
         out.comm.extend(unique(&a.selector.comm).map(|c| (comm_key(c), id)));
         out.exe.extend(unique(&a.selector.exe).map(|e| (e.clone(), id)));
         out.uid.extend(unique(&a.selector.uid).map(|u| (*u, id)));
+        out.cmdline.extend(unique(&a.selector.cmdline).map(|t| (t.clone(), id)));
         out.cgroup.extend(unique(&a.selector.cgroup).map(|c| (c.clone(), id)));
         let implicit: Vec<String> = IMPLICIT_WRITABLE.iter().map(|s| s.to_string()).collect();
         let all: Vec<String> = a.files.writable.iter().cloned().chain(implicit).collect();
@@ -358,6 +362,9 @@ impl fmt::Display for CompiledPolicy {
         }
         for (uid, id) in &self.uid {
             writeln!(f, "uid {uid} -> {id}")?;
+        }
+        for (text, id) in &self.cmdline {
+            writeln!(f, "cmdline *{text}* -> {id}")?;
         }
         for (cgroup, id) in &self.cgroup {
             writeln!(f, "cgroup {cgroup:?} -> {id}")?;

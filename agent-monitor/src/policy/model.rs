@@ -285,6 +285,9 @@ pub struct Match {
     /// the root cgroup itself).
     pub cgroup: Vec<String>,
     pub uid: Vec<u32>,
+    /// `*TEXT*` patterns, stored as TEXT: the command line (arguments, as the process was
+    /// started) contains TEXT inside one argument.
+    pub cmdline: Vec<String>,
 }
 
 /// `[agent.files]`.
@@ -542,6 +545,8 @@ impl fmt::Display for Policy {
             writeln!(f, "cgroup = {}", strs(&a.selector.cgroup))?;
             let uids: Vec<String> = a.selector.uid.iter().map(|u| u.to_string()).collect();
             writeln!(f, "uid = [{}]", uids.join(", "))?;
+            let cmdline: Vec<String> = a.selector.cmdline.iter().map(|t| format!("*{t}*")).collect();
+            writeln!(f, "cmdline = {}", strs(&cmdline))?;
             writeln!(f, "[agent.files]")?;
             writeln!(f, "writable = {}", strs(&a.files.writable))?;
             writeln!(f, "[agent.network]")?;

@@ -75,6 +75,8 @@ pub struct RawMatch {
     pub cgroup: Vec<Spanned<String>>,
     #[serde(default)]
     pub uid: Vec<Spanned<u32>>,
+    #[serde(default)]
+    pub cmdline: Vec<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -105,6 +105,7 @@ http_methods = ["GET", "HEAD", "OPTIONS"]
             exe: vec!["/opt/forum-agent/bin/agent".into()],
             cgroup: vec!["/agents.slice/forum-analyst.service".into()],
             uid: vec![1500],
+            cmdline: vec![],
         }
     );
     assert_eq!(
@@ -566,4 +567,21 @@ fn allow_table_errors_and_the_replaced_key_say_why() {
     one("allow = [{ to = \"unix:/run/x\", protocol = \"udp\" }]", "Unix socket");
     one("allow = [{ to = \"h:1\", methods = [\"PROPFIND\"] }]", "recognises only");
     one("require_http_visibility = true", "opaque_tls");
+}
+
+#[test]
+fn cmdline_selectors_are_text_inside_stars_and_claimed_once() {
+    let p = ok("[[agent]]\nname = \"g\"\n[agent.match]\ncmdline = [\"*/@google/gemini-cli/*\"]\n");
+    assert_eq!(p.agent("g").unwrap().selector.cmdline, ["/@google/gemini-cli/"]);
+    // The canonical form writes it back as it was written.
+    assert!(p.to_string().contains("cmdline = [\"*/@google/gemini-cli/*\"]"), "{p}");
+    let errs = errors(
+        "[[agent]]\nname = \"a\"\n[agent.match]\ncmdline = [\"gemini\", \"*/x/y/*\"]\n\
+         [[agent]]\nname = \"b\"\n[agent.match]\ncmdline = [\"*/x/y/*\"]\n",
+    );
+    assert_eq!(errs.len(), 2, "{errs:?}");
+    assert_eq!((errs[0].0, errs[0].1), (4, 12), "{errs:?}");
+    assert!(errs[0].2.contains("cmdline \"gemini\": write it *TEXT*"), "{errs:?}");
+    assert_eq!(errs[1].0, 8, "{errs:?}");
+    assert!(errs[1].2.contains("\"*/x/y/*\"") && errs[1].2.contains("\"a\""), "{errs:?}");
 }

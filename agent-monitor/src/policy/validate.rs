@@ -47,6 +47,7 @@ impl Validator<'_> {
         let mut exes: HashMap<String, Owner> = HashMap::new();
         let mut cgroups: HashMap<String, Owner> = HashMap::new();
         let mut uids: HashMap<u32, Owner> = HashMap::new();
+        let mut cmdlines: HashMap<String, Owner> = HashMap::new();
         let mut agents = Vec::with_capacity(raw.agent.len());
         for (i, agent) in raw.agent.into_iter().enumerate() {
             let agent_span = agent.span();
@@ -82,6 +83,7 @@ impl Validator<'_> {
                 exes: &mut exes,
                 cgroups: &mut cgroups,
                 uids: &mut uids,
+                cmdlines: &mut cmdlines,
             };
             agents.push(self.agent(agent, agent_span, &mut claims));
         }
@@ -171,13 +173,13 @@ impl Validator<'_> {
                     span,
                     format!(
                         "agent \"{name}\" has no selector: add an [agent.match] table with at least \
-                         one of comm, exe, cgroup, uid"
+                         one of comm, exe, cgroup, uid, cmdline"
                     ),
                 );
                 Match::default()
             }
             Some(m) => {
-                let written = m.comm.len() + m.exe.len() + m.cgroup.len() + m.uid.len();
+                let written = m.comm.len() + m.exe.len() + m.cgroup.len() + m.uid.len() + m.cmdline.len();
                 let m = self.selector(m, claims);
                 // Only a table with no entries at all: invalid entries were reported already.
                 // The position is the agent's: toml 0.8 cannot span every form of the table.
@@ -186,7 +188,7 @@ impl Validator<'_> {
                         span,
                         format!(
                             "[agent.match] of agent \"{name}\" selects nothing: give at least one \
-                             of comm, exe, cgroup, uid"
+                             of comm, exe, cgroup, uid, cmdline"
                         ),
                     );
                 }
@@ -372,6 +374,21 @@ impl Validator<'_> {
                 out.uid.push(uid);
             }
         }
+        for c in m.cmdline {
+            match check_cmdline(c.get_ref()) {
+                Err(why) => self.error(c.span(), format!("cmdline \"{}\": {why}", c.get_ref())),
+                Ok(_) if claims.cmdlines.len() >= agent_monitor_common::CMDLINE_MAX as usize => self.error(
+                    c.span(),
+                    format!("at most {} cmdline selectors, over all agents", agent_monitor_common::CMDLINE_MAX),
+                ),
+                Ok(text) => {
+                    let shown = format!("\"{}\"", c.get_ref());
+                    if self.claim("cmdline", &text, &shown, c.span(), (claims.index, claims.agent), claims.cmdlines) {
+                        out.cmdline.push(text);
+                    }
+                }
+            }
+        }
         out
     }
 
@@ -416,4 +433,5 @@ struct Claims<'a> {
     exes: &'a mut HashMap<String, Owner>,
     cgroups: &'a mut HashMap<String, Owner>,
     uids: &'a mut HashMap<u32, Owner>,
+    cmdlines: &'a mut HashMap<String, Owner>,
 }

@@ -31,7 +31,8 @@ pub mod kind {
     pub const SYS_MOUNT: u32 = 17;
     /// Creating or entering namespaces (`unshare`, `setns`, `clone` with namespace flags).
     pub const SYS_NAMESPACE: u32 = 18;
-    pub const MAX: u32 = 18;
+    pub const SYS_COMPAT: u32 = 19;
+    pub const MAX: u32 = 19;
 }
 
 /// The event kinds as a type, for userspace decoding. Exhaustive on purpose: adding a kind
@@ -56,6 +57,7 @@ pub enum Kind {
     ProcessInject,
     SysMount,
     SysNamespace,
+    SysCompat,
 }
 
 impl Kind {
@@ -78,6 +80,7 @@ impl Kind {
         Kind::ProcessInject,
         Kind::SysMount,
         Kind::SysNamespace,
+        Kind::SysCompat,
     ];
 
     /// The contract name (docs/DESIGN.md).
@@ -101,6 +104,7 @@ impl Kind {
             Kind::ProcessInject => "process.inject",
             Kind::SysMount => "sys.mount",
             Kind::SysNamespace => "sys.namespace",
+            Kind::SysCompat => "sys.compat",
         }
     }
 
@@ -124,6 +128,7 @@ impl Kind {
             Kind::ProcessInject => kind::PROCESS_INJECT,
             Kind::SysMount => kind::SYS_MOUNT,
             Kind::SysNamespace => kind::SYS_NAMESPACE,
+            Kind::SysCompat => kind::SYS_COMPAT,
         }
     }
 }

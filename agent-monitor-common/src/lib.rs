@@ -44,6 +44,9 @@ mod user {
     unsafe impl aya::Pod for PathData {}
     unsafe impl aya::Pod for ExeKey {}
     unsafe impl aya::Pod for CmdlineSel {}
+    unsafe impl aya::Pod for LinkOut {}
+    unsafe impl aya::Pod for HostKey {}
+    unsafe impl aya::Pod for HostDest {}
     unsafe impl aya::Pod for Offsets {}
     unsafe impl aya::Pod for Event {}
     unsafe impl aya::Pod for NetData {}

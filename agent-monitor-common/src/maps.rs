@@ -42,6 +42,9 @@ pub mod names {
     pub const PATH_ALLOW: &str = "PATH_ALLOW";
     pub const UNIX_REFUSE: &str = "UNIX_REFUSE";
     pub const SEL_CMDLINE: &str = "SEL_CMDLINE";
+    pub const LINKS_OUT: &str = "LINKS_OUT";
+    pub const LINK_SCRATCH: &str = "LINK_SCRATCH";
+    pub const HOST_DEST: &str = "HOST_DEST";
 
     /// Every map of the eBPF object.
     pub const ALL: &[&str] = &[
@@ -77,6 +80,9 @@ pub mod names {
         PATH_ALLOW,
         UNIX_REFUSE,
         SEL_CMDLINE,
+        LINKS_OUT,
+        LINK_SCRATCH,
+        HOST_DEST,
     ];
 
     /// The maps pinned with the programs: every one that holds state a restart must keep (the
@@ -93,6 +99,8 @@ pub mod names {
         SEL_UID,
         SEL_CGROUP,
         SEL_CMDLINE,
+        LINKS_OUT,
+        HOST_DEST,
         WRITABLE,
         KILLED,
         PENDING,
@@ -162,6 +170,16 @@ pub mod proc_flags {
     /// descendants run under that command's Landlock ruleset, so a write the kernel refuses
     /// with `EACCES` outside `writable` is recorded as denied by Landlock.
     pub const LANDLOCKED: u32 = 1 << 1;
+}
+
+/// A `LINKS_OUT` value: the key's prefix length (bits: the lookup tells the link itself from a
+/// path through it) and where the link leads (its absolute target; empty for a relative one).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct LinkOut {
+    pub bits: u32,
+    pub len: u32,
+    pub target: [u8; PATH_LEN + 4],
 }
 
 /// Longest TEXT of a `cmdline = ["*TEXT*"]` selector.
@@ -337,6 +355,31 @@ pub mod http_match {
     pub const LENGTH_DIGITS: u8 = 1 << 2;
     /// A `Transfer-Encoding` header was seen in this request (a body of unknown framing).
     pub const HAS_TRANSFER_ENCODING: u8 = 1 << 3;
+    /// The line may be `Host:`.
+    pub const HOST: u8 = 1 << 4;
+    /// Reading the value of `Host:`.
+    pub const HOST_VALUE: u8 = 1 << 5;
+}
+
+/// Bytes of a host name in a `HOST_DEST` key (a `Host:` header's name part, lower case).
+pub const HOST_LEN: usize = 64;
+
+/// A `HOST_DEST` key: the agent's slot and a destination's name as a request's `Host:` header
+/// writes it (a host name, `a.b.c.d`, or `[v6]`; lower case, NUL-padded, without the port).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct HostKey {
+    pub agent: u32,
+    pub name: [u8; HOST_LEN],
+}
+
+/// A `HOST_DEST` value: the destination's rule and its port (0: any).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HostDest {
+    pub dest: DestRule,
+    pub port: u32,
+    pub _pad: u32,
 }
 
 /// [`HttpParse::mode`].

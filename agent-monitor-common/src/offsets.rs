@@ -13,6 +13,8 @@ pub struct Offsets {
     pub task_files: u32,
     pub mm_exe_file: u32,
     pub mm_arg_start: u32,
+    /// `task_struct.thread_info.status` (x86: `TS_COMPAT` while a 32-bit syscall runs).
+    pub task_ti_status: u32,
     pub fs_pwd: u32,
     pub fs_root: u32,
     pub files_fdt: u32,

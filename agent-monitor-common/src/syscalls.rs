@@ -14,6 +14,15 @@ pub mod tamper_call {
     pub const IOCTL: u64 = 16;
     /// `ioctl(TIOCSTI | TIOCLINUX)` into a terminal (recorded as `ioctl`).
     pub const TIOCSTI: u64 = IOCTL;
+    /// Aimed at the daemon without a signal call: `fcntl(F_SETOWN)`/`ioctl(FIOSETOWN)` (SIGIO
+    /// and SIGURG, or any signal with F_SETSIG, to the owner), resource limits, scheduling.
+    pub const FCNTL: u64 = 72;
+    pub const PRLIMIT64: u64 = 302;
+    pub const SETPRIORITY: u64 = 141;
+    pub const SCHED_SETSCHEDULER: u64 = 144;
+    pub const SCHED_SETAFFINITY: u64 = 203;
+    pub const IOPRIO_SET: u64 = 251;
+    pub const SCHED_SETATTR: u64 = 314;
     /// `open` of another process's pipe or memfd through `/proc/PID/fd/N`.
     pub const PROC_FD_OPEN: u64 = 257;
     /// Not syscalls: what the LSM layer refused.
@@ -34,6 +43,13 @@ pub mod tamper_call {
             PIDFD_GETFD => "pidfd_getfd",
             IOCTL => "ioctl",
             PROC_FD_OPEN => "openat",
+            FCNTL => "fcntl",
+            PRLIMIT64 => "prlimit64",
+            SETPRIORITY => "setpriority",
+            SCHED_SETSCHEDULER => "sched_setscheduler",
+            SCHED_SETAFFINITY => "sched_setaffinity",
+            IOPRIO_SET => "ioprio_set",
+            SCHED_SETATTR => "sched_setattr",
             LSM_SIGNAL => "signal",
             LSM_PTRACE_ATTACH => "ptrace attach",
             _ => return None,

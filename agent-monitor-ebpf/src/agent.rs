@@ -74,7 +74,7 @@ pub unsafe fn path_class(s: *mut Scratch, slot: u32, b: Built) -> u32 {
 }
 
 #[inline(always)]
-unsafe fn path_class_of_name(s: *mut Scratch, slot: u32, b: Built) -> u32 {
+pub unsafe fn path_class_of_name(s: *mut Scratch, slot: u32, b: Built) -> u32 {
     let mut len = b.len as usize;
     if len > PATH_LEN - 1 {
         len = PATH_LEN - 1;
@@ -92,6 +92,56 @@ unsafe fn path_class_of_name(s: *mut Scratch, slot: u32, b: Built) -> u32 {
     (*s).key_prefix = bits as u32;
     let key = &(*s).key_prefix as *const u32 as *const aya_ebpf::maps::lpm_trie::Key<agent_monitor_common::PathData>;
     WRITABLE.get(&*key).copied().unwrap_or(agent_monitor_common::path_class::OUTSIDE)
+}
+
+/// After [`path_class`] built the key of a path in `s.key`: is it a symlink the agent made that
+/// leads out of `writable` (`Some(true)`: the link itself) or under one (`Some(false)`)? Under
+/// one, the path in `s.buf` (`len` bytes) is rewritten to name the real object where the link's
+/// target is known; returns the new length with it.
+#[inline(always)]
+pub unsafe fn linked_out(s: *mut Scratch, len: &mut u32) -> Option<bool> {
+    let slot = (*s).key.agent;
+    (*s).key.agent = slot & (agent_monitor_common::AGENT_SLOTS_PER_GEN - 1);
+    let key = &(*s).key_prefix as *const u32 as *const aya_ebpf::maps::lpm_trie::Key<agent_monitor_common::PathData>;
+    let found = crate::maps::LINKS_OUT.get(&*key).map(|v| v as *const agent_monitor_common::LinkOut);
+    (*s).key.agent = slot;
+    let v = found?;
+    let bits = core::ptr::read_volatile(&(*v).bits);
+    let exact = bits == (*s).key_prefix;
+    // The link's own path length: the prefix is the agent (4 bytes), the path and a '/'.
+    let link_len = ((bits / 8) as usize).saturating_sub(5) & 255;
+    let tlen = core::ptr::read_volatile(&(*v).len) as usize & 255;
+    let total = *len as usize & 511;
+    if !exact && tlen > 0 && total > link_len && tlen + (total - link_len) < PATH_LEN {
+        // target + what follows the link, through `tmp`.
+        let rest = kernel::opaque(total - link_len) & 255;
+        let tmp = (*s).tmp.as_mut_ptr();
+        raw_read_kernel(tmp as *mut c_void, tlen as u32, (*v).target.as_ptr() as *const c_void);
+        raw_read_kernel(tmp.add(tlen) as *mut c_void, rest as u32, (*s).buf.as_ptr().add(link_len) as *const c_void);
+        let n = (tlen + rest) & 255;
+        raw_read_kernel((*s).buf.as_mut_ptr() as *mut c_void, n as u32, tmp as *const c_void);
+        *(*s).buf.as_mut_ptr().add(n) = 0;
+        *len = n as u32;
+    }
+    Some(exact)
+}
+
+/// Remember (with where it leads: `target`, `tlen` bytes, or nothing) or forget the symlink
+/// whose path key is in `s.key`. Returns false if the table is full.
+#[inline(always)]
+pub unsafe fn set_linked_out(s: *mut Scratch, on: bool, target: *const u8, tlen: u32) -> bool {
+    (*s).key.agent &= agent_monitor_common::AGENT_SLOTS_PER_GEN - 1;
+    let key = &(*s).key_prefix as *const u32 as *const aya_ebpf::maps::lpm_trie::Key<agent_monitor_common::PathData>;
+    if !on {
+        let _ = crate::maps::LINKS_OUT.remove(&*key);
+        return true;
+    }
+    // The value is built in the scratch's `exe` key (PATH_LEN bytes plus room: not used here).
+    let Some(v) = crate::maps::LINK_SCRATCH.get_ptr_mut(0) else { return false };
+    (*v).bits = (*s).key_prefix;
+    (*v).len = if tlen as usize >= PATH_LEN { 0 } else { tlen };
+    raw_read_kernel((*v).target.as_mut_ptr() as *mut c_void, (PATH_LEN + 4) as u32, target as *const c_void);
+    crate::maps::LINKS_OUT.insert(&*key, &*v, 0).is_ok()
 }
 
 /// Apply the agent's action to a violation by the current process at the tracepoint layer,

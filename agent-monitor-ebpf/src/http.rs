@@ -15,7 +15,9 @@
 //! segments or writes, and every request of a keep-alive or pipelined connection, is judged.
 //! It reads the stream through a per-CPU window and walks it one step per `bpf_loop` iteration
 //! (a step is a request start, one header byte, or a run of body or frame bytes).
-use agent_monitor_common::{http_match, http_method, http_mode, http_verdict, HttpParse, PathAllowData, HTTP_METHODS};
+use agent_monitor_common::{
+    http_match, http_method, http_mode, http_verdict, HttpParse, PathAllowData, HOST_LEN, HTTP_METHODS,
+};
 use aya_ebpf::{
     helpers::generated::{bpf_loop, bpf_probe_read_user as raw_read_user, bpf_skb_load_bytes},
     maps::lpm_trie::Key,
@@ -24,7 +26,7 @@ use core::ffi::c_void;
 
 use crate::{
     kernel::opaque,
-    maps::{HttpScratch, HTTP_SCRATCH, HTTP_WIN, PATH_ALLOW},
+    maps::{HttpScratch, HOST_DEST, HTTP_SCRATCH, HTTP_WIN, PATH_ALLOW},
 };
 
 /// Where the stream is.
@@ -51,6 +53,11 @@ pub struct Takes {
     /// Record the first violation and go on parsing as if it had been let through (`alert`,
     /// `hold`: the request goes out, or may, and the parser must stay in step with the stream).
     pub record_only: bool,
+    /// Inside TLS, where the connection's destination is not known: a request the agent's
+    /// methods do not take is judged by the destination its `Host:` header names (`HOST_DEST`,
+    /// for the agent's slot `agent`), or refused.
+    pub by_host: bool,
+    pub agent: u32,
 }
 
 /// What the parser found: an [`http_verdict`], the method (bit) it concerns, and the offset in
@@ -83,6 +90,10 @@ pub const SLOT_TLS: u32 = 1;
 #[repr(C)]
 struct LoopCtx {
     skb: *mut c_void,
+    /// The scratch, handed to the loop: the steps write it, so the compiler must not keep any
+    /// of it in registers across the loop, nor move a store past it (without this it takes
+    /// the caller's `&mut` for the only way to that memory).
+    sc: *mut HttpScratch,
 }
 
 /// Parse `len` bytes of the stream at `src` from state `st` (updated). One `bpf_loop`: each
@@ -101,6 +112,10 @@ pub fn parse(slot: u32, src: Src, len: u32, st: &mut HttpParse, takes: &Takes) -
     sc.rule = takes.rule;
     sc.h2 = takes.h2 as u32;
     sc.record_only = takes.record_only as u32;
+    sc.by_host = takes.by_host as u32;
+    sc.host.agent = takes.agent;
+    sc.pending = 0;
+    sc.dest_writes = 0;
     sc.first = http_verdict::OK;
     sc.verdict = http_verdict::OK;
     sc.at = 0;
@@ -108,7 +123,7 @@ pub fn parse(slot: u32, src: Src, len: u32, st: &mut HttpParse, takes: &Takes) -
     sc.i = 0;
     sc.n = 0;
     sc.len = len;
-    let mut lc = LoopCtx { skb: core::ptr::null_mut() };
+    let mut lc = LoopCtx { skb: core::ptr::null_mut(), sc: sc as *mut HttpScratch };
     match src {
         Src::Skb(skb, off) => {
             lc.skb = skb;
@@ -121,12 +136,30 @@ pub fn parse(slot: u32, src: Src, len: u32, st: &mut HttpParse, takes: &Takes) -
         }
     }
     let f = if slot == SLOT_SKB { step_skb as *mut c_void } else { step_tls as *mut c_void };
-    unsafe { bpf_loop(MAX_STEPS, f, &mut lc as *mut LoopCtx as *mut c_void, 0) };
+    unsafe { bpf_loop(MAX_STEPS, f, core::hint::black_box(&mut lc as *mut LoopCtx) as *mut c_void, 0) };
+    let sc = unsafe { &mut *core::ptr::read_volatile(&lc.sc) };
     let mut hard = sc.verdict;
     let mut hard_at = sc.at;
     if hard == http_verdict::OK && sc.p + sc.i < len {
         hard = http_verdict::TOO_LONG;
         hard_at = sc.p + sc.i;
+    }
+    if hard == http_verdict::OK && sc.pending != 0 {
+        // A request waiting for its `Host:` header when the write ended: its destination is
+        // not known (the header block was split over writes). Refused.
+        let at = sc.pending_at;
+        sc.pending = 0;
+        if sc.record_only != 0 {
+            if sc.first == http_verdict::OK {
+                sc.first = http_verdict::METHOD;
+                sc.first_at = at;
+                sc.first_method = sc.state.method as u32;
+            }
+        } else {
+            hard = http_verdict::METHOD;
+            hard_at = at;
+            sc.method = sc.state.method as u32;
+        }
     }
     *st = sc.state;
     if sc.first != http_verdict::OK {
@@ -262,7 +295,12 @@ fn stop(sc: &mut HttpScratch, verdict: u32, at: u32) -> i64 {
 
 #[inline(always)]
 fn byte(sc: &HttpScratch, i: u32) -> u8 {
-    sc.buf[(opaque(i) as usize) & (HTTP_WIN + 63)]
+    // Bounded by a comparison, not a mask: HTTP_WIN + 63 (0x83f) as a mask would clear bits
+    // 6..10 and read byte 91 as byte 27 (every byte of a window past the 64th was misread
+    // until this was found, by a Host: header parsed at the wrong place).
+    let k = opaque(i) as usize;
+    let k = if k < HTTP_WIN + 64 { k } else { HTTP_WIN + 63 };
+    sc.buf[k]
 }
 
 /// The length, with its space, of each method token of [`HTTP_METHODS`] (a table of lengths:
@@ -309,11 +347,25 @@ fn request_start(sc: &mut HttpScratch, i: u32, n: u32) -> i64 {
     };
     sc.method = m;
     let bit = 1u32 << (m & 15);
-    if sc.takes_methods & bit == 0 && !violate(sc, http_verdict::METHOD, i) {
+    let toklen = TOKEN_LEN[(m as usize) % TOKEN_LEN.len()] as u32;
+    sc.dest_writes = 0;
+    if sc.takes_methods & bit == 0 && sc.by_host != 0 {
+        // Inside TLS: the destination its `Host:` header names decides. Its path is kept for
+        // that destination's paths.
+        if n - i < toklen + PATH_SCAN as u32 && sc.last == 0 {
+            return need_more(sc, i);
+        }
+        sc.pending = 1;
+        sc.pending_at = i;
+        sc.path_len = keep_path(sc, i + toklen, n);
+        sc.host.name = [0; HOST_LEN];
+        sc.host_len = 0;
+        sc.host_port = 0;
+        sc.host_in_port = 0;
+    } else if sc.takes_methods & bit == 0 && !violate(sc, http_verdict::METHOD, i) {
         return 1;
     }
-    let toklen = TOKEN_LEN[(m as usize) % TOKEN_LEN.len()] as u32;
-    if sc.takes_paths & bit != 0 {
+    if sc.pending == 0 && sc.takes_paths & bit != 0 {
         // The path must be seen whole enough to judge (up to HTTP_PATH_LEN bytes).
         let need = toklen + PATH_SCAN as u32;
         if n - i < need && sc.last == 0 {
@@ -332,6 +384,104 @@ fn request_start(sc: &mut HttpScratch, i: u32, n: u32) -> i64 {
     sc.state.length = 0;
     sc.i = i + toklen;
     0
+}
+
+/// The request target at `at` (up to a space) into the `PATH_ALLOW` key's path bytes; its
+/// length, or 0 if it climbs (`..`, `%2e`) or is empty.
+#[inline(always)]
+fn keep_path(sc: &mut HttpScratch, at: u32, n: u32) -> u32 {
+    let mut len = 0u32;
+    let mut prev = 0u8;
+    for k in 0..PATH_SCAN {
+        let pos = at + k as u32;
+        if pos >= n {
+            break;
+        }
+        let b = byte(sc, pos);
+        if b == b' ' || b == b'\r' || b == b'\n' {
+            break;
+        }
+        if (b == b'.' && prev == b'.') || (prev == b'%' && (b == b'2')) {
+            return 0;
+        }
+        prev = b;
+        sc.path.path[k] = b;
+        len = k as u32 + 1;
+    }
+    len
+}
+
+/// The destination a pending request's `Host:` header names, for the agent: its rule checks
+/// the method and the path. Returns the verdict (`OK`, `METHOD`, `PATH`); on `OK`, the methods
+/// that write there are in `dest_writes`.
+#[inline(always)]
+fn judge_by_host(sc: &mut HttpScratch) -> u32 {
+    let bit = 1u32 << (sc.state.method & 15);
+    if sc.host_len == 0 || sc.host_len > HOST_LEN as u32 {
+        return http_verdict::METHOD;
+    }
+    let Some(d) = (unsafe { HOST_DEST.get(&sc.host) }).copied() else {
+        return http_verdict::METHOD;
+    };
+    // A port written in the header, or HTTPS's.
+    let port = if sc.host_in_port != 0 { sc.host_port } else { 443 };
+    if d.port != 0 && d.port != port {
+        return http_verdict::METHOD;
+    }
+    let methods = if d.dest.methods != 0 { d.dest.methods } else { sc.takes_methods };
+    if methods & bit == 0 {
+        return http_verdict::METHOD;
+    }
+    if d.dest.path_methods & bit != 0 {
+        let len = sc.path_len;
+        if len == 0 || len > PATH_SCAN as u32 {
+            return http_verdict::PATH;
+        }
+        sc.path.rule = d.dest.rule;
+        sc.path_prefix = 32 + len * 8;
+        let key = (&sc.path_prefix as *const u32) as *const Key<PathAllowData>;
+        if unsafe { PATH_ALLOW.get(&*key) }.is_none() {
+            return http_verdict::PATH;
+        }
+    }
+    sc.dest_writes = methods & !READ_ONLY;
+    http_verdict::OK
+}
+
+/// One byte of a `Host:` value: the name (lower case) and, after a ':' outside `[...]`, the
+/// port. Too long, or a port that is not digits, leaves it unusable (`HOST_LEN + 1`).
+#[inline(always)]
+fn host_byte(sc: &mut HttpScratch, b: u8) {
+    let len = sc.host_len;
+    if len > HOST_LEN as u32 {
+        return;
+    }
+    if (b == b' ' || b == b'\t') && len == 0 && sc.host_in_port == 0 {
+        return;
+    }
+    if sc.host_in_port != 0 {
+        if b.is_ascii_digit() && sc.host_port < 100_000 {
+            sc.host_port = sc.host_port * 10 + (b - b'0') as u32;
+        } else if b != b' ' && b != b'\t' {
+            sc.host_len = HOST_LEN as u32 + 1;
+        }
+        return;
+    }
+    let bracket = sc.host.name[0] == b'[';
+    let last = if len > 0 { sc.host.name[((len - 1) as usize) & (HOST_LEN - 1)] } else { 0 };
+    if b == b':' && (!bracket || last == b']') {
+        sc.host_in_port = 1;
+        return;
+    }
+    if b == b' ' || b == b'\t' {
+        return;
+    }
+    if len >= HOST_LEN as u32 - 1 {
+        sc.host_len = HOST_LEN as u32 + 1;
+        return;
+    }
+    sc.host.name[(len as usize) & (HOST_LEN - 1)] = if b.is_ascii_uppercase() { b + 32 } else { b };
+    sc.host_len = len + 1;
 }
 
 /// Request path bytes compared with the rule's prefixes (a longer prefix never matches).
@@ -374,6 +524,7 @@ fn path_allowed(sc: &mut HttpScratch, at: u32, n: u32) -> bool {
 /// CR LF CR LF.
 const END: [u8; 4] = *b"\r\n\r\n";
 const CONTENT_LENGTH: &[u8; 15] = b"content-length:";
+const HOST: &[u8; 5] = b"host:";
 const TRANSFER_ENCODING: &[u8; 18] = b"transfer-encoding:";
 
 /// One byte of a header block: the end of the block, and the two header names that frame a
@@ -394,13 +545,22 @@ fn header_byte(sc: &mut HttpScratch, i: u32) {
         end_of_headers(sc, i);
         return;
     }
+    if sc.state.matching & http_match::HOST_VALUE != 0 && b != b'\r' && b != b'\n' {
+        host_byte(sc, b);
+        return;
+    }
+    let host = if sc.pending != 0 { http_match::HOST } else { 0 };
     let st = &mut sc.state;
     if b == b'\n' {
         st.line = 0;
         st.matching = (st.matching & http_match::HAS_TRANSFER_ENCODING)
             | http_match::CONTENT_LENGTH
-            | http_match::TRANSFER_ENCODING;
+            | http_match::TRANSFER_ENCODING
+            | host;
         return;
+    }
+    if b == b'\r' {
+        st.matching &= !http_match::HOST_VALUE;
     }
     if st.matching & http_match::LENGTH_DIGITS != 0 {
         if b.is_ascii_digit() {
@@ -427,6 +587,14 @@ fn header_byte(sc: &mut HttpScratch, i: u32) {
                 st.length = 0;
             }
         }
+        if st.matching & http_match::HOST != 0 {
+            if line >= HOST.len() || lb != HOST[line % HOST.len()] {
+                st.matching &= !http_match::HOST;
+            } else if line == HOST.len() - 1 {
+                st.matching &= !http_match::HOST;
+                st.matching |= http_match::HOST_VALUE;
+            }
+        }
         if st.matching & http_match::TRANSFER_ENCODING != 0 {
             if lb != TRANSFER_ENCODING[line % TRANSFER_ENCODING.len()] {
                 st.matching &= !http_match::TRANSFER_ENCODING;
@@ -442,9 +610,17 @@ fn header_byte(sc: &mut HttpScratch, i: u32) {
 #[inline(always)]
 fn end_of_headers(sc: &mut HttpScratch, i: u32) {
     let bit = 1u32 << (sc.state.method & 15);
-    // (record_only: a request let through may write)
-    let writes = sc.takes_writes & bit != 0 || sc.record_only != 0 && sc.first != http_verdict::OK;
     sc.method = sc.state.method as u32;
+    if sc.pending != 0 {
+        sc.pending = 0;
+        let v = judge_by_host(sc);
+        let at = sc.pending_at;
+        if v != http_verdict::OK && !violate(sc, v, at) {
+            return;
+        }
+    }
+    // (record_only: a request let through may write)
+    let writes = (sc.takes_writes | sc.dest_writes) & bit != 0 || sc.record_only != 0 && sc.first != http_verdict::OK;
     if sc.state.matching & http_match::HAS_TRANSFER_ENCODING != 0 {
         // A body whose end the parser cannot find: it cannot follow the stream past it.
         sc.verdict = http_verdict::BODY;

@@ -22,6 +22,7 @@ static OFFSETS: Offsets = Offsets {
     task_files: 0,
     mm_exe_file: 0,
     mm_arg_start: 0,
+    task_ti_status: 0,
     fs_pwd: 0,
     fs_root: 0,
     files_fdt: 0,
@@ -269,6 +270,12 @@ pub unsafe fn file_on_kernel_mount(file: *const u8) -> bool {
 pub unsafe fn cwd_path(task: *const u8) -> Result<(*const u8, *const u8), i64> {
     let fs = rd_ptr(task, off!(task_fs))?;
     path_of(fs, off!(fs_pwd))
+}
+
+/// `task->thread_info.status` (x86's `TS_COMPAT` is set while the task runs a 32-bit syscall).
+#[inline(always)]
+pub unsafe fn task_ti_status(task: *const u8) -> u32 {
+    rd::<u32>(task, off!(task_ti_status)).unwrap_or(0)
 }
 
 /// `mm->arg_start`, `mm->arg_end`: where the process's command line is in its memory.

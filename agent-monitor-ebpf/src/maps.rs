@@ -151,6 +151,18 @@ pub fn unix_cgroup_active() -> bool {
 #[map]
 pub static UNIX_REFUSE: HashMap<u64, u32> = HashMap::with_max_entries(65536, NO_PREALLOC);
 
+/// Symlinks an agent made inside `writable` that lead out of it (keyed like `WRITABLE`, by the
+/// agent's id in both generations: the value is the key's prefix length, so that a lookup can
+/// tell the link itself from a path through it). On the tracepoint layer a path operation is
+/// judged on its string: through such a link, or following it (chmod, truncate, xattrs, times),
+/// it acts outside `writable`.
+#[map]
+pub static LINKS_OUT: LpmTrie<PathData, agent_monitor_common::LinkOut> = LpmTrie::with_max_entries(4096, 1);
+
+/// Per-CPU room to build a `LINKS_OUT` value (260 bytes: too big for the stack).
+#[map]
+pub static LINK_SCRATCH: PerCpuArray<agent_monitor_common::LinkOut> = PerCpuArray::with_max_entries(1, 0);
+
 /// `cmdline = ["*TEXT*"]` selectors (`DAEMON[CMDLINE_COUNT]` of them in use).
 #[map]
 pub static SEL_CMDLINE: Array<agent_monitor_common::CmdlineSel> =
@@ -258,7 +270,30 @@ pub struct HttpScratch {
     /// A `PATH_ALLOW` lookup key: prefix length, then the data (adjacent, as the trie reads it).
     pub path_prefix: u32,
     pub path: PathAllowData,
+    /// Inside TLS (`by_host`): a request whose method the agent's `http_methods` do not take
+    /// waits (`pending`, from `pending_at`) for its `Host:` header, which names the destination
+    /// whose rule judges it; its path bytes (`path_len`) are kept for that rule's paths.
+    pub by_host: u32,
+    pub pending: u32,
+    pub pending_at: u32,
+    pub path_len: u32,
+    /// The `Host:` value read so far: a `HOST_DEST` key (the agent's slot, the name), its
+    /// length (`HOST_LEN + 1`: too long), and the port after a ':' (0: none written).
+    pub host: agent_monitor_common::HostKey,
+    pub host_len: u32,
+    pub host_port: u32,
+    pub host_in_port: u32,
+    /// The method bits the destination takes once found, for the body.
+    pub dest_writes: u32,
 }
+
+/// Inside TLS the destination of a request is the one its `Host:` header names: its rule, per
+/// agent (slot, in both generations) and name. A request the agent's `http_methods` do not
+/// take is judged by it (methods, paths), or refused where no destination of the agent has that
+/// name.
+#[map]
+pub static HOST_DEST: HashMap<agent_monitor_common::HostKey, agent_monitor_common::HostDest> =
+    HashMap::with_max_entries(4096, 0);
 
 /// Allowed request path prefixes per destination rule (`DestRule::rule`).
 #[map]

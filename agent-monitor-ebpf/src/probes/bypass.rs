@@ -7,7 +7,11 @@
 use agent_monitor_common::{
     action, agent_flags, daemon_slot, kind, layer, policy_action, syscalls::tamper_call, verdict, AgentCfg,
 };
-use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
+use aya_ebpf::{
+    macros::{raw_tracepoint, tracepoint},
+    programs::{RawTracePointContext, TracePointContext},
+    EbpfContext,
+};
 
 use crate::{
     agent::{current_agent, decide, emit, enforce_after, reap_if_killed, PathRef, Rec},
@@ -79,6 +83,12 @@ fn tamper(target: u64, what: u64, detail: u64) {
     if lsm_active() {
         return;
     }
+    tamper_any(target, what, detail);
+}
+
+/// [`tamper`], on every layer: for calls no LSM hook of ours refuses.
+#[inline(always)]
+fn tamper_any(target: u64, what: u64, detail: u64) {
     if !aimed_at_daemon(target) {
         return;
     }
@@ -264,6 +274,14 @@ pub fn sys_enter_ioctl(ctx: TracePointContext) -> u32 {
             }
         }
         FS_IOC_SETFLAGS | FS_IOC32_SETFLAGS | FS_IOC_FSSETXATTR => super::file::file_flags_ioctl(&ctx),
+        // FIOSETOWN, SIOCSPGRP: `fcntl(F_SETOWN)` by another name (the owner is read from
+        // the process's memory).
+        0x8901 | 0x8902 => {
+            if current_agent().is_some() {
+                let owner = unsafe { aya_ebpf::helpers::bpf_probe_read_user(arg(&ctx, 2) as *const i32) };
+                tamper_any(owner.unwrap_or(0) as i64 as u64, tamper_call::FCNTL, cmd);
+            }
+        }
         _ => {}
     }
     0
@@ -363,5 +381,106 @@ pub fn sys_enter_clone3(ctx: TracePointContext) -> u32 {
             }
         }
     }
+    0
+}
+
+/// `fcntl(fd, F_SETOWN, pid)` or `F_SETOWN_EX` naming the daemon (or its group): the kernel
+/// then signals it (SIGIO, SIGURG, or any signal chosen with F_SETSIG) when the descriptor is
+/// ready, a `kill` by another route. The command is compared before anything else: every fcntl
+/// of every process passes here.
+#[tracepoint]
+#[inline(always)]
+pub fn sys_enter_fcntl(ctx: TracePointContext) -> u32 {
+    const F_SETOWN: u64 = 8;
+    const F_SETOWN_EX: u64 = 15;
+    const F_OWNER_PGRP: i32 = 2;
+    let cmd = arg(&ctx, 1) & 0xffff_ffff;
+    if cmd != F_SETOWN && cmd != F_SETOWN_EX {
+        return 0;
+    }
+    if current_agent().is_none() {
+        return 0;
+    }
+    let target = if cmd == F_SETOWN {
+        arg(&ctx, 2) as i32 as i64
+    } else {
+        // struct f_owner_ex { int type; pid_t pid; }; unreadable: aimed at nobody we know.
+        match unsafe { aya_ebpf::helpers::bpf_probe_read_user(arg(&ctx, 2) as *const [i32; 2]) } {
+            Ok([ty, pid]) if ty == F_OWNER_PGRP => -(pid as i64),
+            Ok([_, pid]) => pid as i64,
+            Err(_) => 0,
+        }
+    };
+    tamper_any(target as u64, tamper_call::FCNTL, cmd);
+    0
+}
+
+/// Resource limits and scheduling of the daemon (`prlimit64` with a new limit: a zero file
+/// size limit kills it at its next write; its priority, CPUs, I/O class): `self.tamper`.
+#[tracepoint]
+#[inline(always)]
+pub fn sys_enter_prlimit64(ctx: TracePointContext) -> u32 {
+    // prlimit64(pid, resource, new_limit, old_limit): reading a limit changes nothing.
+    if arg(&ctx, 2) != 0 && arg(&ctx, 0) != 0 {
+        tamper_any(arg(&ctx, 0), tamper_call::PRLIMIT64, arg(&ctx, 1));
+    }
+    0
+}
+
+/// `setpriority(which, who, prio)`: `which` 0 is a process (1 a group, 2 a user).
+#[tracepoint]
+#[inline(always)]
+pub fn sys_enter_setpriority(ctx: TracePointContext) -> u32 {
+    if arg(&ctx, 0) == 0 && arg(&ctx, 1) != 0 {
+        tamper_any(arg(&ctx, 1), tamper_call::SETPRIORITY, 0);
+    }
+    0
+}
+
+macro_rules! sched_probe {
+    ($name:ident, $tag:expr) => {
+        #[tracepoint]
+        #[inline(always)]
+        pub fn $name(ctx: TracePointContext) -> u32 {
+            // The pid is the first argument of each; 0 is the caller itself.
+            if arg(&ctx, 0) != 0 {
+                tamper_any(arg(&ctx, 0), $tag, 0);
+            }
+            0
+        }
+    };
+}
+
+sched_probe!(sys_enter_sched_setscheduler, tamper_call::SCHED_SETSCHEDULER);
+sched_probe!(sys_enter_sched_setaffinity, tamper_call::SCHED_SETAFFINITY);
+sched_probe!(sys_enter_sched_setattr, tamper_call::SCHED_SETATTR);
+
+/// `ioprio_set(which, who, ioprio)`: `which` 1 is a process.
+#[tracepoint]
+#[inline(always)]
+pub fn sys_enter_ioprio_set(ctx: TracePointContext) -> u32 {
+    if arg(&ctx, 0) == 1 && arg(&ctx, 1) != 0 {
+        tamper_any(arg(&ctx, 1), tamper_call::IOPRIO_SET, 0);
+    }
+    0
+}
+
+/// Every system call of every process (`raw_syscalls:sys_enter`), for one thing: a 32-bit call
+/// (`int $0x80` from a 64-bit program, or a 32-bit program). The kernel runs no
+/// `syscalls:sys_enter_*` program for those, so an agent making them would open, connect and
+/// signal unseen: `sys.compat`, killed like the other bypasses. The test is one read of the
+/// thread's status (`TS_COMPAT`) before anything else.
+#[raw_tracepoint(tracepoint = "sys_enter")]
+#[inline(always)]
+pub fn sys_enter_compat(ctx: RawTracePointContext) -> i32 {
+    const TS_COMPAT: u32 = 0x0002;
+    let task = crate::kernel::current_task();
+    let status = unsafe { crate::kernel::task_ti_status(task) };
+    if status & TS_COMPAT == 0 {
+        return 0;
+    }
+    // raw_syscalls:sys_enter(struct pt_regs *regs, long id)
+    let nr = unsafe { *(ctx.as_ptr() as *const u64).add(1) };
+    bypass(kind::SYS_COMPAT, 0, nr, 0);
     0
 }

@@ -61,10 +61,46 @@ enum Judge {
     LinkTarget,
 }
 
+/// `PendingOp::_pad` bits: what the operation does to the symlinks an agent made that lead out
+/// of `writable` (`LINKS_OUT`), once it has succeeded.
+mod link_op {
+    /// A symlink leading out of `writable` is made at the first path: remember it.
+    pub const MAKE: u32 = 1;
+    /// The first path is such a symlink and is removed: forget it.
+    pub const DROP: u32 = 2;
+    /// The first path is such a symlink and is renamed to the second: move it.
+    pub const MOVE: u32 = 4;
+}
+
 /// Resolve one path argument into `s.buf` and classify it; `UNREAD` when the string cannot be
-/// read. Returns (class, built path).
+/// read. Returns (class, built path, whether it names a tracked symlink itself). On the
+/// tracepoint layer a path through a symlink the agent made out of `writable`, or naming one
+/// for an operation that follows it (`follows`: chmod, chown, truncate, xattrs, times), is
+/// outside `writable` (the BPF LSM hooks see the real object).
 #[inline(always)]
-unsafe fn classify(s: *mut Scratch, slot: u32, dfd: i64, upath: u64, judge: Judge) -> (u32, Option<Built>) {
+unsafe fn classify(
+    s: *mut Scratch,
+    slot: u32,
+    dfd: i64,
+    upath: u64,
+    judge: Judge,
+    follows: bool,
+) -> (u32, Option<Built>, bool) {
+    let (class, b) = classify_name(s, slot, dfd, upath, judge);
+    let Some(mut b) = b else { return (class, None, false) };
+    if class != path_class::WRITABLE || judge != Judge::Writable || crate::maps::lsm_active() {
+        return (class, Some(b), false);
+    }
+    match agent::linked_out(s, &mut b.len) {
+        None => (class, Some(b), false),
+        Some(true) if !follows => (class, Some(b), true),
+        // Judged outside, under the real object's name where the link's target is known.
+        Some(_) => (path_class::OUTSIDE, Some(b), false),
+    }
+}
+
+#[inline(always)]
+unsafe fn classify_name(s: *mut Scratch, slot: u32, dfd: i64, upath: u64, judge: Judge) -> (u32, Option<Built>) {
     if judge == Judge::LinkTarget {
         let first: u8 = match bpf_probe_read_user(upath as *const u8) {
             Ok(b) => b,
@@ -141,20 +177,39 @@ fn path_op(
         let op = &mut (*s).op;
         op.flags = 0;
         op.aux = aux.map(|i| arg(ctx, i)).unwrap_or(0);
+        op._pad = 0;
         let (d1, u1) = (dirfd(ctx, p1.0), arg(ctx, p1.1));
-        let (c1, b1) = classify(s, cfg.slot, d1, u1, Judge::Writable);
+        let follows = kind == kind::FILE_CHMOD || kind == kind::FILE_WRITE || kind == META;
+        let (c1, b1, link1) = classify(s, cfg.slot, d1, u1, Judge::Writable, follows);
         keep(s, false, c1, b1, d1, u1);
         let mut c2 = path_class::WRITABLE;
         if let Some((dfd2, i2, judge)) = p2 {
             let (d2, u2) = (dirfd(ctx, dfd2), arg(ctx, i2));
-            let (c, b2) = classify(s, cfg.slot, d2, u2, judge);
+            let (c, b2, _) = classify(s, cfg.slot, d2, u2, judge, false);
             c2 = c;
             keep(s, true, c2, b2, d2, u2);
+            // A symlink made inside `writable` that leads out of it is allowed and remembered:
+            // what later goes through it is judged outside (the LSM hooks see through it).
+            if judge == Judge::LinkTarget && c1 == path_class::WRITABLE && (c2 == path_class::OUTSIDE) {
+                c2 = path_class::WRITABLE;
+                if !crate::maps::lsm_active() {
+                    (*s).op._pad = link_op::MAKE;
+                }
+            }
         } else {
             (*s).op.len2 = 0;
             (*s).op.unread2 = [0, 0];
         }
         let op = &mut (*s).op;
+        if link1 {
+            op._pad |= if kind == kind::FILE_RENAME {
+                link_op::MOVE
+            } else if kind == kind::FILE_DELETE {
+                link_op::DROP
+            } else {
+                0
+            };
+        }
         // A device node is no file: made anywhere, it opens raw disks and memory.
         let mode = (op.aux & S_IFMT as u64) as u16;
         let device = kind == kind::FILE_MKDIR && aux.is_some() && (mode == S_IFBLK || mode == S_IFCHR_);
@@ -162,7 +217,7 @@ fn path_op(
             op.flags |= event_flags::DEVICE;
         }
         let ok = c1 == path_class::WRITABLE && c2 == path_class::WRITABLE && !device;
-        if ok && cfg.flags & agent_flags::AUDIT == 0 {
+        if ok && cfg.flags & agent_flags::AUDIT == 0 && op._pad == 0 {
             return Ok(());
         }
         // The event's target is the path that is not writable (the second when only it is),
@@ -242,6 +297,14 @@ unsafe fn exit_path_op(
         decide_with(st, cfg, op.ok != 0, r, p, PathRef::NONE, false);
         return;
     }
+    if op._pad != 0 && !track_links(cfg, op) {
+        // No room to remember a symlink leading out: what goes through it could not be
+        // judged, so making it is the violation (fail closed).
+        count(stat::TABLE_FULL);
+        let r = rec(op.kind, op.flags, op.aux);
+        decide_with(st, cfg, false, r, PathRef(op.p1.as_ptr(), op.len1), PathRef(op.p2.as_ptr(), op.len2), false);
+        return;
+    }
     // What could not be read at sys_enter is read now; what still cannot be is a violation.
     // (The first path is read again; a second path unread too is a violation outright: one
     // path walk per program keeps it within the verifier's budget.)
@@ -253,7 +316,8 @@ unsafe fn exit_path_op(
     let unread = op.unread1;
     if unread[1] != 0 {
         let Some(s) = agent::scratch() else { return };
-        let (c, b) = classify(s, cfg.slot, unread[0] as i64, unread[1], Judge::Writable);
+        let follows = op.kind == kind::FILE_CHMOD || op.kind == kind::FILE_WRITE || op.kind == META;
+        let (c, b, _) = classify(s, cfg.slot, unread[0] as i64, unread[1], Judge::Writable, follows);
         if c == UNREAD {
             op.flags |= event_flags::ARG_UNREADABLE;
             ok = false;
@@ -286,6 +350,36 @@ unsafe fn exit_path_op(
     let lsm_covers = op.flags & (event_flags::DEVICE | event_flags::ARG_UNREADABLE) == 0 && op.kind != META;
     let kind = if op.kind == META { kind::FILE_CHMOD } else { op.kind };
     decide_with(st, cfg, ok, rec(kind, op.flags, op.aux), t, o, lsm_covers);
+}
+
+/// After a successful operation on a symlink leading out of `writable`: remember it (made),
+/// forget it (removed), or move it (renamed). Returns false if it could not be remembered.
+#[inline(always)]
+unsafe fn track_links(cfg: &agent_monitor_common::AgentCfg, op: &crate::maps::PendingOp) -> bool {
+    let Some(s) = agent::scratch() else { return false };
+    let key_of = |p: *const u8, len: u32| {
+        raw_read_kernel(
+            (*s).buf.as_mut_ptr() as *mut c_void,
+            (agent_monitor_common::PATH_LEN + 4) as u32,
+            p as *const c_void,
+        );
+        let b = Built { len, truncated: false, untrusted: false, foreign: false };
+        agent::path_class_of_name(s, cfg.slot, b);
+    };
+    if op._pad & link_op::MAKE != 0 {
+        // The link is the first path; where it leads, the second (resolved when absolute).
+        key_of(op.p1.as_ptr(), op.len1);
+        return agent::set_linked_out(s, true, op.p2.as_ptr(), op.len2);
+    }
+    // Removed or renamed: the entry goes (a renamed link is remembered again under its new
+    // name, where it leads no longer known: what goes through it is still outside).
+    key_of(op.p1.as_ptr(), op.len1);
+    agent::set_linked_out(s, false, core::ptr::null(), 0);
+    if op._pad & link_op::MOVE != 0 {
+        key_of(op.p2.as_ptr(), op.len2);
+        return agent::set_linked_out(s, true, op.p2.as_ptr(), 0);
+    }
+    true
 }
 
 /// A metadata change the LSM layer's path hooks do not see (extended attributes, times): a
@@ -602,10 +696,10 @@ fn try_open_exit(ctx: &TracePointContext) -> Result<(), i64> {
 }
 
 /// A pipe or memfd opened for writing by path: through the process's own descriptors
-/// (`/proc/self/fd/N`, `/dev/fd/N`, `/dev/stdout`, `/proc/<own or an instance member's
-/// pid>/fd/N`) it is the agent's; through another process's `/proc/PID/fd` it is
-/// `process.inject` (a command into a service's pipe); by any other name (a symlink to such a
-/// path) a violation too (fail closed).
+/// (`/proc/self/fd/N`, `/proc/thread-self/fd/N`, `/dev/fd/N`, `/dev/stdout`, `/proc/<own or an
+/// instance member's pid>/fd/N`, `.../task/TID/fd/N`) it is the agent's; through another
+/// process's it is `process.inject` (a command into a service's pipe); by any other name
+/// (`/proc/self/root/proc/PID/fd/N`, a symlink to such a path) a violation too (fail closed).
 #[inline(always)]
 unsafe fn reopened_kernel_file(s: *mut Scratch, st: &agent_monitor_common::ProcState, dfd: i64, path: u64) {
     let Ok(_) = kernel::resolve_user_path(s, dfd, path as *const u8) else {
@@ -613,39 +707,68 @@ unsafe fn reopened_kernel_file(s: *mut Scratch, st: &agent_monitor_common::ProcS
         return;
     };
     let b = (*s).buf.as_ptr();
-    let starts = |p: &[u8]| -> bool {
+    // Does `p` appear at byte `at`?
+    let at = |at: usize, p: &[u8]| -> bool {
         let mut i = 0;
         while i < p.len() {
-            if *b.add(i) != *p.get_unchecked(i) {
+            if *b.add((at + i) & 63) != *p.get_unchecked(i) {
                 return false;
             }
             i += 1;
         }
         true
     };
-    if starts(b"/proc/self/") || starts(b"/proc/thread-self/") || starts(b"/dev/fd/") || starts(b"/dev/std") {
+    // Digits at byte `from`: (value, the byte after them).
+    let digits = |from: usize| -> (u64, usize) {
+        let mut v: u64 = 0;
+        let mut i = from;
+        while i < from + 10 {
+            let c = *b.add(i & 63);
+            if !c.is_ascii_digit() {
+                break;
+            }
+            v = v * 10 + (c - b'0') as u64;
+            i += 1;
+        }
+        (v, i)
+    };
+    if at(0, b"/dev/fd/")
+        || at(0, b"/dev/stdin\0")
+        || at(0, b"/dev/stdout\0")
+        || at(0, b"/dev/stderr\0")
+        || at(0, b"/proc/thread-self/fd/")
+    {
         return;
     }
-    if !starts(b"/proc/") {
+    if !at(0, b"/proc/") {
         super::bypass::inject(st, 0, tamper_call::PROC_FD_OPEN, 0);
         return;
     }
-    let mut pid: u64 = 0;
-    let mut i = 6;
-    while i < 16 {
-        let c = *b.add(i);
-        if !c.is_ascii_digit() {
-            break;
-        }
-        pid = pid * 10 + (c - b'0') as u64;
+    // /proc/{self|PID}/ then fd/ or task/TID/fd/.
+    let (pid, mut i) = if at(6, b"self/") { (0, 11) } else { digits(6) };
+    if i == 6 || (pid != 0 && *b.add(i & 63) != b'/') {
+        super::bypass::inject(st, 0, tamper_call::PROC_FD_OPEN, 0);
+        return;
+    }
+    if pid != 0 {
         i += 1;
     }
-    if i == 6 || *b.add(i & 31) != b'/' {
+    if at(i, b"task/") {
+        let (_, j) = digits(i + 5);
+        if j == i + 5 || *b.add(j & 63) != b'/' {
+            super::bypass::inject(st, 0, tamper_call::PROC_FD_OPEN, 0);
+            return;
+        }
+        i = j + 1;
+    }
+    if !at(i, b"fd/") {
         super::bypass::inject(st, 0, tamper_call::PROC_FD_OPEN, 0);
         return;
     }
-    // `inject` lets the instance's own processes through.
-    super::bypass::inject(st, pid, tamper_call::PROC_FD_OPEN, 0);
+    if pid != 0 {
+        // `inject` lets the instance's own processes through.
+        super::bypass::inject(st, pid, tamper_call::PROC_FD_OPEN, 0);
+    }
 }
 
 /// `EACCES` from the kernel.

@@ -319,11 +319,30 @@ fn request_ref(n: u32) -> PathRef {
 fn takes(cfg: &AgentCfg, rule: &DestRule, h2: bool) -> Takes {
     let methods = if rule.methods != 0 { rule.methods } else { cfg.http_allow };
     let record_only = cfg.action == policy_action::ALERT || cfg.action == policy_action::HOLD;
-    Takes { methods, writes: methods & !READ_ONLY, path_methods: rule.path_methods, rule: rule.rule, h2, record_only }
+    Takes {
+        methods,
+        writes: methods & !READ_ONLY,
+        path_methods: rule.path_methods,
+        rule: rule.rule,
+        h2,
+        record_only,
+        // Inside TLS (`h2`) the connection's destination is not known: its `Host:` header names it.
+        by_host: h2,
+        agent: cfg.slot,
+    }
 }
 
 /// Everything: a request a person approved.
-const TAKES_ALL: Takes = Takes { methods: 0x1ff, writes: 0x1ff, path_methods: 0, rule: 0, h2: true, record_only: true };
+const TAKES_ALL: Takes = Takes {
+    methods: 0x1ff,
+    writes: 0x1ff,
+    path_methods: 0,
+    rule: 0,
+    h2: true,
+    record_only: true,
+    by_host: false,
+    agent: 0,
+};
 
 /// The flags and `aux` of a `net.http_write` event for what the parser found.
 #[inline(always)]
@@ -370,11 +389,21 @@ fn try_http_egress(ctx: &SkBuffContext) -> Result<i32, i64> {
         return Ok(REFUSE);
     }
     let v: u8 = ctx.load(0)?;
-    let (ip_hl, total, proto) = match v >> 4 {
-        4 => ((v as u32 & 0xf) * 4, u16::from_be(ctx.load::<u16>(2)?) as u32, ctx.load::<u8>(9)?),
-        6 => (40, 40 + u16::from_be(ctx.load::<u16>(4)?) as u32, ctx.load::<u8>(6)?),
+    // (header length, total length, next protocol, a plain header: IPv4 without options; IPv6
+    // is 40 bytes and an extension header shows as a next protocol other than TCP). A length
+    // of 0 (a GSO packet larger than 64 KiB: BIG TCP) is the packet's own length.
+    let (ip_hl, total, proto, plain) = match v >> 4 {
+        4 => {
+            let hl = (v as u32 & 0xf) * 4;
+            (hl, u16::from_be(ctx.load::<u16>(2)?) as u32, ctx.load::<u8>(9)?, hl == 20)
+        }
+        6 => {
+            let payload = u16::from_be(ctx.load::<u16>(4)?) as u32;
+            (40, if payload == 0 { 0 } else { 40 + payload }, ctx.load::<u8>(6)?, true)
+        }
         _ => return Ok(REFUSE),
     };
+    let total = if total == 0 { ctx.len() } else { total };
     let Some(cfg) = agent::agent_cfg(info.agent) else {
         return Ok(PASS);
     };
@@ -387,7 +416,7 @@ fn try_http_egress(ctx: &SkBuffContext) -> Result<i32, i64> {
         _pad: 0,
     };
     let who = Who { pid: info.tgid, tid: info.tgid, ppid: 0, uid: ctx.get_socket_uid(), comm: [0; 16] };
-    if ip_hl != 20 || proto != 6 {
+    if !plain || proto != 6 {
         // IP options (a source route) or IPv6 extension headers (a routing header) on an
         // agent's connection: the destination on the wire may not be the one the connect was
         // allowed for, and the payload is not where the parser looks.
@@ -1116,9 +1145,8 @@ pub fn sys_enter_sendto(ctx: TracePointContext) -> u32 {
 }
 
 /// `sendmmsg(fd, msgvec, vlen, flags)`: each message's `msg_name` (`struct mmsghdr` is a
-/// `msghdr` and a length: 64 bytes), up to the first violation. Past the first
-/// `SENDMMSG_CHECKED` messages, addressed datagrams on a Unix socket are a violation (fail
-/// closed: the probe does not read that far).
+/// `msghdr` and a length: 64 bytes), up to the first violation. More than `SENDMMSG_CHECKED`
+/// messages on a Unix socket are a violation (fail closed: the probe does not read that far).
 #[tracepoint]
 #[inline(always)]
 pub fn sys_enter_sendmmsg(ctx: TracePointContext) -> u32 {
@@ -1129,21 +1157,19 @@ pub fn sys_enter_sendmmsg(ctx: TracePointContext) -> u32 {
     let fd = crate::kernel::tp_arg(&ctx, 0) as i32 as i64;
     let vec = crate::kernel::tp_arg(&ctx, 1);
     let vlen = crate::kernel::tp_arg(&ctx, 2) & 0xffff_ffff;
-    let mut first_named = false;
     for i in 0..SENDMMSG_CHECKED {
         if i >= vlen {
             return 0;
         }
         // Unreadable: 1, which `unix_addr` cannot read either (fail closed).
         let name: u64 = unsafe { bpf_probe_read_user((vec + i * 64) as *const u64) }.unwrap_or(1);
-        if i == 0 {
-            first_named = name != 0;
-        }
         if unix_datagram(fd, name) {
             return 0;
         }
     }
-    if vlen > SENDMMSG_CHECKED && first_named {
+    if vlen > SENDMMSG_CHECKED {
+        // Messages past the ones read may carry an address of their own, whatever the first
+        // ones did: on a Unix socket, fail closed.
         unix_datagram(fd, 1);
     }
     0

@@ -122,9 +122,9 @@ unsafe fn select_agent(s: *mut Scratch, task: *const u8, cgroup: Option<u32>) ->
     select_cmdline(s, task)
 }
 
-/// `cmdline = ["*TEXT*"]`: the first `CMDLINE_READ` bytes of the new image's command line
-/// (its arguments, NUL-separated, as the kernel set them up at exec) contain TEXT. Only read
-/// when such selectors exist; each is searched with one `bpf_loop`.
+/// `cmdline = ["*TEXT*"]`: the new image's program or first argument (as the kernel set them up
+/// at exec; within the first `CMDLINE_READ` bytes) contains TEXT. Only read when such selectors
+/// exist; each is searched with one `bpf_loop`.
 #[inline(always)]
 unsafe fn select_cmdline(s: *mut Scratch, task: *const u8) -> Option<u32> {
     use core::ptr::{read_volatile as rv, write_volatile as wv};
@@ -146,7 +146,12 @@ unsafe fn select_cmdline(s: *mut Scratch, task: *const u8) -> Option<u32> {
     {
         return None;
     }
+    // The program and its first argument only (`node SCRIPT`, a launcher's own path): a
+    // wrapper that names the agent further on (`nsenter ... -- node SCRIPT`, `sudo`) is not it.
     wv(&mut (*s).cmd_len, len as u32);
+    wv(&mut (*s).cmd_hit, 0);
+    bpf_loop(len as u32, args_end_step as *mut c_void, core::ptr::null_mut(), 0);
+    let len = (rv(&(*s).cmd_len) as usize).min(CMDLINE_READ);
     for i in 0..CMDLINE_MAX {
         if i >= count {
             break;
@@ -165,6 +170,26 @@ unsafe fn select_cmdline(s: *mut Scratch, task: *const u8) -> Option<u32> {
         }
     }
     None
+}
+
+/// The end of the second argument: `cmd_len` is cut at its NUL (`cmd_hit` counts NULs).
+extern "C" fn args_end_step(i: u64, _ctx: *mut c_void) -> i64 {
+    let Some(s) = crate::maps::SCRATCH.get_ptr_mut(0) else {
+        return 1;
+    };
+    unsafe {
+        let i = i as usize & (2 * CMDLINE_READ - 1);
+        if (*s).tmp[i] != 0 {
+            return 0;
+        }
+        let n = core::ptr::read_volatile(&(*s).cmd_hit) + 1;
+        core::ptr::write_volatile(&mut (*s).cmd_hit, n);
+        if n == 2 {
+            core::ptr::write_volatile(&mut (*s).cmd_len, i as u32);
+            return 1;
+        }
+    }
+    0
 }
 
 /// One position of the `cmdline` search: does TEXT start at byte `i`? Returns 1 to stop.

@@ -4,8 +4,8 @@ use std::{collections::HashSet, fs, os::unix::fs::MetadataExt};
 
 use agent_monitor_common::{
     agent_flags, agent_slot, maps::names, net_origin, path_class, policy_action, writable_key, AgentCfg, DestRule,
-    ExeKey, NetData, PathAllowData, PathData, SniKey, UnixKey, AGENT_SLOTS_PER_GEN, HTTP_PATH_LEN, NET_KEY_FIXED_BITS,
-    PATH_LEN, SNI_LEN, UNIX_PATH_LEN,
+    ExeKey, HostDest, HostKey, NetData, PathAllowData, PathData, SniKey, UnixKey, AGENT_SLOTS_PER_GEN, HOST_LEN,
+    HTTP_PATH_LEN, NET_KEY_FIXED_BITS, PATH_LEN, SNI_LEN, UNIX_PATH_LEN,
 };
 use anyhow::{anyhow, Context as _};
 use aya::{
@@ -166,6 +166,7 @@ fn agent_bits(a: &crate::policy::CompiledAgent) -> u32 {
 struct Tables {
     unix: Vec<(UnixKey, u32)>,
     sni: Vec<(SniKey, u32)>,
+    host_dest: Vec<(HostKey, HostDest)>,
     net: Vec<(Key<NetData>, DestRule)>,
     paths_allow: Vec<(Key<PathAllowData>, u32)>,
     paths: Vec<(Key<PathData>, u32)>,
@@ -233,12 +234,14 @@ impl Tables {
                 }
             })
             .collect();
+        let host_dest = host_dest_entries(p, gen);
         let mut cgroup = cgroup_selectors(p);
         // `exec` instances' cgroups are not in the policy; they stay selected through the swap.
         cgroup.extend_from_slice(exec_cgroups);
         Ok(Tables {
             unix,
             sni,
+            host_dest,
             net: net_entries(&p.net, resolved, gen),
             paths_allow: path_entries(p, gen),
             paths,
@@ -252,6 +255,7 @@ impl Tables {
     fn insert(&self, ebpf: &mut Ebpf) -> anyhow::Result<()> {
         insert_hash(ebpf, names::UNIX_ALLOW, &self.unix)?;
         insert_hash(ebpf, names::SNI_ALLOW, &self.sni)?;
+        insert_hash(ebpf, names::HOST_DEST, &self.host_dest)?;
         insert_lpm(ebpf, names::NET_ALLOW, &self.net)?;
         insert_lpm(ebpf, names::PATH_ALLOW, &self.paths_allow)?;
         insert_lpm(ebpf, names::WRITABLE, &self.paths)?;
@@ -265,6 +269,7 @@ impl Tables {
     fn remove_stale(&self, ebpf: &mut Ebpf) -> anyhow::Result<()> {
         remove_stale_hash(ebpf, names::UNIX_ALLOW, &self.unix)?;
         remove_stale_hash(ebpf, names::SNI_ALLOW, &self.sni)?;
+        remove_stale_hash(ebpf, names::HOST_DEST, &self.host_dest)?;
         remove_stale_hash(ebpf, names::SEL_COMM, &self.comm)?;
         remove_stale_hash(ebpf, names::SEL_UID, &self.uid)?;
         remove_stale_hash(ebpf, names::SEL_EXE, &self.exe)?;
@@ -303,6 +308,44 @@ fn gen_rule(rule: u32, gen: u32) -> u32 {
     } else {
         rule | (gen & 1) << 31
     }
+}
+
+/// The `HOST_DEST` entries of generation `gen`: each TCP destination by the name a request's
+/// `Host:` header gives it (a host name; an address rule for one address, as `a.b.c.d` or
+/// `[v6]`), with its rule and port, for the TLS plaintext check.
+fn host_dest_entries(p: &CompiledPolicy, gen: u32) -> Vec<(HostKey, HostDest)> {
+    let mut out: Vec<(HostKey, HostDest)> = Vec::new();
+    let mut add = |agent: u32, name: &str, port: Option<u16>, dest: &DestRule| {
+        let b = name.to_ascii_lowercase().into_bytes();
+        if b.is_empty() || b.len() >= HOST_LEN {
+            warn!(
+                host = name,
+                "host name too long for the kernel's Host: table; requests to it are judged by http_methods"
+            );
+            return;
+        }
+        let mut k = HostKey { agent: agent_slot(agent, gen), name: [0; HOST_LEN] };
+        k.name[..b.len()].copy_from_slice(&b);
+        let v = HostDest {
+            dest: DestRule { rule: gen_rule(dest.rule, gen), ..*dest },
+            port: port.unwrap_or(0) as u32,
+            _pad: 0,
+        };
+        if !out.iter().any(|(k2, _)| *k2 == k) {
+            out.push((k, v));
+        }
+    };
+    for h in p.hosts.iter().filter(|h| h.proto == agent_monitor_common::proto::TCP) {
+        add(h.agent, &h.host, h.port, &h.dest);
+    }
+    for r in p.net.iter().filter(|r| r.proto == agent_monitor_common::proto::TCP && r.prefix_len == 128) {
+        let name = match r.addr.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => format!("[{}]", r.addr),
+        };
+        add(r.agent, &name, r.port, &r.dest);
+    }
+    out
 }
 
 /// The `PATH_ALLOW` entries of generation `gen`.

@@ -194,6 +194,7 @@ impl Btf {
             task_files: o("task_struct", "files")?,
             mm_exe_file: o("mm_struct", "exe_file")?,
             mm_arg_start: o("mm_struct", "arg_start")?,
+            task_ti_status: o("task_struct", "thread_info")? + o("thread_info", "status")?,
             fs_pwd: o("fs_struct", "pwd")?,
             fs_root: o("fs_struct", "root")?,
             files_fdt: o("files_struct", "fdt")?,

@@ -52,6 +52,12 @@ const fn tp(program: &'static str, required: bool) -> Probe {
 /// Every program and where it goes.
 pub const PROBES: &[Probe] = &[
     Probe {
+        program: "sys_enter_compat",
+        attach: Attach::RawTracePoint("sys_enter"),
+        required: true,
+        layer: Layer::Tracepoint,
+    },
+    Probe {
         program: "sched_process_fork",
         attach: Attach::RawTracePoint("sched_process_fork"),
         required: true,
@@ -191,6 +197,13 @@ pub const PROBES: &[Probe] = &[
     tp("sys_enter_clone3", false),
     tp("sys_enter_sendto", true),
     tp("sys_enter_sendmmsg", true),
+    tp("sys_enter_fcntl", true),
+    tp("sys_enter_prlimit64", true),
+    tp("sys_enter_setpriority", true),
+    tp("sys_enter_sched_setscheduler", true),
+    tp("sys_enter_sched_setaffinity", true),
+    tp("sys_enter_sched_setattr", true),
+    tp("sys_enter_ioprio_set", true),
     tp("sys_enter_sendmsg", true),
     tp("sys_enter_io_uring_setup", false),
     tp("sys_enter_connect", true),

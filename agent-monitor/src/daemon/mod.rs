@@ -242,6 +242,19 @@ async fn spawn_tasks(
         tasks.every("host resolution", HOST_REFRESH, move || move || st.refresh_hosts());
     }
     {
+        // An agent that lowered the daemon's limits (prlimit64) was killed after the call: the
+        // limits come back here (as they are once start-up raised the open-files limit).
+        let limits = protect::Limits::now();
+        tasks.every("limits", Duration::from_secs(1), move || {
+            let limits = limits.clone();
+            move || {
+                for name in limits.restore() {
+                    warn!(limit = name, "the daemon's resource limit was lowered by another process: restored");
+                }
+            }
+        });
+    }
+    {
         // Released blocked sockets are kept while TCP may still retransmit their refused bytes.
         let st = state.clone();
         tasks.every("socket sweep", Duration::from_secs(300), move || {

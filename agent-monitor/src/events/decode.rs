@@ -345,6 +345,10 @@ impl Decoder {
                                 d,
                                 "ptrace-level access to the daemon (ptrace, process_vm_*, /proc/PID/mem, pidfd_getfd): refused (EPERM)"
                             ),
+                            "fcntl" => write!(d, "the daemon made the owner of a descriptor (F_SETOWN: SIGIO to it)"),
+                            "prlimit64" => write!(d, "prlimit64(resource {arg}) on the daemon"),
+                            "setpriority" | "sched_setscheduler" | "sched_setaffinity" | "ioprio_set"
+                            | "sched_setattr" => write!(d, "{call} on the daemon"),
                             _ => write!(d, "{call}(signal {arg}) to the daemon"),
                         };
                     target.clear();
@@ -426,6 +430,15 @@ impl Decoder {
                     ev.aux
                 );
                 assign(target, if call.is_empty() { "mount" } else { call });
+                "syscalls.allow"
+            }
+            Kind::SysCompat => {
+                let _ = write!(
+                    detail.next(),
+                    "a 32-bit system call (number {}, int $0x80 or a 32-bit program): the syscall tracepoints do not see those",
+                    ev.aux
+                );
+                assign(target, "compat syscall");
                 "syscalls.allow"
             }
             Kind::SysNamespace => {

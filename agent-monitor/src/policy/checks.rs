@@ -264,8 +264,8 @@ fn truncate_bytes(s: &str, max: usize) -> &str {
 /// Longest TEXT of a `cmdline = ["*TEXT*"]` selector (`agent_monitor_common::CMDLINE_TEXT_LEN`).
 pub const MAX_CMDLINE_TEXT: usize = agent_monitor_common::CMDLINE_TEXT_LEN;
 
-/// A `cmdline` selector: `*TEXT*`, matched in the kernel against the first
-/// `CMDLINE_READ` bytes of the command line, inside one argument. Returns TEXT.
+/// A `cmdline` selector: `*TEXT*`, matched in the kernel inside the program or its first
+/// argument (`node SCRIPT`), within the first `CMDLINE_READ` bytes. Returns TEXT.
 pub fn check_cmdline(pattern: &str) -> Result<String, String> {
     let Some(text) = pattern.strip_prefix('*').and_then(|p| p.strip_suffix('*')) else {
         return Err("write it *TEXT*: the command line contains TEXT (e.g. \"*/@google/gemini-cli/*\")".into());

@@ -285,8 +285,8 @@ pub struct Match {
     /// the root cgroup itself).
     pub cgroup: Vec<String>,
     pub uid: Vec<u32>,
-    /// `*TEXT*` patterns, stored as TEXT: the command line (arguments, as the process was
-    /// started) contains TEXT inside one argument.
+    /// `*TEXT*` patterns, stored as TEXT: the program or its first argument (`node SCRIPT`), as
+    /// the process was started, contains TEXT.
     pub cmdline: Vec<String>,
 }
 

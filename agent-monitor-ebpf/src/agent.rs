@@ -67,7 +67,7 @@ pub fn reap_if_killed(st: &ProcState) -> bool {
 #[inline(always)]
 pub unsafe fn path_class(s: *mut Scratch, slot: u32, b: Built) -> u32 {
     let class = path_class_of_name(s, slot, b);
-    if b.untrusted && class == agent_monitor_common::path_class::WRITABLE {
+    if b.untrusted() && class == agent_monitor_common::path_class::WRITABLE {
         return agent_monitor_common::path_class::OUTSIDE;
     }
     class
@@ -83,7 +83,7 @@ pub unsafe fn path_class_of_name(s: *mut Scratch, slot: u32, b: Built) -> u32 {
     raw_read_kernel((*s).key.path.as_mut_ptr() as *mut c_void, PATH_LEN as u32, (*s).buf.as_ptr() as *const c_void);
     // The trailing '/' makes the match component-wise. A truncated path keeps only the bytes
     // it has: a prefix can still match them, and nothing past them is claimed.
-    let bits = if b.truncated {
+    let bits = if b.truncated() {
         (4 + len) * 8
     } else {
         *(*s).key.path.as_mut_ptr().add(kernel::opaque(len) & 255) = b'/';

@@ -208,7 +208,7 @@ fn step<const USER: bool>(slot: u32, ctx: *mut c_void) -> i64 {
     let i = opaque(sc.i) & (HTTP_WIN as u32 - 1);
     let n = sc.n;
     match sc.state.mode {
-        http_mode::EXPECT_REQUEST => request_start(sc, i, n),
+        http_mode::EXPECT_REQUEST => request_start::<USER>(sc, i, n),
         http_mode::IN_HEADERS => {
             header_byte(sc, i);
             if sc.state.line == 0 && sc.p + i > sc.header_start + MAX_HEADER {
@@ -318,7 +318,7 @@ const _: () = {
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 #[inline(always)]
-fn request_start(sc: &mut HttpScratch, i: u32, n: u32) -> i64 {
+fn request_start<const USER: bool>(sc: &mut HttpScratch, i: u32, n: u32) -> i64 {
     if n - i < 8 {
         // Not enough bytes in this window to see the method: read again from here, or, at the
         // end of what was written, a request cut before its method (`PO` then `ST`).
@@ -349,29 +349,33 @@ fn request_start(sc: &mut HttpScratch, i: u32, n: u32) -> i64 {
     let bit = 1u32 << (m & 15);
     let toklen = TOKEN_LEN[(m as usize) % TOKEN_LEN.len()] as u32;
     sc.dest_writes = 0;
-    if sc.takes_methods & bit == 0 && sc.by_host != 0 {
-        // Inside TLS: the destination its `Host:` header names decides. Its path is kept for
-        // that destination's paths.
+    // Inside TLS, a method the agent does not take: the destination its `Host:` header names
+    // decides, with that destination's paths.
+    let by_host = sc.takes_methods & bit == 0 && sc.by_host != 0;
+    if sc.takes_methods & bit == 0 && !by_host && !violate(sc, http_verdict::METHOD, i) {
+        return 1;
+    }
+    if by_host || sc.takes_paths & bit != 0 {
+        // The path must be seen whole enough to judge (up to HTTP_PATH_LEN bytes). One scan
+        // for both uses: each copy of it is verified on every path through the step.
         if n - i < toklen + PATH_SCAN as u32 && sc.last == 0 {
             return need_more(sc, i);
         }
-        sc.pending = 1;
-        sc.pending_at = i;
-        sc.path_len = keep_path(sc, i + toklen, n);
-        sc.host.name = [0; HOST_LEN];
-        sc.host_len = 0;
-        sc.host_port = 0;
-        sc.host_in_port = 0;
-    } else if sc.takes_methods & bit == 0 && !violate(sc, http_verdict::METHOD, i) {
-        return 1;
-    }
-    if sc.pending == 0 && sc.takes_paths & bit != 0 {
-        // The path must be seen whole enough to judge (up to HTTP_PATH_LEN bytes).
-        let need = toklen + PATH_SCAN as u32;
-        if n - i < need && sc.last == 0 {
+        let (len, bad) = keep_path::<USER>(sc, i + toklen, n);
+        if bad == PATH_PAST_WINDOW {
+            // Read the window again from the request's start; at the end of what was written,
+            // or with the window full of it, the path cannot be seen whole: refused.
             return need_more(sc, i);
         }
-        if !path_allowed(sc, i + toklen, n) && !violate(sc, http_verdict::PATH, i) {
+        if by_host {
+            sc.pending = 1;
+            sc.pending_at = i;
+            sc.path_len = len;
+            sc.host.name = [0; HOST_LEN];
+            sc.host_len = 0;
+            sc.host_port = 0;
+            sc.host_in_port = 0;
+        } else if !path_allowed(sc, sc.rule, len) && !violate(sc, http_verdict::PATH, i) {
             return 1;
         }
     }
@@ -386,29 +390,94 @@ fn request_start(sc: &mut HttpScratch, i: u32, n: u32) -> i64 {
     0
 }
 
-/// The request target at `at` (up to a space) into the `PATH_ALLOW` key's path bytes; its
-/// length, or 0 if it climbs (`..`, `%2e`) or is empty.
+/// The request target at `at` (up to a space) into the `PATH_ALLOW` key's path bytes: its
+/// length (0 if its path climbs (`..`, `%2e`), is empty, or runs past what can be seen), and
+/// why it is 0 (`path_bad`).
+///
+/// One byte per iteration of a second `bpf_loop` ([`path_step`]): a scan unrolled in the step
+/// was most of what the verifier walked (100k of 169k instructions; on Linux 6.1 and 7.x the
+/// TLS programs did not load in a 1 GiB guest).
 #[inline(always)]
-fn keep_path(sc: &mut HttpScratch, at: u32, n: u32) -> u32 {
-    let mut len = 0u32;
-    let mut prev = 0u8;
-    for k in 0..PATH_SCAN {
-        let pos = at + k as u32;
-        if pos >= n {
-            break;
-        }
-        let b = byte(sc, pos);
-        if b == b' ' || b == b'\r' || b == b'\n' {
-            break;
-        }
-        if (b == b'.' && prev == b'.') || (prev == b'%' && (b == b'2')) {
-            return 0;
-        }
-        prev = b;
-        sc.path.path[k] = b;
-        len = k as u32 + 1;
+fn keep_path<const USER: bool>(sc: &mut HttpScratch, at: u32, n: u32) -> (u32, u32) {
+    // Stored through volatile writes, for the same reason as the loads below: the steps read
+    // them through their own lookup of the scratch.
+    unsafe {
+        use core::ptr::write_volatile as wv;
+        wv(&mut sc.path_at, at);
+        wv(&mut sc.path_n, n);
+        wv(&mut sc.path_prev, 0);
+        wv(&mut sc.path_bad, 0);
+        wv(&mut sc.path_len, 0);
     }
-    len
+    let f = if USER { path_step_tls as *mut c_void } else { path_step_skb as *mut c_void };
+    unsafe { bpf_loop(PATH_CLIMB_SCAN, f, core::ptr::null_mut(), 0) };
+    // Read back through volatile loads: the compiler takes `sc` for the only way to that memory
+    // and would keep what it stored before the loop.
+    let (len, bad) = unsafe { (core::ptr::read_volatile(&sc.path_len), core::ptr::read_volatile(&sc.path_bad)) };
+    if bad != 0 {
+        (0, bad)
+    } else {
+        (len, 0)
+    }
+}
+
+/// `path_bad`: the path ran past the window (read it again from the request, if it can be).
+const PATH_PAST_WINDOW: u32 = 2;
+
+/// Bytes of a request target searched for a climbing path: its path (before `?` or `#`) must
+/// end within them, and within what the window holds.
+const PATH_CLIMB_SCAN: u32 = 1024;
+
+extern "C" fn path_step_skb(k: u64, _ctx: *mut c_void) -> i64 {
+    path_step(SLOT_SKB, k as u32)
+}
+
+extern "C" fn path_step_tls(k: u64, _ctx: *mut c_void) -> i64 {
+    path_step(SLOT_TLS, k as u32)
+}
+
+/// Byte `k` of the request target: kept (the first `PATH_SCAN`), and checked for `..` and
+/// percent-encoded bytes of the 0x2X range ('.', '/') in the path. Returns 1 to stop.
+#[inline(always)]
+fn path_step(slot: u32, k: u32) -> i64 {
+    let Some(sc) = HTTP_SCRATCH.get_ptr_mut(slot) else {
+        return 1;
+    };
+    let sc = unsafe { &mut *sc };
+    let pos = sc.path_at + k;
+    if pos >= sc.path_n || k + 1 >= PATH_CLIMB_SCAN {
+        // The path runs on past what can be seen (the window: 2; the scan: 1): it may climb
+        // there.
+        if sc.path_prev != b'?' as u32 {
+            sc.path_bad = if pos >= sc.path_n { PATH_PAST_WINDOW } else { 1 };
+        }
+        return 1;
+    }
+    let b = byte(sc, pos);
+    if b == b' ' || b == b'\r' || b == b'\n' {
+        return 1;
+    }
+    if sc.path_prev == b'?' as u32 {
+        // In the query: no path to climb; only kept.
+        if k < PATH_SCAN as u32 {
+            sc.path.path[k as usize & (PATH_SCAN - 1)] = b;
+            sc.path_len = k + 1;
+        }
+        return 0;
+    }
+    let prev = sc.path_prev as u8;
+    if (b == b'.' && prev == b'.') || (prev == b'%' && b == b'2') {
+        // `..` anywhere in the path, or a percent-encoded byte of the 0x2X range: a path that
+        // could lead out of the prefix once the server decodes and folds it.
+        sc.path_bad = 1;
+        return 1;
+    }
+    sc.path_prev = if b == b'?' || b == b'#' { b'?' as u32 } else { b as u32 };
+    if k < PATH_SCAN as u32 {
+        sc.path.path[k as usize & (PATH_SCAN - 1)] = b;
+        sc.path_len = k + 1;
+    }
+    0
 }
 
 /// The destination a pending request's `Host:` header names, for the agent: its rule checks
@@ -432,17 +501,8 @@ fn judge_by_host(sc: &mut HttpScratch) -> u32 {
     if methods & bit == 0 {
         return http_verdict::METHOD;
     }
-    if d.dest.path_methods & bit != 0 {
-        let len = sc.path_len;
-        if len == 0 || len > PATH_SCAN as u32 {
-            return http_verdict::PATH;
-        }
-        sc.path.rule = d.dest.rule;
-        sc.path_prefix = 32 + len * 8;
-        let key = (&sc.path_prefix as *const u32) as *const Key<PathAllowData>;
-        if unsafe { PATH_ALLOW.get(&*key) }.is_none() {
-            return http_verdict::PATH;
-        }
+    if d.dest.path_methods & bit != 0 && !path_allowed(sc, d.dest.rule, sc.path_len) {
+        return http_verdict::PATH;
     }
     sc.dest_writes = methods & !READ_ONLY;
     http_verdict::OK
@@ -487,34 +547,14 @@ fn host_byte(sc: &mut HttpScratch, b: u8) {
 /// Request path bytes compared with the rule's prefixes (a longer prefix never matches).
 pub const PATH_SCAN: usize = agent_monitor_common::HTTP_PATH_SCAN;
 
-/// Is the request target at `at` (up to a space) under one of the rule's path prefixes, and
-/// does it not climb (`..`, `%2e`)?
+/// Is the request target kept by [`keep_path`] (`len` bytes, 0 if it climbs) under one of
+/// `rule`'s path prefixes?
 #[inline(always)]
-fn path_allowed(sc: &mut HttpScratch, at: u32, n: u32) -> bool {
-    sc.path.rule = sc.rule;
-    let mut len = 0u32;
-    let mut prev = 0u8;
-    for k in 0..PATH_SCAN {
-        let pos = at + k as u32;
-        if pos >= n {
-            break;
-        }
-        let b = byte(sc, pos);
-        if b == b' ' || b == b'\r' || b == b'\n' {
-            break;
-        }
-        if (b == b'.' && prev == b'.') || (prev == b'%' && (b == b'2')) {
-            // `..` anywhere, or a percent-encoded byte of the 0x2X range ('.', '/'): a path
-            // that could lead out of the prefix once the server decodes and folds it.
-            return false;
-        }
-        prev = b;
-        sc.path.path[k] = b;
-        len = k as u32 + 1;
-    }
-    if len == 0 {
+fn path_allowed(sc: &mut HttpScratch, rule: u32, len: u32) -> bool {
+    if len == 0 || len > PATH_SCAN as u32 {
         return false;
     }
+    sc.path.rule = rule;
     // The trie key is `{ prefix_len, data }`: the scratch keeps them adjacent.
     sc.path_prefix = 32 + len * 8;
     let key = (&sc.path_prefix as *const u32) as *const Key<PathAllowData>;

@@ -305,28 +305,62 @@ struct DentryHead {
 }
 
 /// A built path: its length in `Scratch::buf`, and how far its name can be trusted.
+///
+/// The three conditions are bits of one scalar the verifier does not know (`opaque`), not three
+/// booleans: booleans become constants in registers, and every combination of them was a state
+/// of its own through the rest of the program (a third of what the path programs verified).
 #[derive(Clone, Copy)]
 pub struct Built {
     pub len: u32,
-    /// Cut at the end: what is there is the real start of the path (a prefix of it can match).
-    pub truncated: bool,
-    /// The name is not known to be what the object is: the walk did not reach the root (too
-    /// deep, or a dentry disconnected from its mount), the string was cut before `..` could be
-    /// folded, or it crosses a mount the daemon does not know. Never inside `writable`.
-    pub untrusted: bool,
-    /// It crosses a mount the daemon did not see in the host's namespace.
-    pub foreign: bool,
+    bits: u32,
 }
 
 impl Built {
+    /// Cut at the end: what is there is the real start of the path (a prefix of it can match).
+    const TRUNCATED: u32 = 1;
+    /// The name is not known to be what the object is: the walk did not reach the root (too
+    /// deep, or a dentry disconnected from its mount), the string was cut before `..` could be
+    /// folded, or it crosses a mount the daemon does not know. Never inside `writable`.
+    const UNTRUSTED: u32 = 2;
+    /// It crosses a mount the daemon did not see in the host's namespace.
+    const FOREIGN: u32 = 4;
+
+    #[inline(always)]
+    pub fn new(len: u32, truncated: bool, untrusted: bool, foreign: bool) -> Built {
+        let bits = (truncated as u32) * Self::TRUNCATED
+            | (untrusted as u32) * Self::UNTRUSTED
+            | (foreign as u32) * Self::FOREIGN;
+        Built { len, bits: opaque(bits) }
+    }
+
+    #[inline(always)]
+    fn from_bits(len: u32, bits: u32) -> Built {
+        Built { len, bits: opaque(bits) }
+    }
+
+    #[inline(always)]
+    pub fn truncated(&self) -> bool {
+        self.bits & Self::TRUNCATED != 0
+    }
+
+    #[inline(always)]
+    pub fn untrusted(&self) -> bool {
+        self.bits & Self::UNTRUSTED != 0
+    }
+
+    #[inline(always)]
+    pub fn foreign(&self) -> bool {
+        self.bits & Self::FOREIGN != 0
+    }
+
     /// The event flags that say why this path is not trusted.
     #[inline(always)]
     pub fn flags(&self) -> u32 {
         let mut f = 0;
-        if self.truncated || (self.untrusted && !self.foreign) {
+        if self.truncated() || (self.untrusted() && !self.foreign()) {
             f |= agent_monitor_common::event_flags::PATH_TRUNCATED;
         }
-        if self.foreign {
+        if self.foreign() {
             f |= agent_monitor_common::event_flags::FOREIGN_MOUNT;
         }
         f
@@ -392,8 +426,17 @@ pub unsafe fn dentry_path(s: *mut Scratch, dentry: *const u8, vfsmnt: *const u8)
     *buf.add(off) = 0;
     // Not complete: the walk stopped before the root (deeper than MAX_PATH_DEPTH, or
     // disconnected): the components kept are the leaf end, not a prefix.
-    let untrusted = f & walk::COMPLETE == 0 || f & (walk::DISCONNECTED | walk::FOREIGN) != 0;
-    Ok(Built { len: off as u32, truncated: f & walk::CUT != 0, untrusted, foreign: f & walk::FOREIGN != 0 })
+    let mut bits = 0;
+    if f & walk::COMPLETE == 0 || f & (walk::DISCONNECTED | walk::FOREIGN) != 0 {
+        bits |= Built::UNTRUSTED;
+    }
+    if f & walk::CUT != 0 {
+        bits |= Built::TRUNCATED;
+    }
+    if f & walk::FOREIGN != 0 {
+        bits |= Built::FOREIGN;
+    }
+    Ok(Built::from_bits(off as u32, bits))
 }
 
 /// One step up: a component, or a mount crossing. Returns 1 to stop.
@@ -428,7 +471,11 @@ extern "C" fn walk_up(_i: u64, _ctx: *mut c_void) -> i64 {
             let Ok(r) = rd_ptr(mparent.wrapping_add(off!(mount_mnt)), off!(vfsmount_mnt_root)) else {
                 return fail(s);
             };
-            if !mount_known(mparent) {
+            // The top of the mount tree (its own parent) is above every namespace's root and in
+            // no mountinfo: Linux 7.x mounts the initial rootfs on a nullfs (id 1), one level
+            // above what the host's mountinfo shows as the root's parent. A clone or bind made
+            // by an agent is never reached this way: it is the leaf, checked above.
+            if !mount_known(mparent) && rd_ptr(mparent, off!(mount_mnt_parent)).ok() != Some(mparent) {
                 wv(&mut (*s).wflags, rv(&(*s).wflags) | walk::FOREIGN);
             }
             wv(&mut (*s).wd, mp as u64);
@@ -565,45 +612,59 @@ pub unsafe fn resolve_user_path(s: *mut Scratch, dirfd: i64, upath: *const u8) -
     }
     let ulen = opaque((ret - 1) as usize) & 255;
     let buf = (*s).buf.as_mut_ptr();
+    // Where the base ends, the string's bytes to skip, and the bits of the result: kept in
+    // memory across the four ways to the base, so that the verifier meets one state after
+    // them, not one per way and outcome.
+    use core::ptr::{read_volatile as rv, write_volatile as wv};
     // A string cut short may hold `..` past the cut: its start says nothing about where it
     // leads (`writable/AAAA…/../../outside`). Such a path is never inside `writable`.
-    let mut cut = ulen >= PATH_LEN - 1;
-    let mut foreign = false;
-    let mut len: usize = 0;
+    wv(&mut (*s).rp_bits, if ulen >= PATH_LEN - 1 { Built::TRUNCATED | Built::UNTRUSTED } else { 0 });
+    wv(&mut (*s).rp_len, 0);
+    wv(&mut (*s).rp_skip, 0);
     let task = current_task();
     let relative = ulen == 0 || *tmp.as_ptr() != b'/';
-    let (base, skip) = if relative {
-        let b = if dirfd == AT_FDCWD { cwd_path(task)? } else { file_path(fd_file(task, dirfd)?)? };
-        (Some(b), 0)
+    let base = if relative {
+        Some(if dirfd == AT_FDCWD { cwd_path(task)? } else { file_path(fd_file(task, dirfd)?)? })
     } else if let Some((fd, skip)) = fd_prefix(s, ulen) {
-        (Some(file_path(fd_file(task, fd)?)?), skip)
+        wv(&mut (*s).rp_skip, skip as u32);
+        Some(file_path(fd_file(task, fd)?)?)
     } else {
-        (moved_root(task)?, 0)
+        moved_root(task)?
     };
     if let Some((d, m)) = base {
         let base = dentry_path(s, d, m)?;
-        cut |= base.truncated || base.untrusted;
-        foreign |= base.foreign;
-        len = opaque(base.len as usize) & 255;
+        let mut bits = rv(&(*s).rp_bits);
+        if base.truncated() || base.untrusted() {
+            bits |= Built::TRUNCATED | Built::UNTRUSTED;
+        }
+        if base.foreign() {
+            bits |= Built::UNTRUSTED | Built::FOREIGN;
+        }
+        wv(&mut (*s).rp_bits, bits);
+        let mut len = opaque(base.len as usize) & 255;
         if len > 1 {
             *buf.add(len) = b'/';
             len += 1;
         }
+        wv(&mut (*s).rp_len, len as u32);
     }
-    let skip = opaque(skip) & 31;
-    let rest = ulen.saturating_sub(skip) & 255;
+    let len = rv(&(*s).rp_len) as usize & 255;
+    let skip = rv(&(*s).rp_skip) as usize & 31;
+    // Bounded after an opaque load: Linux 6.1's verifier loses the bounds of a saturating
+    // subtraction (a conditional move), and the compiler drops a mask it can prove redundant.
+    let rest = opaque(if ulen > skip { ulen - skip } else { 0 }) & 255;
     if len + rest > PATH_LEN - 1 {
-        cut = true;
+        wv(&mut (*s).rp_bits, rv(&(*s).rp_bits) | Built::TRUNCATED | Built::UNTRUSTED);
     }
     let at = opaque(len) & 255;
     raw_read_kernel(buf.add(at) as *mut c_void, rest as u32, tmp.as_ptr().add(skip) as *const c_void);
-    len = at + rest;
+    let mut len = at + rest;
     if len > PATH_LEN - 1 {
         len = PATH_LEN - 1;
     }
     *buf.add(opaque(len) & 511) = 0;
     let len = normalize(s, len as u32);
-    Ok(Built { len, truncated: cut, untrusted: cut || foreign, foreign })
+    Ok(Built::from_bits(len, rv(&(*s).rp_bits)))
 }
 
 /// Does the user string at `upath` (a relative symlink target) climb out of the directory it

@@ -285,6 +285,12 @@ pub struct HttpScratch {
     pub host_in_port: u32,
     /// The method bits the destination takes once found, for the body.
     pub dest_writes: u32,
+    /// The request target being scanned (`http::keep_path`): where, the window's end, the
+    /// byte before, and whether its path climbs or could not be seen whole.
+    pub path_at: u32,
+    pub path_n: u32,
+    pub path_prev: u32,
+    pub path_bad: u32,
 }
 
 /// Inside TLS the destination of a request is the one its `Host:` header names: its rule, per
@@ -337,12 +343,18 @@ pub struct Scratch {
     pub wflags: u32,
     /// Length of the path being normalised.
     pub nlen: u32,
+    /// `resolve_user_path`: where the base ends, the string's bytes to skip, `Built`'s bits.
+    pub rp_len: u32,
+    pub rp_skip: u32,
+    pub rp_bits: u32,
     /// `cmdline` matching: the selector being tried (its TEXT), the command line's length in
     /// `tmp`, and whether TEXT was found.
     pub cmd_text: [u8; agent_monitor_common::CMDLINE_TEXT_LEN],
     pub cmd_tlen: u32,
     pub cmd_len: u32,
     pub cmd_hit: u32,
+    /// The agent of the selector found.
+    pub cmd_agent: u32,
     /// LPM trie lookup key: prefix length then [`PathData`].
     pub key_prefix: u32,
     pub key: PathData,

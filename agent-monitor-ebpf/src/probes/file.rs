@@ -363,7 +363,7 @@ unsafe fn track_links(cfg: &agent_monitor_common::AgentCfg, op: &crate::maps::Pe
             (agent_monitor_common::PATH_LEN + 4) as u32,
             p as *const c_void,
         );
-        let b = Built { len, truncated: false, untrusted: false, foreign: false };
+        let b = Built::new(len, false, false, false);
         agent::path_class_of_name(s, cfg.slot, b);
     };
     if op._pad & link_op::MAKE != 0 {
@@ -826,7 +826,7 @@ unsafe fn fifo_write(
         return Ok(()); // decided by the LSM layer's file_open, before it opened
     }
     let mut ok = path_class(s, cfg.slot, b) == path_class::WRITABLE;
-    if !ok && !b.untrusted && (b.len as usize) < UNIX_PATH_LEN {
+    if !ok && !b.untrusted() && (b.len as usize) < UNIX_PATH_LEN {
         let key = (*s).fgrant.path.as_mut_ptr() as *mut agent_monitor_common::UnixKey;
         let words = key as *mut u64;
         for i in 0..((4 + UNIX_PATH_LEN) / 8 + 1) {

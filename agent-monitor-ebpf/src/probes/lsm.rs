@@ -54,7 +54,7 @@ fn decide_path_as(kind: u32, dentry: *const u8, mnt: *const u8, aux: u64, force:
     let b = match unsafe { dentry_path(s, dentry, mnt) } {
         Ok(b) => b,
         // A path that cannot be built is not inside `writable`.
-        Err(_) => kernel::Built { len: 0, truncated: false, untrusted: true, foreign: false },
+        Err(_) => kernel::Built::new(0, false, true, false),
     };
     let class = unsafe { agent::path_class(s, cfg.slot, b) };
     if class == path_class::WRITABLE && force == 0 {
@@ -158,7 +158,7 @@ fn fifo_open(dentry: *const u8, mnt: *const u8) -> i32 {
     if unsafe { agent::path_class(s, cfg.slot, b) } == path_class::WRITABLE {
         return 0;
     }
-    if !b.untrusted && unsafe { unix_allowed(s, cfg.slot, b.len) } {
+    if !b.untrusted() && unsafe { unix_allowed(s, cfg.slot, b.len) } {
         return 0;
     }
     refuse_ipc(&st, &cfg, s, b.len)
@@ -191,12 +191,18 @@ fn refuse_ipc(
     len: u32,
 ) -> i32 {
     let act = lsm_action(st, cfg);
+    ipc_event(st, s, len, act, 0)
+}
+
+/// Record a refused `ipc.connect` with `act` and `flags`; EPERM unless only alerted.
+#[inline(always)]
+fn ipc_event(st: &agent_monitor_common::ProcState, s: *mut Scratch, len: u32, act: u32, flags: u32) -> i32 {
     let r = Rec {
         kind: kind::IPC_CONNECT,
         verdict: verdict::VIOLATION,
         action: act,
         layer: layer::BPF_LSM,
-        flags: 0,
+        flags,
         aux: 0,
         aux2: 0,
     };
@@ -581,7 +587,14 @@ fn unix_decide(st: &agent_monitor_common::ProcState, cfg: &agent_monitor_common:
         raw_read_kernel((*s).buf.as_mut_ptr() as *mut c_void, UNIX_PATH_LEN as u32, p as *const c_void);
         (*s).buf[UNIX_PATH_LEN] = 0;
     }
-    refuse_ipc(st, cfg, s, UNIX_PATH_LEN as u32)
+    // Refused before the kernel looks the address up: the socket may not exist (glibc probes
+    // nscd's on every name lookup), and a connect to nothing reaches nothing. The daemon
+    // records it, and kills, only if it does (`UNIX_UNCHECKED`).
+    let (act, flags) = match cfg.action {
+        policy_action::KILL => (action::KILLED, event_flags::KILL_FROM_USERSPACE | event_flags::UNIX_UNCHECKED),
+        _ => (lsm_action(st, cfg), event_flags::UNIX_UNCHECKED),
+    };
+    ipc_event(st, s, UNIX_PATH_LEN as u32, act, flags)
 }
 
 /// `socket_connect(struct socket *sock, struct sockaddr *address, int addrlen)` (io_uring's

@@ -683,27 +683,13 @@ fn mark_visible() {
     }
 }
 
-/// `int SSL_do_handshake(SSL *s)` (also reached through `SSL_connect`).
+/// `int SSL_do_handshake(SSL *s)` (also reached through `SSL_connect`), `void
+/// SSL_set_connect_state(SSL *s)` (where Node.js starts a client connection: its handshake then
+/// runs inside `SSL_read`, never entering `SSL_do_handshake`) and `int
+/// gnutls_handshake(gnutls_session_t session)`.
 #[uprobe]
 #[inline(always)]
 pub fn ssl_do_handshake(_ctx: ProbeContext) -> u32 {
-    mark_visible();
-    0
-}
-
-/// `void SSL_set_connect_state(SSL *s)`: where Node.js starts a client connection (its handshake
-/// then runs inside `SSL_read`, never entering `SSL_do_handshake`).
-#[uprobe]
-#[inline(always)]
-pub fn ssl_set_connect_state(_ctx: ProbeContext) -> u32 {
-    mark_visible();
-    0
-}
-
-/// `int gnutls_handshake(gnutls_session_t session)`
-#[uprobe]
-#[inline(always)]
-pub fn gnutls_handshake(_ctx: ProbeContext) -> u32 {
     mark_visible();
     0
 }
@@ -802,22 +788,11 @@ pub fn ssl_write(ctx: ProbeContext) -> u32 {
     0
 }
 
-/// `int SSL_write_ex(SSL *s, const void *buf, size_t num, size_t *written)`
+/// `int SSL_write_ex(SSL *s, const void *buf, size_t num, size_t *written)` and `ssize_t
+/// gnutls_record_send(gnutls_session_t session, const void *data, size_t data_size)`.
 #[uprobe]
 #[inline(always)]
 pub fn ssl_write_ex(ctx: ProbeContext) -> u32 {
-    tls_write(
-        ctx.arg::<u64>(0).unwrap_or(0),
-        ctx.arg::<*const u8>(1).unwrap_or(core::ptr::null()),
-        ctx.arg::<u64>(2).unwrap_or(0),
-    );
-    0
-}
-
-/// `ssize_t gnutls_record_send(gnutls_session_t session, const void *data, size_t data_size)`
-#[uprobe]
-#[inline(always)]
-pub fn gnutls_record_send(ctx: ProbeContext) -> u32 {
     tls_write(
         ctx.arg::<u64>(0).unwrap_or(0),
         ctx.arg::<*const u8>(1).unwrap_or(core::ptr::null()),

@@ -25,9 +25,9 @@ pub enum Attach {
     CgroupSockAddr,
     CgroupSock,
     CgroupSkbEgress,
-    /// Uprobes on TLS library functions, attached to each library file found (see
-    /// `tls_libs::Stack`).
-    UProbe(&'static str),
+    /// Uprobes on these TLS library functions (one program for all of them), attached to each
+    /// library file found (see `tls_libs::Stack`).
+    UProbe(&'static [&'static str]),
     /// A BPF LSM hook; loaded only where the kernel runs BPF LSM programs.
     Lsm(&'static str),
 }
@@ -256,29 +256,18 @@ pub const PROBES: &[Probe] = &[
     Probe { program: "sock_release", attach: Attach::CgroupSock, required: true, layer: Layer::Cgroup },
     Probe { program: "http_egress", attach: Attach::CgroupSkbEgress, required: true, layer: Layer::Cgroup },
     Probe { program: "kfree_skb", attach: Attach::RawTracePoint("kfree_skb"), required: false, layer: Layer::Cgroup },
-    Probe { program: "ssl_write", attach: Attach::UProbe("SSL_write"), required: false, layer: Layer::Uprobe },
-    Probe { program: "ssl_write_ex", attach: Attach::UProbe("SSL_write_ex"), required: false, layer: Layer::Uprobe },
+    // One program serves the functions that take the same arguments: each program is one more
+    // verification at start-up (the HTTP parser's are the longest).
+    Probe { program: "ssl_write", attach: Attach::UProbe(&["SSL_write"]), required: false, layer: Layer::Uprobe },
     Probe {
-        program: "gnutls_record_send",
-        attach: Attach::UProbe("gnutls_record_send"),
+        program: "ssl_write_ex",
+        attach: Attach::UProbe(&["SSL_write_ex", "gnutls_record_send"]),
         required: false,
         layer: Layer::Uprobe,
     },
     Probe {
         program: "ssl_do_handshake",
-        attach: Attach::UProbe("SSL_do_handshake"),
-        required: false,
-        layer: Layer::Uprobe,
-    },
-    Probe {
-        program: "ssl_set_connect_state",
-        attach: Attach::UProbe("SSL_set_connect_state"),
-        required: false,
-        layer: Layer::Uprobe,
-    },
-    Probe {
-        program: "gnutls_handshake",
-        attach: Attach::UProbe("gnutls_handshake"),
+        attach: Attach::UProbe(&["SSL_do_handshake", "SSL_set_connect_state", "gnutls_handshake"]),
         required: false,
         layer: Layer::Uprobe,
     },
@@ -313,11 +302,14 @@ pub fn load_programs(ebpf: &mut Ebpf, lsm_btf: Result<&aya::Btf, &str>) -> Vec<O
     in_table_order(PROBES, threads, |i| {
         let probe = &PROBES[i];
         let t = std::time::Instant::now();
-        let r = match slots[i].lock().unwrap().as_deref_mut() {
+        let mut slot = slots[i].lock().unwrap();
+        let r = match slot.as_deref_mut() {
             Some(prog) => load_program(prog, probe, lsm_btf),
             None => Err(anyhow::anyhow!("program {} missing from the object", probe.program)),
         };
-        debug!(program = probe.program, ms = t.elapsed().as_millis() as u64, ok = r.is_ok(), "loaded");
+        // What the verifier walked (Linux 5.16+): what start-up costs, program by program.
+        let insns = slot.as_deref().and_then(|p| p.info().ok()).and_then(|i| i.verified_instruction_count());
+        debug!(program = probe.program, ms = t.elapsed().as_millis() as u64, insns, ok = r.is_ok(), "loaded");
         r
     })
 }

@@ -52,7 +52,7 @@ const HANDSHAKE_PROGRAM: &str = "ssl_do_handshake";
 
 fn program_of(program: &str) -> &'static str {
     match program {
-        "ssl_do_handshake" | "ssl_set_connect_state" | "gnutls_handshake" => HANDSHAKE_PROGRAM,
+        HANDSHAKE_PROGRAM => HANDSHAKE_PROGRAM,
         _ => WRITE_PROGRAM,
     }
 }

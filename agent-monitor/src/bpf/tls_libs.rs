@@ -36,10 +36,10 @@ impl Stack {
         }
     }
 
-    /// The uprobe programs of its functions (each program is named after its function).
-    pub fn programs(self) -> &'static [&'static str] {
+    /// Its functions that are hooked.
+    pub fn symbols(self) -> &'static [&'static str] {
         match self {
-            Stack::OpenSsl => &["ssl_write", "ssl_write_ex", "ssl_do_handshake", "ssl_set_connect_state"],
+            Stack::OpenSsl => &["SSL_write", "SSL_write_ex", "SSL_do_handshake", "SSL_set_connect_state"],
             Stack::GnuTls => &["gnutls_record_send", "gnutls_handshake"],
         }
     }
@@ -142,7 +142,7 @@ impl Kernel {
     fn tls_programs(&mut self) -> Vec<(&'static str, &'static str)> {
         let mut out = Vec::new();
         for probe in PROBES {
-            let Attach::UProbe(symbol) = probe.attach else { continue };
+            let Attach::UProbe(symbols) = probe.attach else { continue };
             let Some(p) = self.ebpf.program_mut(probe.program).and_then(|p| <&mut UProbe>::try_from(p).ok()) else {
                 continue;
             };
@@ -152,7 +152,7 @@ impl Kernel {
                     continue;
                 }
             }
-            out.push((probe.program, symbol));
+            out.extend(symbols.iter().map(|&symbol| (probe.program, symbol)));
         }
         out
     }
@@ -162,6 +162,9 @@ impl Kernel {
         use anyhow::Context as _;
         let mut progs = std::collections::HashMap::new();
         for (program, _) in self.tls_programs() {
+            if progs.contains_key(program) {
+                continue; // one program, several functions
+            }
             let fd = self.ebpf.program(program).and_then(|p| p.fd().ok()).map(super::tls::prog_fd);
             if let Some(fd) = fd {
                 progs.insert(program, fd.context("duplicating a program fd")?);
@@ -182,9 +185,9 @@ impl Kernel {
                 continue;
             }
             let Some(stack) = stack_of(&canon) else { continue };
-            let programs = stack.programs();
+            let symbols = stack.symbols();
             if todo.iter().all(|(l, _)| *l != canon) {
-                let functions = loaded.iter().copied().filter(|(p, _)| programs.contains(p)).collect();
+                let functions = loaded.iter().copied().filter(|(_, s)| symbols.contains(s)).collect();
                 todo.push((canon, functions));
             }
         }
@@ -215,7 +218,7 @@ impl Kernel {
                 Ok(link) => {
                     // bpffs names cannot hold '/' or '.': the library path is hex-encoded.
                     let hex: String = lib.as_os_str().as_encoded_bytes().iter().map(|b| format!("{b:02x}")).collect();
-                    let label = format!("uprobe={program}={hex}");
+                    let label = format!("uprobe={symbol}={hex}");
                     match self.keep_link(label, link) {
                         Ok(()) => hooked += 1,
                         Err(e) => warn!(error = %format!("{e:#}"), "uprobe link not kept"),

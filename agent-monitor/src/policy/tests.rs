@@ -221,6 +221,13 @@ fn syntax_error_position() {
 }
 
 #[test]
+fn a_value_quoted_in_a_message_keeps_it_on_one_line() {
+    // (found by the policy fuzz target)
+    let text = format!("{MINIMAL}[agent.network]\nallow = [\"\\nix:/run/x.sock\"]\n");
+    expect(&text, &[(6, 10, r#"bad allow entry "\nix:/run/x.sock": empty entry or surrounding white space"#)]);
+}
+
+#[test]
 fn syntax_errors_toml_gives_no_words_for_still_say_something() {
     // (found by the `policy` fuzz target: toml's message is empty for these)
     expect("\r", &[(1, 1, "U+000D is not allowed here")]);

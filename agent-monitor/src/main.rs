@@ -1,24 +1,9 @@
 //! agent-monitor: a kernel-enforced read-only boundary around AI agent processes.
 //!
-//! The rooms, as the data flows (README, "Layout"): `policy` (file → validated model → compiled
-//! tables), `bpf` (the kernel side: probe table, loader, pins, maps, TLS uprobes), `events` (ring
-//! buffer → decoded and enriched records), `daemon` (start-up, the event pipeline, reloads,
-//! supervised tasks), `enforce` (kills, holds, `exec`), `sinks` (events log and its chain,
-//! journal, webhooks), `metrics`, `control` (the socket's protocol and server), `client` and
-//! `cli` (the command line).
-mod bpf;
-mod cli;
-mod client;
-mod control;
-mod daemon;
-mod enforce;
-mod events;
-mod metrics;
-mod policy;
-mod sinks;
-
+//! The command line's entry point; the daemon and everything else is the library (`lib.rs`).
 use std::process::ExitCode;
 
+use agent_monitor::{cli, client, control, daemon, enforce, sinks};
 use clap::Parser;
 use cli::{Cli, Command};
 use client::Show;

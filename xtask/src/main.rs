@@ -4,6 +4,7 @@ mod agents;
 mod bench;
 mod demo;
 mod dist;
+mod fuzz;
 mod harness;
 mod packages;
 mod promtool;
@@ -123,6 +124,23 @@ enum Cmd {
     /// to post its advice and is killed before the POST leaves. Shows the forum's log, the
     /// violation event and the metrics; fails if the POST arrived or the agent was not killed.
     Demo,
+    /// Fuzz the inputs an attacker controls: the event decoder, the control protocol, the policy
+    /// parser (not in `test` or CI: minutes per target).
+    ///
+    /// Installs cargo-fuzz if `cargo fuzz --version` fails, then for each TARGET (default: all,
+    /// in the order decode, control, policy) runs `cargo +nightly fuzz run -a TARGET
+    /// fuzz/corpus/TARGET -- -max_total_time=SECS` (AYA_BUILD_SKIP=1: no eBPF build) and
+    /// minimises the corpus with `cargo fuzz cmin`. A failing input lands in
+    /// fuzz/artifacts/TARGET/ (not committed). Prints each target's runs, exec/s, coverage and
+    /// corpus sizes. See fuzz/README.md.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 600)]
+        secs: u64,
+        /// Targets to run: decode, control, policy (default: all three).
+        #[arg(value_name = "TARGET")]
+        targets: Vec<String>,
+    },
     /// Build a Debian package (target/dist/*.deb): binary, systemd unit, default configuration
     /// (a conffile) and dashboards; installing it enables and starts the service under systemd.
     Dist,
@@ -156,6 +174,7 @@ fn real_main() -> Result<()> {
         }
         Cmd::Demo => demo::run(&home),
         Cmd::Dist => dist::run().map(|_| ()),
+        Cmd::Fuzz { secs, targets } => fuzz::run(secs, &targets),
     }
 }
 

@@ -25,7 +25,7 @@ pub fn run(home: &Path, mounts: bool, needs: &[Need]) -> Result<()> {
     Ok(())
 }
 
-fn nightly_toolchain() -> Result<()> {
+pub fn nightly_toolchain() -> Result<()> {
     let list = output(Command::new("rustup").args(["toolchain", "list"]))
         .context("rustup is needed to manage the toolchains; install it from https://rustup.rs")?;
     if list.lines().any(|l| l.starts_with("nightly")) {

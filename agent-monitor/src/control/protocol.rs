@@ -46,8 +46,9 @@ pub enum Request {
     },
 }
 
-/// A reply line other than an event line or a status.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// A reply line other than an event line or a status. A line reads as the variant its keys
+/// name (`Deserialize` below), as the CLI reads it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum Reply {
     Error {
@@ -66,6 +67,42 @@ pub enum Reply {
     },
     /// A hold decision record, or a status: any other object.
     Record(serde_json::Value),
+}
+
+/// A reply line is read as the variant whose key it has (`error`, `ok`, `lagged`; the first that
+/// reads, in this order) and only as one of those: an object with such a key that is not a
+/// well-formed reply is an error, not a `Record`. Any other value is a `Record`. Duplicate keys
+/// read as the CLI reads them (`serde_json::Value`: the last one counts), so a reply written
+/// back reads as the same reply. (Untagged, an object that failed to read as its variant,
+/// `{"ok":true,"ok":false}`, became a `Record`, written back as `{"ok":false}`: an `Ok`.)
+impl<'de> Deserialize<'de> for Reply {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Known {
+            Error {
+                error: String,
+                #[serde(default)]
+                diagnostics: Vec<String>,
+            },
+            Ok {
+                ok: bool,
+            },
+            Lagged {
+                lagged: u64,
+                note: String,
+            },
+        }
+        let v = serde_json::Value::deserialize(d)?;
+        if !["error", "ok", "lagged"].iter().any(|k| v.get(k).is_some()) {
+            return Ok(Reply::Record(v));
+        }
+        Ok(match Known::deserialize(v).map_err(serde::de::Error::custom)? {
+            Known::Error { error, diagnostics } => Reply::Error { error, diagnostics },
+            Known::Ok { ok } => Reply::Ok { ok },
+            Known::Lagged { lagged, note } => Reply::Lagged { lagged, note },
+        })
+    }
 }
 
 impl Reply {
@@ -226,5 +263,38 @@ mod tests {
         assert_eq!(e, Reply::error("no"));
         assert_eq!(serde_json::from_str::<Reply>(r#"{"ok":true}"#).unwrap(), Reply::Ok { ok: true });
         assert_eq!(Reply::error("x").line(), "{\"error\":\"x\"}\n");
+    }
+
+    #[test]
+    fn a_reply_reads_as_the_variant_its_keys_name() {
+        // (found by the control fuzz target: untagged, an object that failed to read as its
+        // variant, here for a duplicate key, was a Record, and read back as the variant)
+        let cases = [
+            (r#"{"lagged":12,"note":12,"note":""}"#, Reply::Lagged { lagged: 12, note: String::new() }),
+            (r#"{"ok":true,"ok":false}"#, Reply::Ok { ok: false }),
+            (r#"{"error":"a","error":"b"}"#, Reply::error("b")),
+            (r#"{"error":5,"ok":true}"#, Reply::Ok { ok: true }),
+        ];
+        for (line, want) in cases {
+            let r: Reply = serde_json::from_str(line).unwrap();
+            assert_eq!(r, want, "{line}");
+            assert_eq!(serde_json::from_str::<Reply>(&r.line()).unwrap(), r, "{line}");
+        }
+        for line in [r#"{"error":5}"#, r#"{"lagged":"x","note":""}"#, r#"{"ok":1}"#] {
+            assert!(serde_json::from_str::<Reply>(line).is_err(), "{line}");
+        }
+        let record = serde_json::json!({"hold": "hold-1", "decision": "approved"});
+        assert_eq!(serde_json::from_value::<Reply>(record.clone()).unwrap(), Reply::Record(record));
+        assert_eq!(serde_json::from_str::<Reply>("[1]").unwrap(), Reply::Record(serde_json::json!([1])));
+    }
+
+    #[test]
+    fn numbers_read_back_as_the_same_numbers() {
+        // (found by the control fuzz target: serde_json's default float parser can be one ulp
+        // off, so this number, written back, read back as another one)
+        for n in ["7777777777777777777777777777777777777777777777777777777", "2.2250738585072011e-308", "0.1"] {
+            let r: Reply = serde_json::from_str(n).unwrap();
+            assert_eq!(serde_json::from_str::<Reply>(&r.line()).unwrap(), r, "{n}");
+        }
     }
 }

@@ -174,6 +174,10 @@ impl Holds {
         self.pending.lock().unwrap().len()
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// A person's (or the timeout's) decision on hold `id`, carried out: a grant written, a
     /// socket let go, a paused call continued, or the instance killed. Returns the
     /// `hold.decision` record for the events log (without `ts`/`id`).

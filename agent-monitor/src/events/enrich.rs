@@ -64,6 +64,11 @@ impl ProcCache {
     pub fn len(&self) -> usize {
         self.procs.len()
     }
+
+    #[cfg(test)]
+    pub fn is_empty(&self) -> bool {
+        self.procs.is_empty()
+    }
 }
 
 fn proc_ppid(pid: u32) -> Option<u32> {

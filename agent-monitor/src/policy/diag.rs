@@ -5,7 +5,8 @@ use std::ops::Range;
 
 /// One problem in a policy file. `line` and `col` are 1-based (`col` counts characters, not
 /// bytes); a problem with no position in the file (it could not be read) has `line == 0` and
-/// displays as `FILE: message`.
+/// displays as `FILE: message`. The message is one line: a control character in it (from a value
+/// quoted from the file) is escaped as Rust escapes it (`\n`, `\u{1}`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Diagnostic {
     pub file: String,
@@ -16,7 +17,12 @@ pub struct Diagnostic {
 
 impl Diagnostic {
     pub fn new(file: impl Into<String>, line: usize, col: usize, message: impl Into<String>) -> Self {
-        Diagnostic { file: file.into(), line, col, message: message.into() }
+        let mut message = message.into();
+        if message.contains(char::is_control) {
+            message =
+                message.chars().map(|c| if c.is_control() { c.escape_debug().to_string() } else { c.into() }).collect();
+        }
+        Diagnostic { file: file.into(), line, col, message }
     }
 
     /// A diagnostic at byte `offset` of `text`.
@@ -79,6 +85,15 @@ mod tests {
         assert_eq!(line_col(text, 11), (4, 1));
         assert_eq!(line_col(text, 999), (4, 2)); // clamped to the end
         assert_eq!(line_col("", 0), (1, 1));
+    }
+
+    #[test]
+    fn a_message_is_one_line() {
+        // (found by the policy fuzz target: a value quoted into a message, `allow = ["\nix:/x"]`,
+        // broke the FILE:LINE:COL line in two)
+        let d = Diagnostic::new("p.toml", 2, 3, "bad allow entry \"\nix:/x\r\u{1}\t\u{7f}\": é");
+        assert_eq!(d.message, r#"bad allow entry "\nix:/x\r\u{1}\t\u{7f}": é"#);
+        assert_eq!(d.to_string().lines().count(), 1);
     }
 
     #[test]

@@ -88,6 +88,18 @@ fn toml_diagnostic(file: &str, text: &str, e: &toml::de::Error) -> Diagnostic {
     if message.ends_with("expected a borrowed string") {
         message = "invalid type: a table, where a single value is expected".to_string();
     }
+    // toml says nothing at all about some characters it refuses (a carriage return that does not
+    // end a line, a control character in a comment): a diagnostic must say something.
+    if message.is_empty() {
+        message = match e.span().and_then(|s| text.get(s.start..)).and_then(|t| t.chars().next()) {
+            Some(c) if c.is_control() => format!(
+                "character U+{:04X} is not allowed here (TOML takes a carriage return only before a newline, \
+                 and no control character but tab in a comment)",
+                c as u32
+            ),
+            _ => "invalid TOML syntax".to_string(),
+        };
+    }
     match e.span() {
         Some(span) => Diagnostic::at_span(file, text, span, message),
         None => Diagnostic::new(file, 1, 1, message),

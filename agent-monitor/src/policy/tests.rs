@@ -222,6 +222,22 @@ fn syntax_error_position() {
 }
 
 #[test]
+fn a_value_quoted_in_a_message_keeps_it_on_one_line() {
+    // (found by the policy fuzz target)
+    let text = format!("{MINIMAL}[agent.network]\nallow = [\"\\nix:/run/x.sock\"]\n");
+    expect(&text, &[(6, 10, r#"bad allow entry "\nix:/run/x.sock": empty entry or surrounding white space"#)]);
+}
+
+#[test]
+fn syntax_errors_toml_gives_no_words_for_still_say_something() {
+    // (found by the `policy` fuzz target: toml's message is empty for these)
+    expect("\r", &[(1, 1, "U+000D is not allowed here")]);
+    expect("[daemon]\n# a comment\ris cut\n", &[(2, 12, "U+000D is not allowed here")]);
+    expect("# \u{1}\n", &[(1, 3, "U+0001 is not allowed here")]);
+    expect("[daemon]\nhold_timeout_secs = [\r1]\n", &[(2, 23, "invalid TOML syntax")]);
+}
+
+#[test]
 fn unknown_keys_everywhere() {
     expect("[deamon]\n", &[(1, 2, "unknown field `deamon`")]);
     expect("[daemon]\nmetrics = \"x\"\n", &[(2, 1, "unknown field `metrics`")]);

@@ -47,6 +47,9 @@ pub struct Offsets {
     pub task_signal: u32,
     pub signal_live: u32,
     pub mount_mnt_id: u32,
+    /// `struct mount::mnt_ns`: `MNT_NS_INTERNAL` for the kernel's private clones (an overlay's
+    /// layers).
+    pub mount_mnt_ns: u32,
     pub socket_sk: u32,
     /// `struct sock::__sk_common.skc_family` (`__sk_common` is the first member).
     pub sock_family: u32,

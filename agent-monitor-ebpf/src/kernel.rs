@@ -54,6 +54,7 @@ static OFFSETS: Offsets = Offsets {
     task_signal: 0,
     signal_live: 0,
     mount_mnt_id: 0,
+    mount_mnt_ns: 0,
     socket_sk: 0,
     sock_family: 0,
     valid: 0,
@@ -266,6 +267,20 @@ pub unsafe fn file_on_kernel_mount(file: *const u8) -> bool {
     rd::<u64>(sb, off!(sb_s_flags)).map(|f| f & SB_KERNMOUNT != 0).unwrap_or(false)
 }
 
+/// Is `file` on one of the kernel's private mounts (`mnt_ns == MNT_NS_INTERNAL`): a backing file
+/// an overlay filesystem opens on its upper layer? The file the process opened (the overlay's)
+/// is judged; this one is the kernel's own. Linux 7.x moved `FMODE_BACKING` (1 << 25 from 6.5
+/// to 6.12), which only the kernel's headers say; the mount says it on every version (measured
+/// in the 7.3 guest: the backing file's mount has `mnt_ns` = -EINVAL). A process cannot open a
+/// file on such a mount (`open_tree` clones get a namespace of their own).
+#[inline(always)]
+pub unsafe fn file_on_internal_mount(file: *const u8) -> bool {
+    const MNT_NS_INTERNAL: u64 = (-22i64) as u64;
+    let Ok((_, mnt)) = file_path(file) else { return false };
+    let mount = mnt.wrapping_sub(off!(mount_mnt));
+    rd::<u64>(mount, off!(mount_mnt_ns)).map(|ns| ns == MNT_NS_INTERNAL).unwrap_or(false)
+}
+
 #[inline(always)]
 pub unsafe fn cwd_path(task: *const u8) -> Result<(*const u8, *const u8), i64> {
     let fs = rd_ptr(task, off!(task_fs))?;
@@ -327,9 +342,9 @@ impl Built {
 
     #[inline(always)]
     pub fn new(len: u32, truncated: bool, untrusted: bool, foreign: bool) -> Built {
-        let bits = (truncated as u32) * Self::TRUNCATED
-            | (untrusted as u32) * Self::UNTRUSTED
-            | (foreign as u32) * Self::FOREIGN;
+        let bits = ((truncated as u32) * Self::TRUNCATED)
+            | ((untrusted as u32) * Self::UNTRUSTED)
+            | ((foreign as u32) * Self::FOREIGN);
         Built { len, bits: opaque(bits) }
     }
 

@@ -28,9 +28,6 @@ use crate::{
 const EPERM: i32 = -1;
 /// `FMODE_WRITE`.
 const FMODE_WRITE: u32 = 0x2;
-/// `FMODE_BACKING` (6.5+): the backing file an overlay filesystem opens on its upper layer, with
-/// a path inside the hidden upper mount; the user-visible open is checked on its own.
-const FMODE_BACKING: u32 = 1 << 25;
 
 /// Decide an operation on `(dentry, vfsmount)`; returns the LSM verdict.
 #[inline(always)]
@@ -128,7 +125,11 @@ pub fn lsm_file_open(ctx: LsmContext) -> i32 {
     const S_IFBLK: u16 = 0o060000;
     let file: *const u8 = ctx.arg(0);
     let Ok(mode) = (unsafe { kernel::file_f_mode(file) }) else { return 0 };
-    if mode & FMODE_WRITE == 0 || mode & FMODE_BACKING != 0 || unsafe { kernel::file_on_kernel_mount(file) } {
+    // The backing file an overlay filesystem opens on its upper layer is on the kernel's private
+    // clone of that layer; the user-visible open is checked on its own. (Not `FMODE_BACKING`:
+    // its bit moved in Linux 7.x, and the same bit means something else on older kernels.)
+    if mode & FMODE_WRITE == 0 || unsafe { kernel::file_on_kernel_mount(file) || kernel::file_on_internal_mount(file) }
+    {
         return 0;
     }
     let t = unsafe { kernel::file_mode_type(file) }.unwrap_or(0);

@@ -226,6 +226,7 @@ impl Btf {
             task_signal: o("task_struct", "signal")?,
             signal_live: o("signal_struct", "live")?,
             mount_mnt_id: o("mount", "mnt_id")?,
+            mount_mnt_ns: o("mount", "mnt_ns")?,
             socket_sk: o("socket", "sk")?,
             sock_family: o("sock", "__sk_common")? + o("sock_common", "skc_family")?,
             valid: 1,

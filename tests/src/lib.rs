@@ -180,7 +180,8 @@ impl Daemon {
         if !extra.contains(&"--control-socket") {
             cmd.arg("--control-socket").arg(&control);
         }
-        cmd.args(extra).envs(env.iter().copied()).env("RUST_LOG", "info").env("NO_COLOR", "1");
+        // RUST_LOG=info unless the caller says otherwise.
+        cmd.args(extra).env("RUST_LOG", "info").env("NO_COLOR", "1").envs(env.iter().copied());
         cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(stderr);
         let t = Instant::now();
         let child = cmd.spawn().map_err(io(&format!("could not start {}", bin.display())))?;
@@ -495,7 +496,7 @@ impl Forum {
         let child = Bg(cmd.stdout(Stdio::null()).spawn().expect("start forum_server.py"));
         let t = Instant::now();
         while !ready.exists() {
-            assert!(t.elapsed() < Duration::from_secs(10), "forum server did not start");
+            assert!(t.elapsed() < Duration::from_secs(60), "forum server did not start within 60 s");
             std::thread::sleep(Duration::from_millis(20));
         }
         let port = fs::read_to_string(&ready).unwrap().trim().parse().unwrap();

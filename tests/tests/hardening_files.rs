@@ -445,7 +445,15 @@ fn metadata_changes_outside_writable_are_judged() {
         let c = std::ffi::CString::new(target.display().to_string()).unwrap();
         let r =
             unsafe { libc::setxattr(c.as_ptr(), c"user.keep".as_ptr(), b"1".as_ptr() as *const libc::c_void, 1, 0) };
-        assert_eq!(r, 0, "this file system takes no user xattrs");
+        if r != 0 {
+            // tmpfs takes user xattrs from Linux 6.6 on: before, there is none to change.
+            let e = std::io::Error::last_os_error();
+            assert_eq!(e.raw_os_error(), Some(libc::EOPNOTSUPP), "setxattr on {}: {e}", target.display());
+            if op.contains("xattr") {
+                println!("note: {op} not tried: {} takes no user xattrs ({e})", s.outdir.display());
+                return;
+            }
+        }
         let before = FileState::of(&target);
         let res = output(Command::new(&py).args(["-c", PY_PATH_OP, op]).arg(&target));
         if res.0.code() == Some(2) || res.2.contains("Operation not supported") {

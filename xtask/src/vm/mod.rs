@@ -46,58 +46,31 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-/// What `--vm` runs without `--full` or a FILTER (and what CI runs): every test where the BPF
-/// LSM layer decides, or where the kernel matters — file writes refused with EPERM, connects
-/// and datagrams refused by the LSM hooks (and the cgroup ones behind them), self-protection,
-/// the bypasses, held connects, an `exec`'d agent, the kill path through the process tree, and
-/// the per-agent TLS hooks (the kernel's uprobe filter and perf event inheritance).
-/// Under TCG each test pays ~20 s of verifier for its daemon: the whole suite takes too long
-/// for CI (see xtask/vm/README.md).
+/// What `--vm` runs without `--full` or a FILTER (and what CI runs): one test of each thing
+/// where the BPF LSM layer decides, or where the kernel matters — file writes refused with
+/// EPERM, the kill path through the process tree, self-protection, connects refused by the LSM
+/// hooks (and the cgroup ones behind them), read-only HTTP in clear text and inside TLS (the
+/// kernel's uprobe filter), a held write, an `exec`'d agent; and of issue 20's hardening where
+/// BPF LSM changes the outcome (metadata, Unix connects, the daemon's threads). (TIOCSTI is
+/// not here: in the 6.1 and 7.3 guests the agent cannot open the test's `/dev/pts/N`.)
 ///
-/// Plus one test of each class of issue 20's hardening (an agent steered to get a write out),
-/// chosen where BPF LSM changes the outcome; `--full` runs all of them.
-const DEFAULT_BINARIES: &[&str] = &[
-    "files",
-    "lsm",
-    "network",
-    "holds",
-    "exec",
-    "hardening_identity",
-    "hardening_failclosed",
-    "hardening_files",
-    "hardening_http",
-    "hardening_protocols",
-    "hardening_tls",
-    "hardening_ipc",
-    "hardening_holds",
-    "hardening_control",
-    "hardening_self",
-];
+/// Under TCG each test pays for its daemon's verification: measured 2026-12-03, three guests
+/// side by side on two cores, 35-60 s a start (6.12 fastest; 6.1 and 7.3 walk the HTTP parser
+/// two to three times longer) and 75-85 s a test. Eleven tests fit the 20-minute guest budget
+/// with room; `--full` (30 min) or a FILTER runs the rest.
+const DEFAULT_BINARIES: &[&str] =
+    &["files", "lsm", "network", "holds", "exec", "hardening_files", "hardening_ipc", "hardening_self"];
 const DEFAULT_TESTS: &[&str] = &[
     "every_file_kind_is_refused_with_eperm_before_it_happens",
     "signalling_or_tracing_the_daemon_is_self_tamper",
-    "the_daemons_own_files_are_off_limits_whatever_writable_says",
     "kill_on_append_outside_writable_and_not_for_others",
-    "bypasses_of_syscall_tracing_are_violations_unless_allowed",
     "descendants_and_copied_binaries_stay_in_scope_and_the_tree_dies",
     "unlisted_destinations_are_refused_in_the_kernel",
-    "io_uring_connect_is_covered_by_the_cgroup_hooks",
     "read_only_http_in_clear_text_and_inside_tls",
-    "tls_hooks_are_written_into_agent_processes_only",
-    "unanswered_holds_time_out_and_held_connects_are_granted_then_expire",
     "a_held_file_write_is_refused_then_granted_then_expires",
     "tcp_connects_only_to_allowed_ports",
-    "a_new_image_execd_by_a_non_leader_thread_is_still_the_agent",
-    "path_operations_with_arguments_on_untouched_pages_are_still_judged",
-    "a_bind_mount_in_a_private_mount_namespace_does_not_make_outside_writable",
     "metadata_changes_outside_writable_are_judged",
-    "only_allowed_methods_begin_a_request_inside_tls",
-    "quic_to_an_allowed_https_host_is_a_datagram_the_policy_did_not_grant",
-    "tls_visibility_does_not_survive_an_exec_into_an_unhooked_client",
     "a_unix_stream_connect_to_an_unlisted_path_delivers_nothing",
-    "an_agent_cannot_push_input_into_a_terminal_with_tiocsti",
-    "a_held_https_post_is_not_released_by_a_sigcont",
-    "an_agent_cannot_approve_its_hold_through_a_child_that_exited",
     "the_daemons_threads_and_process_group_are_the_daemon",
 ];
 

@@ -16,7 +16,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// Guest memory and vCPUs.
-const MEMORY: &str = "1G";
+const MEMORY: &str = "2G";
 const CPUS: &str = "2";
 
 /// LSMs the guest boots with: Debian's default list plus `bpf`.

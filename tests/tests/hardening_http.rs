@@ -162,3 +162,52 @@ fn only_allowed_methods_begin_a_request_inside_tls() {
     }
     run_variants("https", "http-tls", "am-https", true);
 }
+
+/// A destination that takes POST under one path prefix (`paths`), in clear text: a POST there
+/// reaches the server; a POST elsewhere, and one whose path climbs out of the prefix with `..`
+/// or `%2e` anywhere in its path (after its 64th byte too, where the prefix match ends), is
+/// killed before a byte of it leaves. `..` in the query is no path: it passes.
+#[test]
+fn a_path_prefix_is_the_whole_path_not_its_first_bytes() {
+    if !can_run_root_tests("a_path_prefix_is_the_whole_path_not_its_first_bytes") {
+        return;
+    }
+    let t = TempDir::new("http-paths");
+    let sink = Sink::start(t.path(), SinkKind::Tcp { host: "127.0.0.1", port: 0, http: true }, None);
+    let allow = [format!("{{ to = \"127.0.0.1:{}\", methods = [\"GET\", \"POST\"], paths = [\"/api/\"] }}", sink.port)];
+    let d = Daemon::start(&agent_policy("http-paths", &["am-paths"], "kill", &[t.path()], &allow, ""));
+    let py = py_agent(t.path(), "am-paths");
+    let port = sink.port.to_string();
+    let long = "a".repeat(80);
+    // The controls: under the prefix, with a query that holds `..`.
+    for (name, path) in [("under", "/api/answer-under".to_string()), ("query", "/api/answer-query?x=../../y".into())] {
+        let (st, out, err) = output(
+            Command::new(&py).args(["-c", PY_RAW_HTTP, "http", &port]).arg(send(&req("POST", &path))).arg("recv"),
+        );
+        assert!(st.success(), "{name}: a POST under the prefix failed: {st}\n{out}{err}");
+        assert!(
+            sink.received(format!("answer-{name}").as_bytes()),
+            "{name}: the server got nothing: {:?}",
+            sink.shown()
+        );
+    }
+    let variants = [
+        ("elsewhere", "/admin/answer-elsewhere".to_string()),
+        ("dotdot", "/api/../admin/answer-dotdot".into()),
+        ("dotdot-after-64", format!("/api/{long}/../../admin/answer-dotdot-after-64")),
+        ("encoded-after-64", format!("/api/{long}/%2e%2e/admin/answer-encoded-after-64")),
+    ];
+    let names: Vec<&str> = variants.iter().map(|(n, _)| *n).collect();
+    each_variant(&names, |name| {
+        let path = &variants.iter().find(|(n, _)| n == name).unwrap().1;
+        let marker = format!("answer-{name}");
+        let seen = violations(&d, "http-paths").len();
+        let (st, out, err) =
+            output(Command::new(&py).args(["-c", PY_RAW_HTTP, "http", &port]).arg(send(&req("POST", path))));
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(!sink.received(marker.as_bytes()), "{name}: the write reached the server: {:?}", sink.shown());
+        assert!(killed_by_sigkill(&st), "{name}: the agent was not killed: {st}\n{out}{err}");
+        let e = next_violation(&d, "http-paths", &["net.http_write"], seen);
+        assert_enforced(&e, "network.paths");
+    });
+}

@@ -457,6 +457,13 @@ fn path_step(slot: u32, k: u32) -> i64 {
     if b == b' ' || b == b'\r' || b == b'\n' {
         return 1;
     }
+    if b < 0x21 || b == 0x7f || b == b'\\' || b == b'#' {
+        // Never in a request target (RFC 9112): a tab or another control byte that a lenient
+        // server drops (Node's llhttp takes `\t`; WHATWG URL parsing removes it, so `.\t.` is
+        // `..`), a backslash some servers read as `/`, a fragment. Refused, in the query too.
+        sc.path_bad = 1;
+        return 1;
+    }
     if sc.path_prev == b'?' as u32 {
         // In the query: no path to climb; only kept.
         if k < PATH_SCAN as u32 {
@@ -472,7 +479,7 @@ fn path_step(slot: u32, k: u32) -> i64 {
         sc.path_bad = 1;
         return 1;
     }
-    sc.path_prev = if b == b'?' || b == b'#' { b'?' as u32 } else { b as u32 };
+    sc.path_prev = if b == b'?' { b'?' as u32 } else { b as u32 };
     if k < PATH_SCAN as u32 {
         sc.path.path[k as usize & (PATH_SCAN - 1)] = b;
         sc.path_len = k + 1;

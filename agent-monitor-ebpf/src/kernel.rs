@@ -391,6 +391,13 @@ unsafe fn mount_known(mount: *const u8) -> bool {
     }
 }
 
+/// Is `mount` the top of the boot mount tree: id 1 (the first mount made, never freed) and its
+/// own parent?
+#[inline(always)]
+unsafe fn mount_is_boot_top(mount: *const u8) -> bool {
+    rd::<i32>(mount, off!(mount_mnt_id)).ok() == Some(1) && rd_ptr(mount, off!(mount_mnt_parent)).ok() == Some(mount)
+}
+
 /// What a dentry walk found (`Scratch::wflags`).
 pub mod walk {
     /// It reached the root of the mount tree.
@@ -486,11 +493,12 @@ extern "C" fn walk_up(_i: u64, _ctx: *mut c_void) -> i64 {
             let Ok(r) = rd_ptr(mparent.wrapping_add(off!(mount_mnt)), off!(vfsmount_mnt_root)) else {
                 return fail(s);
             };
-            // The top of the mount tree (its own parent) is above every namespace's root and in
-            // no mountinfo: Linux 7.x mounts the initial rootfs on a nullfs (id 1), one level
-            // above what the host's mountinfo shows as the root's parent. A clone or bind made
-            // by an agent is never reached this way: it is the leaf, checked above.
-            if !mount_known(mparent) && rd_ptr(mparent, off!(mount_mnt_parent)).ok() != Some(mparent) {
+            // The top of the mount tree is above every namespace's root and in no mountinfo:
+            // Linux 7.x mounts the initial rootfs on a nullfs, one level above what the host's
+            // mountinfo shows as the root's parent. Only that one is let through: mount id 1,
+            // its own parent, made at boot and never freed. (The root of any other tree is its
+            // own parent too: a detached `open_tree` clone, another namespace's root.)
+            if !mount_known(mparent) && !mount_is_boot_top(mparent) {
                 wv(&mut (*s).wflags, rv(&(*s).wflags) | walk::FOREIGN);
             }
             wv(&mut (*s).wd, mp as u64);

@@ -166,7 +166,8 @@ fn only_allowed_methods_begin_a_request_inside_tls() {
 /// A destination that takes POST under one path prefix (`paths`), in clear text: a POST there
 /// reaches the server; a POST elsewhere, and one whose path climbs out of the prefix with `..`
 /// or `%2e` anywhere in its path (after its 64th byte too, where the prefix match ends), is
-/// killed before a byte of it leaves. `..` in the query is no path: it passes.
+/// killed before a byte of it leaves, and so is a target with a control byte or a fragment.
+/// `..` in the query is no path: it passes.
 #[test]
 fn a_path_prefix_is_the_whole_path_not_its_first_bytes() {
     if !can_run_root_tests("a_path_prefix_is_the_whole_path_not_its_first_bytes") {
@@ -196,6 +197,10 @@ fn a_path_prefix_is_the_whole_path_not_its_first_bytes() {
         ("dotdot", "/api/../admin/answer-dotdot".into()),
         ("dotdot-after-64", format!("/api/{long}/../../admin/answer-dotdot-after-64")),
         ("encoded-after-64", format!("/api/{long}/%2e%2e/admin/answer-encoded-after-64")),
+        // A tab a lenient server drops (`.\t.` is `..` to a WHATWG URL parser), and a fragment,
+        // which is never in a request target, with a climb after it.
+        ("tab", "/api/.\t./admin/answer-tab".into()),
+        ("fragment", "/api/#/../../admin/answer-fragment".into()),
     ];
     let names: Vec<&str> = variants.iter().map(|(n, _)| *n).collect();
     each_variant(&names, |name| {

@@ -85,6 +85,7 @@ impl BatchHandler for Pipeline {
 /// `pid` sees it (its mount and network namespaces)? An unknown target (the address could not
 /// be read) counts as existing: fail closed.
 fn unix_target_exists(pid: u32, target: &str) -> bool {
+    use std::io::ErrorKind::NotFound;
     use std::os::unix::fs::FileTypeExt;
     let Some(addr) = target.strip_prefix("unix:") else { return true };
     if let Some(name) = addr.strip_prefix('@') {
@@ -93,18 +94,27 @@ fn unix_target_exists(pid: u32, target: &str) -> bool {
         let want = format!("@{name}");
         return list.lines().any(|l| l.split_whitespace().nth(7) == Some(want.as_str()));
     }
-    match std::fs::symlink_metadata(format!("/proc/{pid}/root{addr}")) {
+    // Dropped only where nothing is there for certain: a relative path is taken from the
+    // process's working directory, a symlink is followed (a link to a socket is a socket), and
+    // anything that cannot be looked at is taken to exist (a red team's review: a relative
+    // path or a symlink to a listening socket was dropped, unrecorded and not killed).
+    let alive = std::path::Path::new(&format!("/proc/{pid}")).exists();
+    let seen = if addr.starts_with('/') {
+        std::fs::metadata(format!("/proc/{pid}/root{addr}"))
+    } else if alive {
+        std::fs::metadata(format!("/proc/{pid}/cwd/{addr}"))
+    } else {
+        return true;
+    };
+    match seen {
         Ok(m) => m.file_type().is_socket(),
-        // The process may be gone already: then look from the host.
-        Err(e)
-            if e.kind() == std::io::ErrorKind::NotFound && std::path::Path::new(&format!("/proc/{pid}")).exists() =>
-        {
-            false
-        }
-        Err(_) => match std::fs::symlink_metadata(addr) {
+        Err(e) if e.kind() == NotFound && alive => false,
+        // The process is gone already: look from the host (its own root is gone with it).
+        Err(_) if !alive && addr.starts_with('/') => match std::fs::metadata(addr) {
             Ok(m) => m.file_type().is_socket(),
-            Err(e) => e.kind() != std::io::ErrorKind::NotFound,
+            Err(e) => e.kind() != NotFound,
         },
+        Err(_) => true,
     }
 }
 
@@ -158,6 +168,28 @@ mod tests {
     };
 
     use super::*;
+
+    /// A Unix refusal is dropped only where nothing is there: a symlink to a listening socket,
+    /// a relative path and an address that cannot be looked at are kept.
+    #[test]
+    fn a_unix_refusal_is_dropped_only_where_no_socket_is() {
+        let dir = std::env::temp_dir().join(format!("am-unix-exists-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let sock = dir.join("s.sock");
+        let _l = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        std::os::unix::fs::symlink(&sock, dir.join("link")).unwrap();
+        std::fs::write(dir.join("file"), "").unwrap();
+        let me = std::process::id();
+        let t = |p: &std::path::Path| format!("unix:{}", p.display());
+        assert!(unix_target_exists(me, &t(&sock)));
+        assert!(unix_target_exists(me, &t(&dir.join("link"))), "a symlink to a socket");
+        assert!(!unix_target_exists(me, &t(&dir.join("missing"))));
+        assert!(!unix_target_exists(me, &t(&dir.join("file"))), "not a socket: a connect fails");
+        assert!(!unix_target_exists(me, "unix:no-such-relative-socket-here"));
+        assert!(unix_target_exists(u32::MAX - 1, "unix:relative-of-a-gone-process"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     /// The daemon's userspace event path without the ring buffer, for `cargo xtask bench`; run
     /// with `cargo test --release -p agent-monitor decode_throughput -- --ignored --nocapture`.

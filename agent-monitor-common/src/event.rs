@@ -302,6 +302,9 @@ pub mod event_flags {
     /// the socket up: the daemon records it (and kills, for `kill`) only if the socket exists
     /// (a resolver probing an nscd that is not running reached nothing).
     pub const UNIX_UNCHECKED: u32 = 1 << 18;
+    /// `net.http_write` inside TLS: a write its `Host:` header allowed for one destination, on
+    /// a connection to another (`http_verdict::ELSEWHERE`).
+    pub const HOST_ELSEWHERE: u32 = 1 << 19;
 }
 
 /// Index of each kernel-side counter in the `STATS` per-CPU array.

@@ -45,6 +45,7 @@ pub mod names {
     pub const LINKS_OUT: &str = "LINKS_OUT";
     pub const LINK_SCRATCH: &str = "LINK_SCRATCH";
     pub const HOST_DEST: &str = "HOST_DEST";
+    pub const TLS_PENDING: &str = "TLS_PENDING";
 
     /// Every map of the eBPF object.
     pub const ALL: &[&str] = &[
@@ -83,6 +84,7 @@ pub mod names {
         LINKS_OUT,
         LINK_SCRATCH,
         HOST_DEST,
+        TLS_PENDING,
     ];
 
     /// The maps pinned with the programs: every one that holds state a restart must keep (the
@@ -115,6 +117,7 @@ pub mod names {
         DAEMON_TIDS,
         HELD_RUNS,
         TLS_CONNS,
+        TLS_PENDING,
         PATH_ALLOW,
     ];
 }
@@ -289,7 +292,11 @@ pub struct DestRule {
     pub origin: u8,
     /// [`dest_flags`].
     pub flags: u8,
-    pub _pad: u16,
+    /// Which destination rule this is in the kernel's tables (unique, never 0 there; the
+    /// generation in the top bit, as for `rule`; the daemon numbers them as it writes the
+    /// tables): inside TLS, a write its `Host:` header allowed for this destination may leave
+    /// only on a connection to it (`TLS_PENDING`).
+    pub bind: u16,
     /// HTTP methods allowed on this destination (bits as [`crate::HTTP_METHODS`]); 0: the
     /// agent's `http_methods`.
     pub methods: u32,
@@ -364,12 +371,15 @@ pub mod http_match {
 /// Bytes of a host name in a `HOST_DEST` key (a `Host:` header's name part, lower case).
 pub const HOST_LEN: usize = 64;
 
-/// A `HOST_DEST` key: the agent's slot and a destination's name as a request's `Host:` header
-/// writes it (a host name, `a.b.c.d`, or `[v6]`; lower case, NUL-padded, without the port).
+/// A `HOST_DEST` key: the agent's slot, the port (0: a rule for any port) and a destination's
+/// name as a request's `Host:` header writes it (a host name, `a.b.c.d`, or `[v6]`; lower case,
+/// NUL-padded, without the port). Two destinations on one address and different ports are
+/// two keys.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct HostKey {
     pub agent: u32,
+    pub port: u32,
     pub name: [u8; HOST_LEN],
 }
 
@@ -417,6 +427,9 @@ pub mod http_verdict {
     pub const TOO_LONG: u32 = 8;
     /// IP options or IPv6 extension headers on an agent's HTTP connection.
     pub const IP_OPTIONS: u32 = 9;
+    /// Inside TLS: a write its `Host:` header allowed for one destination left on a connection
+    /// to another (or one write named two destinations).
+    pub const ELSEWHERE: u32 = 10;
 }
 
 /// Key of the `UNIX_ALLOW` hash map: agent and socket path, NUL padded.
@@ -453,12 +466,17 @@ pub struct FileGrantKey {
 }
 const _: () = assert!(size_of::<FileGrantKey>() == 272);
 
-/// Key of the `SNI_ALLOW` hash map: agent and an allowed TLS server name, NUL padded.
+/// Key of the `SNI_ALLOW` hash map: agent, port (network byte order; `[0, 0]`: any), one
+/// resolved address of an allowed host name, and the name, NUL padded. A TLS server name is the
+/// name of the connection only at one of its addresses (value: the entry's `DestRule::bind`).
 pub const SNI_LEN: usize = 128;
 #[repr(C)]
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct SniKey {
     pub agent: u32,
+    pub port: [u8; 2],
+    pub _pad: [u8; 2],
+    pub addr: [u8; 16],
     pub name: [u8; SNI_LEN],
 }
 
@@ -502,12 +520,32 @@ pub struct SockInfo {
     /// The sequence number (host order) up to which the payload has been parsed: a
     /// retransmission is not parsed twice.
     pub next_seq: u32,
+    /// The `DestRule::bind` of the allowed host name the TLS server name gave the connection at
+    /// its address (`SNI_ALLOW`); 0: none.
+    pub sni_bind: u32,
+    pub _pad: u32,
     /// The destination's rule, as the connect matched it.
     pub dest: DestRule,
     /// The HTTP parser's state.
     pub http: HttpParse,
 }
-const _: () = assert!(size_of::<SockInfo>() == 88);
+const _: () = assert!(size_of::<SockInfo>() == 96);
+
+/// A `TLS_PENDING` value, per agent instance: the `DestRule::bind` of up to [`PENDING_WRITES`]
+/// destinations that TLS writes were allowed for by their `Host:` header and that have not yet
+/// sent a byte, with when (boot ns). Until they have, a TLS packet of the instance to any other
+/// destination is refused: the write's ciphertext may be in it.
+pub const PENDING_WRITES: usize = 4;
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TlsPending {
+    pub bind: [u32; PENDING_WRITES],
+    pub at: [u64; PENDING_WRITES],
+}
+
+/// How long a pending TLS write binds its instance's other connections (ns): its bytes leave
+/// within the call that wrote them, or soon after on the same thread.
+pub const PENDING_WRITE_NS: u64 = 5_000_000_000;
 
 /// How long a released blocked socket's entry is kept: longer than TCP retransmits an
 /// unacknowledged segment (`tcp_retries2` = 15, about 924 s).

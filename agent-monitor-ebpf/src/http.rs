@@ -69,6 +69,8 @@ pub struct Found {
     pub method: u32,
     pub at: u32,
     pub lost: bool,
+    /// The `DestRule::bind` of the destination a `Host:` header allowed a write for (0: none).
+    pub host_bind: u32,
 }
 
 /// The methods that never write: GET, HEAD, OPTIONS (bits 0..3 of [`HTTP_METHODS`]).
@@ -102,9 +104,10 @@ struct LoopCtx {
 #[inline(always)]
 pub fn parse(slot: u32, src: Src, len: u32, st: &mut HttpParse, takes: &Takes) -> Found {
     let Some(sc) = HTTP_SCRATCH.get_ptr_mut(slot) else {
-        return Found { verdict: http_verdict::UNREADABLE, method: 0, at: 0, lost: true };
+        return Found { verdict: http_verdict::UNREADABLE, method: 0, at: 0, lost: true, host_bind: 0 };
     };
     let sc = unsafe { &mut *sc };
+    sc.host_bind = 0;
     sc.state = *st;
     sc.takes_methods = takes.methods;
     sc.takes_writes = takes.writes;
@@ -164,9 +167,15 @@ pub fn parse(slot: u32, src: Src, len: u32, st: &mut HttpParse, takes: &Takes) -
     *st = sc.state;
     if sc.first != http_verdict::OK {
         // The first violation, recorded while the parser went on.
-        return Found { verdict: sc.first, method: sc.first_method, at: sc.first_at, lost: hard != http_verdict::OK };
+        return Found {
+            verdict: sc.first,
+            method: sc.first_method,
+            at: sc.first_at,
+            lost: hard != http_verdict::OK,
+            host_bind: sc.host_bind,
+        };
     }
-    Found { verdict: hard, method: sc.method, at: hard_at, lost: hard != http_verdict::OK }
+    Found { verdict: hard, method: sc.method, at: hard_at, lost: hard != http_verdict::OK, host_bind: sc.host_bind }
 }
 
 /// A violation at `at`: stop, or (`record_only`) record it and go on as if it had been let
@@ -496,14 +505,18 @@ fn judge_by_host(sc: &mut HttpScratch) -> u32 {
     if sc.host_len == 0 || sc.host_len > HOST_LEN as u32 {
         return http_verdict::METHOD;
     }
-    let Some(d) = (unsafe { HOST_DEST.get(&sc.host) }).copied() else {
-        return http_verdict::METHOD;
+    // The rule for the port written in the header (or HTTPS's), else the name's any-port rule.
+    sc.host.port = if sc.host_in_port != 0 { sc.host_port } else { 443 };
+    let d = match unsafe { HOST_DEST.get(&sc.host) } {
+        Some(d) => *d,
+        None => {
+            sc.host.port = 0;
+            match unsafe { HOST_DEST.get(&sc.host) } {
+                Some(d) => *d,
+                None => return http_verdict::METHOD,
+            }
+        }
     };
-    // A port written in the header, or HTTPS's.
-    let port = if sc.host_in_port != 0 { sc.host_port } else { 443 };
-    if d.port != 0 && d.port != port {
-        return http_verdict::METHOD;
-    }
     let methods = if d.dest.methods != 0 { d.dest.methods } else { sc.takes_methods };
     if methods & bit == 0 {
         return http_verdict::METHOD;
@@ -511,6 +524,13 @@ fn judge_by_host(sc: &mut HttpScratch) -> u32 {
     if d.dest.path_methods & bit != 0 && !path_allowed(sc, d.dest.rule, sc.path_len) {
         return http_verdict::PATH;
     }
+    // The write may leave only on a connection to this destination (`TLS_PENDING`): one call
+    // writes to one connection, so to one destination.
+    let bind = d.dest.bind as u32;
+    if sc.host_bind != 0 && sc.host_bind != bind {
+        return http_verdict::ELSEWHERE;
+    }
+    sc.host_bind = bind;
     sc.dest_writes = methods & !READ_ONLY;
     http_verdict::OK
 }

@@ -218,6 +218,11 @@ pub static HELD_RUNS: HashMap<u64, u32> = HashMap::with_max_entries(4096, NO_PRE
 #[map]
 pub static TLS_CONNS: LruHashMap<TlsConnKey, HttpParse> = LruHashMap::with_max_entries(65536, 0);
 
+/// Per agent instance (`run_id`): the destinations TLS writes were allowed for by their `Host:`
+/// header whose bytes have not left yet (see `TlsPending`).
+#[map]
+pub static TLS_PENDING: LruHashMap<u64, agent_monitor_common::TlsPending> = LruHashMap::with_max_entries(4096, 0);
+
 #[repr(C)]
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct TlsConnKey {
@@ -285,6 +290,9 @@ pub struct HttpScratch {
     pub host_in_port: u32,
     /// The method bits the destination takes once found, for the body.
     pub dest_writes: u32,
+    /// The `DestRule::bind` of the destination a `Host:` header allowed a request for in this
+    /// call (0: none): one call, one destination.
+    pub host_bind: u32,
     /// The request target being scanned (`http::keep_path`): where, the window's end, the
     /// byte before, and whether its path climbs or could not be seen whole.
     pub path_at: u32,

@@ -119,3 +119,86 @@ fn an_allow_entry_marked_opaque_tls_accepts_an_unhooked_client() {
     assert_eq!(forum.count("POST"), 1, "{:?}", forum.requests());
     assert_enforced(&violation(&d, "opaque-no", &["net.connect"]), "network.opaque_tls");
 }
+
+/// Python: one HTTPS request, written raw, to 127.0.0.1:PORT with the given `Host:` and path.
+const PY_HOST_REQUEST: &str = r#"
+import socket, ssl, sys
+port, host, path = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+s = socket.create_connection(("127.0.0.1", port), timeout=5)
+s = ssl._create_unverified_context().wrap_socket(s)
+s.sendall(f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 5\r\n\r\npwned".encode())
+try:
+    print("response", s.recv(65536)[:15], flush=True)
+except OSError as e:
+    print(e, flush=True)
+"#;
+
+/// Issue 18/20: inside TLS a write the agent's `http_methods` do not take is judged by the
+/// destination its `Host:` header names. That header is the attacker's to write: a POST on a
+/// connection to the read-only forum, naming the API that takes POST, must not reach the forum.
+/// The write may leave only on a connection to the destination it was allowed for (its address
+/// rule, or its server name at that address): the packet carrying it is refused, the agent
+/// killed, the event says why. The control: the same POST to the API itself goes through.
+#[test]
+fn a_host_header_naming_another_destination_does_not_carry_a_write_inside_tls() {
+    if !can_run_root_tests("a_host_header_naming_another_destination_does_not_carry_a_write_inside_tls") {
+        return;
+    }
+    let t = TempDir::new("tls-host");
+    let forum = Sink::start(t.path(), SinkKind::Tls { host: "127.0.0.1", port: 0 }, None);
+    let api = Sink::start(t.path(), SinkKind::Tls { host: "127.0.0.1", port: 0 }, None);
+    let allow = [
+        q(format!("127.0.0.1:{}", forum.port)),
+        format!("{{ to = \"127.0.0.1:{}\", methods = [\"GET\", \"POST\"] }}", api.port),
+    ];
+    let d = Daemon::start(&agent_policy("tls-host", &["am-tls-host"], "kill", &[t.path()], &allow, ""));
+    let py = py_agent(t.path(), "am-tls-host");
+    let curl = agent_copy(t.path(), "/usr/bin/curl", "am-tls-host");
+    // Node.js (the runtime of Claude Code and Gemini CLI), where installed.
+    let mut clients = vec!["python", "curl"];
+    let node = if std::path::Path::new("/usr/bin/node").exists() {
+        clients.push("node");
+        agent_copy(t.path(), "/usr/bin/node", "am-tls-host")
+    } else {
+        eprintln!("note: no /usr/bin/node: the Node.js variant is not run");
+        std::path::PathBuf::new()
+    };
+    let api_host = format!("127.0.0.1:{}", api.port);
+    let request = |client: &str, port: u16, path: &str| -> (std::process::ExitStatus, String, String) {
+        if client == "node" {
+            let js = format!(
+                "const r = require('https').request({{host: '127.0.0.1', port: {port}, path: '{path}', method: 'POST', headers: {{Host: '{api_host}'}}, rejectUnauthorized: false}}, r => {{ r.resume(); r.on('end', () => process.exit(0)); }}); r.on('error', e => {{ console.error(e.message); process.exit(2); }}); r.end('pwned'); setTimeout(() => process.exit(3), 4000);"
+            );
+            output(Command::new(&node).args(["-e", &js]))
+        } else if client == "curl" {
+            output(
+                Command::new(&curl)
+                    .args(["-sk", "--max-time", "5", "-X", "POST", "-d", "pwned", "-H"])
+                    .arg(format!("Host: {api_host}"))
+                    .arg(format!("https://127.0.0.1:{port}{path}")),
+            )
+        } else {
+            output(Command::new(&py).args(["-c", PY_HOST_REQUEST, &port.to_string(), &api_host, path]))
+        }
+    };
+    // The controls: the API takes the POST, from both clients.
+    for client in clients.iter().copied() {
+        let (st, out, err) = request(client, api.port, &format!("/answer-control-{client}"));
+        assert!(st.success(), "{client}: the POST to the API failed: {st}\n{out}{err}");
+        assert!(api.received(format!("answer-control-{client}").as_bytes()), "{client}: {:?}", api.shown());
+    }
+    assert!(violations(&d, "tls-host").is_empty(), "{:?}", violations(&d, "tls-host"));
+    each_variant(&clients, |client| {
+        let marker = format!("answer-fronted-{client}");
+        let seen = violations(&d, "tls-host").len();
+        let (st, out, err) = request(client, forum.port, &format!("/{marker}"));
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(!forum.received(marker.as_bytes()), "{client}: the write reached the forum: {:?}", forum.shown());
+        assert!(!api.received(marker.as_bytes()), "{client}: {:?}", api.shown());
+        assert_stopped(&format!("{client}: a POST naming the API on the forum's connection"), &st, &out, &err);
+        let e = next_violation(&d, "tls-host", &["net.http_write"], seen);
+        assert_eq!(f(&e, "action"), "killed", "{e}");
+        assert_eq!(f(&e, "target"), format!("127.0.0.1:{}", forum.port), "{e}");
+        assert!(f(&e, "detail").contains("Host: header allowed for one destination"), "{e}");
+    });
+}

@@ -19,7 +19,7 @@
 use agent_monitor_common::{
     action, agent_flags, dest_flags, event_flags, http_verdict, kind, layer, net_origin, policy_action, proc_flags,
     proto, sock_state, verdict, AgentCfg, DestRule, GrantKey, HttpParse, NetData, ProcState, SniKey, SockInfo, UnixKey,
-    NET_KEY_FIXED_BITS, SNI_LEN, UNIX_PATH_LEN,
+    NET_KEY_FIXED_BITS, PENDING_WRITES, PENDING_WRITE_NS, SNI_LEN, UNIX_PATH_LEN,
 };
 use aya_ebpf::{
     bindings::bpf_sock_addr,
@@ -43,7 +43,7 @@ use crate::{
     kernel,
     maps::{
         PendingOp, TlsConnKey, EVENTS_SCRATCH, GRANTS, HELD_RUNS, HOLD_STOP, KILLED, NET_ALLOW, PENDING_OPS, PROCS,
-        SNI_ALLOW, SNI_SCRATCH, SOCKS, TLS_CONNS, UNIX_ALLOW, UNIX_REFUSE,
+        SNI_ALLOW, SNI_SCRATCH, SOCKS, TLS_CONNS, TLS_PENDING, UNIX_ALLOW, UNIX_REFUSE,
     },
 };
 
@@ -350,6 +350,7 @@ fn http_rec(found: &http::Found, layer: u32) -> Rec {
     let mut flags = event_flags::HTTP_REQUEST;
     match found.verdict {
         http_verdict::METHOD => {}
+        http_verdict::ELSEWHERE => flags |= event_flags::HOST_ELSEWHERE,
         http_verdict::PATH => flags |= event_flags::HTTP_PATH,
         http_verdict::UNREADABLE => flags |= event_flags::ARG_UNREADABLE,
         _ => flags |= event_flags::HTTP_UNPARSABLE,
@@ -420,7 +421,7 @@ fn try_http_egress(ctx: &SkBuffContext) -> Result<i32, i64> {
         // IP options (a source route) or IPv6 extension headers (a routing header) on an
         // agent's connection: the destination on the wire may not be the one the connect was
         // allowed for, and the payload is not where the parser looks.
-        let found = http::Found { verdict: http_verdict::IP_OPTIONS, method: 0, at: 0, lost: true };
+        let found = http::Found { verdict: http_verdict::IP_OPTIONS, method: 0, at: 0, lost: true, host_bind: 0 };
         return Ok(http_violation(ctx, info, &st, &cfg, &who, &found, 0, 0, cookie));
     }
     let seq_wire: u32 = ctx.load(ip_hl as usize + 4)?;
@@ -449,7 +450,7 @@ fn try_http_egress(ctx: &SkBuffContext) -> Result<i32, i64> {
             skip = back;
         } else if d > 0 {
             // Bytes the parser never saw: it cannot know where requests start.
-            let found = http::Found { verdict: http_verdict::SPLIT, method: 0, at: 0, lost: true };
+            let found = http::Found { verdict: http_verdict::SPLIT, method: 0, at: 0, lost: true, host_bind: 0 };
             return Ok(http_violation(ctx, info, &st, &cfg, &who, &found, off, seq_wire, cookie));
         }
     }
@@ -472,6 +473,15 @@ fn try_http_egress(ctx: &SkBuffContext) -> Result<i32, i64> {
             if ret == PASS {
                 info.next_seq = seq.wrapping_add(len);
             }
+            return Ok(ret);
+        }
+    }
+    if info.tls == 1 && !pending_writes_may_leave(info, &cfg) {
+        // A TLS write its `Host:` header allowed for another destination has not left yet:
+        // these bytes may be it (a `Host:` naming the API on a connection to the forum).
+        let found = http::Found { verdict: http_verdict::ELSEWHERE, method: 0, at: 0, lost: true, host_bind: 0 };
+        let ret = http_violation(ctx, info, &st, &cfg, &who, &found, 0, seq_wire, cookie);
+        if ret != PASS {
             return Ok(ret);
         }
     }
@@ -517,6 +527,65 @@ fn try_http_egress(ctx: &SkBuffContext) -> Result<i32, i64> {
         info.next_seq = seq.wrapping_add(len);
     }
     Ok(ret)
+}
+
+/// May this TLS packet of an agent instance leave, given the writes its `Host:` headers allowed
+/// that have not left yet (`TLS_PENDING`)? Yes if there are none, or if the connection is to
+/// one of their destinations (by the rule its address matched at connect or matches now, or by
+/// its server name at that address); that destination's write is then on its way. No if it is
+/// to another destination: the bytes may carry the write.
+#[inline(always)]
+fn pending_writes_may_leave(info: &SockInfo, cfg: &AgentCfg) -> bool {
+    let Some(p) = TLS_PENDING.get_ptr_mut(&info.run_id) else {
+        return true;
+    };
+    let p = unsafe { &mut *p };
+    let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_boot_ns() };
+    let now_rule = net_allowed(cfg.slot, proto::TCP, info.port, info.addr).map(|r| r.bind as u32).unwrap_or(0);
+    let mut pending = false;
+    let mut bound = false;
+    for i in 0..PENDING_WRITES {
+        let b = p.bind[i];
+        if b == 0 {
+            continue;
+        }
+        if now.wrapping_sub(p.at[i]) > PENDING_WRITE_NS {
+            p.bind[i] = 0;
+            continue;
+        }
+        if b == info.dest.bind as u32 || b == info.sni_bind || b == now_rule {
+            p.bind[i] = 0;
+            bound = true;
+        } else {
+            pending = true;
+        }
+    }
+    bound || !pending
+}
+
+/// Record that a TLS write of this instance was allowed for destination `bind` by its `Host:`
+/// header. False if it cannot be recorded (as many other destinations' writes are pending):
+/// the write is then refused.
+#[inline(always)]
+fn pending_write(run_id: u64, bind: u32) -> bool {
+    let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_boot_ns() };
+    let mut p = unsafe { TLS_PENDING.get(&run_id) }.copied().unwrap_or_default();
+    let mut free = PENDING_WRITES;
+    for i in 0..PENDING_WRITES {
+        if p.bind[i] == bind {
+            free = i;
+            break;
+        }
+        if free == PENDING_WRITES && (p.bind[i] == 0 || now.wrapping_sub(p.at[i]) > PENDING_WRITE_NS) {
+            free = i;
+        }
+    }
+    if free >= PENDING_WRITES {
+        return false;
+    }
+    p.bind[free] = bind;
+    p.at[free] = now;
+    TLS_PENDING.insert(&run_id, &p, 0).is_ok()
 }
 
 /// A request the parser refused on an agent's clear-text connection: the event, and what is
@@ -598,9 +667,9 @@ fn tls_first_flight(
             return ret;
         }
     }
-    if info.via_host == 0 {
-        return PASS;
-    }
+    // The server name: which allowed host name the connection is at its address (a write a
+    // `Host:` header allowed for that name may leave on it). A destination allowed only through
+    // host names must be reached by one of them.
     let Some(key) = SNI_SCRATCH.get_ptr_mut(0) else { return REFUSE };
     let key = unsafe { &mut *key };
     let found = match server_name(ctx, off) {
@@ -610,6 +679,8 @@ fn tls_first_flight(
                 unsafe { *words.add(i) = 0 };
             }
             key.agent = cfg.slot;
+            key.port = info.port;
+            key.addr = info.addr;
             if name_len == 0 || name_len >= SNI_LEN as u32 {
                 false
             } else {
@@ -625,7 +696,18 @@ fn tls_first_flight(
         // No server name: nothing to compare; the address check stands.
         None => return PASS,
     };
-    if found && unsafe { SNI_ALLOW.get(&*key) }.is_some() {
+    if found {
+        let mut bind = unsafe { SNI_ALLOW.get(&*key) }.copied();
+        if bind.is_none() {
+            key.port = [0, 0];
+            bind = unsafe { SNI_ALLOW.get(&*key) }.copied();
+        }
+        if let Some(b) = bind {
+            info.sni_bind = b;
+            return PASS;
+        }
+    }
+    if info.via_host == 0 {
         return PASS;
     }
     let (ret, act, f) = refuse_or_alert(st, cfg);
@@ -713,7 +795,12 @@ fn tls_write(ssl: u64, buf: *const u8, len: u64) {
     let mut parse = unsafe { TLS_CONNS.get(&key) }.copied().unwrap_or(HttpParse::default());
     let t = takes(&cfg, &DestRule::default(), true);
     let len32 = if len > u32::MAX as u64 { u32::MAX } else { len as u32 };
-    let found = http::parse(SLOT_TLS, Src::User(buf as u64), len32, &mut parse, &t);
+    let mut found = http::parse(SLOT_TLS, Src::User(buf as u64), len32, &mut parse, &t);
+    // A write its `Host:` header allowed: its bytes must leave on a connection to that
+    // destination (checked per packet, `pending_writes_may_leave`).
+    if found.host_bind != 0 && !pending_write(st.run_id, found.host_bind) && found.verdict == http_verdict::OK {
+        found = http::Found { verdict: http_verdict::ELSEWHERE, method: 0, at: 0, lost: false, host_bind: 0 };
+    }
     if found.verdict == http_verdict::OK {
         let _ = TLS_CONNS.insert(&key, &parse, 0);
         if cfg.flags & agent_flags::AUDIT != 0 {

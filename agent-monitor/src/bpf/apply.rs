@@ -199,16 +199,7 @@ impl Tables {
                 Some((k, 1))
             })
             .collect();
-        let sni = p
-            .hosts
-            .iter()
-            .filter(|h| h.host.len() < SNI_LEN)
-            .map(|h| {
-                let mut k = SniKey { agent: slot(h.agent), name: [0; SNI_LEN] };
-                k.name[..h.host.len()].copy_from_slice(h.host.as_bytes());
-                (k, 1)
-            })
-            .collect();
+        let sni = sni_entries(&p.hosts, resolved, gen);
         let mut paths = Vec::new();
         for (id, path) in &p.writable {
             let (bits, data) =
@@ -300,6 +291,50 @@ fn cgroup_selectors(p: &CompiledPolicy) -> Vec<(u64, u32)> {
     cg
 }
 
+/// The `SNI_ALLOW` entries of generation `gen`: each TCP host name at each address it resolves
+/// to (and its port), with its entry's `bind` (a resolved rule carries its host rule's `dest`).
+fn sni_entries(hosts: &[HostRule], resolved: &[NetRule], gen: u32) -> Vec<(SniKey, u32)> {
+    let mut out: Vec<(SniKey, u32)> = Vec::new();
+    for r in resolved.iter().filter(|r| r.proto == agent_monitor_common::proto::TCP) {
+        let Some(h) = r.dest.bind.checked_sub(HOST_BIND).and_then(|i| hosts.get(i as usize)) else {
+            continue;
+        };
+        if h.host.len() >= SNI_LEN {
+            continue;
+        }
+        let mut k = SniKey {
+            agent: agent_slot(r.agent, gen),
+            port: r.port.unwrap_or(0).to_be_bytes(),
+            _pad: [0; 2],
+            addr: r.addr.octets(),
+            name: [0; SNI_LEN],
+        };
+        k.name[..h.host.len()].copy_from_slice(h.host.as_bytes());
+        if !out.iter().any(|(k2, _)| *k2 == k) {
+            out.push((k, gen_bind(r.dest.bind, gen)));
+        }
+    }
+    out
+}
+
+/// `DestRule::bind` numbers the kernel's destination rules: the policy's address rules are
+/// 1, 2, ... in order (`net_bind`), its host rules `HOST_BIND` + 0, 1, ... (`resolve_hosts`
+/// writes it into each resolved address). 14 bits each; the generation takes the top one.
+const HOST_BIND: u16 = 0x4000;
+
+fn net_bind(i: usize) -> u16 {
+    (i + 1).min(HOST_BIND as usize - 1) as u16
+}
+
+fn host_bind(i: usize) -> u16 {
+    HOST_BIND + i.min(HOST_BIND as usize - 1) as u16
+}
+
+/// An `allow` entry's `bind` in generation `gen` (the top bit: the generation).
+fn gen_bind(bind: u16, gen: u32) -> u32 {
+    u32::from(bind & 0x7fff) | (gen & 1) << 15
+}
+
 /// A destination rule's id in generation `gen`: the two generations' `PATH_ALLOW` entries never
 /// share an id (a connection made under the old policy finds none of the new one's paths).
 fn gen_rule(rule: u32, gen: u32) -> u32 {
@@ -324,10 +359,10 @@ fn host_dest_entries(p: &CompiledPolicy, gen: u32) -> Vec<(HostKey, HostDest)> {
             );
             return;
         }
-        let mut k = HostKey { agent: agent_slot(agent, gen), name: [0; HOST_LEN] };
+        let mut k = HostKey { agent: agent_slot(agent, gen), port: port.unwrap_or(0) as u32, name: [0; HOST_LEN] };
         k.name[..b.len()].copy_from_slice(&b);
         let v = HostDest {
-            dest: DestRule { rule: gen_rule(dest.rule, gen), ..*dest },
+            dest: DestRule { rule: gen_rule(dest.rule, gen), bind: gen_bind(dest.bind, gen) as u16, ..*dest },
             port: port.unwrap_or(0) as u32,
             _pad: 0,
         };
@@ -335,15 +370,18 @@ fn host_dest_entries(p: &CompiledPolicy, gen: u32) -> Vec<(HostKey, HostDest)> {
             out.push((k, v));
         }
     };
-    for h in p.hosts.iter().filter(|h| h.proto == agent_monitor_common::proto::TCP) {
-        add(h.agent, &h.host, h.port, &h.dest);
+    for (i, h) in p.hosts.iter().enumerate().filter(|(_, h)| h.proto == agent_monitor_common::proto::TCP) {
+        add(h.agent, &h.host, h.port, &DestRule { bind: host_bind(i), ..h.dest });
     }
-    for r in p.net.iter().filter(|r| r.proto == agent_monitor_common::proto::TCP && r.prefix_len == 128) {
+    for (i, r) in p.net.iter().enumerate() {
+        if r.proto != agent_monitor_common::proto::TCP || r.prefix_len != 128 {
+            continue;
+        }
         let name = match r.addr.to_ipv4_mapped() {
             Some(v4) => v4.to_string(),
             None => format!("[{}]", r.addr),
         };
-        add(r.agent, &name, r.port, &r.dest);
+        add(r.agent, &name, r.port, &DestRule { bind: net_bind(i), ..r.dest });
     }
     out
 }
@@ -398,7 +436,7 @@ pub fn resolve_hosts(hosts: &[HostRule]) -> Vec<NetRule> {
     let failing = FAILING.get_or_init(Default::default);
     let mut looked_up: HashMap<&str, Vec<IpAddr>> = HashMap::new();
     let mut out = Vec::new();
-    for h in hosts {
+    for (i, h) in hosts.iter().enumerate() {
         let ips = looked_up.entry(h.host.as_str()).or_insert_with(|| match (h.host.as_str(), 0u16).to_socket_addrs() {
             Ok(addrs) => {
                 if failing.lock().unwrap().remove(&h.host) {
@@ -415,7 +453,8 @@ pub fn resolve_hosts(hosts: &[HostRule]) -> Vec<NetRule> {
         });
         for ip in ips.iter() {
             let (addr, prefix_len) = ipv6_form(*ip, if ip.is_ipv4() { 32 } else { 128 });
-            let rule = NetRule { agent: h.agent, addr, prefix_len, port: h.port, proto: h.proto, dest: h.dest };
+            let dest = DestRule { bind: host_bind(i), ..h.dest };
+            let rule = NetRule { agent: h.agent, addr, prefix_len, port: h.port, proto: h.proto, dest };
             if !out.contains(&rule) {
                 out.push(rule);
             }
@@ -426,9 +465,22 @@ pub fn resolve_hosts(hosts: &[HostRule]) -> Vec<NetRule> {
 
 /// The `NET_ALLOW` entries of generation `gen`: static rules, plus resolved host names.
 fn net_entries(rules: &[NetRule], resolved: &[NetRule], gen: u32) -> Vec<(Key<NetData>, DestRule)> {
-    let value = |r: &NetRule, origin: u8| DestRule { origin, rule: gen_rule(r.dest.rule, gen), ..r.dest };
-    let mut out: Vec<(Key<NetData>, DestRule)> =
-        rules.iter().map(|r| (net_key(r, gen), value(r, net_origin::STATIC))).collect();
+    let value = |r: &NetRule, origin: u8| DestRule {
+        origin,
+        rule: gen_rule(r.dest.rule, gen),
+        bind: gen_bind(r.dest.bind, gen) as u16,
+        ..r.dest
+    };
+    let mut out: Vec<(Key<NetData>, DestRule)> = rules
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            (
+                net_key(r, gen),
+                value(&NetRule { dest: DestRule { bind: net_bind(i), ..r.dest }, ..r.clone() }, net_origin::STATIC),
+            )
+        })
+        .collect();
     // A resolved address already covered by a literal rule keeps that rule's meaning (no
     // server-name check); otherwise it is allowed only as that host name.
     for r in resolved {
@@ -439,12 +491,16 @@ fn net_entries(rules: &[NetRule], resolved: &[NetRule], gen: u32) -> Vec<(Key<Ne
     out
 }
 
-/// Refresh the address rules of the active generation (host names re-resolved): new entries
-/// first, then the stale ones removed.
-pub fn apply_net(ebpf: &mut Ebpf, rules: &[NetRule], resolved: &[NetRule]) -> anyhow::Result<()> {
-    let entries = net_entries(rules, resolved, generation(ebpf));
+/// Refresh the address rules and server names of the active generation (host names
+/// re-resolved): new entries first, then the stale ones removed.
+pub fn apply_net(ebpf: &mut Ebpf, hosts: &[HostRule], rules: &[NetRule], resolved: &[NetRule]) -> anyhow::Result<()> {
+    let gen = generation(ebpf);
+    let entries = net_entries(rules, resolved, gen);
+    let sni = sni_entries(hosts, resolved, gen);
     insert_lpm(ebpf, names::NET_ALLOW, &entries)?;
-    remove_stale_lpm(ebpf, names::NET_ALLOW, &entries)
+    insert_hash(ebpf, names::SNI_ALLOW, &sni)?;
+    remove_stale_lpm(ebpf, names::NET_ALLOW, &entries)?;
+    remove_stale_hash(ebpf, names::SNI_ALLOW, &sni)
 }
 
 fn insert_hash<K: aya::Pod + Eq + std::hash::Hash, V: aya::Pod>(

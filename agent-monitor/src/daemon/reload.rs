@@ -122,7 +122,7 @@ impl State {
             return;
         }
         let mut k = self.kernel.lock().unwrap();
-        match apply::apply_net(&mut k.ebpf, &net, &resolved) {
+        match apply::apply_net(&mut k.ebpf, &hosts, &net, &resolved) {
             Ok(()) => {
                 info!(addresses = resolved.len(), "allowed host names re-resolved");
                 *current = resolved;

@@ -499,7 +499,9 @@ impl Decoder {
                     detail.push("the request's path is not under the destination's paths");
                     "network.paths"
                 } else if kind == Kind::NetHttpWrite {
-                    if ev.flags & event_flags::HTTP_UNPARSABLE != 0 {
+                    if ev.flags & event_flags::HOST_ELSEWHERE != 0 {
+                        detail.push(http_verdict_text(agent_monitor_common::http_verdict::ELSEWHERE));
+                    } else if ev.flags & event_flags::HTTP_UNPARSABLE != 0 {
                         detail.push(http_verdict_text(ev.aux as u32));
                     }
                     "network.http_methods"
@@ -573,6 +575,9 @@ fn http_verdict_text(v: u32) -> &'static str {
         h::UNREADABLE => "the request bytes could not be read",
         h::TOO_LONG => "more header bytes than the parser follows in one write",
         h::IP_OPTIONS => "IP options or IPv6 extension headers on the connection",
+        h::ELSEWHERE => {
+            "a TLS write its Host: header allowed for one destination, on a connection to another (the Host: is not this connection's server)"
+        }
         _ => "not read-only HTTP",
     }
 }

@@ -286,7 +286,7 @@ fn dest_rule(entry: &Allow, agent_methods: u32, out: &mut CompiledPolicy) -> Des
     let mut rule = DestRule {
         origin: net_origin::STATIC,
         flags: if entry.opaque_tls { dest_flags::OPAQUE_TLS } else { 0 },
-        _pad: 0,
+        bind: 0,
         methods,
         path_methods: 0,
         rule: 0,
@@ -490,7 +490,7 @@ allow = ["io_uring", "raw_socket", "bpf"]
 
     /// What a plain string entry takes.
     const PLAIN: DestRule =
-        DestRule { origin: net_origin::STATIC, flags: 0, _pad: 0, methods: 0, path_methods: 0, rule: 0 };
+        DestRule { origin: net_origin::STATIC, flags: 0, bind: 0, methods: 0, path_methods: 0, rule: 0 };
 
     fn rule(agent: u32, addr: &str, prefix_len: u8, port: Option<u16>) -> NetRule {
         NetRule { agent, addr: addr.parse().unwrap(), prefix_len, port, proto: proto::TCP, dest: PLAIN }

@@ -362,6 +362,8 @@ pub mod http_match {
     pub const LENGTH_DIGITS: u8 = 1 << 2;
     /// A `Transfer-Encoding` header was seen in this request (a body of unknown framing).
     pub const HAS_TRANSFER_ENCODING: u8 = 1 << 3;
+    /// A `Content-Length` header was seen in this request (a second one is refused).
+    pub const HAS_LENGTH: u8 = 1 << 6;
     /// The line may be `Host:`.
     pub const HOST: u8 = 1 << 4;
     /// Reading the value of `Host:`.
@@ -430,6 +432,10 @@ pub mod http_verdict {
     /// Inside TLS: a write its `Host:` header allowed for one destination left on a connection
     /// to another (or one write named two destinations).
     pub const ELSEWHERE: u32 = 10;
+    /// A line not ended by CR LF (a bare LF, or a CR without one), or a second
+    /// `Content-Length`: where a lenient server ends a line or a body, this parser would not,
+    /// and a request could hide in what it takes for header or body bytes.
+    pub const FRAMING: u32 = 11;
 }
 
 /// Key of the `UNIX_ALLOW` hash map: agent and socket path, NUL padded.

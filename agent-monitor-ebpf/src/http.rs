@@ -601,6 +601,14 @@ fn header_byte(sc: &mut HttpScratch, i: u32) {
     let b = byte(sc, i);
     sc.i = i + 1;
     let c = (sc.state.crlf & 3) as usize;
+    // Every line ends with CR LF: a bare LF, or a CR not followed by LF, ends a line for a
+    // lenient server and not here (a request could hide in what this parser takes for header
+    // bytes). Refused.
+    if (b == b'\n') != (c == 1 || c == 3) {
+        sc.verdict = http_verdict::FRAMING;
+        sc.at = i;
+        return;
+    }
     sc.state.crlf = if b == END[c] {
         sc.state.crlf + 1
     } else if b == b'\r' {
@@ -620,7 +628,7 @@ fn header_byte(sc: &mut HttpScratch, i: u32) {
     let st = &mut sc.state;
     if b == b'\n' {
         st.line = 0;
-        st.matching = (st.matching & http_match::HAS_TRANSFER_ENCODING)
+        st.matching = (st.matching & (http_match::HAS_TRANSFER_ENCODING | http_match::HAS_LENGTH))
             | http_match::CONTENT_LENGTH
             | http_match::TRANSFER_ENCODING
             | host;
@@ -650,7 +658,12 @@ fn header_byte(sc: &mut HttpScratch, i: u32) {
                 st.matching &= !http_match::CONTENT_LENGTH;
             } else if line == CONTENT_LENGTH.len() - 1 {
                 st.matching &= !http_match::CONTENT_LENGTH;
-                st.matching |= http_match::LENGTH_DIGITS;
+                if st.matching & http_match::HAS_LENGTH != 0 {
+                    // A second `Content-Length`: a server may take either; the body's end
+                    // is not known.
+                    st.matching |= http_match::HAS_TRANSFER_ENCODING;
+                }
+                st.matching |= http_match::LENGTH_DIGITS | http_match::HAS_LENGTH;
                 st.length = 0;
             }
         }

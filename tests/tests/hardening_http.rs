@@ -88,6 +88,26 @@ fn variants() -> Vec<(&'static str, Vec<String>)> {
         ("h2-preface", vec![send(&h2("answer-h2-preface"))]),
         ("split", vec![send(&split[..2]), "sleep:300".into(), send(&split[2..])]),
         ("pipelined", vec![send(&pipelined)]),
+        // Lines ended by a bare LF or CR: a lenient server ends the GET's header block there and
+        // reads the POST as the next request.
+        (
+            "bare-lf",
+            vec![send(
+                b"GET /question HTTP/1.1\nHost: forum\n\nPOST /answer-bare-lf HTTP/1.1\nHost: forum\nContent-Length: 5\n\npwned",
+            )],
+        ),
+        (
+            "lf-headers",
+            vec![send(
+                b"GET /question HTTP/1.1\r\nHost: forum\n\nPOST /answer-lf-headers HTTP/1.1\r\nHost: forum\r\nContent-Length: 5\r\n\r\npwned",
+            )],
+        ),
+        (
+            "bare-cr",
+            vec![send(
+                b"GET /question HTTP/1.1\r\nHost: forum\r\rPOST /answer-bare-cr HTTP/1.1\r\nHost: forum\r\nContent-Length: 5\r\n\r\npwned",
+            )],
+        ),
         ("keepalive", vec![send(&get()), "recv".into(), send(&req("POST", &mark("keepalive")))]),
         (
             "keepalive-split",
@@ -215,4 +235,18 @@ fn a_path_prefix_is_the_whole_path_not_its_first_bytes() {
         let e = next_violation(&d, "http-paths", &["net.http_write"], seen);
         assert_enforced(&e, "network.paths");
     });
+    // Two Content-Lengths: a server that takes the first (0) reads the "body" of the second
+    // (60) as a POST outside the prefix. The body's end is not known: refused.
+    let smuggled = b"POST /api/x HTTP/1.1\r\nHost: forum\r\nContent-Length: 0\r\nContent-Length: 60\r\n\r\nPOST /admin/answer-dup-length HTTP/1.1\r\nHost: forum\r\nContent-Length: 5\r\n\r\npwned";
+    let seen = violations(&d, "http-paths").len();
+    let (st, out, err) = output(Command::new(&py).args(["-c", PY_RAW_HTTP, "http", &port]).arg(send(smuggled)));
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        !sink.received(b"answer-dup-length"),
+        "two Content-Lengths: the write reached the server: {:?}",
+        sink.shown()
+    );
+    assert!(killed_by_sigkill(&st), "two Content-Lengths: the agent was not killed: {st}\n{out}{err}");
+    let e = next_violation(&d, "http-paths", &["net.http_write"], seen);
+    assert_enforced(&e, "network.http_methods");
 }

@@ -46,6 +46,7 @@ pub mod names {
     pub const LINK_SCRATCH: &str = "LINK_SCRATCH";
     pub const HOST_DEST: &str = "HOST_DEST";
     pub const TLS_PENDING: &str = "TLS_PENDING";
+    pub const TLS_WRITES: &str = "TLS_WRITES";
 
     /// Every map of the eBPF object.
     pub const ALL: &[&str] = &[
@@ -85,6 +86,7 @@ pub mod names {
         LINK_SCRATCH,
         HOST_DEST,
         TLS_PENDING,
+        TLS_WRITES,
     ];
 
     /// The maps pinned with the programs: every one that holds state a restart must keep (the
@@ -118,6 +120,7 @@ pub mod names {
         HELD_RUNS,
         TLS_CONNS,
         TLS_PENDING,
+        TLS_WRITES,
         PATH_ALLOW,
     ];
 }

@@ -231,6 +231,22 @@ pub struct TlsConnKey {
     pub ssl: u64,
 }
 
+/// A TLS write between its entry and its return, per thread (`pid_tgid`): the connection, the
+/// buffer, its length, `SSL_write_ex`'s `written` pointer, and the parser state before it
+/// (see `tls_write_ret`).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct TlsWrite {
+    pub key: TlsConnKey,
+    pub buf: u64,
+    pub len: u64,
+    pub written: u64,
+    pub before: HttpParse,
+}
+
+#[map]
+pub static TLS_WRITES: LruHashMap<u64, TlsWrite> = LruHashMap::with_max_entries(16384, 0);
+
 /// Per-CPU working memory of the HTTP parser (`http.rs`): slot 0 for the packet path, slot 1
 /// for the TLS path.
 #[map]

@@ -202,3 +202,59 @@ fn a_host_header_naming_another_destination_does_not_carry_a_write_inside_tls() 
         assert!(f(&e, "detail").contains("Host: header allowed for one destination"), "{e}");
     });
 }
+
+/// Python: a "phantom" write before the handshake (non-blocking: `SSL_write_ex` returns
+/// WANT_READ and sends nothing) of an HTTP/2 preface and a SETTINGS frame header of length
+/// 16 MiB - 1, then the handshake and a real POST on the same `SSL *`.
+const PY_PHANTOM: &str = r#"
+import socket, ssl, sys
+port, marker = int(sys.argv[1]), sys.argv[2]
+raw = socket.create_connection(("127.0.0.1", port), timeout=5)
+raw.setblocking(False)
+s = ssl._create_unverified_context().wrap_socket(raw, do_handshake_on_connect=False)
+try:
+    s.send(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\xff\xff\xff\x04\x00\x00\x00\x00\x00")
+    print("phantom: sent", flush=True)
+except ssl.SSLWantReadError:
+    print("phantom: WANT_READ, nothing sent", flush=True)
+s.setblocking(True)
+s.settimeout(5)
+s.do_handshake()
+s.sendall(f"POST /{marker} HTTP/1.1\r\nHost: forum\r\nContent-Length: 5\r\n\r\npwned".encode())
+print("response", s.recv(200)[:15], flush=True)
+"#;
+
+/// Red team F2: the parser follows what the library sent, not what the program asked it to
+/// write. A write that sends nothing (before the handshake) leaves the parser where it was, so
+/// the POST after it is judged as the start of a request: killed, the forum receives nothing.
+/// (Without it, the parser skipped "16 MiB of SETTINGS payload" and the POST reached the forum.)
+#[test]
+fn a_tls_write_that_sends_nothing_does_not_move_the_parser() {
+    if !can_run_root_tests("a_tls_write_that_sends_nothing_does_not_move_the_parser") {
+        return;
+    }
+    let t = TempDir::new("tls-phantom");
+    let forum = Sink::start(t.path(), SinkKind::Tls { host: "127.0.0.1", port: 0 }, None);
+    let d = Daemon::start(&agent_policy(
+        "tls-phantom",
+        &["am-phantom"],
+        "kill",
+        &[t.path()],
+        &[q(format!("127.0.0.1:{}", forum.port))],
+        "",
+    ));
+    let py = py_agent(t.path(), "am-phantom");
+    let (st, out, err) = output(Command::new(&py).args(["-c", PY_PHANTOM, &forum.port.to_string(), "answer-phantom"]));
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(out.contains("WANT_READ"), "the phantom write was sent: the test does not test anything: {out}{err}");
+    assert!(
+        !forum.received(b"answer-phantom"),
+        "the POST after a phantom write reached the forum: {:?}",
+        forum.shown()
+    );
+    assert!(!forum.received(b"PRI * HTTP/2.0"), "{:?}", forum.shown());
+    assert!(killed_by_sigkill(&st), "the agent was not killed: {st}\n{out}{err}");
+    let e = violation(&d, "tls-phantom", &["net.http_write"]);
+    assert_enforced(&e, "network.http_methods");
+    assert_eq!(f(&e, "layer"), "uprobe", "{e}");
+}

@@ -380,6 +380,83 @@ fn tls_server_name_must_be_an_allowed_host() {
     assert_eq!(f(&e, "target"), format!("127.0.0.2:{p}"));
 }
 
+/// Python: a TLS handshake through memory BIOs with server name `sni`, its ClientHello sent in
+/// two writes (the first `cut` bytes alone, TCP_NODELAY; 0: whole), then one GET. Exit 0 once
+/// answered.
+const PY_SPLIT_HELLO: &str = r#"
+import socket, ssl, sys, time
+host, port, sni, cut = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
+obj = ssl._create_unverified_context().wrap_bio(inc, out, server_hostname=sni)
+s = socket.create_connection((host, port), timeout=4)
+s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+try:
+    obj.do_handshake()
+except ssl.SSLWantReadError:
+    pass
+hello = out.read()
+if cut:
+    s.sendall(hello[:cut]); time.sleep(0.2); s.sendall(hello[cut:])
+else:
+    s.sendall(hello)
+try:
+    while True:
+        try:
+            obj.do_handshake(); break
+        except ssl.SSLWantReadError:
+            if out.pending: s.sendall(out.read())
+            d = s.recv(65536)
+            if not d: raise OSError("closed")
+            inc.write(d)
+    if out.pending: s.sendall(out.read())
+    obj.write(f"GET /question HTTP/1.1\r\nHost: {sni}\r\nConnection: close\r\n\r\n".encode())
+    s.sendall(out.read())
+    for _ in range(20):
+        d = s.recv(65536)
+        if not d: raise OSError("closed")
+        inc.write(d)
+        try:
+            print("answered", obj.read(15), flush=True); break
+        except ssl.SSLWantReadError:
+            continue
+    else:
+        raise OSError("no answer")
+except Exception as e:
+    print("failed", e, flush=True); sys.exit(3)
+"#;
+
+/// Red team F13: the server name must be read for a destination allowed only by name, even when
+/// the ClientHello is cut over two segments with the name in the second: the kernel cannot show
+/// it names an allowed host, so the handshake is refused. The control: the same client, its
+/// ClientHello whole, to the allowed name.
+#[test]
+fn a_server_name_cut_into_a_later_segment_is_refused() {
+    if !can_run_root_tests("a_server_name_cut_into_a_later_segment_is_refused") {
+        return;
+    }
+    let t = TempDir::new("sni-split");
+    let forum = Forum::start(t.path(), "0.0.0.0", true, None);
+    let host = TestHost::new("127.0.0.2");
+    let name = host.name.clone();
+    let d = Daemon::start(&policy("snisplit", &["am-snisplit"], "deny", &[&format!("{name}:{}", forum.port)], ""));
+    let py = copy_binary(t.path(), &python3(), "am-snisplit");
+    let p = forum.port.to_string();
+    let send = |sni: &str, cut: &str| {
+        run(Command::new(&py).args(["-c", PY_SPLIT_HELLO, "127.0.0.2", &p, sni, cut]).stdout(Stdio::null()))
+    };
+    let whole = send(&name, "0");
+    assert!(whole.success(), "the allowed name, whole hello: {whole}");
+    assert_eq!(forum.count("GET"), 1);
+    let st = send("evil.example", "10");
+    assert!(!st.success(), "a split ClientHello naming another host was answered");
+    assert_eq!(forum.count("GET"), 1, "the fronted request reached the server");
+    let e = d.wait_event("SNI unreadable", |e| {
+        f(e, "kind") == "net.connect" && f(e, "detail").contains("server name unreadable")
+    });
+    assert_eq!((f(&e, "verdict"), f(&e, "action")), ("violation", "denied"));
+    drop(d);
+}
+
 /// Node.js as NodeSource ships it carries OpenSSL in its own executable (no libssl.so): the
 /// daemon finds `SSL_write` in whatever object an agent maps and reads node's plaintext like the
 /// system libssl's. A GET over HTTPS to a read-only destination passes; a POST is killed before

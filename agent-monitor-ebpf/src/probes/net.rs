@@ -30,9 +30,12 @@ use aya_ebpf::{
             bpf_probe_read_user_str, bpf_skb_load_bytes,
         },
     },
-    macros::{cgroup_skb, cgroup_sock, cgroup_sock_addr, raw_tracepoint, tracepoint, uprobe},
+    macros::{cgroup_skb, cgroup_sock, cgroup_sock_addr, raw_tracepoint, tracepoint, uprobe, uretprobe},
     maps::lpm_trie::Key,
-    programs::{ProbeContext, RawTracePointContext, SkBuffContext, SockAddrContext, SockContext, TracePointContext},
+    programs::{
+        ProbeContext, RawTracePointContext, RetProbeContext, SkBuffContext, SockAddrContext, SockContext,
+        TracePointContext,
+    },
     EbpfContext,
 };
 use core::ffi::c_void;
@@ -42,8 +45,8 @@ use crate::{
     http::{self, Src, Takes, READ_ONLY, SLOT_SKB, SLOT_TLS},
     kernel,
     maps::{
-        PendingOp, TlsConnKey, EVENTS_SCRATCH, GRANTS, HELD_RUNS, HOLD_STOP, KILLED, NET_ALLOW, PENDING_OPS, PROCS,
-        SNI_ALLOW, SNI_SCRATCH, SOCKS, TLS_CONNS, TLS_PENDING, UNIX_ALLOW, UNIX_REFUSE,
+        PendingOp, TlsConnKey, TlsWrite, EVENTS_SCRATCH, GRANTS, HELD_RUNS, HOLD_STOP, KILLED, NET_ALLOW, PENDING_OPS,
+        PROCS, SNI_ALLOW, SNI_SCRATCH, SOCKS, TLS_CONNS, TLS_PENDING, TLS_WRITES, UNIX_ALLOW, UNIX_REFUSE,
     },
 };
 
@@ -673,7 +676,7 @@ fn tls_first_flight(
     let Some(key) = SNI_SCRATCH.get_ptr_mut(0) else { return REFUSE };
     let key = unsafe { &mut *key };
     let found = match server_name(ctx, off) {
-        Some((name_off, name_len)) => {
+        Ok(Some((name_off, name_len))) => {
             let words = key as *mut SniKey as *mut u64;
             for i in 0..(core::mem::size_of::<SniKey>() / 8) {
                 unsafe { *words.add(i) = 0 };
@@ -694,7 +697,16 @@ fn tls_first_flight(
             }
         }
         // No server name: nothing to compare; the address check stands.
-        None => return PASS,
+        Ok(None) => return PASS,
+        // A ClientHello not readable whole here (its name could be in the next segment): it
+        // cannot be shown to name an allowed host (refused where that is required).
+        Err(()) => {
+            let words = key as *mut SniKey as *mut u64;
+            for i in 0..(core::mem::size_of::<SniKey>() / 8) {
+                unsafe { *words.add(i) = 0 };
+            }
+            false
+        }
     };
     if found {
         let mut bind = unsafe { SNI_ALLOW.get(&*key) }.copied();
@@ -727,33 +739,48 @@ fn be16(ctx: &SkBuffContext, at: u32) -> Option<u32> {
 }
 
 /// The server_name extension of the ClientHello starting at `off` (a TLS record): the offset
-/// and length of the first host name. RFC 8446 4.1.2 and RFC 6066 3.
+/// and length of the first host name, `Ok(None)` for a ClientHello read to its end without one,
+/// `Err` when it was not found before the packet ended (a ClientHello cut over segments: a
+/// retransmission is cut at the MSS, and clients put the name early; more extensions than are
+/// walked; not a ClientHello). RFC 8446 4.1.2 and RFC 6066 3.
 #[inline(always)]
-fn server_name(ctx: &SkBuffContext, off: u32) -> Option<(u32, u32)> {
+fn server_name(ctx: &SkBuffContext, off: u32) -> Result<Option<(u32, u32)>, ()> {
     const CLIENT_HELLO: u8 = 1;
-    if ctx.load::<u8>(off as usize + 5).ok()? != CLIENT_HELLO {
-        return None;
+    let load8 = |at: u32| ctx.load::<u8>(at as usize).map(|b| b as u32).map_err(|_| ());
+    let record_end = off + 5 + be16(ctx, off + 3).ok_or(())?;
+    if load8(off + 5)? != CLIENT_HELLO as u32 {
+        return Err(());
     }
     // record header (5), handshake header (4), legacy_version (2), random (32)
     let mut p = off + 5 + 4 + 2 + 32;
-    p += 1 + ctx.load::<u8>(p as usize).ok()? as u32; // session id
-    p += 2 + be16(ctx, p)?; // cipher suites
-    p += 1 + ctx.load::<u8>(p as usize).ok()? as u32; // compression methods
-    let end = p + 2 + be16(ctx, p)?;
+    p += 1 + load8(p)?; // session id
+    p += 2 + be16(ctx, p).ok_or(())?; // cipher suites
+    p += 1 + load8(p)?; // compression methods
+    if p == record_end {
+        return Ok(None); // no extensions
+    }
+    let end = p + 2 + be16(ctx, p).ok_or(())?;
+    if end > record_end {
+        return Err(());
+    }
     p += 2;
     for _ in 0..32 {
-        if p + 4 > end {
-            return None;
+        if p == end {
+            return Ok(None);
         }
-        let ty = be16(ctx, p)?;
-        let len = be16(ctx, p + 2)?;
+        if p + 4 > end {
+            return Err(());
+        }
+        let ty = be16(ctx, p).ok_or(())?;
+        let len = be16(ctx, p + 2).ok_or(())?;
         if ty == 0 {
-            // server_name_list length (2), name_type (1), host_name length (2), host_name
-            return Some((p + 4 + 5, be16(ctx, p + 4 + 3)?));
+            // server_name_list length (2), name_type (1), host_name length (2), host_name; the
+            // name itself must be in this packet (read by the caller).
+            return Ok(Some((p + 4 + 5, be16(ctx, p + 4 + 3).ok_or(())?)));
         }
         p += 4 + len;
     }
-    None
+    Err(())
 }
 
 /// Record that the current agent process image does TLS through a hooked library.
@@ -782,17 +809,23 @@ const REQ_BYTES: u32 = 192;
 /// The plaintext handed to a TLS library, before it is encrypted: the HTTP parser, per TLS
 /// connection (`ssl`), with the agent's `http_methods`.
 #[inline(always)]
-fn tls_write(ssl: u64, buf: *const u8, len: u64) {
+fn tls_write(ssl: u64, buf: *const u8, len: u64, written: u64) {
     let Some((st, cfg)) = current_agent() else {
         return;
     };
     mark_visible();
+    let id = bpf_get_current_pid_tgid();
+    let _ = TLS_WRITES.remove(&id);
     if reap_if_killed(&st) || len == 0 {
         return;
     }
-    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let tgid = (id >> 32) as u32;
     let key = TlsConnKey { tgid, _pad: 0, ssl };
     let mut parse = unsafe { TLS_CONNS.get(&key) }.copied().unwrap_or(HttpParse::default());
+    // What the call sends is known at its return (`tls_write_ret`): nothing (`WANT_READ`
+    // before the handshake, an error) or a part. The state is committed now, as if all of it
+    // were sent, and put back there for what was not.
+    let pending = TlsWrite { key, buf: buf as u64, len, written, before: parse };
     let t = takes(&cfg, &DestRule::default(), true);
     let len32 = if len > u32::MAX as u64 { u32::MAX } else { len as u32 };
     let mut found = http::parse(SLOT_TLS, Src::User(buf as u64), len32, &mut parse, &t);
@@ -803,6 +836,7 @@ fn tls_write(ssl: u64, buf: *const u8, len: u64) {
     }
     if found.verdict == http_verdict::OK {
         let _ = TLS_CONNS.insert(&key, &parse, 0);
+        let _ = TLS_WRITES.insert(&id, &pending, 0);
         if cfg.flags & agent_flags::AUDIT != 0 {
             let req = tls_request(buf, len, 0);
             let r = Rec {
@@ -830,6 +864,7 @@ fn tls_write(ssl: u64, buf: *const u8, len: u64) {
         let _ = TLS_CONNS.remove(&key);
     } else {
         let _ = TLS_CONNS.insert(&key, &parse, 0);
+        let _ = TLS_WRITES.insert(&id, &pending, 0);
     }
     if cfg.action == policy_action::HOLD && !found.lost {
         let one: u32 = 1;
@@ -871,7 +906,58 @@ pub fn ssl_write(ctx: ProbeContext) -> u32 {
         ctx.arg::<u64>(0).unwrap_or(0),
         ctx.arg::<*const u8>(1).unwrap_or(core::ptr::null()),
         ctx.arg::<u64>(2).unwrap_or(0) as u32 as u64,
+        0,
     );
+    0
+}
+
+/// The return of `SSL_write` (bytes written, or <= 0), `SSL_write_ex` (1, and `*written`; or
+/// 0) and `gnutls_record_send` (bytes written, or < 0): what the call sent. Sent whole: the
+/// state committed at entry stands. Nothing: the state goes back to what it was before the
+/// call (a write that never left must not move the parser: an HTTP/2 preface and a 16 MiB
+/// SETTINGS frame "written" before the handshake would make it skip the requests after). A
+/// part: the state before, advanced by the part sent.
+#[uretprobe]
+#[inline(always)]
+pub fn tls_write_ret(ctx: RetProbeContext) -> u32 {
+    let id = bpf_get_current_pid_tgid();
+    let Some(w) = (unsafe { TLS_WRITES.get(&id) }).copied() else {
+        return 0;
+    };
+    let _ = TLS_WRITES.remove(&id);
+    let r = ctx.ret::<u64>() as u32 as i32;
+    let sent: u64 = if r <= 0 {
+        0
+    } else if r as u64 == w.len {
+        w.len
+    } else if r == 1 {
+        // `SSL_write_ex`'s success, with the count in `*written` (a 1-byte part otherwise).
+        match unsafe { bpf_probe_read_user(w.written as *const u64) } {
+            Ok(v) if v > 0 && v <= w.len => v,
+            _ => 1,
+        }
+    } else if (r as u64) < w.len {
+        r as u64
+    } else {
+        w.len
+    };
+    if sent >= w.len {
+        return 0;
+    }
+    let mut state = w.before;
+    if sent > 0 {
+        let Some((_, cfg)) = current_agent() else {
+            return 0;
+        };
+        // The part was judged with the whole at entry: here it only moves the state.
+        let t = Takes { record_only: true, ..takes(&cfg, &DestRule::default(), true) };
+        let found = http::parse(SLOT_TLS, Src::User(w.buf), sent as u32, &mut state, &t);
+        if found.lost {
+            let _ = TLS_CONNS.remove(&w.key);
+            return 0;
+        }
+    }
+    let _ = TLS_CONNS.insert(&w.key, &state, 0);
     0
 }
 
@@ -884,6 +970,7 @@ pub fn ssl_write_ex(ctx: ProbeContext) -> u32 {
         ctx.arg::<u64>(0).unwrap_or(0),
         ctx.arg::<*const u8>(1).unwrap_or(core::ptr::null()),
         ctx.arg::<u64>(2).unwrap_or(0),
+        ctx.arg::<u64>(3).unwrap_or(0),
     );
     0
 }

@@ -25,8 +25,8 @@ pub enum Attach {
     CgroupSockAddr,
     CgroupSock,
     CgroupSkbEgress,
-    /// Uprobes on these TLS library functions (one program for all of them), attached to each
-    /// library file found (see `tls_libs::Stack`).
+    /// Uprobes (or uretprobes, as the program is declared) on these TLS library functions (one
+    /// program for all of them), attached to each library file found (see `tls_libs::Stack`).
     UProbe(&'static [&'static str]),
     /// A BPF LSM hook; loaded only where the kernel runs BPF LSM programs.
     Lsm(&'static str),
@@ -262,6 +262,13 @@ pub const PROBES: &[Probe] = &[
     Probe {
         program: "ssl_write_ex",
         attach: Attach::UProbe(&["SSL_write_ex", "gnutls_record_send"]),
+        required: false,
+        layer: Layer::Uprobe,
+    },
+    // At the write functions' return (a uretprobe: `tls::RET_PROGRAM`): what the call sent.
+    Probe {
+        program: "tls_write_ret",
+        attach: Attach::UProbe(&["SSL_write", "SSL_write_ex", "gnutls_record_send"]),
         required: false,
         layer: Layer::Uprobe,
     },

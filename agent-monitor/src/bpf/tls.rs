@@ -6,7 +6,7 @@
 //! only into agent processes:
 //!
 //! - the hooked functions are uprobe events of our own in tracefs (`uprobe_events`, group
-//!   `agent_monitor_<daemon pid>`), one event per kind (writes, handshakes) holding a probe per
+//!   `agent_monitor_<daemon pid>`), one event per kind (writes, their returns, handshakes) holding a probe per
 //!   function; its eBPF program is attached once, to an "anchor" perf event that targets the
 //!   daemon itself;
 //! - for each agent process the daemon opens one more perf event per uprobe event, targeting
@@ -49,10 +49,13 @@ pub enum Owner {
 const WRITE_PROGRAM: &str = "ssl_write_ex";
 /// The program the handshake functions run (marks the process as doing visible TLS).
 const HANDSHAKE_PROGRAM: &str = "ssl_do_handshake";
+/// The program the write functions' returns run (a uretprobe: what the call sent).
+pub const RET_PROGRAM: &str = "tls_write_ret";
 
 fn program_of(program: &str) -> &'static str {
     match program {
         HANDSHAKE_PROGRAM => HANDSHAKE_PROGRAM,
+        RET_PROGRAM => RET_PROGRAM,
         _ => WRITE_PROGRAM,
     }
 }
@@ -117,10 +120,10 @@ impl AgentTls {
     ///
     /// Every function of a kind goes into one event (a tracefs event takes several probes):
     /// the write functions (`SSL_write`, `SSL_write_ex`, `gnutls_record_send`: buffer in the
-    /// second argument, length in the third) run one program, the handshakes another. Each
-    /// event is one more perf event per agent process, and each of those costs every fork of
-    /// an agent a walk of the kernel's list of trace events (~7 us here, two events instead of
-    /// five per library).
+    /// second argument, length in the third) run one program, their returns another (return
+    /// probes), the handshakes a third. Each event is one more perf event per agent process,
+    /// and each of those costs every fork of an agent a walk of the kernel's list of trace
+    /// events (~7 us here, three events instead of nine per library).
     pub fn hook_libs(&mut self, libs: &[(PathBuf, Vec<(&'static str, &str)>)]) -> Vec<usize> {
         let batch = self.hooks.len();
         let mut hooked = vec![0; libs.len()];
@@ -128,13 +131,15 @@ impl AgentTls {
         // Each library read and parsed once: (path as tracefs takes it, [(program, offset)]).
         let resolved: Vec<(&str, Vec<(&str, u64)>)> =
             libs.iter().map(|(lib, functions)| resolve(lib, functions)).collect();
-        for kind in [WRITE_PROGRAM, HANDSHAKE_PROGRAM] {
+        for kind in [WRITE_PROGRAM, HANDSHAKE_PROGRAM, RET_PROGRAM] {
             let name = format!("{kind}_{batch}");
             let event = format!("{}/{name}", self.group);
             let mut probes = Vec::new();
+            // A return probe for the return program, an entry probe for the others.
+            let pr = if kind == RET_PROGRAM { 'r' } else { 'p' };
             for (i, (path, functions)) in resolved.iter().enumerate() {
                 for (program, off) in functions.iter().filter(|(p, _)| program_of(p) == kind) {
-                    match tracefs_write("uprobe_events", &format!("p:{event} {path}:{off:#x}")) {
+                    match tracefs_write("uprobe_events", &format!("{pr}:{event} {path}:{off:#x}")) {
                         Ok(()) => probes.push(i),
                         Err(e) => debug!(path, program, error = %format!("{e:#}"), "TLS function not hooked"),
                     }

@@ -218,7 +218,8 @@ impl Kernel {
                 Ok(link) => {
                     // bpffs names cannot hold '/' or '.': the library path is hex-encoded.
                     let hex: String = lib.as_os_str().as_encoded_bytes().iter().map(|b| format!("{b:02x}")).collect();
-                    let label = format!("uprobe={symbol}={hex}");
+                    let ret = if program == super::tls::RET_PROGRAM { "-ret" } else { "" };
+                    let label = format!("uprobe={symbol}{ret}={hex}");
                     match self.keep_link(label, link) {
                         Ok(()) => hooked += 1,
                         Err(e) => warn!(error = %format!("{e:#}"), "uprobe link not kept"),

@@ -39,6 +39,12 @@ pub enum Command {
         #[arg(trailing_var_arg = true, required = true, value_name = "CMD")]
         cmd: Vec<String>,
     },
+    /// Start the agent commands users type (claude, codex, gemini, ...) through `exec`: shell
+    /// scripts of those names in a directory put first on PATH.
+    Shims {
+        #[command(subcommand)]
+        cmd: ShimsCmd,
+    },
     /// Show the daemon's layers, agents and their processes, TLS visibility and counters.
     Status {
         /// Control socket (default: the policy's control_socket).
@@ -134,5 +140,35 @@ pub enum AuditCmd {
     Verify {
         #[arg(required = true)]
         files: Vec<PathBuf>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ShimsCmd {
+    /// Write a shim per command: every plain `comm` selector of the policy's agents, or the
+    /// COMMAND=AGENT pairs given. Each runs `agent-monitor exec --agent AGENT -- REAL "$@"`,
+    /// REAL being the command found on PATH outside DIR.
+    Install {
+        /// Where the shims go (put it first on PATH).
+        #[arg(long, default_value = crate::enforce::shims::DEFAULT_DIR)]
+        dir: PathBuf,
+        /// Policy file the shims' `exec` reads (default: /etc/agent-monitor/agent-monitor.toml,
+        /// else the embedded default).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Also write /etc/profile.d/agent-monitor-shims.sh: DIR first on login shells' PATH.
+        #[arg(long)]
+        profile: bool,
+        /// COMMAND=AGENT pairs (default: every plain comm selector, as its agent).
+        #[arg(value_name = "COMMAND=AGENT")]
+        pairs: Vec<String>,
+    },
+    /// Remove the shims from DIR (only files agent-monitor wrote), and the profile script.
+    Remove {
+        #[arg(long, default_value = crate::enforce::shims::DEFAULT_DIR)]
+        dir: PathBuf,
+        /// Also remove /etc/profile.d/agent-monitor-shims.sh.
+        #[arg(long)]
+        profile: bool,
     },
 }

@@ -56,6 +56,16 @@ fn main() -> ExitCode {
         Command::Exec { agent, config, allow_unmonitored, cmd } => {
             return enforce::exec::main(&agent, config, allow_unmonitored, &cmd)
         }
+        Command::Shims { cmd } => {
+            use enforce::shims;
+            let profile = |on: bool| on.then(|| std::path::Path::new(shims::PROFILE));
+            match cmd {
+                cli::ShimsCmd::Install { dir, config, profile: p, pairs } => {
+                    shims::install(&dir, config, &pairs, profile(p))
+                }
+                cli::ShimsCmd::Remove { dir, profile: p } => shims::remove(&dir, profile(p)).map(|_| ()),
+            }
+        }
         Command::Approve { id, once: _, r#for, control_socket, config } => {
             let for_secs = match r#for.as_deref().map(enforce::holds::parse_duration).transpose() {
                 Ok(d) => d.map(|d| d.as_secs()).unwrap_or(0),

@@ -275,3 +275,88 @@ fn the_systemd_unit_verifies() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success() && err.trim().is_empty(), "systemd-analyze verify: {}\n{err}", o.status);
 }
+
+/// `agent-monitor shims install`: the command a user types (here `am-tool`, a script found on
+/// PATH after the shim directory) starts under `exec` as its agent: its arguments and status
+/// pass through, a write outside `writable` is refused by Landlock and on the record, a write
+/// inside works. Inside an instance the shim runs the command as it is (no second instance);
+/// a command missing from PATH is exit 127 with the reason; `shims remove` removes only shims.
+#[test]
+fn a_shim_starts_the_command_a_user_types_under_exec() {
+    if !can_run_root_tests("a_shim_starts_the_command_a_user_types_under_exec") {
+        return;
+    }
+    let t = TempDir::new("exec-shims");
+    let work = t.join("work");
+    fs::create_dir(&work).unwrap();
+    let d = start_daemon(&work, port());
+    let (shims, real) = (t.join("shims"), t.join("real"));
+    fs::create_dir(&real).unwrap();
+    let tool = real.join("am-tool");
+    fs::write(
+        &tool,
+        "#!/bin/sh\necho \"agent=${AGENT_MONITOR_AGENT:-none} argc=$# first=$1\"\necho x > \"$1\" || exit 7\n",
+    )
+    .unwrap();
+    fs::set_permissions(&tool, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let am = |args: &[&str]| {
+        let o = Command::new(binary().unwrap()).args(args).output().unwrap();
+        eprintln!(
+            "{args:?}: {}\n{}{}",
+            o.status,
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        o
+    };
+    let o = am(&[
+        "shims",
+        "install",
+        "--dir",
+        shims.to_str().unwrap(),
+        "--config",
+        d.config.to_str().unwrap(),
+        "am-tool=execd",
+        "am-missing=execd",
+    ]);
+    assert!(o.status.success());
+    // A file of ours a user keeps there.
+    fs::write(shims.join("notes.txt"), "mine\n").unwrap();
+    let path = format!("{}:{}:/usr/bin:/bin", shims.display(), real.display());
+    let typed = |line: &str| {
+        let o = Command::new("/bin/sh")
+            .args(["-c", line])
+            .env("PATH", &path)
+            .env_remove("AGENT_MONITOR_AGENT")
+            .output()
+            .unwrap();
+        eprintln!("{line}: {}\n{}{}", o.status, String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+        (o.status, String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned())
+    };
+    let outside = t.join("outside.txt");
+    let (st, out, err) = typed(&format!("am-tool '{}' 'two words'", outside.display()));
+    assert_eq!(st.code(), Some(7), "the tool's own status did not pass through: {st}\n{err}");
+    assert!(out.contains(&format!("agent=execd argc=2 first={}", outside.display())), "{out}");
+    assert!(err.contains("Permission denied"), "{err}");
+    assert!(!outside.exists(), "the write outside writable through the shim happened");
+    let e = d.wait_event("the shimmed tool's refused write", |e| {
+        f(e, "agent") == "execd" && f(e, "kind") == "file.write" && f(e, "target") == outside.display().to_string()
+    });
+    assert_eq!((f(&e, "action"), f(&e, "layer")), ("denied", "landlock"), "{e}");
+    let inside = work.join("in.txt");
+    let (st, _, _) = typed(&format!("am-tool '{}'", inside.display()));
+    assert!(st.success() && inside.exists(), "a write inside writable through the shim failed: {st}");
+    // Inside an instance, the shim does not start another one.
+    let nested = work.join("nested.txt");
+    let o = exec(&d.config, &[], &["/bin/sh", "-c", &format!("PATH={path} am-tool '{}'", nested.display())]);
+    assert!(o.status.success() && nested.exists(), "{}", stderr(&o));
+    assert!(stderr(&o).matches("Landlock ruleset").count() <= 1, "a second exec ran: {}", stderr(&o));
+    // Not on PATH: 127 and why.
+    let (st, _, err) = typed("am-missing");
+    assert_eq!(st.code(), Some(127), "{err}");
+    assert!(err.contains("am-missing: not found on PATH"), "{err}");
+    let o = am(&["shims", "remove", "--dir", shims.to_str().unwrap()]);
+    assert!(o.status.success());
+    assert!(!shims.join("am-tool").exists() && !shims.join("am-missing").exists());
+    assert_eq!(fs::read_to_string(shims.join("notes.txt")).unwrap(), "mine\n", "remove took a file that is not a shim");
+}

@@ -115,7 +115,9 @@ fn exec(name: &str, config: Option<PathBuf>, allow_unmonitored: bool, cmd: &[Str
     }
 
     let mut command = Command::new(program);
-    command.args(args);
+    // The instance's agent, for what runs in it (a shim started inside runs its command as it
+    // is: it is confined already).
+    command.args(args).env("AGENT_MONITOR_AGENT", name);
     let (mut report_rx, report_tx) = io::pipe().context("creating a pipe")?;
     {
         let mut ruleset = Some(sandbox.ruleset);

@@ -241,7 +241,9 @@ pub struct TlsWrite {
     pub buf: u64,
     pub len: u64,
     pub written: u64,
+    /// The connection's parser state before the call, and after it if all of it is sent.
     pub before: HttpParse,
+    pub after: HttpParse,
 }
 
 #[map]

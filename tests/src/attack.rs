@@ -559,10 +559,21 @@ ok(libc.umount2(b".", 2), "umount2(MNT_DETACH)")
 os.chdir("/")
 "#;
 
-/// `fixtures/opaque_tls_client.go` built (statically, Go's own TLS: nothing for a uprobe to
-/// hook) into `dir/<name>`. None, with the reason printed, when Go is not installed. The build
-/// cache is kept between runs (`$TMPDIR/am-e2e-gocache`).
+/// `fixtures/opaque_tls_client.go` built (statically, Go's own TLS) and stripped (`-s -w`: no
+/// symbol table, so nothing for a uprobe to find) into `dir/<name>`. None, with the reason
+/// printed, when Go is not installed. The build cache is kept between runs
+/// (`$TMPDIR/am-e2e-gocache`).
 pub fn go_tls_client(dir: &Path, name: &str) -> Option<PathBuf> {
+    go_build(dir, name, true)
+}
+
+/// The same client as `go build` leaves it, with its symbol table: the daemon hooks its
+/// `crypto/tls.(*Conn).Write`.
+pub fn go_tls_client_with_symbols(dir: &Path, name: &str) -> Option<PathBuf> {
+    go_build(dir, name, false)
+}
+
+fn go_build(dir: &Path, name: &str, strip: bool) -> Option<PathBuf> {
     if !crate::have("go") {
         eprintln!(
             "SKIPPED: no Go toolchain (Debian: apt-get install golang-go) to build a TLS client the daemon cannot hook"
@@ -574,7 +585,9 @@ pub fn go_tls_client(dir: &Path, name: &str) -> Option<PathBuf> {
     let out = sub.join(name);
     let tmp = std::env::temp_dir();
     let res = Command::new("go")
-        .args(["build", "-o"])
+        .arg("build")
+        .args(if strip { &["-ldflags=-s -w"][..] } else { &[][..] })
+        .arg("-o")
         .arg(&out)
         .arg(fixture("opaque_tls_client.go"))
         .current_dir(&sub)

@@ -258,3 +258,32 @@ fn a_tls_write_that_sends_nothing_does_not_move_the_parser() {
     assert_enforced(&e, "network.http_methods");
     assert_eq!(f(&e, "layer"), "uprobe", "{e}");
 }
+
+/// Issue 19: Go's own crypto/tls is read where the executable keeps its symbol table (as `go
+/// build` leaves it): the daemon hooks `(*Conn).Write` in the Go program itself (register ABI).
+/// A GET to a read-only destination passes; a POST is killed before it is encrypted, the forum
+/// receives nothing, and the event is the uprobe layer's. (Stripped, the same client is opaque
+/// TLS: the tests above.)
+#[test]
+fn go_crypto_tls_with_symbols_is_read_get_passes_and_post_is_killed() {
+    if !can_run_root_tests("go_crypto_tls_with_symbols_is_read_get_passes_and_post_is_killed") {
+        return;
+    }
+    let t = TempDir::new("tls-go");
+    let Some(client) = go_tls_client_with_symbols(t.path(), "am-go-tls") else { return };
+    let forum = Forum::start(t.path(), "127.0.0.1", true, None);
+    let to = q(format!("127.0.0.1:{}", forum.port));
+    let d = Daemon::start(&agent_policy("go-tls", &["am-go-tls"], "kill", &[t.path()], &[to], ""));
+    let url = format!("https://127.0.0.1:{}/answer", forum.port);
+    let (st, out, err) = output(Command::new(&client).arg(&url).arg("GET"));
+    assert!(st.success(), "the Go client's GET failed: {st}\n{out}{err}");
+    assert_eq!(forum.count("GET"), 1, "{:?}", forum.requests());
+    assert!(violations(&d, "go-tls").is_empty(), "{:?}", violations(&d, "go-tls"));
+    let (st, out, err) = output(Command::new(&client).arg(&url).arg("POST"));
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(forum.count("POST"), 0, "the Go client's POST reached the forum: {:?}", forum.requests());
+    assert!(killed_by_sigkill(&st), "the Go client was not killed: {st}\n{out}{err}");
+    let e = violation(&d, "go-tls", &["net.http_write"]);
+    assert_enforced(&e, "network.http_methods");
+    assert_eq!(f(&e, "layer"), "uprobe", "{e}");
+}

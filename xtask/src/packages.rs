@@ -50,7 +50,7 @@ pub const PACKAGES: &[Package] = &[
     p("gnutls-bin", Need::Tests, "e2e: gnutls-cli, a GnuTLS client (gnutls_record_send)"),
     p("gcc", Need::Tests, "e2e: builds the io_uring connect probe; bench: builds xtask/bench/load.c"),
     p("libc6-dev", Need::Tests, "e2e, bench: the C headers for those"),
-    p("golang-go", Need::Tests, "e2e (hardening_tls): builds a client with Go's own TLS, which no uprobe sees (opaque TLS)"),
+    p("golang-go", Need::Tests, "e2e (hardening_tls): builds a client with Go's own TLS, stripped (opaque TLS) and with symbols (hooked)"),
     p("prometheus", Need::Tests, "e2e (observability): scrapes the daemon, runs every dashboard query; test: promtool checks and tests dashboards/alerts.yml"),
     p("prometheus-alertmanager", Need::Tests, "e2e (observability): receives the daemon's webhook alerts"),
     p("systemd", Need::Tests, "e2e (exec, package): `systemd-analyze verify` of the unit"),

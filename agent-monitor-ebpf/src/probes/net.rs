@@ -794,8 +794,8 @@ fn mark_visible() {
 
 /// `int SSL_do_handshake(SSL *s)` (also reached through `SSL_connect`), `void
 /// SSL_set_connect_state(SSL *s)` (where Node.js starts a client connection: its handshake then
-/// runs inside `SSL_read`, never entering `SSL_do_handshake`) and `int
-/// gnutls_handshake(gnutls_session_t session)`.
+/// runs inside `SSL_read`, never entering `SSL_do_handshake`), `int
+/// gnutls_handshake(gnutls_session_t session)` and Go's `(*crypto/tls.Conn).handshakeContext`.
 #[uprobe]
 #[inline(always)]
 pub fn ssl_do_handshake(_ctx: ProbeContext) -> u32 {
@@ -807,9 +807,11 @@ pub fn ssl_do_handshake(_ctx: ProbeContext) -> u32 {
 const REQ_BYTES: u32 = 192;
 
 /// The plaintext handed to a TLS library, before it is encrypted: the HTTP parser, per TLS
-/// connection (`ssl`), with the agent's `http_methods`.
+/// connection (`ssl`), with the agent's `http_methods`. `at_return`: a return probe
+/// (`tls_write_ret`) commits the parser state for what the call sent; otherwise (Go, which
+/// writes whole or fails the connection) it is committed here.
 #[inline(always)]
-fn tls_write(ssl: u64, buf: *const u8, len: u64, written: u64) {
+fn tls_write(ssl: u64, buf: *const u8, len: u64, written: u64, at_return: bool) {
     let Some((st, cfg)) = current_agent() else {
         return;
     };
@@ -823,9 +825,11 @@ fn tls_write(ssl: u64, buf: *const u8, len: u64, written: u64) {
     let key = TlsConnKey { tgid, _pad: 0, ssl };
     let mut parse = unsafe { TLS_CONNS.get(&key) }.copied().unwrap_or(HttpParse::default());
     // What the call sends is known at its return (`tls_write_ret`): nothing (`WANT_READ`
-    // before the handshake, an error) or a part. The state is committed now, as if all of it
-    // were sent, and put back there for what was not.
-    let pending = TlsWrite { key, buf: buf as u64, len, written, before: parse };
+    // before the handshake, an error), a part, or all of it. The whole is judged now; the
+    // state moves there, by what was sent. A return that never comes (the process was hooked
+    // in the middle of the call) leaves the state where it was: the next write is then read
+    // as the start of a request, so a lost return refuses more, never less.
+    let before = parse;
     let t = takes(&cfg, &DestRule::default(), true);
     let len32 = if len > u32::MAX as u64 { u32::MAX } else { len as u32 };
     let mut found = http::parse(SLOT_TLS, Src::User(buf as u64), len32, &mut parse, &t);
@@ -834,9 +838,9 @@ fn tls_write(ssl: u64, buf: *const u8, len: u64, written: u64) {
     if found.host_bind != 0 && !pending_write(st.run_id, found.host_bind) && found.verdict == http_verdict::OK {
         found = http::Found { verdict: http_verdict::ELSEWHERE, method: 0, at: 0, lost: false, host_bind: 0 };
     }
+    let pending = TlsWrite { key, buf: buf as u64, len, written, before, after: parse };
     if found.verdict == http_verdict::OK {
-        let _ = TLS_CONNS.insert(&key, &parse, 0);
-        let _ = TLS_WRITES.insert(&id, &pending, 0);
+        commit(&key, &pending, at_return);
         if cfg.flags & agent_flags::AUDIT != 0 {
             let req = tls_request(buf, len, 0);
             let r = Rec {
@@ -863,8 +867,7 @@ fn tls_write(ssl: u64, buf: *const u8, len: u64, written: u64) {
     if found.lost {
         let _ = TLS_CONNS.remove(&key);
     } else {
-        let _ = TLS_CONNS.insert(&key, &parse, 0);
-        let _ = TLS_WRITES.insert(&id, &pending, 0);
+        commit(&key, &pending, at_return);
     }
     if cfg.action == policy_action::HOLD && !found.lost {
         let one: u32 = 1;
@@ -880,6 +883,16 @@ fn tls_write(ssl: u64, buf: *const u8, len: u64, written: u64) {
     r.action = a;
     r.flags |= f & !event_flags::AFTER_EFFECT;
     emit(&st, &r, PathRef::NONE, req);
+}
+
+/// The state after a write, now (`at_return` false) or by `tls_write_ret` for what was sent.
+#[inline(always)]
+fn commit(key: &TlsConnKey, w: &TlsWrite, at_return: bool) {
+    if at_return {
+        let _ = TLS_WRITES.insert(&bpf_get_current_pid_tgid(), w, 0);
+    } else {
+        let _ = TLS_CONNS.insert(key, &w.after, 0);
+    }
 }
 
 /// Up to [`REQ_BYTES`] of the plaintext at `buf + at`, for the event (none if unreadable).
@@ -907,16 +920,33 @@ pub fn ssl_write(ctx: ProbeContext) -> u32 {
         ctx.arg::<*const u8>(1).unwrap_or(core::ptr::null()),
         ctx.arg::<u64>(2).unwrap_or(0) as u32 as u64,
         0,
+        true,
     );
+    0
+}
+
+/// `func (c *crypto/tls.Conn) Write(b []byte) (int, error)`, Go's own TLS (its register ABI,
+/// ABIInternal: the receiver, then the slice's pointer and length, in RAX, RBX, RCX on x86-64;
+/// X0, X1, X2 on arm64). Go writes whole or fails the connection, and its stacks move: no
+/// return probe (the state is committed at entry).
+#[uprobe]
+#[inline(always)]
+pub fn go_tls_write(ctx: ProbeContext) -> u32 {
+    let r = ctx.regs;
+    #[cfg(bpf_target_arch = "x86_64")]
+    let (conn, buf, len) = unsafe { ((*r).rax, (*r).rbx, (*r).rcx) };
+    #[cfg(bpf_target_arch = "aarch64")]
+    let (conn, buf, len) = unsafe { ((*r).regs[0], (*r).regs[1], (*r).regs[2]) };
+    tls_write(conn, buf as *const u8, len, 0, false);
     0
 }
 
 /// The return of `SSL_write` (bytes written, or <= 0), `SSL_write_ex` (1, and `*written`; or
 /// 0) and `gnutls_record_send` (bytes written, or < 0): what the call sent. Sent whole: the
-/// state committed at entry stands. Nothing: the state goes back to what it was before the
-/// call (a write that never left must not move the parser: an HTTP/2 preface and a 16 MiB
-/// SETTINGS frame "written" before the handshake would make it skip the requests after). A
-/// part: the state before, advanced by the part sent.
+/// state the entry computed. Nothing: the state stays where it was before the call (a write
+/// that never left must not move the parser: an HTTP/2 preface and a 16 MiB SETTINGS frame
+/// "written" before the handshake would make it skip the requests after). A part: the state
+/// before, advanced by the part sent.
 #[uretprobe]
 #[inline(always)]
 pub fn tls_write_ret(ctx: RetProbeContext) -> u32 {
@@ -942,20 +972,22 @@ pub fn tls_write_ret(ctx: RetProbeContext) -> u32 {
         w.len
     };
     if sent >= w.len {
+        let _ = TLS_CONNS.insert(&w.key, &w.after, 0);
         return 0;
     }
+    if sent == 0 {
+        return 0;
+    }
+    let Some((_, cfg)) = current_agent() else {
+        return 0;
+    };
+    // The part was judged with the whole at entry: here it only moves the state.
     let mut state = w.before;
-    if sent > 0 {
-        let Some((_, cfg)) = current_agent() else {
-            return 0;
-        };
-        // The part was judged with the whole at entry: here it only moves the state.
-        let t = Takes { record_only: true, ..takes(&cfg, &DestRule::default(), true) };
-        let found = http::parse(SLOT_TLS, Src::User(w.buf), sent as u32, &mut state, &t);
-        if found.lost {
-            let _ = TLS_CONNS.remove(&w.key);
-            return 0;
-        }
+    let t = Takes { record_only: true, ..takes(&cfg, &DestRule::default(), true) };
+    let found = http::parse(SLOT_TLS, Src::User(w.buf), sent as u32, &mut state, &t);
+    if found.lost {
+        let _ = TLS_CONNS.remove(&w.key);
+        return 0;
     }
     let _ = TLS_CONNS.insert(&w.key, &state, 0);
     0
@@ -971,6 +1003,7 @@ pub fn ssl_write_ex(ctx: ProbeContext) -> u32 {
         ctx.arg::<*const u8>(1).unwrap_or(core::ptr::null()),
         ctx.arg::<u64>(2).unwrap_or(0),
         ctx.arg::<u64>(3).unwrap_or(0),
+        true,
     );
     0
 }

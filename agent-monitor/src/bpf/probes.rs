@@ -265,6 +265,14 @@ pub const PROBES: &[Probe] = &[
         required: false,
         layer: Layer::Uprobe,
     },
+    // Go's crypto/tls, in Go executables that keep their symbol table (register ABI; no return
+    // probe on Go: its stacks move).
+    Probe {
+        program: "go_tls_write",
+        attach: Attach::UProbe(&["crypto/tls.(*Conn).Write"]),
+        required: false,
+        layer: Layer::Uprobe,
+    },
     // At the write functions' return (a uretprobe: `tls::RET_PROGRAM`): what the call sent.
     Probe {
         program: "tls_write_ret",
@@ -274,7 +282,12 @@ pub const PROBES: &[Probe] = &[
     },
     Probe {
         program: "ssl_do_handshake",
-        attach: Attach::UProbe(&["SSL_do_handshake", "SSL_set_connect_state", "gnutls_handshake"]),
+        attach: Attach::UProbe(&[
+            "SSL_do_handshake",
+            "SSL_set_connect_state",
+            "gnutls_handshake",
+            "crypto/tls.(*Conn).handshakeContext",
+        ]),
         required: false,
         layer: Layer::Uprobe,
     },

@@ -51,11 +51,14 @@ const WRITE_PROGRAM: &str = "ssl_write_ex";
 const HANDSHAKE_PROGRAM: &str = "ssl_do_handshake";
 /// The program the write functions' returns run (a uretprobe: what the call sent).
 pub const RET_PROGRAM: &str = "tls_write_ret";
+/// The program Go's `(*crypto/tls.Conn).Write` runs (Go's register ABI).
+const GO_WRITE_PROGRAM: &str = "go_tls_write";
 
 fn program_of(program: &str) -> &'static str {
     match program {
         HANDSHAKE_PROGRAM => HANDSHAKE_PROGRAM,
         RET_PROGRAM => RET_PROGRAM,
+        GO_WRITE_PROGRAM => GO_WRITE_PROGRAM,
         _ => WRITE_PROGRAM,
     }
 }
@@ -131,7 +134,9 @@ impl AgentTls {
         // Each library read and parsed once: (path as tracefs takes it, [(program, offset)]).
         let resolved: Vec<(&str, Vec<(&str, u64)>)> =
             libs.iter().map(|(lib, functions)| resolve(lib, functions)).collect();
-        for kind in [WRITE_PROGRAM, HANDSHAKE_PROGRAM, RET_PROGRAM] {
+        // Return probes first: a process is given its events in this order, and a write whose
+        // entry is seen must see its return (the parser state moves there).
+        for kind in [RET_PROGRAM, WRITE_PROGRAM, HANDSHAKE_PROGRAM, GO_WRITE_PROGRAM] {
             let name = format!("{kind}_{batch}");
             let event = format!("{}/{name}", self.group);
             let mut probes = Vec::new();

@@ -26,6 +26,9 @@ pub enum Stack {
     /// linked into any object that defines `SSL_write` (Node.js exports it from its executable).
     OpenSsl,
     GnuTls,
+    /// Go's own `crypto/tls`, in a Go executable that keeps its symbol table (a stripped one is
+    /// opaque: its functions are not found).
+    Go,
 }
 
 impl Stack {
@@ -33,6 +36,7 @@ impl Stack {
         match self {
             Stack::OpenSsl => "openssl",
             Stack::GnuTls => "gnutls",
+            Stack::Go => "go crypto/tls",
         }
     }
 
@@ -41,6 +45,7 @@ impl Stack {
         match self {
             Stack::OpenSsl => &["SSL_write", "SSL_write_ex", "SSL_do_handshake", "SSL_set_connect_state"],
             Stack::GnuTls => &["gnutls_record_send", "gnutls_handshake"],
+            Stack::Go => &["crypto/tls.(*Conn).Write", "crypto/tls.(*Conn).handshakeContext"],
         }
     }
 
@@ -58,8 +63,9 @@ impl Stack {
 
 /// Which TLS stack the object file at `path` carries, if any: a `libssl.so*` or
 /// `libgnutls.so*` by its name; any other ELF object (an executable such as `node`, a
-/// vendored or static build) by a definition of `SSL_write` or `gnutls_record_send` in its
-/// symbol tables, whatever its file name. Read through a memory map (an agent's executable may
+/// vendored or static build, a Go program) by a definition of `SSL_write`,
+/// `gnutls_record_send` or Go's `crypto/tls.(*Conn).Write` in its symbol tables, whatever its
+/// file name. Read through a memory map (an agent's executable may
 /// be 400 MB: only the symbol tables are paged in) and cached by file identity (device, inode,
 /// size, modification time), so a path is parsed once however many processes map it.
 pub fn stack_of(path: &Path) -> Option<Stack> {
@@ -98,9 +104,39 @@ fn defines_tls_symbols(path: &Path) -> Option<Stack> {
         Some(Stack::OpenSsl)
     } else if defined("gnutls_record_send") {
         Some(Stack::GnuTls)
+    } else if defined("crypto/tls.(*Conn).Write")
+        && defined("crypto/tls.(*Conn).handshakeContext")
+        && go_register_abi(&obj)
+    {
+        Some(Stack::Go)
     } else {
         None
     }
+}
+
+/// Whether a Go executable passes arguments in registers as `go_tls_write` reads them: built
+/// by Go 1.18 or later, whose `.go.buildinfo` section carries its version inline (flag bit 2
+/// after the 14-byte magic and the pointer size; the version string, length-prefixed, at offset
+/// 32). Older builds (stack ABI on arm64 before 1.18, on every architecture before 1.17) would
+/// have the probe read other registers: they are not hooked, so their TLS is opaque.
+fn go_register_abi(obj: &object::File) -> bool {
+    use object::{Object as _, ObjectSection as _};
+    let Some(data) = obj.section_by_name(".go.buildinfo").and_then(|s| s.data().ok()) else {
+        return false;
+    };
+    go_version_of_buildinfo(data).is_some_and(|(major, minor)| (major, minor) >= (1, 18))
+}
+
+/// (major, minor) of the Go release in a `.go.buildinfo` section's bytes (Go 1.18+ layout).
+fn go_version_of_buildinfo(data: &[u8]) -> Option<(u32, u32)> {
+    const MAGIC: &[u8] = b"\xff Go buildinf:";
+    if data.len() < 33 || &data[..14] != MAGIC || data[15] & 2 == 0 {
+        return None;
+    }
+    let len = data[32] as usize; // a version string is far shorter than 128: one varint byte
+    let v = std::str::from_utf8(data.get(33..33 + len)?).ok()?.strip_prefix("go")?;
+    let mut parts = v.split(|c: char| !c.is_ascii_digit());
+    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
 }
 
 impl Kernel {
@@ -388,5 +424,32 @@ impl Kernel {
         if let Some(t) = self.agent_tls.as_mut() {
             t.disarm(Owner::Exec(caller));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::go_version_of_buildinfo;
+
+    fn buildinfo(flags: u8, version: &str) -> Vec<u8> {
+        let mut d = b"\xff Go buildinf:".to_vec();
+        d.extend_from_slice(&[8, flags]);
+        d.resize(32, 0);
+        d.push(version.len() as u8);
+        d.extend_from_slice(version.as_bytes());
+        d.extend_from_slice(&[0; 16]);
+        d
+    }
+
+    #[test]
+    fn go_release_read_from_buildinfo() {
+        assert_eq!(go_version_of_buildinfo(&buildinfo(2, "go1.19.8")), Some((1, 19)));
+        assert_eq!(go_version_of_buildinfo(&buildinfo(3, "go1.22rc1")), Some((1, 22)));
+        // Before 1.18 the version is behind pointers (flag bit 2 clear): not read, not hooked.
+        assert_eq!(go_version_of_buildinfo(&buildinfo(0, "go1.16.5")), None);
+        assert_eq!(go_version_of_buildinfo(b"\xff Go buildinf:"), None);
+        let mut bad = buildinfo(2, "go1.19.8");
+        bad[1] = b'x';
+        assert_eq!(go_version_of_buildinfo(&bad), None);
     }
 }

@@ -745,6 +745,12 @@ fn h2_step(sc: &mut HttpScratch, i: u32, n: u32) -> i64 {
     let flen = (byte(sc, i) as u32) << 16 | (byte(sc, i + 1) as u32) << 8 | byte(sc, i + 2) as u32;
     let ty = byte(sc, i + 3);
     let flags = byte(sc, i + 4);
+    // A frame longer than the protocol's initial SETTINGS_MAX_FRAME_SIZE: a server takes it
+    // only if it raised that limit, which the parser cannot see, and a payload skipped unread
+    // is where a request could hide (an HTTP/1.1 server reading on past a preface it ignored).
+    if flen > H2_MAX_FRAME && !violate(sc, http_verdict::H2, i) {
+        return 1;
+    }
     match ty {
         DATA | CONTINUATION => {
             if !violate(sc, http_verdict::H2, i) {
@@ -762,6 +768,10 @@ fn h2_step(sc: &mut HttpScratch, i: u32, n: u32) -> i64 {
     sc.i = i + 9;
     0
 }
+
+/// RFC 9113 6.5.2: the initial `SETTINGS_MAX_FRAME_SIZE`, the largest frame a client may send
+/// until the server says otherwise.
+const H2_MAX_FRAME: u32 = 16_384;
 
 /// Bytes of a HEADERS block the decoder reads: the pseudo-header fields come first, and
 /// `:method` among them.

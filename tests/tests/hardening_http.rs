@@ -68,6 +68,16 @@ fn h2(marker: &str) -> Vec<u8> {
     b
 }
 
+/// The preface, then a frame header of an extension type saying 1 MiB of payload follows, and
+/// an HTTP/1.1 POST in what would be that payload: a parser that skips frame payloads unread
+/// would let through what a server that is no HTTP/2 server reads as a request.
+fn h2_big_frame(marker: &str) -> Vec<u8> {
+    let mut b = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    b.extend_from_slice(&[0x10, 0, 0, 0xfa, 0, 0, 0, 0, 0]);
+    b.extend(req("POST", &format!("/{marker}")));
+    b
+}
+
 fn send(b: &[u8]) -> String {
     format!("send:{}", hex(b))
 }
@@ -86,6 +96,7 @@ fn variants() -> Vec<(&'static str, Vec<String>)> {
         ("lowercase", vec![send(&req("post", &mark("lowercase")))]),
         ("crlf", vec![send(&crlf)]),
         ("h2-preface", vec![send(&h2("answer-h2-preface"))]),
+        ("h2-big-frame", vec![send(&h2_big_frame("answer-h2-big-frame"))]),
         ("split", vec![send(&split[..2]), "sleep:300".into(), send(&split[2..])]),
         ("pipelined", vec![send(&pipelined)]),
         // Lines ended by a bare LF or CR: a lenient server ends the GET's header block there and

@@ -8,6 +8,19 @@ use clap::{Args, Parser, Subcommand};
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// How log lines are written to stderr: `auto` (plain, without colours or a timestamp of
+    /// its own, when stderr is the systemd journal; coloured on a terminal), `plain`, `json`
+    /// (one object per line). Levels and modules are chosen with RUST_LOG (default: `info`
+    /// for `run`, `warn` for the other commands).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Auto)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Auto,
+    Plain,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]

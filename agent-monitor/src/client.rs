@@ -150,6 +150,29 @@ fn print_status(s: &Status) {
     for lib in &s.tls_libraries {
         println!("  TLS hooked: {lib}");
     }
+    // Holds first among the lists: each is a person's decision someone waits for.
+    if s.holds.is_empty() {
+        println!("holds: none pending");
+    } else {
+        println!("holds: {} pending (agent-monitor approve ID | agent-monitor deny ID)", s.holds.len());
+        let field = |h: &serde_json::Value, k: &str| match h.get(k) {
+            Some(serde_json::Value::String(v)) => v.clone(),
+            Some(v) => v.to_string(),
+            None => String::new(),
+        };
+        for h in &s.holds {
+            println!(
+                "  {:<10} agent {} pid {} {} {} waiting {}s{}",
+                field(h, "id"),
+                field(h, "agent"),
+                field(h, "pid"),
+                field(h, "kind"),
+                field(h, "target"),
+                field(h, "waiting_secs"),
+                if h.get("paused").and_then(|p| p.as_bool()) == Some(true) { " (process stopped)" } else { "" }
+            );
+        }
+    }
     println!("agents:");
     for a in &s.agents {
         println!("  {} (action {}): {} process(es)", a.name, a.action, a.processes.len());

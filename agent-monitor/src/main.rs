@@ -9,17 +9,41 @@ use cli::{Cli, Command};
 use client::Show;
 use control::Request;
 
-fn init_tracing() {
+/// Log lines to stderr, as `format` says. `default_level` applies without RUST_LOG: the daemon
+/// says what it does (`info`); a command run in someone's terminal (`exec` before the agent it
+/// starts) says only what went wrong (`warn`).
+fn init_tracing(format: cli::LogFormat, default_level: &str) {
+    use std::io::IsTerminal as _;
     let _ = tracing_log::LogTracer::init();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ =
-        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).try_init();
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false);
+    let _ = match format {
+        cli::LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        cli::LogFormat::Plain => builder.with_ansi(false).try_init(),
+        cli::LogFormat::Auto if stderr_is_journal() => builder.with_ansi(false).without_time().try_init(),
+        cli::LogFormat::Auto => builder
+            .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()))
+            .try_init(),
+    };
+}
+
+/// Is stderr the systemd journal? systemd says so in `JOURNAL_STREAM` (`DEVICE:INODE` of the
+/// stream it connected), which a child with another stderr inherits too: compared with stderr.
+fn stderr_is_journal() -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    let Some((dev, ino)) = std::env::var("JOURNAL_STREAM").ok().and_then(|v| {
+        let (d, i) = v.split_once(':')?;
+        Some((d.parse::<u64>().ok()?, i.parse::<u64>().ok()?))
+    }) else {
+        return false;
+    };
+    std::fs::metadata("/proc/self/fd/2").is_ok_and(|m| m.dev() == dev && m.ino() == ino)
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
+    init_tracing(cli.log_format, if matches!(cli.command, Command::Run(_)) { "info" } else { "warn" });
     let result = match cli.command {
         Command::Check { file } => return client::check(&file),
         Command::Run(args) => {

@@ -78,11 +78,11 @@ fn status_events_and_reload_over_the_control_socket() {
     fs::write(&d.config, "[[agent]]\nname = \"x\"\n").unwrap();
     let out = cli(&["reload", "--control-socket", &s]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("still enforcing"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("still enforcing"), "{err}");
+    // What `systemctl reload` (ExecReload runs this command) prints: FILE:LINE:COL: message.
+    let at = format!("{}:1:", d.config.display());
+    assert!(err.lines().any(|l| l.starts_with(&at)), "no {at}COL: line: {err}");
     fs::write(&d.config, policy(&sock, &work)).unwrap();
     let out = cli(&["reload", "--control-socket", &s]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

@@ -42,8 +42,13 @@ fn start_daemon(work: &Path, port: u16) -> Daemon {
 }
 
 fn exec(config: &Path, extra: &[&str], cmd: &[&str]) -> Output {
+    exec_env(config, extra, cmd, &[])
+}
+
+fn exec_env(config: &Path, extra: &[&str], cmd: &[&str], env: &[(&str, &str)]) -> Output {
     let mut c = Command::new(binary().unwrap());
     c.args(["exec", "--agent", "execd", "--config"]).arg(config).args(extra).arg("--").args(cmd);
+    c.env_remove("RUST_LOG").envs(env.iter().copied());
     let out = c.env("NO_COLOR", "1").stdin(Stdio::null()).output().unwrap_or_else(|e| panic!("spawn {c:?}: {e}"));
     eprintln!(
         "exec {cmd:?}: {}\n--- stdout\n{}--- stderr\n{}",
@@ -90,6 +95,16 @@ fn writes_outside_writable_are_refused_by_landlock_not_killed() {
     assert!(!outside.exists(), "the file outside writable was created");
     assert!(o.status.signal().is_none(), "the command was killed: {}", o.status);
     assert!(matches!(o.status.code(), Some(1 | 2)), "unexpected status {}", o.status);
+    // The launcher prints nothing of its own into the user's terminal by default ...
+    assert!(!stderr(&o).contains("INFO"), "exec printed INFO lines by default: {}", stderr(&o));
+    // ... and says what it set up when asked (RUST_LOG).
+    let o = exec_env(
+        &d.config,
+        &[],
+        &["/bin/sh", "-c", &format!("echo x > {}", outside.display())],
+        &[("RUST_LOG", "info")],
+    );
+    assert!(!outside.exists(), "the file outside writable was created");
     assert!(stderr(&o).contains("Landlock ruleset fully enforced"), "{}", stderr(&o));
 
     // Inside: works; so do the implicit devices; a subdirectory can be made and removed.

@@ -65,6 +65,10 @@ fn a_held_https_post_goes_out_once_on_approval_and_never_on_denial() {
     assert_eq!(forum.count("POST"), 0, "the held POST reached the server before approval");
     let status = ctl(&s, &["status", "--json"]);
     assert!(String::from_utf8_lossy(&status.stdout).contains(&id), "status does not list {id}");
+    // Whoever is on call reads the human status: the hold is there, with what to type.
+    let human = String::from_utf8_lossy(&ctl(&s, &["status"]).stdout).into_owned();
+    assert!(human.contains("holds: 1 pending") && human.contains("agent-monitor approve"), "{human}");
+    assert!(human.lines().any(|l| l.contains(&id) && l.contains("net.http_write")), "{human}");
     let out = ctl(&s, &["approve", &id]);
     assert!(out.status.success(), "approve failed: {}", String::from_utf8_lossy(&out.stderr));
     let st = child.0.wait().unwrap();

@@ -208,3 +208,65 @@ fn bpf_program_statistics_follow_the_bpf_stats_setting() {
         }
     }
 }
+
+/// Start the daemon in `dir` (its files prepared by the caller) with `extra` and `env`.
+fn launch_in(dir: TempDir, extra: &[&str], env: &[(&str, &str)]) -> Daemon {
+    let policy = "[daemon]\n";
+    let launch = Launch { extra, env, ..Launch::new(binary().expect("AGENT_MONITOR_BIN"), dir, policy) };
+    match Daemon::launch(launch) {
+        Ok((d, _)) => d,
+        Err(e) => panic!("{}", e.waiting_for("enforcing", Duration::from_secs(120))),
+    }
+}
+
+/// Issue 16: what an SRE finds on disk and in the journal. The events log records what agents
+/// did and is made for its owner alone (0600 whatever the umask); one an older version left
+/// 0644 loses its bits for other users. With stderr the journal (systemd's `JOURNAL_STREAM`
+/// names it), log lines carry no colour codes and no timestamp of their own; `--log-format
+/// json` writes one JSON object per line.
+#[test]
+fn the_events_log_is_private_and_log_lines_fit_the_journal() {
+    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+    if !can_run_root_tests("the_events_log_is_private_and_log_lines_fit_the_journal") {
+        return;
+    }
+    let mode = |p: &std::path::Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+
+    // A new log, under a permissive umask, and the daemon's stderr is "the journal".
+    let dir = TempDir::new("obs-files");
+    let log = dir.join("daemon.log");
+    fs::write(&log, "").unwrap();
+    let m = fs::metadata(&log).unwrap();
+    let stream = format!("{}:{}", m.dev(), m.ino());
+    // SAFETY: a single-threaded moment of this test process (umask is process-wide; restored).
+    let old = unsafe { libc::umask(0o000) };
+    let d = launch_in(dir, &[], &[("JOURNAL_STREAM", &stream)]);
+    unsafe { libc::umask(old) };
+    assert_eq!(mode(&d.events), 0o600, "a new events log must be 0600");
+    let text = d.log_text();
+    assert!(!text.contains('\u{1b}'), "colour codes in the journal: {text}");
+    for l in text.lines().filter(|l| !l.trim().is_empty()) {
+        assert!(!l.trim_start().starts_with("20"), "a timestamp of its own in the journal: {l}");
+        assert!(l.trim_start().starts_with(char::is_alphabetic), "not a level first: {l}");
+    }
+    drop(d);
+
+    // An old log left 0644; JSON log lines.
+    let dir = TempDir::new("obs-json");
+    let events = dir.join("events.jsonl");
+    fs::write(&events, "").unwrap();
+    fs::set_permissions(&events, fs::Permissions::from_mode(0o644)).unwrap();
+    let d = launch_in(dir, &["--log-format", "json"], &[]);
+    assert_eq!(mode(&d.events), 0o640, "the old log must lose its bits for other users");
+    let text = d.log_text();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON log line: {l:?}: {e}")))
+        .collect();
+    assert!(
+        lines.iter().any(|l| l["message"].as_str().is_some_and(|m| m.contains("enforcing")) && l["level"] == "INFO"),
+        "{text}"
+    );
+    assert!(text.contains("no longer"), "the narrowing is not said: {text}");
+}

@@ -21,14 +21,31 @@ pub fn open_sink(path: &str) -> anyhow::Result<Box<dyn Write + Send>> {
     if path == "-" {
         return Ok(Box::new(io::BufWriter::new(io::stdout())));
     }
-    if let Some(dir) = Path::new(path).parent() {
-        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
+    if let Some(dir) = Path::new(path).parent().filter(|d| !d.as_os_str().is_empty()) {
+        if !dir.exists() {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o750)
+                .create(dir)
+                .with_context(|| format!("creating {}", dir.display()))?;
+        }
     }
+    // The log records what agents did, and the agents run on this host: a new log is its owner's
+    // alone (whatever the umask; a group an operator gave it later is kept), and one that other
+    // users could read (an older version made it 0644) is narrowed.
     let f: File = OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(0o600)
         .open(path)
         .with_context(|| format!("opening events file {path}"))?;
+    let mode = f.metadata().with_context(|| format!("reading {path}"))?.permissions().mode();
+    if mode & 0o007 != 0 {
+        f.set_permissions(fs::Permissions::from_mode(mode & 0o770))
+            .with_context(|| format!("narrowing the permissions of {path}"))?;
+        tracing::warn!(path, from = format!("{:o}", mode & 0o777), "the events log was open to other users: no longer");
+    }
     Ok(Box::new(io::BufWriter::with_capacity(1 << 16, f)))
 }
 

@@ -357,11 +357,24 @@ fn reload_with_a_bad_policy_keeps_the_old_one() {
     let outside = t.join("outside.txt");
     fs::write(&outside, "original\n").unwrap();
     let mut d = Daemon::start(&policy("reloaded", "am-reload", "kill", &work, ""));
+    // The hash of the policy in force, as a fleet queries it: one series, value 1.
+    let policy_info = |d: &Daemon| {
+        let m = d.metrics();
+        let hashes: Vec<String> = m
+            .lines()
+            .filter(|l| l.starts_with("agent_monitor_policy_info{") && l.ends_with(" 1"))
+            .map(|l| l.split('"').nth(1).unwrap_or_default().to_string())
+            .collect();
+        assert_eq!(hashes.len(), 1, "{m}");
+        hashes[0].clone()
+    };
+    let first = policy_info(&d);
     fs::write(&d.config, "[[agent]]\nname = \"reloaded\"\naction = \"explode\"\n").unwrap();
     d.signal(nix::sys::signal::Signal::SIGHUP);
     d.wait_log("policy reload rejected", Duration::from_secs(10));
     assert!(d.log_text().contains("3:10: unknown variant `explode`"), "{}", d.log_text());
     assert_eq!(d.metric("agent_monitor_policy_reloads_total", &[("result", "failure")]), Some(1.0));
+    assert_eq!(policy_info(&d), first, "a rejected policy changed the hash in force");
     let agent = copy_binary(t.path(), "/bin/bash", "am-reload");
     let st = sh(&agent, &format!("echo x >> {}", outside.display()), t.path());
     assert!(killed_by_sigkill(&st), "the old policy stopped enforcing after a bad reload: {st}");
@@ -373,6 +386,7 @@ fn reload_with_a_bad_policy_keeps_the_old_one() {
     let st = sh(&agent, &format!("echo x >> {}", outside.display()), t.path());
     assert!(st.success(), "the reloaded policy did not take effect: {st}");
     assert_eq!(d.metric("agent_monitor_policy_reloads_total", &[("result", "success")]), Some(1.0));
+    assert_ne!(policy_info(&d), first, "the new policy's hash is not the one in force");
 }
 
 /// A reload is one switch in the kernel: the new policy goes into the inactive generation in

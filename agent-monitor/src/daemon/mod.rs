@@ -168,7 +168,7 @@ fn start(
     for layer in agent_monitor_common::Layer::ALL.iter().filter(|l| **l != agent_monitor_common::Layer::Userspace) {
         metrics.layer_up.with_label_values(&[layer.name()]).set(kernel.layers.is_up(*layer) as i64);
     }
-    metrics.policy_agents.set(compiled.agents.len() as i64);
+    metrics.set_policy(&compiled.hash, compiled.agents.len());
     metrics.init_agents(&compiled.agents.iter().map(|a| a.name.as_str()).collect::<Vec<_>>());
     let (live, _) = tokio::sync::broadcast::channel(4096);
     let chain = if s.events_path == "-" { Chain::new() } else { Chain::resume(std::path::Path::new(&s.events_path)) };

@@ -41,7 +41,7 @@ impl State {
         match result {
             Ok(()) => {
                 self.decoder.lock().unwrap().agent_names = compiled.names_by_id();
-                self.metrics.policy_agents.set(compiled.agents.len() as i64);
+                self.metrics.set_policy(&compiled.hash, compiled.agents.len());
                 self.metrics.init_agents(&compiled.agents.iter().map(|a| a.name.as_str()).collect::<Vec<_>>());
                 info!(hash = compiled.hash, agents = compiled.agents.len(), "policy reloaded");
                 self.record_policy(&compiled);

@@ -31,6 +31,9 @@ pub struct Metrics {
     pub reloads: IntCounterVec,
     pub layer_up: IntGaugeVec,
     pub build_info: IntGaugeVec,
+    /// 1 for the enforcing policy's hash (`agent_monitor_policy_info{hash}`): drift across a
+    /// fleet is `count by (hash) (agent_monitor_policy_info)`.
+    pub policy_info: IntGaugeVec,
     pub policy_agents: IntGauge,
     pub tls_hooked: IntGauge,
     pub tls_handshakes_held: IntCounter,
@@ -158,6 +161,11 @@ impl Metrics {
             reloads: cv("agent_monitor_policy_reloads_total", "Policy reloads, by result.", &["result"]),
             layer_up: gv("agent_monitor_layer_up", "1 if the enforcement layer is active on this host.", &["layer"]),
             build_info: gv("agent_monitor_build_info", "Build information.", &["version"]),
+            policy_info: gv(
+                "agent_monitor_policy_info",
+                "1 for the hash of the policy in force (the same hash as `agent-monitor status` and policy.load events).",
+                &["hash"],
+            ),
             tls_hooked: reg(
                 &r,
                 IntGauge::new(
@@ -202,6 +210,13 @@ impl Metrics {
 
     /// Create each agent's violation and kill series at 0, so that the first violation is an
     /// increase Prometheus can see (a series born at 1 has no increase).
+    /// The policy in force: its hash and how many agent profiles it has.
+    pub fn set_policy(&self, hash: &str, agents: usize) {
+        self.policy_info.reset();
+        self.policy_info.with_label_values(&[hash]).set(1);
+        self.policy_agents.set(agents as i64);
+    }
+
     pub fn init_agents(&self, agents: &[&str]) {
         use agent_monitor_common::Kind;
         for agent in agents {

@@ -36,7 +36,12 @@ fn alertmanager_receives_the_violation() {
     let work = t.join("work");
     fs::create_dir(&work).unwrap();
     let cfg = t.join("alertmanager.yml");
-    fs::write(&cfg, "route:\n  receiver: blackhole\n  group_wait: 1s\nreceivers:\n  - name: blackhole\n").unwrap();
+    // A fleet's route: one group per alert name, host and agent.
+    fs::write(
+        &cfg,
+        "route:\n  receiver: blackhole\n  group_wait: 1s\n  group_by: [alertname, host, agent]\nreceivers:\n  - name: blackhole\n",
+    )
+    .unwrap();
     let am_port = port();
     let _am = Bg(Command::new("prometheus-alertmanager")
         .arg(format!("--config.file={}", cfg.display()))
@@ -49,20 +54,36 @@ fn alertmanager_receives_the_violation() {
         .unwrap());
     let am = format!("127.0.0.1:{am_port}");
     wait_for("alertmanager to start", 30, || std::net::TcpStream::connect(&am).ok());
-    let hook = format!("[[alerts.webhook]]\nurl = \"http://{am}/api/v2/alerts\"\nformat = \"alertmanager\"\n");
+    let hook = format!(
+        "[daemon]\nhost_name = \"web-3\"\nlabels = {{ site = \"fra1\", cluster = \"ci\" }}\n\
+         [[alerts.webhook]]\nurl = \"http://{am}/api/v2/alerts\"\nformat = \"alertmanager\"\n"
+    );
     let d = Daemon::start(&file_policy(&hook, &work, "am-observed"));
     assert!(killed_by_sigkill(&violate(&t, "am-observed")));
     let ev = d.wait_event("violation", |e| f(e, "verdict") == "violation");
     let alert = wait_for("the alert in Alertmanager", 20, || {
         let body = http_get(&am, "/api/v2/alerts");
         let alerts: Value = serde_json::from_str(&body).ok()?;
-        alerts.as_array()?.iter().find(|a| a["labels"]["alertname"] == "AgentMonitorViolation").cloned()
+        alerts.as_array()?.iter().find(|a| a["labels"]["alertname"] == "AgentMonitorViolationEvent").cloned()
     });
     let labels = &alert["labels"];
     assert_eq!(labels["agent"], "observed");
     assert_eq!(labels["kind"], "file.write");
     assert_eq!(labels["action"], "killed");
     assert_eq!(labels["severity"], "critical");
+    // Where it comes from, on the alert and on the event.
+    assert_eq!(
+        (labels["host"].as_str(), labels["site"].as_str(), labels["cluster"].as_str()),
+        (Some("web-3"), Some("fra1"), Some("ci"))
+    );
+    assert_eq!(f(&ev, "host"), "web-3", "{ev}");
+    assert_eq!(ev["labels"]["site"], "fra1", "{ev}");
+    // Alertmanager grouped it by host.
+    let groups: Value = serde_json::from_str(&http_get(&am, "/api/v2/alerts/groups")).unwrap();
+    assert!(
+        groups.as_array().unwrap().iter().any(|g| g["labels"]["host"] == "web-3" && g["labels"]["agent"] == "observed"),
+        "{groups}"
+    );
     assert_eq!(alert["annotations"]["event_id"].as_str(), Some(f(&ev, "id")));
     assert_eq!(alert["annotations"]["target"], f(&ev, "target"));
     let sent = wait_for("webhook_sent metric", 10, || {

@@ -174,6 +174,7 @@ fn start(
     let chain = if s.events_path == "-" { Chain::new() } else { Chain::resume(std::path::Path::new(&s.events_path)) };
     let mut decoder = Decoder::new(compiled.names_by_id());
     decoder.policy_by_gen[gen as usize] = Some(compiled.hash.clone());
+    let origin = crate::sinks::Origin::new(&policy.daemon);
     let state = Arc::new(State {
         source,
         kernel: Mutex::new(kernel),
@@ -182,12 +183,17 @@ fn start(
         metrics: metrics.clone(),
         health: Arc::new(Health::default()),
         events_path: s.events_path.clone(),
-        log: Mutex::new(EventLog::new(sink, chain, live.clone())),
+        log: Mutex::new(EventLog::new(sink, chain, live.clone()).with_origin(&origin)),
         live,
         compiled: Mutex::new(compiled),
         resolved: Mutex::new(resolved),
         tls_invisible: Mutex::new(Default::default()),
-        webhooks: policy.alerts.webhook.iter().map(|w| WebhookSink::start(w, metrics.clone())).collect(),
+        webhooks: policy
+            .alerts
+            .webhook
+            .iter()
+            .map(|w| WebhookSink::start(w, metrics.clone(), origin.clone()))
+            .collect(),
         registered: Mutex::new(Vec::new()),
         holds: Default::default(),
         hold_timeout: policy.daemon.hold_timeout_secs.map(Duration::from_secs).unwrap_or(holds::DEFAULT_TIMEOUT),

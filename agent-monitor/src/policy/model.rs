@@ -86,6 +86,12 @@ pub struct DaemonConfig {
     pub bpf_stats: Option<BpfStats>,
     /// Hook OpenSSL/GnuTLS with uprobes to see HTTP methods inside TLS. Read at start.
     pub tls_uprobes: Option<TlsUprobes>,
+    /// The host's name on every event and webhook alert (default: the kernel's host name).
+    /// Read at start.
+    pub host_name: Option<String>,
+    /// Labels on every event and webhook alert (`site`, `cluster`, ...): Prometheus label names.
+    /// Read at start.
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 /// `[daemon] tls_uprobes`: where the TLS libraries' write functions are hooked.
@@ -514,6 +520,7 @@ impl fmt::Display for Policy {
             ("control_socket", &d.control_socket),
             ("admin_group", &d.admin_group),
             ("pin_path", &d.pin_path),
+            ("host_name", &d.host_name),
         ];
         for (key, value) in settings {
             if let Some(v) = value {
@@ -525,6 +532,10 @@ impl fmt::Display for Policy {
         }
         if let Some(b) = d.bpf_stats {
             writeln!(f, "bpf_stats = {}", toml_string(b.as_str()))?;
+        }
+        if !d.labels.is_empty() {
+            let items: Vec<String> = d.labels.iter().map(|(k, v)| format!("{k} = {}", toml_string(v))).collect();
+            writeln!(f, "labels = {{ {} }}", items.join(", "))?;
         }
         if let Some(t) = d.tls_uprobes {
             writeln!(f, "tls_uprobes = {}", toml_string(t.as_str()))?;

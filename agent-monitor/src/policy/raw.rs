@@ -27,6 +27,8 @@ pub struct RawDaemon {
     pub hold_timeout_secs: Option<Spanned<u64>>,
     pub bpf_stats: Option<super::BpfStats>,
     pub tls_uprobes: Option<super::TlsUprobes>,
+    pub host_name: Option<Spanned<String>>,
+    pub labels: Option<std::collections::BTreeMap<String, Spanned<String>>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

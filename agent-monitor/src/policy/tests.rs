@@ -146,6 +146,8 @@ pin_path = "/sys/fs/bpf/agent-monitor/"
 hold_timeout_secs = 300
 bpf_stats = "on"
 tls_uprobes = false
+host_name = "web-3"
+labels = { site = "fra1", cluster = "ci" }
 
 [[alerts.webhook]]
 url = "https://hooks.example/agent"
@@ -178,6 +180,8 @@ allow = ["io_uring", "bpf"]
             hold_timeout_secs: Some(300),
             bpf_stats: Some(crate::policy::model::BpfStats::On),
             tls_uprobes: Some(crate::policy::model::TlsUprobes::Off),
+            host_name: Some("web-3".into()),
+            labels: [("site".to_string(), "fra1".to_string()), ("cluster".to_string(), "ci".to_string())].into(),
         }
     );
     assert_eq!(p.alerts.webhook[0].format, WebhookFormat::Json);
@@ -466,6 +470,8 @@ control_socket = "/run/agent-monitor/{}/control.sock"
 admin_group = "ops team"
 pin_path = "sys/fs/bpf"
 hold_timeout_secs = 0
+host_name = "two words"
+labels = {{ alertname = "x", "9lives" = "y", ok = "" }}
 "#,
             dir
         ),
@@ -476,6 +482,10 @@ hold_timeout_secs = 0
             (5, 15, "admin_group \"ops team\""),
             (6, 12, "pin_path \"sys/fs/bpf\": not an absolute path"),
             (7, 21, "hold_timeout_secs must be at least 1"),
+            (8, 13, "host_name \"two words\" is not a host name"),
+            (9, 24, "labels: \"alertname\" is not a label name"),
+            (9, 40, "labels: \"9lives\" is not a label name"),
+            (9, 50, "labels.ok: \"\" must be 1-128 characters"),
         ],
     );
     expect(

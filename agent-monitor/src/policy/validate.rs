@@ -151,6 +151,37 @@ impl Validator<'_> {
         }
         out.bpf_stats = d.bpf_stats;
         out.tls_uprobes = d.tls_uprobes;
+        if let Some(h) = d.host_name {
+            let v = h.get_ref();
+            if v.is_empty() || v.len() > 253 || v.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                self.error(h.span(), format!("host_name {v:?} is not a host name (1-253 characters, no spaces)"));
+            }
+            out.host_name = Some(h.into_inner());
+        }
+        for (k, v) in d.labels.unwrap_or_default() {
+            // Alertmanager groups and inhibits on labels: a label name must be a Prometheus one
+            // and must not take the place of one the alert itself carries.
+            const RESERVED: [&str; 9] =
+                ["alertname", "severity", "agent", "kind", "action", "source", "host", "instance", "job"];
+            let name_ok = k.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                && !k.starts_with("__");
+            if !name_ok || RESERVED.contains(&k.as_str()) {
+                self.error(
+                    v.span(),
+                    format!(
+                        "labels: {k:?} is not a label name this can take ([a-zA-Z_][a-zA-Z0-9_]*, not \
+                         starting with __, none of {})",
+                        RESERVED.join(", ")
+                    ),
+                );
+            }
+            let val = v.get_ref();
+            if val.is_empty() || val.len() > 128 || val.chars().any(|c| c.is_control()) {
+                self.error(v.span(), format!("labels.{k}: {val:?} must be 1-128 characters, no control characters"));
+            }
+            out.labels.insert(k, v.into_inner());
+        }
         out
     }
 

@@ -57,11 +57,26 @@ pub struct EventLog {
     series: EventSeries,
     /// The line being written, reused: a line costs no allocation.
     line: String,
+    /// [`super::Origin::json_fields`]: the host and labels every line ends with.
+    origin: String,
 }
 
 impl EventLog {
     pub fn new(sink: Box<dyn Write + Send>, chain: Chain, live: broadcast::Sender<String>) -> Self {
-        EventLog { sink, chain, live, series: EventSeries::default(), line: String::with_capacity(4096) }
+        EventLog {
+            sink,
+            chain,
+            live,
+            series: EventSeries::default(),
+            line: String::with_capacity(4096),
+            origin: String::new(),
+        }
+    }
+
+    /// Every line from now on says where it comes from.
+    pub fn with_origin(mut self, origin: &super::Origin) -> Self {
+        self.origin = origin.json_fields();
+        self
     }
 
     /// The per-event path after decoding: count `rec` (decoded from `ev`) in the metrics, then
@@ -82,6 +97,11 @@ impl EventLog {
     }
 
     fn write_line(&mut self) -> io::Result<()> {
+        if !self.origin.is_empty() && self.line.ends_with('}') {
+            self.line.pop();
+            self.line.push_str(&self.origin);
+            self.line.push('}');
+        }
         self.chain.seal_in_place(&mut self.line);
         // Copy the line for the live stream only when someone follows it (a follower that
         // subscribes meanwhile starts with the next line).

@@ -44,25 +44,37 @@ pub fn receiver_label(url: &str) -> String {
     }
 }
 
-/// The Alertmanager API v2 body for one violation.
-pub fn alertmanager_body(e: &EventRecord) -> serde_json::Value {
+/// The Alertmanager API v2 body for one violation. Its names are not the rule-based alerts'
+/// (`AgentMonitorViolation` in dashboards/alerts.yml counts violations per agent from the
+/// metrics): one alert per event, `AgentMonitorViolationEvent` (or `AgentMonitorHold` for a
+/// held action), labelled with the host and the operator's labels.
+pub fn alertmanager_body(e: &EventRecord, origin: &super::Origin) -> serde_json::Value {
     let severity = if e.action == agent_monitor_common::Action::Killed { "critical" } else { "warning" };
     // A held action waits for a person: its own alert, carrying the command that approves it.
     let (alertname, approve) = if e.action == agent_monitor_common::Action::Held {
         let cmd = e.detail.split('`').nth(1).unwrap_or_default().to_string();
         ("AgentMonitorHold", cmd)
     } else {
-        ("AgentMonitorViolation", String::new())
+        ("AgentMonitorViolationEvent", String::new())
     };
+    let mut labels = serde_json::Map::new();
+    for (k, v) in &origin.labels {
+        labels.insert(k.clone(), json!(v));
+    }
+    // The alert's own labels after the operator's (validation keeps the names apart).
+    for (k, v) in [
+        ("alertname", json!(alertname)),
+        ("host", json!(origin.host)),
+        ("agent", json!(e.agent)),
+        ("kind", json!(e.kind)),
+        ("action", json!(e.action)),
+        ("severity", json!(severity)),
+        ("source", json!("agent-monitor")),
+    ] {
+        labels.insert(k.into(), v);
+    }
     json!([{
-        "labels": {
-            "alertname": alertname,
-            "agent": e.agent,
-            "kind": e.kind,
-            "action": e.action,
-            "severity": severity,
-            "source": "agent-monitor",
-        },
+        "labels": labels,
         "annotations": {
             "summary": format!("agent {} {}: {} {}", e.agent, e.action, e.kind, e.target),
             "target": e.target,
@@ -77,13 +89,13 @@ pub fn alertmanager_body(e: &EventRecord) -> serde_json::Value {
 }
 
 impl WebhookSink {
-    pub fn start(hook: &Webhook, metrics: Arc<Metrics>) -> WebhookSink {
+    pub fn start(hook: &Webhook, metrics: Arc<Metrics>, origin: super::Origin) -> WebhookSink {
         let name = receiver_label(&hook.url);
         let (tx, rx) = sync_channel(QUEUE);
         let (url, format, m, n) = (hook.url.clone(), hook.format, metrics.clone(), name.clone());
         std::thread::Builder::new()
             .name("webhook".into())
-            .spawn(move || worker(rx, url, format, m, n))
+            .spawn(move || worker(rx, url, format, m, n, origin))
             .expect("spawn webhook worker");
         for c in [&metrics.webhook_sent, &metrics.webhook_failures, &metrics.webhook_dropped] {
             c.with_label_values(&[&name]);
@@ -102,7 +114,14 @@ impl WebhookSink {
     }
 }
 
-fn worker(rx: Receiver<EventRecord>, url: String, format: WebhookFormat, metrics: Arc<Metrics>, name: String) {
+fn worker(
+    rx: Receiver<EventRecord>,
+    url: String,
+    format: WebhookFormat,
+    metrics: Arc<Metrics>,
+    name: String,
+    origin: super::Origin,
+) {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_global(Some(Duration::from_secs(5)))
         .http_status_as_error(true)
@@ -111,8 +130,17 @@ fn worker(rx: Receiver<EventRecord>, url: String, format: WebhookFormat, metrics
     while let Ok(e) = rx.recv() {
         metrics.webhook_queue.dec();
         let body = match format {
-            WebhookFormat::Alertmanager => alertmanager_body(&e),
-            WebhookFormat::Json => serde_json::to_value(&e).unwrap_or_default(),
+            WebhookFormat::Alertmanager => alertmanager_body(&e, &origin),
+            WebhookFormat::Json => {
+                let mut v = serde_json::to_value(&e).unwrap_or_default();
+                if let Some(o) = v.as_object_mut() {
+                    o.insert("host".into(), json!(origin.host));
+                    if !origin.labels.is_empty() {
+                        o.insert("labels".into(), json!(origin.labels));
+                    }
+                }
+                v
+            }
         };
         let mut delay = BACKOFF;
         let mut ok = false;
@@ -176,9 +204,16 @@ mod tests {
             detail: "POST /answer HTTP/1.1".into(),
             policy_hash: None,
         };
-        let b = alertmanager_body(&e);
+        let origin = crate::sinks::Origin {
+            host: "web-3".into(),
+            labels: [("site".to_string(), "fra1".to_string()), ("cluster".to_string(), "ci".to_string())].into(),
+        };
+        let b = alertmanager_body(&e, &origin);
         let a = &b[0];
-        assert_eq!(a["labels"]["alertname"], "AgentMonitorViolation");
+        assert_eq!(a["labels"]["alertname"], "AgentMonitorViolationEvent");
+        assert_eq!(a["labels"]["host"], "web-3");
+        assert_eq!(a["labels"]["site"], "fra1");
+        assert_eq!(a["labels"]["cluster"], "ci");
         assert_eq!(a["labels"]["agent"], "forum-analyst");
         assert_eq!(a["labels"]["kind"], "net.http_write");
         assert_eq!(a["labels"]["action"], "killed");

@@ -16,10 +16,14 @@ use crate::{
 };
 
 pub fn check(file: &Path) -> ExitCode {
-    match policy::load(file) {
-        Ok(p) => {
+    match policy::load_set(file) {
+        Ok((p, files)) => {
             let c = policy::compile(&p);
-            println!("{}: ok ({} agent(s), policy hash {})", file.display(), c.agents.len(), c.hash);
+            let fragments = match files.len() - 1 {
+                0 => String::new(),
+                n => format!(", with {n} file(s) of policy.d/"),
+            };
+            println!("{}: ok ({} agent(s){fragments}, policy hash {})", file.display(), c.agents.len(), c.hash);
             ExitCode::SUCCESS
         }
         Err(diags) => {

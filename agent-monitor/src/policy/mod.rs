@@ -38,7 +38,7 @@ pub use diag::Diagnostic;
 pub use model::*;
 pub use source::PolicySource;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use raw::RawPolicy;
 use validate::Validator;
@@ -55,7 +55,7 @@ pub const DEFAULT_POLICY_NAME: &str = "<embedded default policy>";
 /// them, in file order).
 pub fn parse(file: &str, text: &str) -> Result<Policy, Vec<Diagnostic>> {
     let raw: RawPolicy = toml::from_str(text).map_err(|e| vec![toml_diagnostic(file, text, &e)])?;
-    let mut v = Validator { file, text, diags: Vec::new() };
+    let mut v = Validator { file, text, diags: Vec::new(), seen: Default::default() };
     let policy = v.policy(raw);
     if v.diags.is_empty() {
         Ok(policy)
@@ -66,12 +66,87 @@ pub fn parse(file: &str, text: &str) -> Result<Policy, Vec<Diagnostic>> {
     }
 }
 
-/// Read a file and parse it. An I/O error is one [`Diagnostic`] with `line == 0`.
+/// Read a policy file and the fragments beside it ([`load_set`]), and parse them.
 pub fn load(path: &Path) -> Result<Policy, Vec<Diagnostic>> {
-    let file = path.display().to_string();
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| vec![Diagnostic::whole_file(&file, format!("cannot read the policy: {e}"))])?;
-    parse(&file, &text)
+    load_set(path).map(|(p, _)| p)
+}
+
+/// The policy set of a main file: the file, then every `*.toml` in the `policy.d/` directory
+/// beside it, in name order (configuration management drops one file per team there). A
+/// fragment holds `[[agent]]` profiles (and `[[alerts.webhook]]`s); the `[daemon]` settings are
+/// the main file's. Agent names and selector values are unique across the set. Returns the
+/// policy and the files it was read from; or every error of every file, each at its
+/// FILE:LINE:COL (an I/O error: one [`Diagnostic`] with `line == 0`).
+pub fn load_set(path: &Path) -> Result<(Policy, Vec<PathBuf>), Vec<Diagnostic>> {
+    let read = |p: &Path| {
+        std::fs::read_to_string(p)
+            .map_err(|e| Diagnostic::whole_file(&p.display().to_string(), format!("cannot read the policy: {e}")))
+    };
+    let mut diags = Vec::new();
+    let mut seen = validate::Seen::default();
+    let mut policy = Policy::default();
+    let mut files = vec![path.to_path_buf()];
+    let fragments = match fragment_files(path) {
+        Ok(f) => f,
+        Err(d) => {
+            diags.push(d);
+            Vec::new()
+        }
+    };
+    for (n, p) in std::iter::once(path.to_path_buf()).chain(fragments).enumerate() {
+        let file = p.display().to_string();
+        let text = match read(&p) {
+            Ok(t) => t,
+            Err(d) => {
+                diags.push(d);
+                continue;
+            }
+        };
+        let raw: RawPolicy = match toml::from_str(&text) {
+            Ok(r) => r,
+            Err(e) => {
+                diags.push(toml_diagnostic(&file, &text, &e));
+                continue;
+            }
+        };
+        let mut v = Validator { file: &file, text: &text, diags: Vec::new(), seen };
+        if n == 0 {
+            policy = v.policy(raw);
+        } else {
+            let (webhooks, agents) = v.fragment(raw);
+            policy.alerts.webhook.extend(webhooks);
+            policy.agents.extend(agents);
+            files.push(p.clone());
+        }
+        v.diags.sort_by_key(|d| (d.line, d.col));
+        diags.append(&mut v.diags);
+        seen = v.seen;
+    }
+    if diags.is_empty() {
+        Ok((policy, files))
+    } else {
+        Err(diags)
+    }
+}
+
+/// `policy.d/*.toml` beside `main`, in name order (hidden files and other names left out);
+/// none if the directory does not exist.
+fn fragment_files(main: &Path) -> Result<Vec<PathBuf>, Diagnostic> {
+    let dir = main.parent().unwrap_or(Path::new(".")).join("policy.d");
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => {
+            return Err(Diagnostic::whole_file(&dir.display().to_string(), format!("cannot read the directory: {e}")))
+        }
+    };
+    let mut files: Vec<PathBuf> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.ends_with(".toml") && !n.starts_with('.')))
+        .collect();
+    files.sort();
+    Ok(files)
 }
 
 /// The embedded default policy, parsed. It is tested to parse, so this cannot fail.

@@ -611,3 +611,61 @@ fn cmdline_selectors_are_text_inside_stars_and_claimed_once() {
     assert_eq!(errs[1].0, 8, "{errs:?}");
     assert!(errs[1].2.contains("\"*/x/y/*\"") && errs[1].2.contains("\"a\""), "{errs:?}");
 }
+
+/// `policy.d/`: one file per team beside the main file, read in name order; the set is one
+/// policy, checked as one (names and selectors unique across files, errors at FILE:LINE:COL).
+#[test]
+fn a_policy_set_takes_fragments_from_policy_d() {
+    let dir = std::env::temp_dir().join(format!("am-policy-d-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("policy.d")).unwrap();
+    let main = dir.join("agent-monitor.toml");
+    let agent = |name: &str, comm: &str| format!("[[agent]]\nname = \"{name}\"\n[agent.match]\ncomm = [\"{comm}\"]\n");
+    std::fs::write(&main, format!("[daemon]\nhold_timeout_secs = 60\n\n{}", agent("main", "main-agent"))).unwrap();
+    std::fs::write(dir.join("policy.d/20-team-b.toml"), agent("b", "b-agent")).unwrap();
+    std::fs::write(dir.join("policy.d/10-team-a.toml"), agent("a", "a-agent")).unwrap();
+    std::fs::write(dir.join("policy.d/README"), "not a policy").unwrap();
+    std::fs::write(dir.join("policy.d/.hidden.toml"), "not = [a policy").unwrap();
+    let (p, files) = load_set(&main).unwrap_or_else(|d| panic!("{d:?}"));
+    let names: Vec<&str> = p.agents.iter().map(|a| a.name.as_str()).collect();
+    assert_eq!(names, ["main", "a", "b"], "main first, then the fragments in name order");
+    assert_eq!(files.len(), 3);
+    assert_eq!(p.daemon.hold_timeout_secs, Some(60));
+    // The hash is the whole set's: a fragment changes it.
+    let before = compile(&p).hash;
+    std::fs::write(dir.join("policy.d/20-team-b.toml"), agent("b", "b-agent2")).unwrap();
+    assert_ne!(compile(&load(&main).unwrap()).hash, before);
+
+    // Errors in several files, each at its own FILE:LINE:COL; across files a duplicate says
+    // where the first one is.
+    std::fs::write(dir.join("policy.d/20-team-b.toml"), agent("main", "a-agent")).unwrap();
+    std::fs::write(dir.join("policy.d/30-bad.toml"), "[[agent]]\nname = \"c\"\nbogus = 1\n").unwrap();
+    std::fs::write(dir.join("policy.d/40-daemon.toml"), "[daemon]\nmetrics_listen = \"127.0.0.1:1\"\n").unwrap();
+    let errs = load(&main).unwrap_err();
+    let shown: Vec<String> = errs.iter().map(|d| d.to_string()).collect();
+    let m = main.display().to_string();
+    let f = |n: &str| dir.join("policy.d").join(n).display().to_string();
+    assert_eq!(errs.len(), 4, "{shown:#?}");
+    assert!(
+        shown[0].starts_with(&format!(
+            "{}:2:8: duplicate agent name \"main\": first defined at {m}:5",
+            f("20-team-b.toml")
+        )),
+        "{shown:#?}"
+    );
+    assert!(
+        shown[1].starts_with(&format!(
+            "{}:4:9: comm \"a-agent\" is already selected by agent \"a\" ({}:4)",
+            f("20-team-b.toml"),
+            f("10-team-a.toml")
+        )),
+        "{shown:#?}"
+    );
+    assert!(shown[2].starts_with(&format!("{}:3:1: unknown field `bogus`", f("30-bad.toml"))), "{shown:#?}");
+    assert!(
+        shown[3]
+            .starts_with(&format!("{}:2:18: [daemon] settings belong in the main policy file", f("40-daemon.toml"))),
+        "{shown:#?}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

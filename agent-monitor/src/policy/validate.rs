@@ -14,13 +14,35 @@ use super::{
     raw::{RawAgent, RawDaemon, RawMatch, RawPolicy},
 };
 
-/// Who first claimed a selector value: the agent's index and name, and the value's offset.
-type Owner = (usize, String, usize);
+/// Who first claimed a selector value (or an agent name): the agent's index and name, and
+/// where (file, line).
+type Owner = (usize, String, Place);
+
+/// A place in a file of the policy set: shown as "line N" in the same file, "FILE:N" in another.
+#[derive(Clone, Debug)]
+pub(super) struct Place {
+    file: String,
+    line: usize,
+}
+
+/// What the files of a policy set claimed so far: agent names and selector values are unique
+/// across the main file and every `policy.d/` fragment, and agents are counted across them.
+#[derive(Default)]
+pub(super) struct Seen {
+    agents: usize,
+    names: HashMap<String, Place>,
+    comms: HashMap<String, Owner>,
+    exes: HashMap<String, Owner>,
+    cgroups: HashMap<String, Owner>,
+    uids: HashMap<u32, Owner>,
+    cmdlines: HashMap<String, Owner>,
+}
 
 pub(super) struct Validator<'a> {
     pub file: &'a str,
     pub text: &'a str,
     pub diags: Vec<Diagnostic>,
+    pub seen: Seen,
 }
 
 impl Validator<'_> {
@@ -28,28 +50,65 @@ impl Validator<'_> {
         self.diags.push(Diagnostic::at_span(self.file, self.text, span, message));
     }
 
-    fn line_of(&self, offset: usize) -> usize {
-        diag::line_col(self.text, offset).0
+    fn place(&self, offset: usize) -> Place {
+        Place { file: self.file.to_string(), line: diag::line_col(self.text, offset).0 }
+    }
+
+    /// "line N" in this file, "FILE:N" in another one of the set.
+    fn shown(&self, p: &Place) -> String {
+        if p.file == self.file {
+            format!("line {}", p.line)
+        } else {
+            format!("{}:{}", p.file, p.line)
+        }
     }
 
     pub fn policy(&mut self, raw: RawPolicy) -> Policy {
         let daemon = self.daemon(raw.daemon);
+        let (webhook, agents) = self.alerts_and_agents(raw.alerts, raw.agent);
+        Policy { daemon, alerts: AlertsConfig { webhook }, agents }
+    }
+
+    /// A `policy.d/` fragment: agents (and webhooks) only; the daemon's settings are the main
+    /// file's.
+    pub fn fragment(&mut self, raw: RawPolicy) -> (Vec<Webhook>, Vec<AgentPolicy>) {
+        let d = &raw.daemon;
+        let set = [
+            d.metrics_listen.as_ref().map(|v| v.span()),
+            d.events_file.as_ref().map(|v| v.span()),
+            d.control_socket.as_ref().map(|v| v.span()),
+            d.admin_group.as_ref().map(|v| v.span()),
+            d.pin_path.as_ref().map(|v| v.span()),
+            d.hold_timeout_secs.as_ref().map(|v| v.span()),
+            d.host_name.as_ref().map(|v| v.span()),
+            d.labels.as_ref().and_then(|l| l.values().next()).map(|v| v.span()),
+        ];
+        if let Some(span) = set.into_iter().flatten().next() {
+            self.error(span, "[daemon] settings belong in the main policy file, not in a policy.d fragment");
+        } else if d.bpf_stats.is_some() || d.tls_uprobes.is_some() {
+            self.error(0..0, "[daemon] settings belong in the main policy file, not in a policy.d fragment");
+        }
+        self.alerts_and_agents(raw.alerts, raw.agent)
+    }
+
+    fn alerts_and_agents(
+        &mut self,
+        alerts: super::raw::RawAlerts,
+        raw_agents: Vec<Spanned<RawAgent>>,
+    ) -> (Vec<Webhook>, Vec<AgentPolicy>) {
         let mut webhook = Vec::new();
-        for w in raw.alerts.webhook {
+        for w in alerts.webhook {
             if let Err(e) = check_webhook_url(w.url.get_ref()) {
                 self.error(w.url.span(), e);
             }
             webhook.push(Webhook { url: w.url.into_inner(), format: w.format });
         }
 
-        let mut names: HashMap<String, usize> = HashMap::new();
-        let mut comms: HashMap<String, Owner> = HashMap::new();
-        let mut exes: HashMap<String, Owner> = HashMap::new();
-        let mut cgroups: HashMap<String, Owner> = HashMap::new();
-        let mut uids: HashMap<u32, Owner> = HashMap::new();
-        let mut cmdlines: HashMap<String, Owner> = HashMap::new();
-        let mut agents = Vec::with_capacity(raw.agent.len());
-        for (i, agent) in raw.agent.into_iter().enumerate() {
+        let mut seen = std::mem::take(&mut self.seen);
+        let mut agents = Vec::with_capacity(raw_agents.len());
+        for agent in raw_agents {
+            let i = seen.agents;
+            seen.agents += 1;
             let agent_span = agent.span();
             let agent = agent.into_inner();
             if i == MAX_AGENTS {
@@ -65,29 +124,30 @@ impl Validator<'_> {
             match check_agent_name(&name) {
                 Err(e) => self.error(agent.name.span(), e),
                 Ok(()) => {
-                    if let Some(&first) = names.get(&name) {
-                        let line = self.line_of(first);
+                    if let Some(first) = seen.names.get(&name) {
+                        let at = self.shown(first);
                         self.error(
                             agent.name.span(),
-                            format!("duplicate agent name \"{name}\": first defined at line {line}"),
+                            format!("duplicate agent name \"{name}\": first defined at {at}"),
                         );
                     } else {
-                        names.insert(name.clone(), agent.name.span().start);
+                        seen.names.insert(name.clone(), self.place(agent.name.span().start));
                     }
                 }
             }
             let mut claims = Claims {
                 index: i,
                 agent: &name,
-                comms: &mut comms,
-                exes: &mut exes,
-                cgroups: &mut cgroups,
-                uids: &mut uids,
-                cmdlines: &mut cmdlines,
+                comms: &mut seen.comms,
+                exes: &mut seen.exes,
+                cgroups: &mut seen.cgroups,
+                uids: &mut seen.uids,
+                cmdlines: &mut seen.cmdlines,
             };
             agents.push(self.agent(agent, agent_span, &mut claims));
         }
-        Policy { daemon, alerts: AlertsConfig { webhook }, agents }
+        self.seen = seen;
+        (webhook, agents)
     }
 
     fn daemon(&mut self, d: RawDaemon) -> DaemonConfig {
@@ -436,17 +496,17 @@ impl Validator<'_> {
     ) -> bool {
         match owners.get(value) {
             None => {
-                owners.insert(value.clone(), (index, agent.to_string(), span.start));
+                owners.insert(value.clone(), (index, agent.to_string(), self.place(span.start)));
                 true
             }
             Some((i, _, _)) if *i == index => false,
             Some((_, owner, first)) => {
-                let line = self.line_of(*first);
+                let at = self.shown(first);
                 let owner = owner.clone();
                 self.error(
                     span,
                     format!(
-                        "{kind} {shown} is already selected by agent \"{owner}\" (line {line}); \
+                        "{kind} {shown} is already selected by agent \"{owner}\" ({at}); \
                          a process can belong to only one agent"
                     ),
                 );

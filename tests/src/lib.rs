@@ -82,6 +82,8 @@ fn free_port() -> u16 {
 /// The daemon under test, stopped on drop.
 pub struct Daemon {
     child: Option<Child>,
+    /// How it was started (for `restart`): the binary, its arguments and environment.
+    spawn: (PathBuf, Vec<std::ffi::OsString>, Vec<(String, String)>),
     pub dir: TempDir,
     pub events: PathBuf,
     pub log: PathBuf,
@@ -185,9 +187,45 @@ impl Daemon {
         cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(stderr);
         let t = Instant::now();
         let child = cmd.spawn().map_err(io(&format!("could not start {}", bin.display())))?;
-        let mut d = Daemon { child: Some(child), dir, events, log, config, metrics_addr, control };
+        let spawn = (
+            bin.clone(),
+            cmd.get_args().map(|a| a.to_owned()).collect(),
+            cmd.get_envs().filter_map(|(k, v)| Some((k.to_str()?.to_string(), v?.to_str()?.to_string()))).collect(),
+        );
+        let mut d = Daemon { child: Some(child), spawn, dir, events, log, config, metrics_addr, control };
         d.poll_log("enforcing", timeout, poll)?;
         Ok((d, t.elapsed()))
+    }
+
+    /// Stop the daemon (SIGTERM) and start it again as it was started, in the same directory
+    /// (its log appended to); wait until it says it is enforcing again.
+    pub fn restart(&mut self) {
+        let _ = self.stop();
+        let before = self.log_text().matches("enforcing").count();
+        let stderr = fs::OpenOptions::new().append(true).open(&self.log).expect("the daemon's log");
+        let (bin, args, envs) = &self.spawn;
+        let child = Command::new(bin)
+            .args(args)
+            .envs(envs.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("restarting the daemon");
+        self.child = Some(child);
+        let t = Instant::now();
+        while self.log_text().matches("enforcing").count() <= before {
+            assert!(
+                t.elapsed() < Duration::from_secs(120),
+                "the restarted daemon is not enforcing:\n{}",
+                self.log_text()
+            );
+            let child = self.child.as_mut().unwrap();
+            if let Ok(Some(st)) = child.try_wait() {
+                panic!("the restarted daemon exited ({st}):\n{}", self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     pub fn log_text(&self) -> String {

@@ -646,6 +646,68 @@ fn the_events_log_is_a_hash_chain_that_names_the_first_broken_line() {
     assert!(err.starts_with(&format!("{}:{}: chain broken", r.display(), k)), "{err}");
 }
 
+/// Issue 16: the events log rotated by logrotate, with the shipped configuration's options
+/// (compress, delaycompress, nocreate, SIGUSR1 in postrotate): the daemon reopens the log (0600)
+/// without reading its policy again, a restart after a rotation continues the chain from the
+/// rotated file, and `audit verify` checks the whole trail, gzip-compressed files included.
+#[test]
+fn the_audit_chain_goes_on_across_logrotate_and_a_restart() {
+    if !can_run_root_tests("the_audit_chain_goes_on_across_logrotate_and_a_restart") {
+        return;
+    }
+    if !have("logrotate") {
+        panic!("logrotate is not installed (`cargo xtask setup` installs it)");
+    }
+    use std::os::unix::fs::PermissionsExt as _;
+    let t = TempDir::new("logrotate");
+    let work = t.join("work");
+    fs::create_dir(&work).unwrap();
+    let agent = copy_binary(t.path(), "/bin/bash", "am-rotated");
+    let pol = policy("rotated", "am-rotated", "alert", &work, "");
+    let violate = |d: &Daemon, n: &str| {
+        assert!(sh(&agent, &format!("echo x > {}/{n}", t.path().display()), t.path()).success());
+        d.wait_event(n, |e| f(e, "target").ends_with(&format!("/{n}")));
+    };
+    let mut d = Daemon::start(&pol);
+    let log = d.events.clone();
+    let dir = log.parent().unwrap().to_path_buf();
+    let conf = t.join("logrotate.conf");
+    let rotate = |pid: u32| {
+        fs::write(
+            &conf,
+            format!(
+                "{} {{\n rotate 5\n missingok\n notifempty\n compress\n delaycompress\n nocreate\n \
+                 postrotate\n  kill -USR1 {pid}\n endscript\n}}\n",
+                log.display()
+            ),
+        )
+        .unwrap();
+        let st = Command::new("logrotate").arg("-f").arg("-s").arg(t.join("state")).arg(&conf).status().unwrap();
+        assert!(st.success(), "logrotate failed");
+    };
+    violate(&d, "one");
+    rotate(d.pid());
+    violate(&d, "two");
+    assert!(log.exists(), "the daemon did not reopen its log after the rotation");
+    assert_eq!(fs::metadata(&log).unwrap().permissions().mode() & 0o777, 0o600);
+    assert!(!d.log_text().contains("policy reloaded"), "SIGUSR1 read the policy again");
+    rotate(d.pid());
+    assert!(dir.join("events.jsonl.2.gz").exists(), "logrotate did not compress the older file");
+    // A restart with the reopened log still empty: the chain continues from events.jsonl.1.
+    assert_eq!(fs::read_to_string(&log).unwrap(), "", "nothing was written since the rotation");
+    d.restart();
+    violate(&d, "three");
+    let _ = d.stop();
+    let files = [dir.join("events.jsonl.2.gz"), dir.join("events.jsonl.1"), log.clone()];
+    let out = Command::new(binary().unwrap()).args(["audit", "verify"]).args(&files).output().unwrap();
+    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.starts_with("ok: "), "{said}");
+    // A file missing from the middle is a break.
+    let out = Command::new(binary().unwrap()).args(["audit", "verify"]).arg(&files[0]).arg(&files[2]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "a missing rotation went unnoticed");
+}
+
 #[test]
 fn a_reload_that_reorders_agents_keeps_running_processes_in_their_agent() {
     if !can_run_root_tests("a_reload_that_reorders_agents_keeps_running_processes_in_their_agent") {

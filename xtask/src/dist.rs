@@ -66,6 +66,8 @@ pub fn run() -> Result<PathBuf> {
     put("lib/systemd/system/agent-monitor.service", &root().join("deploy/agent-monitor.service"), 0o644)?;
     put("etc/agent-monitor/agent-monitor.toml", &root().join("deploy/agent-monitor.toml"), 0o640)?;
     put("usr/share/doc/agent-monitor/README.md", &root().join("README.md"), 0o644)?;
+    put("etc/logrotate.d/agent-monitor", &root().join("deploy/agent-monitor.logrotate"), 0o644)?;
+    put("usr/share/doc/agent-monitor/copyright", &root().join("deploy/copyright"), 0o644)?;
     for entry in fs::read_dir(root().join("dashboards"))? {
         let p = entry?.path();
         if p.is_file() {
@@ -86,7 +88,7 @@ pub fn run() -> Result<PathBuf> {
              refuse, kill or alert on every outbound write their policy does not grant.\n"
         ),
     )?;
-    fs::write(debian.join("conffiles"), "/etc/agent-monitor/agent-monitor.toml\n")?;
+    fs::write(debian.join("conffiles"), "/etc/agent-monitor/agent-monitor.toml\n/etc/logrotate.d/agent-monitor\n")?;
     for (name, body) in [("postinst", POSTINST), ("prerm", PRERM), ("postrm", POSTRM)] {
         fs::write(debian.join(name), body)?;
         fs::set_permissions(debian.join(name), fs::Permissions::from_mode(0o755))?;

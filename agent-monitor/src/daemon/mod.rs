@@ -113,6 +113,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut hup = signal(SignalKind::hangup())?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    let mut usr1 = signal(SignalKind::user_defined1())?;
     let interactive = loop {
         tokio::select! {
             _ = hup.recv() => {
@@ -123,6 +124,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 let _ = tokio::task::spawn_blocking(move || st.reload()).await;
                 sd_notify("READY=1");
             }
+            // SIGUSR1 only reopens the events log (logrotate's postrotate: the policy is not
+            // read again).
+            _ = usr1.recv() => state.reopen_sink(),
             _ = term.recv() => break false,
             _ = int.recv() => break true,
             Some(ended) = tasks.next_ended() => {

@@ -9,7 +9,7 @@
 //! ship the log off the host (webhooks, a collector) for that.
 use std::{
     fs,
-    io::{BufRead, BufReader},
+    io::{BufRead, BufReader, Read as _},
     path::{Path, PathBuf},
 };
 
@@ -47,11 +47,19 @@ impl Chain {
         Chain { prev: GENESIS.to_string() }
     }
 
-    /// Continue the chain of an existing log: the hash of its last line.
+    /// Continue the chain of an existing log: the hash of its last line. A log that is empty
+    /// or gone (logrotate moved it away before a restart) continues the newest rotated file,
+    /// `PATH.1` or `PATH.1.gz`.
     pub fn resume(path: &Path) -> Self {
-        let last = fs::File::open(path)
-            .ok()
-            .and_then(|f| BufReader::new(f).lines().map_while(Result::ok).filter(|l| !l.trim().is_empty()).last());
+        let last_line = |p: &Path| {
+            open_log(p).ok().and_then(|r| r.lines().map_while(Result::ok).filter(|l| !l.trim().is_empty()).last())
+        };
+        let rotated = |suffix: &str| {
+            let mut p = path.as_os_str().to_owned();
+            p.push(suffix);
+            PathBuf::from(p)
+        };
+        let last = last_line(path).or_else(|| last_line(&rotated(".1"))).or_else(|| last_line(&rotated(".1.gz")));
         Chain { prev: last.map(|l| sha256_hex(l.as_bytes())).unwrap_or_else(|| GENESIS.to_string()) }
     }
 
@@ -103,17 +111,29 @@ impl std::fmt::Display for Break {
     }
 }
 
-/// Check one log, or several in order (rotated files, oldest first). Returns the number of
-/// lines checked, or the first break.
+/// A log file for reading, gzip-compressed (logrotate's `compress`: a name ending in `.gz`) or
+/// not.
+fn open_log(path: &Path) -> std::io::Result<Box<dyn BufRead>> {
+    let f = fs::File::open(path)?;
+    if path.extension().is_some_and(|e| e == "gz") {
+        Ok(Box::new(BufReader::new(flate2::read::MultiGzDecoder::new(f))))
+    } else {
+        Ok(Box::new(BufReader::new(f)))
+    }
+}
+
+/// Check one log, or several in order (rotated files, oldest first; `.gz` ones decompressed).
+/// Returns the number of lines checked, or the first break.
 pub fn verify(files: &[PathBuf]) -> Result<usize, Break> {
     let mut prev: Option<(String, PathBuf, usize)> = None;
     let mut n = 0;
     for file in files {
-        let text = fs::read_to_string(file).map_err(|e| Break {
-            file: file.clone(),
-            line: 0,
-            message: format!("cannot read: {e}"),
-        })?;
+        let text = open_log(file)
+            .and_then(|mut r| {
+                let mut t = String::new();
+                r.read_to_string(&mut t).map(|_| t)
+            })
+            .map_err(|e| Break { file: file.clone(), line: 0, message: format!("cannot read: {e}") })?;
         for (i, line) in text.lines().enumerate() {
             let lineno = i + 1;
             if line.trim().is_empty() {
@@ -220,8 +240,17 @@ mod tests {
         let mut c = Chain::resume(&f);
         let next = c.seal(r#"{"a":3}"#);
         fs::write(&f, format!("{}\n{}\n{next}\n", lines[0], lines[1])).unwrap();
-        assert_eq!(verify(&[f]), Ok(3));
+        assert_eq!(verify(&[f.clone()]), Ok(3));
         assert_eq!(Chain::resume(&dir.join("missing")).seal("{}"), format!("{{\"prev\":\"{GENESIS}\"}}"));
+        // Rotated away and compressed before a restart: the chain goes on from PATH.1.gz.
+        let rotated = dir.join("log.jsonl.1.gz");
+        let mut gz = flate2::write::GzEncoder::new(fs::File::create(&rotated).unwrap(), flate2::Compression::default());
+        std::io::Write::write_all(&mut gz, fs::read(&f).unwrap().as_slice()).unwrap();
+        gz.finish().unwrap();
+        fs::write(&f, "").unwrap();
+        let mut c = Chain::resume(&f);
+        fs::write(&f, format!("{}\n", c.seal(r#"{"a":4}"#))).unwrap();
+        assert_eq!(verify(&[rotated, f]), Ok(4));
         fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -240,7 +240,7 @@ mod tests {
         let mut c = Chain::resume(&f);
         let next = c.seal(r#"{"a":3}"#);
         fs::write(&f, format!("{}\n{}\n{next}\n", lines[0], lines[1])).unwrap();
-        assert_eq!(verify(&[f.clone()]), Ok(3));
+        assert_eq!(verify(std::slice::from_ref(&f)), Ok(3));
         assert_eq!(Chain::resume(&dir.join("missing")).seal("{}"), format!("{{\"prev\":\"{GENESIS}\"}}"));
         // Rotated away and compressed before a restart: the chain goes on from PATH.1.gz.
         let rotated = dir.join("log.jsonl.1.gz");

@@ -293,3 +293,101 @@ fn a_held_file_write_is_refused_then_granted_then_expires() {
     let decision = d.wait_event("decision", |e| f(e, "kind") == "hold.decision" && f(e, "hold") == id);
     assert_eq!((f(&decision, "decision"), f(&decision, "approver")), ("approved", "root"));
 }
+
+/// Issue 16: a person on call who is not root approves a hold. The daemon runs with exactly the
+/// capabilities the shipped unit grants (its CapabilityBoundingSet, NoNewPrivileges), gives the
+/// control socket to `admin_group` (a group of the system's name service, found by name), and a
+/// member of that group (uid 65534 with the group as a supplementary one) approves: the request
+/// goes out once and the record names that uid.
+#[test]
+fn a_member_of_admin_group_approves_under_the_units_capabilities() {
+    if !can_run_root_tests("a_member_of_admin_group_approves_under_the_units_capabilities") {
+        return;
+    }
+    if !have("setpriv") || !have("groupadd") {
+        panic!("setpriv (util-linux) and groupadd (passwd) are needed");
+    }
+    // The unit's bounding set, as setpriv takes it.
+    let unit =
+        fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/agent-monitor.service")).unwrap();
+    let caps = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("CapabilityBoundingSet="))
+        .expect("the unit has a CapabilityBoundingSet")
+        .split_whitespace()
+        .map(|c| format!("+{}", c.trim_start_matches("CAP_").to_lowercase()))
+        .collect::<Vec<_>>()
+        .join(",");
+    struct Group(String);
+    impl Drop for Group {
+        fn drop(&mut self) {
+            let _ = Command::new("groupdel").arg(&self.0).status();
+        }
+    }
+    let group = Group(format!("am-approvers-{}", std::process::id()));
+    assert!(Command::new("groupadd").arg(&group.0).status().unwrap().success(), "groupadd failed");
+    let gid = String::from_utf8(Command::new("getent").args(["group", &group.0]).output().unwrap().stdout)
+        .unwrap()
+        .split(':')
+        .nth(2)
+        .unwrap()
+        .to_string();
+
+    let t = TempDir::new("hold-group");
+    fs::set_permissions(t.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let forum = Forum::start(t.path(), "127.0.0.1", true, None);
+    let sock = t.join("control.sock");
+    let s = sock.display().to_string();
+    let wrapper = t.join("agent-monitor-as-unit");
+    fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nexec setpriv --bounding-set=-all,{caps} --no-new-privs {} \"$@\"\n",
+            binary().unwrap().display()
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(&wrapper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let pol =
+        policy(&sock, forum.port, 300).replacen("[daemon]\n", &format!("[daemon]\nadmin_group = \"{}\"\n", group.0), 1);
+    let launch =
+        Launch { extra: &["--control-socket", &s], ..Launch::new(wrapper, TempDir::new("hold-group-d"), &pol) };
+    let (d, _) =
+        Daemon::launch(launch).unwrap_or_else(|e| panic!("{}", e.waiting_for("enforcing", Duration::from_secs(120))));
+    let bnd = fs::read_to_string(format!("/proc/{}/status", d.pid())).unwrap();
+    assert!(
+        bnd.lines().any(|l| l.starts_with("CapBnd:") && !l.ends_with("ffffffffff")),
+        "not under the unit's set: {bnd}"
+    );
+    assert!(!d.log_text().contains("could not give the control socket"), "{}", d.log_text());
+
+    let agent = copy_binary(t.path(), &python3(), "am-hold");
+    let mut child =
+        Bg(Command::new(&agent).args(["-c", POST, &forum.port.to_string()]).stdout(Stdio::null()).spawn().unwrap());
+    let e = d.wait_event("held POST", |e| f(e, "action") == "held" && f(e, "kind") == "net.http_write");
+    let id = hold_id(&e);
+    let as_member = |args: &[&str]| {
+        Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", &format!("--groups={gid}")])
+            .arg(binary().unwrap())
+            .args(args)
+            .args(["--control-socket", &s])
+            .output()
+            .unwrap()
+    };
+    let out = as_member(&["approve", &id]);
+    assert!(out.status.success(), "the group member could not approve: {}", String::from_utf8_lossy(&out.stderr));
+    let st = child.0.wait().unwrap();
+    assert!(st.success(), "the approved agent did not finish: {st}");
+    assert_eq!(forum.count("POST"), 1, "the approved POST was not sent exactly once");
+    let decision = d.wait_event("decision", |e| f(e, "kind") == "hold.decision" && f(e, "hold") == id);
+    assert_eq!(decision["approver_uid"], 65534, "{decision}");
+    // Without the group, the same uid is refused.
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(binary().unwrap())
+        .args(["status", "--control-socket", &s])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "uid 65534 without the group got a status");
+}

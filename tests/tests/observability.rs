@@ -4,7 +4,7 @@
 //! scenario and every dashboard query and alert expression is run against it.
 use std::{fs, process::Command, time::Duration};
 
-use agent_monitor_e2e::*;
+use agent_monitor_e2e::{attack::*, *};
 
 fn file_policy(extra: &str, work: &std::path::Path, comm: &str) -> String {
     format!(
@@ -290,4 +290,95 @@ fn the_events_log_is_private_and_log_lines_fit_the_journal() {
         "{text}"
     );
     assert!(text.contains("no longer"), "the narrowing is not said: {text}");
+}
+
+/// Issue 16: an HTTPS webhook verified against the system's CA store plus the hook's own
+/// `ca_file`, with a bearer token read from a file. A receiver whose certificate chains to that
+/// CA gets the alert with the token (and the host); the same receiver named by a hook without
+/// the CA is refused by TLS: nothing of the alert reaches it, and the failures are counted.
+#[test]
+fn an_https_webhook_trusts_its_ca_file_and_sends_its_bearer_token() {
+    if !can_run_root_tests("an_https_webhook_trusts_its_ca_file_and_sends_its_bearer_token") {
+        return;
+    }
+    let t = TempDir::new("hook-tls");
+    let work = t.join("work");
+    fs::create_dir(&work).unwrap();
+    // A private CA, and a receiver certificate for 127.0.0.1 signed by it (where the sink
+    // server looks for its certificate).
+    let p = |n: &str| t.join(n).display().to_string();
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl").args(args).output().unwrap();
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=am-test-ca",
+        "-keyout",
+        &p("ca-key.pem"),
+        "-out",
+        &p("ca.pem"),
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-keyout",
+        &p("sink-key.pem"),
+        "-out",
+        &p("sink.csr"),
+    ]);
+    fs::write(t.join("san.ext"), "subjectAltName = IP:127.0.0.1\nbasicConstraints = CA:FALSE\n").unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        &p("sink.csr"),
+        "-CA",
+        &p("ca.pem"),
+        "-CAkey",
+        &p("ca-key.pem"),
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-extfile",
+        &p("san.ext"),
+        "-out",
+        &p("sink-cert.pem"),
+    ]);
+    let sink = Sink::start(t.path(), SinkKind::Tls { host: "127.0.0.1", port: 0 }, None);
+    fs::write(t.join("token"), "s3cret-token\n").unwrap();
+    let hooks = format!(
+        "[daemon]\nhost_name = \"web-3\"\n\
+         [[alerts.webhook]]\nurl = \"https://127.0.0.1:{port}/trusted\"\nformat = \"json\"\nca_file = \"{ca}\"\nbearer_token_file = \"{token}\"\n\
+         [[alerts.webhook]]\nurl = \"https://127.0.0.1:{port}/untrusted\"\nformat = \"json\"\n",
+        port = sink.port,
+        ca = p("ca.pem"),
+        token = p("token"),
+    );
+    let d = Daemon::start(&file_policy(&hooks, &work, "am-hooked"));
+    assert!(killed_by_sigkill(&violate(&t, "am-hooked")));
+    d.wait_event("violation", |e| f(e, "verdict") == "violation");
+    let trusted = format!("https://127.0.0.1:{}/trusted", sink.port);
+    let untrusted = format!("https://127.0.0.1:{}/untrusted", sink.port);
+    wait_for("the trusted delivery", 20, || {
+        d.metric("agent_monitor_webhook_sent_total", &[("receiver", &trusted)]).filter(|v| *v >= 1.0)
+    });
+    assert!(sink.received(b"POST /trusted HTTP/1.1"), "{}", sink.shown());
+    assert!(sink.received(b"uthorization: Bearer s3cret-token"), "no bearer token: {}", sink.shown());
+    assert!(sink.received(b"\"host\":\"web-3\""), "{}", sink.shown());
+    wait_for("the untrusted delivery to fail", 30, || {
+        d.metric("agent_monitor_webhook_failures_total", &[("receiver", &untrusted)]).filter(|v| *v >= 1.0)
+    });
+    assert!(!sink.received(b"/untrusted"), "an alert went to a receiver whose certificate is not trusted");
 }

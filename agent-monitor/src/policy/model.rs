@@ -186,6 +186,11 @@ pub struct Webhook {
     /// `http://` or `https://` URL.
     pub url: String,
     pub format: WebhookFormat,
+    /// PEM certificates trusted for an `https://` URL besides the system's CA store.
+    pub ca_file: Option<String>,
+    /// A file holding a token sent as `Authorization: Bearer TOKEN` (read at each delivery, so
+    /// a rotated token is used at once; kept out of the policy and its hash).
+    pub bearer_token_file: Option<String>,
 }
 
 /// The body a webhook receives.
@@ -544,6 +549,12 @@ impl fmt::Display for Policy {
             writeln!(f, "\n[[alerts.webhook]]")?;
             writeln!(f, "url = {}", toml_string(&w.url))?;
             writeln!(f, "format = \"{}\"", w.format)?;
+            if let Some(c) = &w.ca_file {
+                writeln!(f, "ca_file = {}", toml_string(c))?;
+            }
+            if let Some(t) = &w.bearer_token_file {
+                writeln!(f, "bearer_token_file = {}", toml_string(t))?;
+            }
         }
         for a in &self.agents {
             writeln!(f, "\n[[agent]]")?;

@@ -44,6 +44,8 @@ pub struct RawWebhook {
     pub url: Spanned<String>,
     #[serde(default)]
     pub format: WebhookFormat,
+    pub ca_file: Option<Spanned<String>>,
+    pub bearer_token_file: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -94,7 +94,12 @@ http_methods = ["GET", "HEAD", "OPTIONS"]
 "#);
     assert_eq!(
         p.alerts.webhook,
-        [Webhook { url: "http://127.0.0.1:9093/api/v2/alerts".into(), format: WebhookFormat::Alertmanager }]
+        [Webhook {
+            url: "http://127.0.0.1:9093/api/v2/alerts".into(),
+            format: WebhookFormat::Alertmanager,
+            ca_file: None,
+            bearer_token_file: None
+        }]
     );
     let a = p.agent("forum-analyst").unwrap();
     assert_eq!(a.action, Action::Kill);

@@ -101,7 +101,10 @@ impl Validator<'_> {
             if let Err(e) = check_webhook_url(w.url.get_ref()) {
                 self.error(w.url.span(), e);
             }
-            webhook.push(Webhook { url: w.url.into_inner(), format: w.format });
+            let ca_file = w.ca_file.map(|c| self.path("ca_file", &c, "an absolute path to PEM certificates"));
+            let bearer_token_file =
+                w.bearer_token_file.map(|t| self.path("bearer_token_file", &t, "an absolute path to a token file"));
+            webhook.push(Webhook { url: w.url.into_inner(), format: w.format, ca_file, bearer_token_file });
         }
 
         let mut seen = std::mem::take(&mut self.seen);

@@ -92,10 +92,10 @@ impl WebhookSink {
     pub fn start(hook: &Webhook, metrics: Arc<Metrics>, origin: super::Origin) -> WebhookSink {
         let name = receiver_label(&hook.url);
         let (tx, rx) = sync_channel(QUEUE);
-        let (url, format, m, n) = (hook.url.clone(), hook.format, metrics.clone(), name.clone());
+        let (hook, m, n) = (hook.clone(), metrics.clone(), name.clone());
         std::thread::Builder::new()
             .name("webhook".into())
-            .spawn(move || worker(rx, url, format, m, n, origin))
+            .spawn(move || worker(rx, hook, m, n, origin))
             .expect("spawn webhook worker");
         for c in [&metrics.webhook_sent, &metrics.webhook_failures, &metrics.webhook_dropped] {
             c.with_label_values(&[&name]);
@@ -114,19 +114,68 @@ impl WebhookSink {
     }
 }
 
-fn worker(
-    rx: Receiver<EventRecord>,
-    url: String,
-    format: WebhookFormat,
-    metrics: Arc<Metrics>,
-    name: String,
-    origin: super::Origin,
-) {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_global(Some(Duration::from_secs(5)))
-        .http_status_as_error(true)
-        .build()
-        .into();
+/// The system's CA bundles, where Debian/Ubuntu, Fedora/RHEL and others keep them.
+const SYSTEM_CA_BUNDLES: [&str; 4] = [
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/pki/tls/certs/ca-bundle.crt",
+    "/etc/ssl/ca-bundle.pem",
+    "/etc/ssl/cert.pem",
+];
+
+/// The certificates an `https://` webhook is verified against: the system's CA store (the
+/// first bundle found) and the hook's `ca_file`. Mozilla's bundled roots if neither gives one.
+fn root_certs(hook: &Webhook, name: &str) -> ureq::tls::RootCerts {
+    let mut certs = Vec::new();
+    let mut load = |path: &str, what: &str| match std::fs::read(path) {
+        Ok(pem) => {
+            let before = certs.len();
+            for item in ureq::tls::parse_pem(&pem).flatten() {
+                if let ureq::tls::PemItem::Certificate(c) = item {
+                    certs.push(c.to_owned());
+                }
+            }
+            if certs.len() == before {
+                warn!(receiver = name, path, "{what} holds no PEM certificate");
+            }
+            true
+        }
+        Err(e) => {
+            if what == "ca_file" {
+                warn!(receiver = name, path, error = %e, "cannot read the webhook's ca_file");
+            }
+            false
+        }
+    };
+    let _ = SYSTEM_CA_BUNDLES.iter().any(|p| load(p, "the system CA bundle"));
+    if let Some(ca) = &hook.ca_file {
+        load(ca, "ca_file");
+    }
+    if certs.is_empty() {
+        warn!(receiver = name, "no system CA store found: using the bundled Mozilla roots");
+        return ureq::tls::RootCerts::WebPki;
+    }
+    ureq::tls::RootCerts::new_with_certs(&certs)
+}
+
+/// `Authorization: Bearer TOKEN` from the hook's token file, read now (a rotated token is used
+/// at the next delivery). `Err` if the file is configured and cannot be read.
+fn bearer(hook: &Webhook) -> Result<Option<String>, String> {
+    let Some(path) = &hook.bearer_token_file else { return Ok(None) };
+    match std::fs::read_to_string(path) {
+        Ok(t) if !t.trim().is_empty() => Ok(Some(format!("Bearer {}", t.trim()))),
+        Ok(_) => Err(format!("the bearer token file {path} is empty")),
+        Err(e) => Err(format!("cannot read the bearer token file {path}: {e}")),
+    }
+}
+
+fn worker(rx: Receiver<EventRecord>, hook: Webhook, metrics: Arc<Metrics>, name: String, origin: super::Origin) {
+    let (url, format) = (hook.url.clone(), hook.format);
+    let mut config =
+        ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(5))).http_status_as_error(true);
+    if url.starts_with("https://") {
+        config = config.tls_config(ureq::tls::TlsConfig::builder().root_certs(root_certs(&hook, &name)).build());
+    }
+    let agent: ureq::Agent = config.build().into();
     while let Ok(e) = rx.recv() {
         metrics.webhook_queue.dec();
         let body = match format {
@@ -145,7 +194,19 @@ fn worker(
         let mut delay = BACKOFF;
         let mut ok = false;
         for attempt in 1..=ATTEMPTS {
-            match agent.post(&url).content_type("application/json").send(body.to_string()) {
+            let auth = match bearer(&hook) {
+                Ok(a) => a,
+                Err(why) => {
+                    metrics.webhook_failures.with_label_values(&[&name]).inc();
+                    warn!(receiver = name, "{why}: the alert is not sent");
+                    break;
+                }
+            };
+            let mut req = agent.post(&url).content_type("application/json");
+            if let Some(a) = &auth {
+                req = req.header("Authorization", a);
+            }
+            match req.send(body.to_string()) {
                 Ok(_) => {
                     ok = true;
                     break;

@@ -382,3 +382,71 @@ fn an_https_webhook_trusts_its_ca_file_and_sends_its_bearer_token() {
     });
     assert!(!sink.received(b"/untrusted"), "an alert went to a receiver whose certificate is not trusted");
 }
+
+/// Issue 16: events into the log pipeline a fleet already runs. With `[daemon] syslog` every
+/// event is also an RFC 5424 message; a real rsyslog receives it and parses it: the host name,
+/// the app name, the event kind as MSGID and the decision as structured data (fields a pipeline
+/// filters on without parsing the JSON message).
+#[test]
+fn rsyslog_receives_each_event_as_rfc5424_with_structured_data() {
+    if !can_run_root_tests("rsyslog_receives_each_event_as_rfc5424_with_structured_data") {
+        return;
+    }
+    if !have("rsyslogd") {
+        panic!("rsyslog is not installed (`cargo xtask setup` installs it)");
+    }
+    let t = TempDir::new("syslog");
+    let work = t.join("work");
+    fs::create_dir(&work).unwrap();
+    let rport = port();
+    let out = t.join("received.log");
+    let conf = t.join("rsyslog.conf");
+    fs::write(
+        &conf,
+        format!(
+            "global(workDirectory=\"{dir}\")\nmodule(load=\"imudp\")\ninput(type=\"imudp\" address=\"127.0.0.1\" port=\"{rport}\")\n\
+             template(name=\"fields\" type=\"string\" string=\"%hostname%|%app-name%|%msgid%|%structured-data%|%msg%\\n\")\n\
+             *.* action(type=\"omfile\" file=\"{out}\" template=\"fields\")\n",
+            dir = t.path().display(),
+            out = out.display()
+        ),
+    )
+    .unwrap();
+    let pidfile = t.join("rsyslogd.pid");
+    let _rsyslog = Bg(Command::new("rsyslogd")
+        .args(["-n", "-f"])
+        .arg(&conf)
+        .arg("-i")
+        .arg(&pidfile)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap());
+    wait_for("rsyslogd to start", 20, || pidfile.exists().then_some(()));
+    std::thread::sleep(Duration::from_millis(500));
+    let extra = format!(
+        "[daemon]\nhost_name = \"web-3\"\nlabels = {{ site = \"fra1\" }}\nsyslog = \"udp:127.0.0.1:{rport}\"\n"
+    );
+    let d = Daemon::start(&file_policy(&extra, &work, "am-syslogged"));
+    assert!(killed_by_sigkill(&violate(&t, "am-syslogged")));
+    let ev = d.wait_event("violation", |e| f(e, "verdict") == "violation");
+    let line = wait_for("the violation in rsyslog's file", 20, || {
+        fs::read_to_string(&out).ok()?.lines().find(|l| l.contains(f(&ev, "id"))).map(str::to_string)
+    });
+    let fields: Vec<&str> = line.splitn(5, '|').collect();
+    assert_eq!(&fields[..3], ["web-3", "agent-monitor", "file.write"], "{line}");
+    let sd = fields[3];
+    assert!(sd.starts_with("[agentmonitor@32473 "), "rsyslog did not parse the structured data: {line}");
+    for want in [
+        format!("id=\"{}\"", f(&ev, "id")),
+        "agent=\"observed\"".to_string(),
+        "verdict=\"violation\"".to_string(),
+        "action=\"killed\"".to_string(),
+        format!("target=\"{}\"", f(&ev, "target")),
+        "site=\"fra1\"".to_string(),
+    ] {
+        assert!(sd.contains(&want), "no {want} in {sd}");
+    }
+    let msg: Value = serde_json::from_str(fields[4].trim()).unwrap_or_else(|e| panic!("{e}: {line}"));
+    assert_eq!(msg["id"], ev["id"]);
+}

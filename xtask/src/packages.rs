@@ -53,6 +53,7 @@ pub const PACKAGES: &[Package] = &[
     p("golang-go", Need::Tests, "e2e (hardening_tls): builds a client with Go's own TLS, stripped (opaque TLS) and with symbols (hooked)"),
     p("prometheus", Need::Tests, "e2e (observability): scrapes the daemon, runs every dashboard query; test: promtool checks and tests dashboards/alerts.yml"),
     p("prometheus-alertmanager", Need::Tests, "e2e (observability): receives the daemon's webhook alerts"),
+    p("rsyslog", Need::Tests, "e2e (observability): receives the events as RFC 5424 syslog and parses their structured data"),
     p("logrotate", Need::Tests, "e2e (files): rotates the events log with the shipped config's options; the chain goes on across files"),
     p("systemd", Need::Tests, "e2e (exec, package): `systemd-analyze verify` of the unit"),
     p("kmod", Need::Tests, "VM tier: depmod over each downloaded kernel's modules"),

@@ -198,6 +198,11 @@ fn start(
             .iter()
             .map(|w| WebhookSink::start(w, metrics.clone(), origin.clone()))
             .collect(),
+        syslog: policy.daemon.syslog.as_deref().and_then(|t| {
+            crate::sinks::syslog::SyslogSink::start(t, origin.clone(), metrics.clone())
+                .inspect_err(|e| tracing::error!(error = %format!("{e:#}"), "events are not sent to syslog"))
+                .ok()
+        }),
         registered: Mutex::new(Vec::new()),
         holds: Default::default(),
         hold_timeout: policy.daemon.hold_timeout_secs.map(Duration::from_secs).unwrap_or(holds::DEFAULT_TIMEOUT),

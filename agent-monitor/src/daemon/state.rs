@@ -52,6 +52,8 @@ pub struct State {
     /// Agent processes seen doing TLS the daemon cannot look into.
     pub tls_invisible: Mutex<HashSet<u32>>,
     pub webhooks: Vec<WebhookSink>,
+    /// `[daemon] syslog`: every event also as an RFC 5424 message.
+    pub syslog: Option<crate::sinks::syslog::SyslogSink>,
     /// Cgroups registered by `agent-monitor exec` (cgroup path, agent name): dynamic selectors
     /// kept across reloads.
     pub registered: Mutex<Vec<(String, String)>>,
@@ -71,6 +73,9 @@ impl State {
     pub fn record(&self, ev: &Event, rec: &EventRecord) {
         let written = self.log.lock().unwrap().record(&self.metrics, ev, rec);
         self.sink_result(written);
+        if let Some(s) = &self.syslog {
+            s.send(rec);
+        }
         if !rec.is_violation() {
             return;
         }
@@ -102,7 +107,12 @@ impl State {
         rec.insert("ts".into(), Value::String(rfc3339(now_ns())));
         rec.insert("id".into(), Value::String(self.decoder.lock().unwrap().next_id()));
         let rec = Value::Object(rec);
-        let written = self.log.lock().unwrap().write_json(&rec.to_string());
+        let json = rec.to_string();
+        if let Some(s) = &self.syslog {
+            let (kind, ts) = (rec["kind"].as_str().unwrap_or("record"), rec["ts"].as_str().unwrap_or_default());
+            s.send_record(kind, ts, &json);
+        }
+        let written = self.log.lock().unwrap().write_json(&json);
         self.sink_result(written);
         self.flush();
         rec

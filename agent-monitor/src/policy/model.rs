@@ -92,6 +92,8 @@ pub struct DaemonConfig {
     /// Labels on every event and webhook alert (`site`, `cluster`, ...): Prometheus label names.
     /// Read at start.
     pub labels: std::collections::BTreeMap<String, String>,
+    /// Every event also to syslog, as RFC 5424: `udp:HOST:PORT` or `unix:PATH`. Read at start.
+    pub syslog: Option<String>,
 }
 
 /// `[daemon] tls_uprobes`: where the TLS libraries' write functions are hooked.
@@ -526,6 +528,7 @@ impl fmt::Display for Policy {
             ("admin_group", &d.admin_group),
             ("pin_path", &d.pin_path),
             ("host_name", &d.host_name),
+            ("syslog", &d.syslog),
         ];
         for (key, value) in settings {
             if let Some(v) = value {

@@ -29,6 +29,7 @@ pub struct RawDaemon {
     pub tls_uprobes: Option<super::TlsUprobes>,
     pub host_name: Option<Spanned<String>>,
     pub labels: Option<std::collections::BTreeMap<String, Spanned<String>>>,
+    pub syslog: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -153,6 +153,7 @@ bpf_stats = "on"
 tls_uprobes = false
 host_name = "web-3"
 labels = { site = "fra1", cluster = "ci" }
+syslog = "udp:127.0.0.1:514"
 
 [[alerts.webhook]]
 url = "https://hooks.example/agent"
@@ -187,6 +188,7 @@ allow = ["io_uring", "bpf"]
             tls_uprobes: Some(crate::policy::model::TlsUprobes::Off),
             host_name: Some("web-3".into()),
             labels: [("site".to_string(), "fra1".to_string()), ("cluster".to_string(), "ci".to_string())].into(),
+            syslog: Some("udp:127.0.0.1:514".into()),
         }
     );
     assert_eq!(p.alerts.webhook[0].format, WebhookFormat::Json);
@@ -477,6 +479,7 @@ pin_path = "sys/fs/bpf"
 hold_timeout_secs = 0
 host_name = "two words"
 labels = {{ alertname = "x", "9lives" = "y", ok = "" }}
+syslog = "tcp:127.0.0.1:514"
 "#,
             dir
         ),
@@ -491,6 +494,7 @@ labels = {{ alertname = "x", "9lives" = "y", ok = "" }}
             (9, 24, "labels: \"alertname\" is not a label name"),
             (9, 40, "labels: \"9lives\" is not a label name"),
             (9, 50, "labels.ok: \"\" must be 1-128 characters"),
+            (10, 10, "syslog \"tcp:127.0.0.1:514\": expected udp:HOST:PORT or unix:/path"),
         ],
     );
     expect(

@@ -82,6 +82,7 @@ impl Validator<'_> {
             d.hold_timeout_secs.as_ref().map(|v| v.span()),
             d.host_name.as_ref().map(|v| v.span()),
             d.labels.as_ref().and_then(|l| l.values().next()).map(|v| v.span()),
+            d.syslog.as_ref().map(|v| v.span()),
         ];
         if let Some(span) = set.into_iter().flatten().next() {
             self.error(span, "[daemon] settings belong in the main policy file, not in a policy.d fragment");
@@ -220,6 +221,12 @@ impl Validator<'_> {
                 self.error(h.span(), format!("host_name {v:?} is not a host name (1-253 characters, no spaces)"));
             }
             out.host_name = Some(h.into_inner());
+        }
+        if let Some(t) = d.syslog {
+            if let Err(e) = crate::sinks::syslog::Target::parse(t.get_ref()) {
+                self.error(t.span(), e.to_string());
+            }
+            out.syslog = Some(t.into_inner());
         }
         for (k, v) in d.labels.unwrap_or_default() {
             // Alertmanager groups and inhibits on labels: a label name must be a Prometheus one

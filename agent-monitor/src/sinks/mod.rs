@@ -6,6 +6,7 @@
 pub mod audit;
 pub mod journal;
 pub mod log;
+pub mod syslog;
 pub mod webhook;
 
 use std::collections::BTreeMap;

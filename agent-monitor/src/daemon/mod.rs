@@ -179,13 +179,17 @@ fn start(
     let mut decoder = Decoder::new(compiled.names_by_id());
     decoder.policy_by_gen[gen as usize] = Some(compiled.hash.clone());
     let origin = crate::sinks::Origin::new(&policy.daemon);
+    let health = Arc::new(Health::default());
+    for (layer, why) in crate::metrics::health::needed_layers_down(&kernel.layers, tls_uprobes) {
+        health.fail(&format!("layer {layer}"), why);
+    }
     let state = Arc::new(State {
         source,
         kernel: Mutex::new(kernel),
         protected,
         decoder: Mutex::new(decoder),
         metrics: metrics.clone(),
-        health: Arc::new(Health::default()),
+        health,
         events_path: s.events_path.clone(),
         log: Mutex::new(EventLog::new(sink, chain, live.clone()).with_origin(&origin)),
         live,

@@ -52,6 +52,11 @@ pub enum Command {
         #[arg(trailing_var_arg = true, required = true, value_name = "CMD")]
         cmd: Vec<String>,
     },
+    /// Print a shell completion script (the package installs them for bash, zsh and fish).
+    Completions { shell: clap_complete::Shell },
+    /// Print the manual page, agent-monitor(1), in roff (the package installs it).
+    #[command(hide = true)]
+    Manpage,
     /// Start the agent commands users type (claude, codex, gemini, ...) through `exec`: shell
     /// scripts of those names in a directory put first on PATH.
     Shims {

@@ -80,6 +80,15 @@ fn main() -> ExitCode {
         Command::Exec { agent, config, allow_unmonitored, cmd } => {
             return enforce::exec::main(&agent, config, allow_unmonitored, &cmd)
         }
+        Command::Completions { shell } => {
+            use clap::CommandFactory as _;
+            clap_complete::generate(shell, &mut Cli::command(), "agent-monitor", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Manpage => {
+            use clap::CommandFactory as _;
+            clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout()).map_err(anyhow::Error::from)
+        }
         Command::Shims { cmd } => {
             use enforce::shims;
             let profile = |on: bool| on.then(|| std::path::Path::new(shims::PROFILE));

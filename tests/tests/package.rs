@@ -27,6 +27,12 @@ fn the_deb_installs_where_the_unit_expects_and_removes_cleanly() {
             "/etc/agent-monitor/agent-monitor.toml",
             "/usr/share/agent-monitor/dashboards/agent-monitor.json",
             "/usr/share/agent-monitor/dashboards/alerts.yml",
+            "/usr/share/man/man1/agent-monitor.1.gz",
+            "/usr/share/bash-completion/completions/agent-monitor",
+            "/usr/share/zsh/vendor-completions/_agent-monitor",
+            "/usr/share/fish/vendor_completions.d/agent-monitor.fish",
+            "/usr/share/doc/agent-monitor/copyright",
+            "/etc/logrotate.d/agent-monitor",
         ] {
             assert!(Path::new(f).exists(), "{f} is missing after dpkg -i");
         }
@@ -41,6 +47,17 @@ fn the_deb_installs_where_the_unit_expects_and_removes_cleanly() {
             .output()
             .unwrap();
         assert!(out.status.success(), "systemd-analyze verify: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    // The manual page renders and names the subcommands.
+    if have("man") {
+        let out = Command::new("man").args(["-P", "cat", "agent-monitor"]).env("MANWIDTH", "100").output().unwrap();
+        let page = String::from_utf8_lossy(&out.stdout);
+        assert!(page.contains("agent-monitor-check") || page.contains("check"), "{page}");
+    }
+    // The shipped logrotate configuration is valid for logrotate (a dry run).
+    if have("logrotate") {
+        let out = Command::new("logrotate").args(["-d", "/etc/logrotate.d/agent-monitor"]).output().unwrap();
+        assert!(out.status.success(), "logrotate -d: {}", String::from_utf8_lossy(&out.stderr));
     }
     // The shipped configuration, where `run` reads it by default, is valid.
     let out = Command::new("/usr/bin/agent-monitor")

@@ -68,6 +68,23 @@ pub fn run() -> Result<PathBuf> {
     put("usr/share/doc/agent-monitor/README.md", &root().join("README.md"), 0o644)?;
     put("etc/logrotate.d/agent-monitor", &root().join("deploy/agent-monitor.logrotate"), 0o644)?;
     put("usr/share/doc/agent-monitor/copyright", &root().join("deploy/copyright"), 0o644)?;
+    // The manual page and shell completions, generated from the CLI itself (clap_mangen,
+    // clap_complete): they cannot drift from it.
+    let bin = target_dir().join("release/agent-monitor");
+    let generated = |rel: &str, args: &[&str]| -> Result<()> {
+        let dst = stage.join(rel);
+        fs::create_dir_all(dst.parent().unwrap())?;
+        let out = Command::new(&bin).args(args).output().with_context(|| format!("running {}", bin.display()))?;
+        anyhow::ensure!(out.status.success(), "agent-monitor {args:?} failed");
+        fs::write(&dst, out.stdout)?;
+        fs::set_permissions(&dst, fs::Permissions::from_mode(0o644))?;
+        Ok(())
+    };
+    generated("usr/share/man/man1/agent-monitor.1", &["manpage"])?;
+    run_cmd(Command::new("gzip").args(["-9nf"]).arg(stage.join("usr/share/man/man1/agent-monitor.1")))?;
+    generated("usr/share/bash-completion/completions/agent-monitor", &["completions", "bash"])?;
+    generated("usr/share/zsh/vendor-completions/_agent-monitor", &["completions", "zsh"])?;
+    generated("usr/share/fish/vendor_completions.d/agent-monitor.fish", &["completions", "fish"])?;
     for entry in fs::read_dir(root().join("dashboards"))? {
         let p = entry?.path();
         if p.is_file() {

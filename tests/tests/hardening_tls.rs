@@ -205,7 +205,8 @@ fn a_host_header_naming_another_destination_does_not_carry_a_write_inside_tls() 
 
 /// Python: a "phantom" write before the handshake (non-blocking: `SSL_write_ex` returns
 /// WANT_READ and sends nothing) of an HTTP/2 preface and a SETTINGS frame header of length
-/// 16 MiB - 1, then the handshake and a real POST on the same `SSL *`.
+/// 16 KiB (the largest frame the parser takes), then the handshake and a real POST on the same
+/// `SSL *`.
 const PY_PHANTOM: &str = r#"
 import socket, ssl, sys
 port, marker = int(sys.argv[1]), sys.argv[2]
@@ -213,7 +214,7 @@ raw = socket.create_connection(("127.0.0.1", port), timeout=5)
 raw.setblocking(False)
 s = ssl._create_unverified_context().wrap_socket(raw, do_handshake_on_connect=False)
 try:
-    s.send(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\xff\xff\xff\x04\x00\x00\x00\x00\x00")
+    s.send(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x40\x00\x04\x00\x00\x00\x00\x00")
     print("phantom: sent", flush=True)
 except ssl.SSLWantReadError:
     print("phantom: WANT_READ, nothing sent", flush=True)
@@ -227,7 +228,8 @@ print("response", s.recv(200)[:15], flush=True)
 /// Red team F2: the parser follows what the library sent, not what the program asked it to
 /// write. A write that sends nothing (before the handshake) leaves the parser where it was, so
 /// the POST after it is judged as the start of a request: killed, the forum receives nothing.
-/// (Without it, the parser skipped "16 MiB of SETTINGS payload" and the POST reached the forum.)
+/// (Without it, the parser skipped "16 KiB of SETTINGS payload" and the POST reached the forum. The
+/// handshake between them now also starts a new stream: two defences, one test.)
 #[test]
 fn a_tls_write_that_sends_nothing_does_not_move_the_parser() {
     if !can_run_root_tests("a_tls_write_that_sends_nothing_does_not_move_the_parser") {
@@ -255,6 +257,64 @@ fn a_tls_write_that_sends_nothing_does_not_move_the_parser() {
     assert!(!forum.received(b"PRI * HTTP/2.0"), "{:?}", forum.shown());
     assert!(killed_by_sigkill(&st), "the agent was not killed: {st}\n{out}{err}");
     let e = violation(&d, "tls-phantom", &["net.http_write"]);
+    assert_enforced(&e, "network.http_methods");
+    assert_eq!(f(&e, "layer"), "uprobe", "{e}");
+}
+
+/// Python with ctypes on the system libssl: one `SSL *` for two connections. On the first, an
+/// HTTP/2 preface and the header of a 16 KiB frame of an extension type (a parser that kept that
+/// state would skip the next 16 KiB unread); then `SSL_clear`, a new connection on the same
+/// object, and a POST.
+const PY_SSL_REUSE: &str = r#"
+import ctypes, socket, sys
+port, marker = int(sys.argv[1]), sys.argv[2]
+L = ctypes.CDLL("libssl.so.3"); V = ctypes.c_void_p; I = ctypes.c_int
+def fn(n, r, a):
+    f = getattr(L, n); f.restype = r; f.argtypes = a; return f
+ctx = fn("SSL_CTX_new", V, [V])(fn("TLS_client_method", V, [])())
+s = fn("SSL_new", V, [V])(ctx)
+set_fd, connect = fn("SSL_set_fd", I, [V, I]), fn("SSL_connect", I, [V])
+write = fn("SSL_write", I, [V, ctypes.c_char_p, I])
+def conn():
+    c = socket.create_connection(("127.0.0.1", port)); set_fd(s, c.fileno())
+    assert connect(s) == 1, "handshake failed"
+    return c
+a = conn()
+pre = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0x00, 0x40, 0x00, 0xfa, 0, 0, 0, 0, 0])
+print("preface", write(s, pre, len(pre)), flush=True)
+fn("SSL_shutdown", I, [V])(s); a.close()
+print("clear", fn("SSL_clear", I, [V])(s), flush=True)
+b = conn()
+req = f"POST /{marker} HTTP/1.1\r\nHost: forum\r\nContent-Length: 5\r\n\r\npwned".encode()
+print("post", write(s, req, len(req)), flush=True)
+"#;
+
+/// Red team round 3, #1: the parser state of a TLS connection is keyed by its `SSL *`, and a
+/// pointer is reused (`SSL_clear`, or `SSL_free` and an `SSL_new` at the same address). A new
+/// handshake, a new transport or the end of the object starts a new stream: the POST on the
+/// reused object is read as a request, killed, and the forum receives nothing of it.
+#[test]
+fn a_reused_ssl_object_starts_a_new_stream() {
+    if !can_run_root_tests("a_reused_ssl_object_starts_a_new_stream") {
+        return;
+    }
+    let t = TempDir::new("tls-reuse");
+    let forum = Sink::start(t.path(), SinkKind::Tls { host: "127.0.0.1", port: 0 }, None);
+    let d = Daemon::start(&agent_policy(
+        "tls-reuse",
+        &["am-reuse"],
+        "kill",
+        &[t.path()],
+        &[q(format!("127.0.0.1:{}", forum.port))],
+        "",
+    ));
+    let py = py_agent(t.path(), "am-reuse");
+    let (st, out, err) = output(Command::new(&py).args(["-c", PY_SSL_REUSE, &forum.port.to_string(), "answer-reuse"]));
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(out.contains("clear 1"), "the script did not reach the second connection: {out}{err}");
+    assert!(!forum.received(b"answer-reuse"), "the POST on a reused SSL * reached the forum: {:?}", forum.shown());
+    assert!(killed_by_sigkill(&st), "the agent was not killed: {st}\n{out}{err}");
+    let e = violation(&d, "tls-reuse", &["net.http_write"]);
     assert_enforced(&e, "network.http_methods");
     assert_eq!(f(&e, "layer"), "uprobe", "{e}");
 }

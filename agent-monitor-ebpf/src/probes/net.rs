@@ -795,11 +795,32 @@ fn mark_visible() {
 /// `int SSL_do_handshake(SSL *s)` (also reached through `SSL_connect`), `void
 /// SSL_set_connect_state(SSL *s)` (where Node.js starts a client connection: its handshake then
 /// runs inside `SSL_read`, never entering `SSL_do_handshake`), `int
-/// gnutls_handshake(gnutls_session_t session)` and Go's `(*crypto/tls.Conn).handshakeContext`.
+/// gnutls_handshake(gnutls_session_t session)` and Go's `(*crypto/tls.Conn).clientHandshake`
+/// (once per connection: `handshakeContext` runs at every `Write`);
+/// and every function that ends a connection's life or gives it another transport (`SSL_clear`,
+/// `SSL_free`, `SSL_set_fd`, `SSL_set_wfd`, `SSL_set_bio`, `SSL_set0_wbio`, `gnutls_deinit`,
+/// `gnutls_transport_set_int2`, `gnutls_transport_set_ptr`, `gnutls_transport_set_ptr2`).
+///
+/// Each starts a new stream on that `SSL *` (or session, or Go `*Conn`): the parser state kept
+/// for it goes, and the next write is read as the start of a request. (A pointer is reused: a
+/// cleared or freed-and-reallocated `SSL *` must not carry "skip 16 KiB of frame payload" or
+/// "in a body" into a new connection.) The first argument (C) and RAX (Go's register ABI: the
+/// receiver) are both taken as the key: dropping the state of a live connection by mistake
+/// only makes its next write stricter.
 #[uprobe]
 #[inline(always)]
-pub fn ssl_do_handshake(_ctx: ProbeContext) -> u32 {
+pub fn ssl_do_handshake(ctx: ProbeContext) -> u32 {
     mark_visible();
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let r = ctx.regs;
+    #[cfg(bpf_target_arch = "x86_64")]
+    let (c_arg, go_recv) = unsafe { ((*r).rdi, (*r).rax) };
+    #[cfg(bpf_target_arch = "aarch64")]
+    let (c_arg, go_recv) = unsafe { ((*r).regs[0], (*r).regs[0]) };
+    let _ = TLS_CONNS.remove(&TlsConnKey { tgid, _pad: 0, ssl: c_arg });
+    if go_recv != c_arg {
+        let _ = TLS_CONNS.remove(&TlsConnKey { tgid, _pad: 0, ssl: go_recv });
+    }
     0
 }
 

@@ -43,9 +43,27 @@ impl Stack {
     /// Its functions that are hooked.
     pub fn symbols(self) -> &'static [&'static str] {
         match self {
-            Stack::OpenSsl => &["SSL_write", "SSL_write_ex", "SSL_do_handshake", "SSL_set_connect_state"],
-            Stack::GnuTls => &["gnutls_record_send", "gnutls_handshake"],
-            Stack::Go => &["crypto/tls.(*Conn).Write", "crypto/tls.(*Conn).handshakeContext"],
+            Stack::OpenSsl => &[
+                "SSL_write",
+                "SSL_write_ex",
+                "SSL_do_handshake",
+                "SSL_set_connect_state",
+                "SSL_clear",
+                "SSL_free",
+                "SSL_set_fd",
+                "SSL_set_wfd",
+                "SSL_set_bio",
+                "SSL_set0_wbio",
+            ],
+            Stack::GnuTls => &[
+                "gnutls_record_send",
+                "gnutls_handshake",
+                "gnutls_deinit",
+                "gnutls_transport_set_int2",
+                "gnutls_transport_set_ptr",
+                "gnutls_transport_set_ptr2",
+            ],
+            Stack::Go => &["crypto/tls.(*Conn).Write", "crypto/tls.(*Conn).clientHandshake"],
         }
     }
 
@@ -105,7 +123,7 @@ fn defines_tls_symbols(path: &Path) -> Option<Stack> {
     } else if defined("gnutls_record_send") {
         Some(Stack::GnuTls)
     } else if defined("crypto/tls.(*Conn).Write")
-        && defined("crypto/tls.(*Conn).handshakeContext")
+        && defined("crypto/tls.(*Conn).clientHandshake")
         && go_register_abi(&obj)
     {
         Some(Stack::Go)

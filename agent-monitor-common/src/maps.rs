@@ -439,6 +439,9 @@ pub mod http_verdict {
     /// `Content-Length`: where a lenient server ends a line or a body, this parser would not,
     /// and a request could hide in what it takes for header or body bytes.
     pub const FRAMING: u32 = 11;
+    /// TCP urgent data (`MSG_OOB`): the receiver takes the urgent byte out of the stream the
+    /// server reads, so the bytes the parser read are not the bytes the server reads.
+    pub const URGENT: u32 = 12;
 }
 
 /// Key of the `UNIX_ALLOW` hash map: agent and socket path, NUL padded.

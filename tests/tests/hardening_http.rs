@@ -13,7 +13,8 @@ use std::{process::Command, time::Duration};
 use agent_monitor_e2e::{attack::*, *};
 
 /// `SCHEME PORT STEP...`: connect (TCP_NODELAY; TLS without verification for https), then each
-/// STEP: `send:HEX` (one send, or one SSL_write), `sleep:MS`, `recv` (one response). Then wait
+/// STEP: `send:HEX` (one send, or one SSL_write), `oob:HEX` (one send of urgent data, clear
+/// text only), `sleep:MS`, `recv` (one response). Then wait
 /// up to 5 s for anything (a kill from the daemon lands here) and exit 0.
 const PY_RAW_HTTP: &str = r#"
 import socket, ssl, sys, time
@@ -35,6 +36,8 @@ try:
         kind, _, arg = step.partition(":")
         if kind == "send":
             s.sendall(bytes.fromhex(arg))
+        elif kind == "oob":
+            s.send(bytes.fromhex(arg), socket.MSG_OOB)
         elif kind == "sleep":
             time.sleep(int(arg) / 1000)
         elif kind == "recv":
@@ -83,14 +86,14 @@ fn send(b: &[u8]) -> String {
 }
 
 /// The variants of one class of first bytes: (name, steps). Each write carries `answer-NAME`.
-fn variants() -> Vec<(&'static str, Vec<String>)> {
+fn variants(tls: bool) -> Vec<(&'static str, Vec<String>)> {
     let mark = |n: &str| format!("/answer-{n}");
     let mut crlf = b"\r\n".to_vec();
     crlf.extend(req("POST", &mark("crlf")));
     let mut pipelined = get();
     pipelined.extend(req("POST", &mark("pipelined")));
     let split = req("POST", &mark("split"));
-    vec![
+    let mut all = vec![
         ("propfind", vec![send(&req("PROPFIND", &mark("propfind")))]),
         ("move", vec![send(&req("MOVE", &mark("move")))]),
         ("lowercase", vec![send(&req("post", &mark("lowercase")))]),
@@ -130,7 +133,23 @@ fn variants() -> Vec<(&'static str, Vec<String>)> {
                 send(&req("ST", &mark("keepalive-split"))),
             ],
         ),
-    ]
+    ];
+    if !tls {
+        // Red team round 3, #3: urgent data. The server's stream leaves out the urgent byte
+        // ("Z"): to the parser a header line "Z" and more header lines; to the server the end
+        // of the GET's header block, then a POST.
+        all.push((
+            "urgent",
+            vec![
+                send(b"GET /question HTTP/1.1\r\nHost: forum\r\n"),
+                "sleep:100".into(),
+                format!("oob:{}", hex(b"Z")),
+                "sleep:100".into(),
+                send(b"\r\nPOST /answer-urgent HTTP/1.1\r\nHost: forum\r\nContent-Length: 0\r\n\r\n"),
+            ],
+        ));
+    }
+    all
 }
 
 fn run_variants(scheme: &str, agent: &str, comm: &str, tls: bool) {
@@ -162,7 +181,7 @@ fn run_variants(scheme: &str, agent: &str, comm: &str, tls: bool) {
     );
     assert!(st.success(), "two GETs on one connection failed: {st}\n{out}{err}");
     assert!(out.matches("200 OK").count() == 2, "{out}");
-    let all = variants();
+    let all = variants(tls);
     let names: Vec<&str> = all.iter().map(|(n, _)| *n).collect();
     each_variant(&names, |name| {
         let steps = &all.iter().find(|(n, _)| n == name).unwrap().1;
@@ -260,4 +279,17 @@ fn a_path_prefix_is_the_whole_path_not_its_first_bytes() {
     assert!(killed_by_sigkill(&st), "two Content-Lengths: the agent was not killed: {st}\n{out}{err}");
     let e = next_violation(&d, "http-paths", &["net.http_write"], seen);
     assert_enforced(&e, "network.http_methods");
+
+    // Red team round 3, #13: a header name with 0x1a where `:` belongs. Folded with `| 0x20`
+    // it matched `Content-Length:` (a 78-byte body skipped unread); Python's server sees no
+    // such header and reads the "body" as a POST outside the prefix. The parser now sees no
+    // length either, and judges that POST: killed.
+    let smuggled = b"POST /api/x HTTP/1.1\r\nHost: forum\r\nContent-Length\x1a 78\r\n\r\nPOST /admin/answer-sub-colon HTTP/1.1\r\nHost: forum\r\nContent-Length: 5\r\n\r\npwned";
+    let seen = violations(&d, "http-paths").len();
+    let (st, out, err) = output(Command::new(&py).args(["-c", PY_RAW_HTTP, "http", &port]).arg(send(smuggled)));
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!sink.received(b"answer-sub-colon"), "0x1a for ':': the write reached the server: {:?}", sink.shown());
+    assert!(killed_by_sigkill(&st), "0x1a for ':': the agent was not killed: {st}\n{out}{err}");
+    let e = next_violation(&d, "http-paths", &["net.http_write"], seen);
+    assert_enforced(&e, "network.paths");
 }

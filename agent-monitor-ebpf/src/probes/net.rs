@@ -431,6 +431,13 @@ fn try_http_egress(ctx: &SkBuffContext) -> Result<i32, i64> {
     let seq = u32::from_be(seq_wire);
     let doff = ((ctx.load::<u8>(ip_hl as usize + 12)? >> 4) as u32) * 4;
     let off = ip_hl + doff;
+    // Urgent data: a Linux receiver (and most others) takes the last byte of an `MSG_OOB` send
+    // out of the stream the server reads, so the server would read a different request than
+    // the one parsed here. Nothing read-only needs it.
+    if ctx.load::<u8>(ip_hl as usize + 13)? & 0x20 != 0 {
+        let found = http::Found { verdict: http_verdict::URGENT, method: 0, at: 0, lost: true, host_bind: 0 };
+        return Ok(http_violation(ctx, info, &st, &cfg, &who, &found, off, seq_wire, cookie));
+    }
     if off >= total {
         return Ok(PASS); // no payload
     }

@@ -524,3 +524,50 @@ print("written")
         assert!(action == "killed" || action == "denied", "{e}");
     });
 }
+
+/// Python (ctypes): a raw `clone(CLONE_FILES)`, a child that shares the descriptor table and
+/// spins writing descriptor 100, and a parent that opens the file outside `writable` and puts it
+/// at descriptor 100. A kill lands on one process: the child's write would go through before
+/// the kill of the opener reached it.
+const PY_SHARED_FDS: &str = r#"
+import ctypes, os, sys, time
+libc = ctypes.CDLL(None, use_errno=True)
+target = sys.argv[1]
+pid = libc.syscall(56, 0x400 | 17, 0, 0, 0, 0)   # clone(CLONE_FILES | SIGCHLD)
+if pid == 0:
+    for _ in range(2000000):
+        try:
+            os.write(100, b"pwned\n"); os._exit(0)
+        except OSError:
+            pass
+    os._exit(1)
+print("cloned", pid, flush=True)
+time.sleep(0.05)
+fd = os.open(target, os.O_WRONLY | os.O_APPEND)
+os.dup2(fd, 100)
+time.sleep(1)
+"#;
+
+/// Red team round 3, #5: a process that shares the agent's descriptor table (CLONE_FILES
+/// without CLONE_THREAD) is refused at the clone: the kill of an opener reaches one thread
+/// group, and a sibling sharing its descriptors would write in between. The file outside
+/// `writable` is unchanged.
+#[test]
+fn a_process_sharing_the_descriptor_table_is_refused() {
+    if !can_run_root_tests("a_process_sharing_the_descriptor_table_is_refused") {
+        return;
+    }
+    let s = setup("clone-files");
+    let file = s.outdir.join("file");
+    let d = Daemon::start(&policy("clonefiles", "am-clonefiles", &s.work));
+    let py = py_agent(s.t.path(), "am-clonefiles");
+    let before = FileState::of(&file);
+    let (st, out, err) = output(Command::new(&py).args(["-c", PY_SHARED_FDS]).arg(&file));
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(FileState::of(&file), before, "the file outside writable changed: {out}{err}");
+    assert!(killed_by_sigkill(&st), "the agent was not killed: {st}\n{out}{err}");
+    assert!(!out.contains("cloned"), "the clone went through: {out}{err}");
+    let e = violation(&d, "clonefiles", &["sys.namespace"]);
+    assert!(f(&e, "detail").contains("descriptor table"), "{e}");
+    assert_eq!(f(&e, "action"), "killed", "{e}");
+}

@@ -356,11 +356,25 @@ pub fn sys_enter_setns(ctx: TracePointContext) -> u32 {
     0
 }
 
+/// `CLONE_FILES` without `CLONE_THREAD`: another process sharing this one's descriptor table.
+/// A kill lands on one thread group; a process that shares the table writes through a
+/// descriptor the moment an open installs it, before the kill of the opener reaches it (or
+/// closes and replaces it before the open's exit is judged). Threads share the table, and
+/// die with the group.
+const CLONE_FILES: u64 = 0x400;
+const CLONE_THREAD: u64 = 0x1_0000;
+
+/// Does `flags` make a namespace, or a process that shares the caller's descriptors?
+#[inline(always)]
+fn isolates_or_shares_files(flags: u64) -> bool {
+    flags & CLONE_NEW_ANY != 0 || flags & (CLONE_FILES | CLONE_THREAD) == CLONE_FILES
+}
+
 #[tracepoint]
 #[inline(always)]
 pub fn sys_enter_clone(ctx: TracePointContext) -> u32 {
     let flags = arg(&ctx, 0);
-    if flags & CLONE_NEW_ANY != 0 {
+    if isolates_or_shares_files(flags) {
         namespace_op(56, flags);
     }
     0
@@ -373,7 +387,7 @@ pub fn sys_enter_clone(ctx: TracePointContext) -> u32 {
 pub fn sys_enter_clone3(ctx: TracePointContext) -> u32 {
     let args = arg(&ctx, 0);
     match unsafe { aya_ebpf::helpers::bpf_probe_read_user(args as *const u64) } {
-        Ok(flags) if flags & CLONE_NEW_ANY == 0 => {}
+        Ok(flags) if !isolates_or_shares_files(flags) => {}
         Ok(flags) => namespace_op(435, flags),
         Err(_) => {
             if current_agent().is_some() {

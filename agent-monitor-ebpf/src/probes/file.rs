@@ -640,14 +640,26 @@ fn try_open_exit(ctx: &TracePointContext) -> Result<(), i64> {
         flags |= 0o1101;
     }
     let s = agent::scratch().ok_or(-1i64)?;
+    // What the open returned cannot be read (another task sharing the descriptor table closed
+    // or replaced it before this exit): a write open is judged blind, a violation (fail
+    // closed), never "no decision".
+    let blind = |e: i64| {
+        count(stat::READ_FAILED);
+        if open_is_write(flags) {
+            decide_with(
+                &st,
+                &cfg,
+                false,
+                rec(kind::FILE_WRITE, f | event_flags::ARG_UNREADABLE, flags),
+                PathRef::NONE,
+                PathRef::NONE,
+                false,
+            );
+        }
+        e
+    };
     unsafe {
-        let file = match kernel::fd_file(kernel::current_task(), ret) {
-            Ok(f) => f,
-            Err(e) => {
-                count(stat::READ_FAILED);
-                return Err(e);
-            }
-        };
+        let file = kernel::fd_file(kernel::current_task(), ret).map_err(blind)?;
         // The object decides too: a file the kernel opened for writing is a write.
         let fmode = kernel::file_f_mode(file).unwrap_or(FMODE_WRITE);
         if !open_is_write(flags) && fmode & FMODE_WRITE == 0 {
@@ -661,12 +673,12 @@ fn try_open_exit(ctx: &TracePointContext) -> Result<(), i64> {
             }
             return Ok(());
         }
-        let t = kernel::file_mode_type(file)?;
+        let t = kernel::file_mode_type(file).map_err(blind)?;
         if t == S_IFSOCK {
             return Ok(());
         }
-        let (d, m) = kernel::file_path(file)?;
-        let b = dentry_path(s, d, m)?;
+        let (d, m) = kernel::file_path(file).map_err(blind)?;
+        let b = dentry_path(s, d, m).map_err(blind)?;
         f |= b.flags();
         if t == S_IFIFO {
             return fifo_write(s, &st, &cfg, b, f, flags);

@@ -441,6 +441,17 @@ impl Decoder {
                 assign(target, "compat syscall");
                 "syscalls.allow"
             }
+            Kind::SysNamespace if ev.aux2 & 0x1_0400 == 0x400 && ev.aux2 & 0x7e02_0080 == 0 => {
+                let _ = write!(
+                    detail.next(),
+                    "a process sharing its parent's descriptor table (syscall {}, flags {:#x}, CLONE_FILES without \
+                     CLONE_THREAD): it would write through a descriptor before a kill of the opener reached it",
+                    ev.aux,
+                    ev.aux2
+                );
+                assign(target, "shared descriptor table");
+                "syscalls.allow"
+            }
             Kind::SysNamespace => {
                 let _ = write!(
                     detail.next(),

@@ -193,3 +193,71 @@ fn a_udp_grant_is_written_as_a_table_and_the_string_form_stays_tcp() {
         }
     });
 }
+
+/// `MODE PORT`: one socket operation an agent could use to take what leaves out of what the
+/// boundary reads. Prints "done" if the process is still alive after it.
+const PY_SOCKOPT: &str = r#"
+import socket, sys
+mode, port = sys.argv[1], int(sys.argv[2])
+if mode == "lsrr":
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.setsockopt(socket.IPPROTO_IP, socket.IP_OPTIONS, bytes([1, 0x83, 7, 4]) + socket.inet_aton("127.0.0.1"))
+    s.sendto(b"answer-lsrr", ("127.0.0.1", port))
+elif mode == "ktls":
+    s = socket.create_connection(("127.0.0.1", port))
+    try:
+        s.setsockopt(socket.IPPROTO_TCP, 31, b"tls")   # TCP_ULP
+    except OSError as e:
+        print("setsockopt:", e, flush=True)
+    s.send(b"answer-ktls")
+elif mode == "zerocopy":
+    s = socket.create_connection(("127.0.0.1", port))
+    s.setsockopt(socket.SOL_SOCKET, 60, 1)              # SO_ZEROCOPY
+    s.send(b"answer-zerocopy")
+elif mode == "nftables":
+    s = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, 12)   # NETLINK_NETFILTER
+elif mode == "control":
+    s = socket.create_connection(("127.0.0.1", port))
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    u.setsockopt(socket.IPPROTO_IP, socket.IP_OPTIONS, b"")  # clearing options is no write
+print("done", flush=True)
+"#;
+
+/// Red team round 3, #6, #9, #11, #4: socket options and sockets that take a packet out of what
+/// the boundary reads: a source route (the first hop is not the allowed destination), kernel
+/// TLS (the kernel encrypts what no TLS hook reads; `SSL_sendfile` needs it), zero-copy sends
+/// (a retransmission from pages the process can still change), netfilter's netlink (a NAT rule
+/// moves an allowed connection elsewhere). Each is `net.raw_socket`; nothing reaches the sink.
+/// Ordinary options, and clearing IP options, pass.
+#[test]
+fn socket_options_that_leave_the_boundary_are_refused() {
+    if !can_run_root_tests("socket_options_that_leave_the_boundary_are_refused") {
+        return;
+    }
+    let t = TempDir::new("sockopt");
+    let tcp = Sink::start(t.path(), SinkKind::Tcp { host: "127.0.0.1", port: 0, http: false }, None);
+    let udp = Sink::start(t.path(), SinkKind::Udp { host: "127.0.0.1", port: 0 }, None);
+    let allow =
+        [q(format!("127.0.0.1:{}", tcp.port)), format!("{{ to = \"127.0.0.1:{}\", protocol = \"udp\" }}", udp.port)];
+    let d = Daemon::start(&agent_policy("sockopt", &["am-sockopt"], "kill", &[t.path()], &allow, ""));
+    let py = py_agent(t.path(), "am-sockopt");
+    let (st, out, err) = output(Command::new(&py).args(["-c", PY_SOCKOPT, "control", &tcp.port.to_string()]));
+    assert!(st.success() && out.contains("done"), "ordinary options were refused: {st}\n{out}{err}");
+    let modes = ["lsrr", "ktls", "zerocopy", "nftables"];
+    each_variant(&modes, |mode| {
+        let port = if *mode == "lsrr" { udp.port } else { tcp.port };
+        let seen = violations(&d, "sockopt").len();
+        let (st, out, err) = output(Command::new(&py).args(["-c", PY_SOCKOPT, mode, &port.to_string()]));
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(killed_by_sigkill(&st), "{mode}: the agent was not killed: {st}\n{out}{err}");
+        assert!(!out.contains("done"), "{mode}: the agent went on: {out}");
+        let marker = format!("answer-{mode}");
+        assert!(!tcp.received(marker.as_bytes()) && !udp.received(marker.as_bytes()), "{mode}: bytes left");
+        let e = next_violation(&d, "sockopt", &["net.raw_socket"], seen);
+        assert_eq!(f(&e, "action"), "killed", "{mode}: {e}");
+        if *mode != "nftables" {
+            assert!(f(&e, "detail").starts_with("setsockopt("), "{mode}: {e}");
+        }
+    });
+}

@@ -51,12 +51,17 @@ pub fn sys_enter_socket(ctx: TracePointContext) -> u32 {
     const SOCK_TYPE_MASK: u64 = 0xf;
     const AF_INET: u64 = 2;
     const AF_INET6: u64 = 10;
+    const AF_NETLINK: u64 = 16;
+    const NETLINK_NETFILTER: u64 = 12;
     let family = arg(&ctx, 0);
     let ty = arg(&ctx, 1);
     // Raw inet sockets are refused in-kernel by the cgroup `sock_create` program; packet
-    // sockets and other raw families never reach it, so they are caught here.
+    // sockets and other raw families never reach it, so they are caught here. Netfilter's
+    // netlink (nftables, iptables-nft, conntrack), whatever its socket type: a NAT rule
+    // rewrites where an allowed connection goes after the connect was judged.
     let inet = family == AF_INET || family == AF_INET6;
-    if family == AF_PACKET || (ty & SOCK_TYPE_MASK == SOCK_RAW && !inet) {
+    let netfilter = family == AF_NETLINK && arg(&ctx, 2) == NETLINK_NETFILTER;
+    if family == AF_PACKET || (ty & SOCK_TYPE_MASK == SOCK_RAW && !inet) || netfilter {
         bypass(kind::NET_RAW_SOCKET, agent_flags::ALLOW_RAW_SOCKET, family, ty);
     }
     0
@@ -321,6 +326,35 @@ mount_probe!(sys_enter_move_mount, 429);
 mount_probe!(sys_enter_fsopen, 430);
 mount_probe!(sys_enter_fsmount, 432);
 mount_probe!(sys_enter_mount_setattr, 442);
+
+/// Socket options that take what leaves out of what the boundary reads, refused for agents
+/// (`net.raw_socket`, granted with the raw-socket class):
+/// - `TCP_ULP` (kernel TLS): the kernel encrypts writes no TLS hook sees, and `SSL_sendfile`
+///   and `gnutls_record_send_file` need it;
+/// - `IP_OPTIONS`, `IPV6_RTHDR` (and the RFC 2292 forms): a source route sends a datagram to
+///   a first hop that is not the destination the policy allowed;
+/// - `SO_ZEROCOPY`: a retransmission is built from pages the process can still change, so
+///   it could carry other bytes than the ones judged.
+///
+/// An option being cleared (a zero length) is no write.
+#[tracepoint]
+#[inline(always)]
+pub fn sys_enter_setsockopt(ctx: TracePointContext) -> u32 {
+    let (level, opt) = (arg(&ctx, 1), arg(&ctx, 2));
+    let refused = matches!(
+        (level, opt),
+        (1, 60) /* SOL_SOCKET, SO_ZEROCOPY */
+            | (6, 31) /* IPPROTO_TCP, TCP_ULP */
+            | (0, 4) /* IPPROTO_IP, IP_OPTIONS */
+            | (41, 57) /* IPPROTO_IPV6, IPV6_RTHDR */
+            | (41, 5) /* IPV6_2292RTHDR */
+            | (41, 6) /* IPV6_2292PKTOPTIONS */
+    );
+    if refused && arg(&ctx, 4) & 0xffff_ffff != 0 {
+        bypass(kind::NET_RAW_SOCKET, agent_flags::ALLOW_RAW_SOCKET, arg(&ctx, 0), 1 << 63 | level << 32 | opt);
+    }
+    0
+}
 
 /// Namespace flags of `clone`, `clone3` and `unshare`.
 const CLONE_NEW_ANY: u64 = 0x0002_0000 /* NEWNS */

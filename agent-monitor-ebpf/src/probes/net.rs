@@ -1022,7 +1022,9 @@ pub fn tls_write_ret(ctx: RetProbeContext) -> u32 {
 }
 
 /// `int SSL_write_ex(SSL *s, const void *buf, size_t num, size_t *written)` and `ssize_t
-/// gnutls_record_send(gnutls_session_t session, const void *data, size_t data_size)`.
+/// gnutls_record_send(gnutls_session_t session, const void *data, size_t data_size)` (and
+/// `gnutls_record_send2` and `gnutls_record_send_range`: the same data and size, then padding or a
+/// range).
 #[uprobe]
 #[inline(always)]
 pub fn ssl_write_ex(ctx: ProbeContext) -> u32 {

@@ -261,7 +261,12 @@ pub const PROBES: &[Probe] = &[
     Probe { program: "ssl_write", attach: Attach::UProbe(&["SSL_write"]), required: false, layer: Layer::Uprobe },
     Probe {
         program: "ssl_write_ex",
-        attach: Attach::UProbe(&["SSL_write_ex", "gnutls_record_send"]),
+        attach: Attach::UProbe(&[
+            "SSL_write_ex",
+            "gnutls_record_send",
+            "gnutls_record_send2",
+            "gnutls_record_send_range",
+        ]),
         required: false,
         layer: Layer::Uprobe,
     },
@@ -276,7 +281,13 @@ pub const PROBES: &[Probe] = &[
     // At the write functions' return (a uretprobe: `tls::RET_PROGRAM`): what the call sent.
     Probe {
         program: "tls_write_ret",
-        attach: Attach::UProbe(&["SSL_write", "SSL_write_ex", "gnutls_record_send"]),
+        attach: Attach::UProbe(&[
+            "SSL_write",
+            "SSL_write_ex",
+            "gnutls_record_send",
+            "gnutls_record_send2",
+            "gnutls_record_send_range",
+        ]),
         required: false,
         layer: Layer::Uprobe,
     },
@@ -302,6 +313,7 @@ pub const PROBES: &[Probe] = &[
         layer: Layer::Uprobe,
     },
     tp("sys_enter_socket", true),
+    tp("sys_enter_setsockopt", true),
     tp("sys_enter_bpf", true),
     tp("sys_enter_kill", true),
     tp("sys_enter_tkill", false),

@@ -57,6 +57,8 @@ impl Stack {
             ],
             Stack::GnuTls => &[
                 "gnutls_record_send",
+                "gnutls_record_send2",
+                "gnutls_record_send_range",
                 "gnutls_handshake",
                 "gnutls_deinit",
                 "gnutls_transport_set_int2",

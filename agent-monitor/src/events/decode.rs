@@ -310,6 +310,20 @@ impl Decoder {
                 assign(target, "io_uring");
                 "syscalls.allow"
             }
+            Kind::NetRawSocket if ev.aux2 >> 63 == 1 => {
+                let (level, opt) = ((ev.aux2 >> 32) & 0x7fff_ffff, ev.aux2 & 0xffff_ffff);
+                let why = match (level, opt) {
+                    (6, 31) => "TCP_ULP: kernel TLS encrypts what no TLS hook reads",
+                    (0, 4) | (41, 57) | (41, 5) | (41, 6) => {
+                        "a source route: the first hop is not the allowed destination"
+                    }
+                    (1, 60) => "SO_ZEROCOPY: a retransmission could carry other bytes than the ones judged",
+                    _ => "a socket option the boundary does not follow",
+                };
+                let _ = write!(detail.next(), "setsockopt(fd={}, level={level}, optname={opt}): {why}", ev.aux);
+                assign(target, "raw_socket");
+                "syscalls.allow"
+            }
             Kind::NetRawSocket => {
                 let _ = write!(detail.next(), "socket(family={}, type={})", ev.aux, ev.aux2 & 0xffff_ffff);
                 assign(target, "raw_socket");

@@ -521,6 +521,12 @@ fn judge_by_host(sc: &mut HttpScratch) -> u32 {
     if methods & bit == 0 {
         return http_verdict::METHOD;
     }
+    // The `Host:` header names the destination only for a target in origin form (`/path`): an
+    // absolute-form target (`https://other/path`) overrides it at the server (RFC 9112 3.2.2),
+    // and a shared front end routes by it.
+    if sc.path_len == 0 || sc.path.path[0] != b'/' {
+        return http_verdict::PATH;
+    }
     if d.dest.path_methods & bit != 0 && !path_allowed(sc, d.dest.rule, sc.path_len) {
         return http_verdict::PATH;
     }

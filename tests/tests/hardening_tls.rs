@@ -201,6 +201,18 @@ fn a_host_header_naming_another_destination_does_not_carry_a_write_inside_tls() 
         assert_eq!(f(&e, "target"), format!("127.0.0.1:{}", forum.port), "{e}");
         assert!(f(&e, "detail").contains("Host: header allowed for one destination"), "{e}");
     });
+    // Red team round 3, #10: an absolute-form target overrides the Host: header at the server
+    // (RFC 9112 3.2.2), and a shared front end routes by it. On the API's own connection, a
+    // POST whose target names the forum is not judged by the API's rule: killed, nothing sent.
+    let seen = violations(&d, "tls-host").len();
+    let target = format!("https://127.0.0.1:{}/answer-absolute", forum.port);
+    let (st, out, err) =
+        output(Command::new(&py).args(["-c", PY_HOST_REQUEST, &api.port.to_string(), &api_host, &target]));
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!api.received(b"answer-absolute"), "an absolute-form target was judged by Host: {:?}", api.shown());
+    assert_stopped("an absolute-form target naming the forum", &st, &out, &err);
+    let e = next_violation(&d, "tls-host", &["net.http_write"], seen);
+    assert_eq!(f(&e, "action"), "killed", "{e}");
 }
 
 /// Python: a "phantom" write before the handshake (non-blocking: `SSL_write_ex` returns

@@ -305,6 +305,9 @@ pub mod event_flags {
     /// `net.http_write` inside TLS: a write its `Host:` header allowed for one destination, on
     /// a connection to another (`http_verdict::ELSEWHERE`).
     pub const HOST_ELSEWHERE: u32 = 1 << 19;
+    /// A regular file with more than one name (hard links) opened for writing: its other
+    /// names may be outside `writable`, and the inode is what is written.
+    pub const HARD_LINK: u32 = 1 << 20;
 }
 
 /// Index of each kernel-side counter in the `STATS` per-CPU array.

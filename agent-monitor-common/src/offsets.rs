@@ -43,6 +43,7 @@ pub struct Offsets {
     pub socket_type: u32,
     pub msghdr_msg_name: u32,
     pub inode_i_sb: u32,
+    pub inode_i_nlink: u32,
     pub sb_s_flags: u32,
     pub task_signal: u32,
     pub signal_live: u32,

@@ -50,6 +50,7 @@ static OFFSETS: Offsets = Offsets {
     socket_type: 0,
     msghdr_msg_name: 0,
     inode_i_sb: 0,
+    inode_i_nlink: 0,
     sb_s_flags: 0,
     task_signal: 0,
     signal_live: 0,
@@ -254,6 +255,13 @@ pub unsafe fn file_mode_type(file: *const u8) -> Result<u16, i64> {
     let inode = rd_ptr(file, off!(file_f_inode))?;
     let mode: u16 = rd(inode, off!(inode_i_mode))?;
     Ok(mode & S_IFMT)
+}
+
+/// How many names (hard links) the file's inode has; 1 if it cannot be read.
+#[inline(always)]
+pub unsafe fn file_nlink(file: *const u8) -> u32 {
+    let Ok(inode) = rd_ptr(file, off!(file_f_inode)) else { return 1 };
+    rd::<u32>(inode, off!(inode_i_nlink)).unwrap_or(1)
 }
 
 /// Is the file on a filesystem the kernel mounted for itself (`SB_KERNMOUNT`: pidfs,

@@ -571,3 +571,30 @@ fn a_process_sharing_the_descriptor_table_is_refused() {
     assert!(f(&e, "detail").contains("descriptor table"), "{e}");
     assert_eq!(f(&e, "action"), "killed", "{e}");
 }
+
+/// Red team round 3, #12: a hard link inside `writable` to a file outside it (left by an
+/// earlier run that was killed after the link took effect, or a package manager's store that
+/// links into the work directory). A file is judged by what it is: writing the inode under its
+/// inside name writes the outside file, so a file with more than one name is not writable.
+/// A file with one name inside `writable` still is.
+#[test]
+fn a_hard_link_inside_writable_does_not_make_its_other_name_writable() {
+    if !can_run_root_tests("a_hard_link_inside_writable_does_not_make_its_other_name_writable") {
+        return;
+    }
+    let s = setup("hardlink");
+    let file = s.outdir.join("file");
+    let link = s.work.join("link");
+    fs::hard_link(&file, &link).unwrap();
+    let d = Daemon::start(&policy("hardlink", "am-hardlink", &s.work));
+    let agent = copy_binary(s.t.path(), "/bin/bash", "am-hardlink");
+    let own = s.work.join("own");
+    let (st, out, err) = output(Command::new(&agent).args(["-c", &format!("echo mine > {}", own.display())]));
+    assert!(st.success(), "a file of one name inside writable was refused: {st}\n{out}{err}");
+    let before = FileState::of(&file);
+    let (st, out, err) = output(Command::new(&agent).args(["-c", &format!("echo pwned >> {}", link.display())]));
+    assert_stopped("a write through a hard link", &st, &out, &err);
+    assert_eq!(FileState::of(&file), before, "the file outside writable changed through its link");
+    let e = violation(&d, "hardlink", &["file.write"]);
+    assert!(f(&e, "detail").contains("hard links"), "{e}");
+}

@@ -31,6 +31,7 @@ use crate::{
 use crate::kernel::tp_arg as arg;
 
 const S_IFBLK: u16 = 0o060000;
+const S_IFREG: u16 = 0o100000;
 const S_IFCHR_: u16 = 0o020000;
 /// `FMODE_WRITE`: the file is open for writing, whatever the flags the caller passed said.
 const FMODE_WRITE: u32 = 0x2;
@@ -692,6 +693,13 @@ fn try_open_exit(ctx: &TracePointContext) -> Result<(), i64> {
             // A block device is every file of a filesystem at once.
             ok = false;
             f |= event_flags::DEVICE;
+        }
+        if t == S_IFREG && kernel::file_nlink(file) > 1 {
+            // A file with several names is written under all of them: one outside `writable`
+            // (a link made to it there, by this agent's earlier run or a package manager's
+            // store) is written too.
+            ok = false;
+            f |= event_flags::HARD_LINK;
         }
         let lsm_covers = f & (event_flags::DEVICE | event_flags::ARG_UNREADABLE) == 0;
         decide_with(

@@ -123,6 +123,7 @@ fn path_arg(p: *const u8) -> Option<(*const u8, *const u8)> {
 #[inline(always)]
 pub fn lsm_file_open(ctx: LsmContext) -> i32 {
     const S_IFBLK: u16 = 0o060000;
+    const S_IFREG: u16 = 0o100000;
     let file: *const u8 = ctx.arg(0);
     let Ok(mode) = (unsafe { kernel::file_f_mode(file) }) else { return 0 };
     // The backing file an overlay filesystem opens on its upper layer is on the kernel's private
@@ -141,8 +142,15 @@ pub fn lsm_file_open(ctx: LsmContext) -> i32 {
     if t == S_IFIFO {
         return fifo_open(d, m);
     }
-    // A block device is every file of a filesystem at once: never writable.
-    let force = if t == S_IFBLK { event_flags::DEVICE } else { 0 };
+    // A block device is every file of a filesystem at once: never writable. A regular file with
+    // several names is written under all of them, some perhaps outside `writable`.
+    let force = if t == S_IFBLK {
+        event_flags::DEVICE
+    } else if t == S_IFREG && unsafe { kernel::file_nlink(file) } > 1 {
+        event_flags::HARD_LINK
+    } else {
+        0
+    };
     // aux stays 0: events decode `aux` of file.write as open(2) flags, and this is an f_mode.
     decide_path_as(kind::FILE_WRITE, d, m, 0, force)
 }

@@ -222,6 +222,7 @@ impl Btf {
             socket_type: o("socket", "type")?,
             msghdr_msg_name: o("msghdr", "msg_name")?,
             inode_i_sb: o("inode", "i_sb")?,
+            inode_i_nlink: o("inode", "i_nlink")?,
             sb_s_flags: o("super_block", "s_flags")?,
             task_signal: o("task_struct", "signal")?,
             signal_live: o("signal_struct", "live")?,

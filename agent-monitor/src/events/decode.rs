@@ -556,6 +556,9 @@ impl Decoder {
         if ev.flags & event_flags::FOREIGN_MOUNT != 0 {
             detail.push("the path crosses a mount the daemon did not see in the host's namespace (a bind mount, a private mount namespace): not judged by its name");
         }
+        if ev.flags & event_flags::HARD_LINK != 0 {
+            detail.push("a file with more than one name (hard links): writing it writes the file under its other names, which may be outside writable");
+        }
         if ev.flags & event_flags::DEVICE != 0 {
             detail.push("a device node: never writable (it reaches a disk or memory, not a file)");
         }

@@ -331,6 +331,50 @@ fn a_reused_ssl_object_starts_a_new_stream() {
     assert_eq!(f(&e, "layer"), "uprobe", "{e}");
 }
 
+/// Python: a hooked handshake (the image is TLS-visible), a connection to the forum, and a child
+/// (`CLIENT fd:N POST`) that takes the socket and speaks TLS on it with a stack nothing hooks.
+const PY_HAND_OVER: &str = r#"
+import socket, ssl, subprocess, sys
+port, client = int(sys.argv[1]), sys.argv[2]
+o = ssl._create_unverified_context().wrap_bio(ssl.MemoryBIO(), ssl.MemoryBIO(), server_hostname="forum")
+try:
+    o.do_handshake()
+except ssl.SSLWantReadError:
+    pass
+s = socket.create_connection(("127.0.0.1", port))
+r = subprocess.run([client, f"fd:{s.fileno()}", "POST"], pass_fds=[s.fileno()], capture_output=True, text=True, timeout=20)
+print("child", r.returncode, r.stdout, r.stderr, flush=True)
+"#;
+
+/// Red team round 3, #8: TLS visibility is the process's that sends the handshake, not the one
+/// that connected. A visible parent hands its connection to a child whose TLS nothing hooks
+/// (a stripped Go program): the child's ClientHello is opaque TLS to a destination that does
+/// not take it, refused; the forum receives none of the POST.
+#[test]
+fn a_connection_handed_to_an_opaque_child_is_judged_on_the_child() {
+    if !can_run_root_tests("a_connection_handed_to_an_opaque_child_is_judged_on_the_child") {
+        return;
+    }
+    let t = TempDir::new("tls-handover");
+    let Some(client) = go_tls_client(t.path(), "am-handover") else { return };
+    let forum = Sink::start(t.path(), SinkKind::Tls { host: "127.0.0.1", port: 0 }, None);
+    let d = Daemon::start(&agent_policy(
+        "tls-handover",
+        &["am-handover"],
+        "kill",
+        &[t.path()],
+        &[q(format!("127.0.0.1:{}", forum.port))],
+        "",
+    ));
+    let py = py_agent(t.path(), "am-handover");
+    let (_st, out, err) = output(Command::new(&py).args(["-c", PY_HAND_OVER, &forum.port.to_string()]).arg(&client));
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!forum.received(b"answer-inherited"), "the child's POST reached the forum: {out}{err} {:?}", forum.shown());
+    assert!(!out.contains("sent"), "the child wrote its request: {out}{err}");
+    let e = violation(&d, "tls-handover", &["net.connect"]);
+    assert_enforced(&e, "network.opaque_tls");
+}
+
 /// Issue 19: Go's own crypto/tls is read where the executable keeps its symbol table (as `go
 /// build` leaves it): the daemon hooks `(*Conn).Write` in the Go program itself (register ABI).
 /// A GET to a read-only destination passes; a POST is killed before it is encrypted, the forum

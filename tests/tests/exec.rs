@@ -274,7 +274,8 @@ fn the_systemd_unit_verifies() {
     for want in [
         "Type=notify",
         "ExecStart=/usr/bin/agent-monitor run",
-        "ExecReload=/bin/kill -HUP $MAINPID",
+        "ExecReload=/usr/bin/agent-monitor reload",
+        "UMask=0077",
         "NoNewPrivileges=yes",
         "ProtectSystem=strict",
         "LimitMEMLOCK=infinity",

@@ -84,7 +84,8 @@ pub fn run(home: &Path, no_root: bool, filter: &[String]) -> Result<()> {
 /// Serial (they load eBPF and share the kernel), with the debug binary the build step made.
 fn e2e(filter: &[String]) -> Command {
     let mut cmd = cargo();
-    cmd.args(["test", "-p", "agent-monitor-e2e", "--", "--test-threads=1"]).args(filter);
+    // Every test binary runs (a failure in one does not hide the others).
+    cmd.args(["test", "--no-fail-fast", "-p", "agent-monitor-e2e", "--", "--test-threads=1"]).args(filter);
     cmd.env("AGENT_MONITOR_BIN", target_dir().join("debug/agent-monitor"));
     cmd
 }

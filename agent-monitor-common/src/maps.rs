@@ -442,6 +442,9 @@ pub mod http_verdict {
     /// TCP urgent data (`MSG_OOB`): the receiver takes the urgent byte out of the stream the
     /// server reads, so the bytes the parser read are not the bytes the server reads.
     pub const URGENT: u32 = 12;
+    /// A TLS write made inside another one of the same thread (a library callback writing on
+    /// another connection): the parser follows one write per thread at a time.
+    pub const NESTED: u32 = 13;
 }
 
 /// Key of the `UNIX_ALLOW` hash map: agent and socket path, NUL padded.

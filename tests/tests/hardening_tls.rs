@@ -240,8 +240,7 @@ print("response", s.recv(200)[:15], flush=True)
 /// Red team F2: the parser follows what the library sent, not what the program asked it to
 /// write. A write that sends nothing (before the handshake) leaves the parser where it was, so
 /// the POST after it is judged as the start of a request: killed, the forum receives nothing.
-/// (Without it, the parser skipped "16 KiB of SETTINGS payload" and the POST reached the forum. The
-/// handshake between them now also starts a new stream: two defences, one test.)
+/// (Without it, the parser skipped "16 KiB of SETTINGS payload" and the POST reached the forum.)
 #[test]
 fn a_tls_write_that_sends_nothing_does_not_move_the_parser() {
     if !can_run_root_tests("a_tls_write_that_sends_nothing_does_not_move_the_parser") {
@@ -302,9 +301,9 @@ print("post", write(s, req, len(req)), flush=True)
 "#;
 
 /// Red team round 3, #1: the parser state of a TLS connection is keyed by its `SSL *`, and a
-/// pointer is reused (`SSL_clear`, or `SSL_free` and an `SSL_new` at the same address). A new
-/// handshake, a new transport or the end of the object starts a new stream: the POST on the
-/// reused object is read as a request, killed, and the forum receives nothing of it.
+/// pointer is reused (`SSL_clear`, or `SSL_free` and an `SSL_new` at the same address). The end
+/// of the object starts a new stream: the POST on the reused object is read as a request,
+/// killed, and the forum receives nothing of it.
 #[test]
 fn a_reused_ssl_object_starts_a_new_stream() {
     if !can_run_root_tests("a_reused_ssl_object_starts_a_new_stream") {
@@ -373,6 +372,53 @@ fn a_connection_handed_to_an_opaque_child_is_judged_on_the_child() {
     assert!(!out.contains("sent"), "the child wrote its request: {out}{err}");
     let e = violation(&d, "tls-handover", &["net.connect"]);
     assert_enforced(&e, "network.opaque_tls");
+}
+
+/// Python: two TLS connections to the forum; a message callback of the library (called inside
+/// `SSL_write` on the first) writes a GET on the second, inside the first's write.
+const PY_NESTED: &str = r#"
+import socket, ssl, sys
+port = int(sys.argv[1])
+ctx = ssl._create_unverified_context()
+b = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port)))
+armed, done = [], []
+def cb(conn, direction, version, content_type, msg_type, data):
+    if armed and direction == "write" and not done:
+        done.append(1)
+        b.sendall(b"GET /answer-nested HTTP/1.1\r\nHost: forum\r\n\r\n")
+ctx._msg_callback = cb          # taken by the SSL objects made from now on
+a = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port)))
+armed.append(1)
+a.sendall(b"GET /question HTTP/1.1\r\nHost: forum\r\n\r\n")
+print("written", done, flush=True)
+"#;
+
+/// Review of session 8, #2: the parser commits a TLS write's state at its return, one write per
+/// thread at a time; a write made inside another (a library callback writing on another
+/// connection) would take the outer write's place and leave its connection behind the server.
+/// Refused: the agent is killed at the inner write and it never leaves.
+#[test]
+fn a_tls_write_inside_another_is_refused() {
+    if !can_run_root_tests("a_tls_write_inside_another_is_refused") {
+        return;
+    }
+    let t = TempDir::new("tls-nested");
+    let forum = Sink::start(t.path(), SinkKind::Tls { host: "127.0.0.1", port: 0 }, None);
+    let d = Daemon::start(&agent_policy(
+        "tls-nested",
+        &["am-nested"],
+        "kill",
+        &[t.path()],
+        &[q(format!("127.0.0.1:{}", forum.port))],
+        "",
+    ));
+    let py = py_agent(t.path(), "am-nested");
+    let (st, out, err) = output(Command::new(&py).args(["-c", PY_NESTED, &forum.port.to_string()]));
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(killed_by_sigkill(&st), "the agent was not killed: {st}\n{out}{err}");
+    assert!(!forum.received(b"answer-nested"), "the nested write left: {:?}", forum.shown());
+    let e = violation(&d, "tls-nested", &["net.http_write"]);
+    assert!(f(&e, "detail").contains("inside another"), "{e}");
 }
 
 /// Issue 19: Go's own crypto/tls is read where the executable keeps its symbol table (as `go

@@ -810,32 +810,28 @@ fn mark_visible() {
 /// `int SSL_do_handshake(SSL *s)` (also reached through `SSL_connect`), `void
 /// SSL_set_connect_state(SSL *s)` (where Node.js starts a client connection: its handshake then
 /// runs inside `SSL_read`, never entering `SSL_do_handshake`), `int
-/// gnutls_handshake(gnutls_session_t session)` and Go's `(*crypto/tls.Conn).clientHandshake`
-/// (once per connection: `handshakeContext` runs at every `Write`);
-/// and every function that ends a connection's life or gives it another transport (`SSL_clear`,
-/// `SSL_free`, `SSL_set_fd`, `SSL_set_wfd`, `SSL_set_bio`, `SSL_set0_wbio`, `gnutls_deinit`,
-/// `gnutls_transport_set_int2`, `gnutls_transport_set_ptr`, `gnutls_transport_set_ptr2`).
-///
-/// Each starts a new stream on that `SSL *` (or session, or Go `*Conn`): the parser state kept
-/// for it goes, and the next write is read as the start of a request. (A pointer is reused: a
-/// cleared or freed-and-reallocated `SSL *` must not carry "skip 16 KiB of frame payload" or
-/// "in a body" into a new connection.) The first argument (C) and RAX (Go's register ABI: the
-/// receiver) are both taken as the key: dropping the state of a live connection by mistake
-/// only makes its next write stricter.
+/// gnutls_handshake(gnutls_session_t session)` and Go's `(*crypto/tls.Conn).clientHandshake`.
+/// They mark the process as doing visible TLS, and nothing else: a handshake call on a live
+/// connection is a no-op in the library, and dropping the parser's state there would let it
+/// fall behind the server (red-team review of session 8, #1).
 #[uprobe]
 #[inline(always)]
-pub fn ssl_do_handshake(ctx: ProbeContext) -> u32 {
+pub fn ssl_do_handshake(_ctx: ProbeContext) -> u32 {
+    mark_visible();
+    0
+}
+
+/// `void SSL_free(SSL *s)`, `int SSL_clear(SSL *s)`, `void gnutls_deinit(gnutls_session_t
+/// session)`: the object ends, or starts again for a new connection. The parser state kept for
+/// it goes, so a reused pointer (`SSL_clear`, or an `SSL_new` at a freed object's address) does
+/// not carry a stale state ("skip 16 KiB of frame payload") into the next connection.
+#[uprobe]
+#[inline(always)]
+pub fn tls_conn_end(ctx: ProbeContext) -> u32 {
     mark_visible();
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    let r = ctx.regs;
-    #[cfg(bpf_target_arch = "x86_64")]
-    let (c_arg, go_recv) = unsafe { ((*r).rdi, (*r).rax) };
-    #[cfg(bpf_target_arch = "aarch64")]
-    let (c_arg, go_recv) = unsafe { ((*r).regs[0], (*r).regs[0]) };
-    let _ = TLS_CONNS.remove(&TlsConnKey { tgid, _pad: 0, ssl: c_arg });
-    if go_recv != c_arg {
-        let _ = TLS_CONNS.remove(&TlsConnKey { tgid, _pad: 0, ssl: go_recv });
-    }
+    let ssl = ctx.arg::<u64>(0).unwrap_or(0);
+    let _ = TLS_CONNS.remove(&TlsConnKey { tgid, _pad: 0, ssl });
     0
 }
 
@@ -853,12 +849,22 @@ fn tls_write(ssl: u64, buf: *const u8, len: u64, written: u64, at_return: bool) 
     };
     mark_visible();
     let id = bpf_get_current_pid_tgid();
-    let _ = TLS_WRITES.remove(&id);
     if reap_if_killed(&st) || len == 0 {
         return;
     }
     let tgid = (id >> 32) as u32;
     let key = TlsConnKey { tgid, _pad: 0, ssl };
+    // A write of this thread still waiting for its return: the same call entered again
+    // (`gnutls_record_send` is `gnutls_record_send2`'s wrapper), judged once; or another write
+    // made inside it (a callback of the library writing on another connection), whose return
+    // would take the outer write's place: the parser could not follow both, refused.
+    let mut nested = false;
+    if let Some(w) = unsafe { TLS_WRITES.get(&id) } {
+        if w.key.ssl == ssl && w.buf == buf as u64 && w.len == len {
+            return;
+        }
+        nested = at_return;
+    }
     let mut parse = unsafe { TLS_CONNS.get(&key) }.copied().unwrap_or(HttpParse::default());
     // What the call sends is known at its return (`tls_write_ret`): nothing (`WANT_READ`
     // before the handshake, an error), a part, or all of it. The whole is judged now; the
@@ -869,6 +875,9 @@ fn tls_write(ssl: u64, buf: *const u8, len: u64, written: u64, at_return: bool) 
     let t = takes(&cfg, &DestRule::default(), true);
     let len32 = if len > u32::MAX as u64 { u32::MAX } else { len as u32 };
     let mut found = http::parse(SLOT_TLS, Src::User(buf as u64), len32, &mut parse, &t);
+    if nested {
+        found = http::Found { verdict: http_verdict::NESTED, method: 0, at: 0, lost: true, host_bind: 0 };
+    }
     // A write its `Host:` header allowed: its bytes must leave on a connection to that
     // destination (checked per packet, `pending_writes_may_leave`).
     if found.host_bind != 0 && !pending_write(st.run_id, found.host_bind) && found.verdict == http_verdict::OK {

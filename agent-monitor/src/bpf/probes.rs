@@ -261,12 +261,7 @@ pub const PROBES: &[Probe] = &[
     Probe { program: "ssl_write", attach: Attach::UProbe(&["SSL_write"]), required: false, layer: Layer::Uprobe },
     Probe {
         program: "ssl_write_ex",
-        attach: Attach::UProbe(&[
-            "SSL_write_ex",
-            "gnutls_record_send",
-            "gnutls_record_send2",
-            "gnutls_record_send_range",
-        ]),
+        attach: Attach::UProbe(&["SSL_write_ex", "gnutls_record_send", "gnutls_record_send2"]),
         required: false,
         layer: Layer::Uprobe,
     },
@@ -281,13 +276,7 @@ pub const PROBES: &[Probe] = &[
     // At the write functions' return (a uretprobe: `tls::RET_PROGRAM`): what the call sent.
     Probe {
         program: "tls_write_ret",
-        attach: Attach::UProbe(&[
-            "SSL_write",
-            "SSL_write_ex",
-            "gnutls_record_send",
-            "gnutls_record_send2",
-            "gnutls_record_send_range",
-        ]),
+        attach: Attach::UProbe(&["SSL_write", "SSL_write_ex", "gnutls_record_send", "gnutls_record_send2"]),
         required: false,
         layer: Layer::Uprobe,
     },
@@ -296,19 +285,16 @@ pub const PROBES: &[Probe] = &[
         attach: Attach::UProbe(&[
             "SSL_do_handshake",
             "SSL_set_connect_state",
-            "SSL_clear",
-            "SSL_free",
-            "SSL_set_fd",
-            "SSL_set_wfd",
-            "SSL_set_bio",
-            "SSL_set0_wbio",
             "gnutls_handshake",
-            "gnutls_deinit",
-            "gnutls_transport_set_int2",
-            "gnutls_transport_set_ptr",
-            "gnutls_transport_set_ptr2",
             "crypto/tls.(*Conn).clientHandshake",
         ]),
+        required: false,
+        layer: Layer::Uprobe,
+    },
+    // Where a TLS object ends or starts over (`tls::END_PROGRAM`): its parser state goes.
+    Probe {
+        program: "tls_conn_end",
+        attach: Attach::UProbe(&["SSL_clear", "SSL_free", "gnutls_deinit"]),
         required: false,
         layer: Layer::Uprobe,
     },

@@ -53,12 +53,15 @@ const HANDSHAKE_PROGRAM: &str = "ssl_do_handshake";
 pub const RET_PROGRAM: &str = "tls_write_ret";
 /// The program Go's `(*crypto/tls.Conn).Write` runs (Go's register ABI).
 const GO_WRITE_PROGRAM: &str = "go_tls_write";
+/// The program `SSL_clear`, `SSL_free` and `gnutls_deinit` run (the object's parser state goes).
+const END_PROGRAM: &str = "tls_conn_end";
 
 fn program_of(program: &str) -> &'static str {
     match program {
         HANDSHAKE_PROGRAM => HANDSHAKE_PROGRAM,
         RET_PROGRAM => RET_PROGRAM,
         GO_WRITE_PROGRAM => GO_WRITE_PROGRAM,
+        END_PROGRAM => END_PROGRAM,
         _ => WRITE_PROGRAM,
     }
 }
@@ -136,7 +139,7 @@ impl AgentTls {
             libs.iter().map(|(lib, functions)| resolve(lib, functions)).collect();
         // Return probes first: a process is given its events in this order, and a write whose
         // entry is seen must see its return (the parser state moves there).
-        for kind in [RET_PROGRAM, WRITE_PROGRAM, HANDSHAKE_PROGRAM, GO_WRITE_PROGRAM] {
+        for kind in [RET_PROGRAM, WRITE_PROGRAM, HANDSHAKE_PROGRAM, GO_WRITE_PROGRAM, END_PROGRAM] {
             let name = format!("{kind}_{batch}");
             let event = format!("{}/{name}", self.group);
             let mut probes = Vec::new();
@@ -350,9 +353,19 @@ fn resolve<'a>(lib: &'a Path, functions: &[(&'static str, &str)]) -> (&'a str, V
         })?;
         let data = std::fs::read(lib).with_context(|| format!("reading {}", lib.display()))?;
         let obj = object::File::parse(&*data).with_context(|| format!("parsing {}", lib.display()))?;
+        use object::Object as _;
         let mut out = Vec::new();
         for &(program, symbol) in functions {
             match symbol_offset(&obj, symbol) {
+                // Go's Write is probed after its stack check (`go_after_stack_check`).
+                Ok(off) if program == GO_WRITE_PROGRAM => match go_after_stack_check(&data, off, obj.architecture()) {
+                    Some(n) => out.push((program, off + n)),
+                    None => debug!(
+                        lib = %lib.display(),
+                        symbol,
+                        "the Go function's stack check is not one this daemon knows: not hooked (its TLS is opaque)"
+                    ),
+                },
                 Ok(off) => out.push((program, off)),
                 Err(e) => debug!(lib = %lib.display(), symbol, error = %format!("{e:#}"), "TLS function not hooked"),
             }
@@ -365,8 +378,45 @@ fn resolve<'a>(lib: &'a Path, functions: &[(&'static str, &str)]) -> (&'a str, V
     })
 }
 
+/// The length of the stack check a Go function starts with, at file offset `off` of `data`, if
+/// it is one of the forms the Go compiler (1.17+, register ABI) emits. A goroutine whose stack
+/// must grow leaves through it to `morestack` and enters the function again from its first
+/// instruction: a probe on the first instruction would see one `Write` twice (and parse its
+/// bytes twice); a probe after the check sees it once. Unknown bytes: None (not hooked).
+pub fn go_after_stack_check(data: &[u8], off: u64, arch: object::Architecture) -> Option<u64> {
+    let code = data.get(off as usize..(off as usize).checked_add(24)?)?;
+    match arch {
+        object::Architecture::X86_64 => {
+            // Optionally `lea r12, [rsp - N]` (large frames), then `cmp rsp|r12, [r14+0x10]`,
+            // then `jbe` (rel8 or rel32).
+            let mut i = 0;
+            if code.starts_with(&[0x4c, 0x8d, 0x64, 0x24]) {
+                i = 5;
+            } else if code.starts_with(&[0x4c, 0x8d, 0xa4, 0x24]) {
+                i = 8;
+            }
+            let cmp: &[u8] = if i == 0 { &[0x49, 0x3b, 0x66, 0x10] } else { &[0x4d, 0x3b, 0x66, 0x10] };
+            if !code[i..].starts_with(cmp) {
+                return None;
+            }
+            i += 4;
+            match code[i] {
+                0x76 => Some((i + 2) as u64),
+                0x0f if code[i + 1] == 0x86 => Some((i + 6) as u64),
+                _ => None,
+            }
+        }
+        object::Architecture::Aarch64 => {
+            // `ldr x16, [x28, #16]`; `cmp sp, x16`; `b.ls morestack`.
+            let w = |k: usize| u32::from_le_bytes(code[k * 4..k * 4 + 4].try_into().unwrap());
+            (w(0) == 0xf940_0b90 && w(1) == 0xeb30_63ff && w(2) & 0xff00_001f == 0x5400_0009).then_some(12)
+        }
+        _ => None,
+    }
+}
+
 /// The file offset of `symbol` in a parsed ELF file, as uprobes take it.
-fn symbol_offset(obj: &object::File, symbol: &str) -> anyhow::Result<u64> {
+pub fn symbol_offset(obj: &object::File, symbol: &str) -> anyhow::Result<u64> {
     use object::{Object as _, ObjectSection as _, ObjectSymbol as _};
     let sym = obj
         .dynamic_symbols()
@@ -415,5 +465,24 @@ mod tests {
         assert_eq!(path, lib.to_str().unwrap());
         assert_eq!(found.len(), 1, "{found:?}");
         assert!(found[0].1 > 0 && found[0].1 < std::fs::metadata(lib).unwrap().len());
+    }
+
+    /// The stack checks Go 1.17+ emits (bytes of `crypto/tls.(*Conn).Write` from a go1.19
+    /// build, and the small-frame form), and anything else refused.
+    #[test]
+    fn go_functions_are_probed_after_their_stack_check() {
+        use object::Architecture::{Aarch64, X86_64};
+        let pad = |b: &[u8]| [b, &[0x90u8; 24][..]].concat();
+        // lea r12, [rsp-0x68]; cmp r12, [r14+0x10]; jbe rel32
+        let large = pad(&[0x4c, 0x8d, 0x64, 0x24, 0x98, 0x4d, 0x3b, 0x66, 0x10, 0x0f, 0x86, 0x64, 0x07, 0, 0]);
+        assert_eq!(super::go_after_stack_check(&large, 0, X86_64), Some(15));
+        // cmp rsp, [r14+0x10]; jbe rel8
+        let small = pad(&[0x49, 0x3b, 0x66, 0x10, 0x76, 0x40]);
+        assert_eq!(super::go_after_stack_check(&small, 0, X86_64), Some(6));
+        assert_eq!(super::go_after_stack_check(&pad(&[0x55, 0x48, 0x89, 0xe5]), 0, X86_64), None);
+        // ldr x16, [x28, #16]; cmp sp, x16; b.ls
+        let arm: Vec<u8> = [0xf940_0b90u32, 0xeb30_63ff, 0x5400_0a09].iter().flat_map(|w| w.to_le_bytes()).collect();
+        assert_eq!(super::go_after_stack_check(&pad(&arm), 0, Aarch64), Some(12));
+        assert_eq!(super::go_after_stack_check(&small, 4, X86_64), None, "not at a function's start");
     }
 }

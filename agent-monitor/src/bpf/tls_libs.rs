@@ -43,28 +43,10 @@ impl Stack {
     /// Its functions that are hooked.
     pub fn symbols(self) -> &'static [&'static str] {
         match self {
-            Stack::OpenSsl => &[
-                "SSL_write",
-                "SSL_write_ex",
-                "SSL_do_handshake",
-                "SSL_set_connect_state",
-                "SSL_clear",
-                "SSL_free",
-                "SSL_set_fd",
-                "SSL_set_wfd",
-                "SSL_set_bio",
-                "SSL_set0_wbio",
-            ],
-            Stack::GnuTls => &[
-                "gnutls_record_send",
-                "gnutls_record_send2",
-                "gnutls_record_send_range",
-                "gnutls_handshake",
-                "gnutls_deinit",
-                "gnutls_transport_set_int2",
-                "gnutls_transport_set_ptr",
-                "gnutls_transport_set_ptr2",
-            ],
+            Stack::OpenSsl => {
+                &["SSL_write", "SSL_write_ex", "SSL_do_handshake", "SSL_set_connect_state", "SSL_clear", "SSL_free"]
+            }
+            Stack::GnuTls => &["gnutls_record_send", "gnutls_record_send2", "gnutls_handshake", "gnutls_deinit"],
             Stack::Go => &["crypto/tls.(*Conn).Write", "crypto/tls.(*Conn).clientHandshake"],
         }
     }
@@ -266,8 +248,26 @@ impl Kernel {
             let Some(p) = self.ebpf.program_mut(program).and_then(|p| <&mut UProbe>::try_from(p).ok()) else {
                 continue;
             };
+            // Go's Write: after its stack check (`tls::go_after_stack_check`), or not at all.
+            let location = if program == "go_tls_write" {
+                let at = std::fs::read(lib).ok().and_then(|data| {
+                    use object::Object as _;
+                    let obj = object::File::parse(&*data).ok()?;
+                    let off = super::tls::symbol_offset(&obj, symbol).ok()?;
+                    Some(off + super::tls::go_after_stack_check(&data, off, obj.architecture())?)
+                });
+                match at {
+                    Some(at) => aya::programs::uprobe::UProbeAttachLocation::AbsoluteOffset(at),
+                    None => {
+                        debug!(lib = %lib.display(), symbol, "the Go function's stack check is not known: not hooked");
+                        continue;
+                    }
+                }
+            } else {
+                aya::programs::uprobe::UProbeAttachLocation::Symbol(symbol)
+            };
             let link = p
-                .attach(symbol, lib, aya::programs::uprobe::UProbeScope::AllProcesses)
+                .attach(location, lib, aya::programs::uprobe::UProbeScope::AllProcesses)
                 .map_err(anyhow::Error::from)
                 .and_then(|id| Ok(FdLink::try_from(p.take_link(id)?)?));
             match link {

@@ -604,6 +604,7 @@ fn http_verdict_text(v: u32) -> &'static str {
         h::TOO_LONG => "more header bytes than the parser follows in one write",
         h::IP_OPTIONS => "IP options or IPv6 extension headers on the connection",
         h::FRAMING => "a line not ended by CR LF, or a second Content-Length: a lenient server could read another request there",
+        h::NESTED => "a TLS write made inside another one of the same thread: the parser follows one at a time",
         h::URGENT => "TCP urgent data (MSG_OOB): the server's stream leaves out a byte the parser read",
         h::ELSEWHERE => {
             "a TLS write its Host: header allowed for one destination, on a connection to another (the Host: is not this connection's server)"

@@ -468,15 +468,9 @@ fn try_http_egress(ctx: &SkBuffContext) -> Result<i32, i64> {
         info.seen = 1;
         let b: [u8; 2] = ctx.load((off + skip) as usize)?;
         if b[0] == 0x16 && b[1] == 0x03 {
-            // A TLS handshake record: check who can see inside it, and the server name. Who:
-            // the process sending it (this runs in its `send`), when that is another process of
-            // the instance than the one that connected (a child that took the socket, and an
-            // opaque TLS stack with it). It stays the socket's process for what follows (a
-            // retransmission runs where no sender is current).
-            let sender = (bpf_get_current_pid_tgid() >> 32) as u32;
-            if sender != info.tgid && unsafe { PROCS.get(&sender) }.is_some_and(|p| p.run_id == info.run_id) {
-                info.tgid = sender;
-            }
+            // A TLS handshake record: check who can see inside it, and the server name. (Judged
+            // on the process that connected: a cgroup_skb program cannot ask who is sending
+            // before Linux 6.x's helpers, and 6.1 refuses it: see README "Limits".)
             if crate::maps::tls_hooks_pending(info.tgid) {
                 // A new agent process the daemon has not hooked yet: nothing would see its
                 // writes. The ClientHello waits (dropped here, TCP sends it again) and is

@@ -113,7 +113,10 @@ pub struct Launch<'a> {
 impl<'a> Launch<'a> {
     /// `bin` with `policy` in `dir`, no more arguments, the log read every 50 ms for up to 120 s.
     pub fn new(bin: PathBuf, dir: TempDir, policy: &'a str) -> Self {
-        let (poll, timeout) = (Duration::from_millis(50), Duration::from_secs(120));
+        // The VM tier's guests (TCG, several on two cores) may take longer to verify the
+        // programs: AGENT_MONITOR_START_TIMEOUT_SECS.
+        let secs = std::env::var("AGENT_MONITOR_START_TIMEOUT_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(120);
+        let (poll, timeout) = (Duration::from_millis(50), Duration::from_secs(secs));
         Launch { bin, dir, policy, extra: &[], env: &[], poll, timeout }
     }
 }

@@ -641,45 +641,53 @@ fn try_open_exit(ctx: &TracePointContext) -> Result<(), i64> {
         flags |= 0o1101;
     }
     let s = agent::scratch().ok_or(-1i64)?;
-    // What the open returned cannot be read (another task sharing the descriptor table closed
-    // or replaced it before this exit): a write open is judged blind, a violation (fail
-    // closed), never "no decision".
-    let blind = |e: i64| {
-        count(stat::READ_FAILED);
-        if open_is_write(flags) {
-            decide_with(
-                &st,
-                &cfg,
-                false,
-                rec(kind::FILE_WRITE, f | event_flags::ARG_UNREADABLE, flags),
-                PathRef::NONE,
-                PathRef::NONE,
-                false,
-            );
-        }
-        e
-    };
     unsafe {
-        let file = kernel::fd_file(kernel::current_task(), ret).map_err(blind)?;
-        // The object decides too: a file the kernel opened for writing is a write.
-        let fmode = kernel::file_f_mode(file).unwrap_or(FMODE_WRITE);
-        if !open_is_write(flags) && fmode & FMODE_WRITE == 0 {
-            return Ok(());
-        }
-        if kernel::file_on_kernel_mount(file) {
-            // Anonymous pipes, memfds: no file anyone names. Reopened through another
-            // process's /proc/PID/fd, a write into that process.
-            if pend.path != 0 {
-                reopened_kernel_file(s, &st, pend.dfd, pend.path);
+        // The file the open returned, its type and its path; None: nothing to judge. Read in
+        // one place so that a failure is judged in one place (one copy for the verifier).
+        let read = || -> Result<Option<(*const u8, u16, kernel::Built)>, i64> {
+            let file = kernel::fd_file(kernel::current_task(), ret)?;
+            // The object decides too: a file the kernel opened for writing is a write.
+            let fmode = kernel::file_f_mode(file).unwrap_or(FMODE_WRITE);
+            if !open_is_write(flags) && fmode & FMODE_WRITE == 0 {
+                return Ok(None);
             }
-            return Ok(());
-        }
-        let t = kernel::file_mode_type(file).map_err(blind)?;
-        if t == S_IFSOCK {
-            return Ok(());
-        }
-        let (d, m) = kernel::file_path(file).map_err(blind)?;
-        let b = dentry_path(s, d, m).map_err(blind)?;
+            if kernel::file_on_kernel_mount(file) {
+                // Anonymous pipes, memfds: no file anyone names. Reopened through another
+                // process's /proc/PID/fd, a write into that process.
+                if pend.path != 0 {
+                    reopened_kernel_file(s, &st, pend.dfd, pend.path);
+                }
+                return Ok(None);
+            }
+            let t = kernel::file_mode_type(file)?;
+            if t == S_IFSOCK {
+                return Ok(None);
+            }
+            let (d, m) = kernel::file_path(file)?;
+            Ok(Some((file, t, dentry_path(s, d, m)?)))
+        };
+        let (file, t, b) = match read() {
+            Ok(Some(v)) => v,
+            Ok(None) => return Ok(()),
+            Err(e) => {
+                // What the open returned cannot be read (another task sharing the descriptor
+                // table closed or replaced it before this exit): a write open is judged blind,
+                // a violation (fail closed), never "no decision".
+                count(stat::READ_FAILED);
+                if open_is_write(flags) {
+                    decide_with(
+                        &st,
+                        &cfg,
+                        false,
+                        rec(kind::FILE_WRITE, f | event_flags::ARG_UNREADABLE, flags),
+                        PathRef::NONE,
+                        PathRef::NONE,
+                        false,
+                    );
+                }
+                return Err(e);
+            }
+        };
         f |= b.flags();
         if t == S_IFIFO {
             return fifo_write(s, &st, &cfg, b, f, flags);

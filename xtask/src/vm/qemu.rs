@@ -114,6 +114,8 @@ impl Guests<'_> {
             "NO_COLOR=1".into(),
             // Every guest boots with BPF LSM: a layer that does not load fails the tests there.
             "AGENT_MONITOR_EXPECT_LSM=1".into(),
+            // Verifying the programs under TCG, three guests on two cores: minutes on 6.1.
+            "AGENT_MONITOR_START_TIMEOUT_SECS=400".into(),
         ];
         fs::write(share.join("run/tests"), tests)?;
         fs::write(share.join("run/args"), args.join("\n") + "\n")?;

@@ -80,7 +80,7 @@ const PARALLEL: usize = 3;
 
 /// How long one guest may run before it is killed (overridable with AGENT_MONITOR_VM_TIMEOUT,
 /// in seconds).
-const TIMEOUT_SUBSET: Duration = Duration::from_secs(20 * 60);
+const TIMEOUT_SUBSET: Duration = Duration::from_secs(36 * 60);
 const TIMEOUT_FULL: Duration = Duration::from_secs(30 * 60);
 
 pub struct Options<'a> {

@@ -694,6 +694,8 @@ fn the_audit_chain_goes_on_across_logrotate_and_a_restart() {
     rotate(d.pid());
     assert!(dir.join("events.jsonl.2.gz").exists(), "logrotate did not compress the older file");
     // A restart with the reopened log still empty: the chain continues from events.jsonl.1.
+    // (The reopen follows the signal: wait for it.)
+    wait_for("the daemon to reopen its log", 20, || log.exists().then_some(()));
     assert_eq!(fs::read_to_string(&log).unwrap(), "", "nothing was written since the rotation");
     d.restart();
     violate(&d, "three");

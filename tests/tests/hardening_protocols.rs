@@ -76,7 +76,8 @@ fn a_tcp_allow_does_not_allow_datagrams_to_the_same_address() {
     let py = py_agent(t.path(), "am-proto");
     // The control: the listed TCP service takes the connection.
     assert_eq!(send(&py, None, "127.0.0.1", tcp.port, "tcp", b"hello over tcp"), Some(0));
-    assert!(tcp.received(b"hello over tcp"));
+    // (The sink writes down what it received after the sender is gone: wait for it.)
+    wait_for("the TCP control at the sink", 10, || tcp.received(b"hello over tcp").then_some(()));
     each_variant(&["udp", "udp-connected", "udp-sendmsg"], |mode| {
         let marker = format!("datagram-{mode}");
         let seen = violations(&d, "udp-less").len();

@@ -642,36 +642,32 @@ fn try_open_exit(ctx: &TracePointContext) -> Result<(), i64> {
     }
     let s = agent::scratch().ok_or(-1i64)?;
     unsafe {
-        // The file the open returned, its type and its path; None: nothing to judge. Read in
-        // one place so that a failure is judged in one place (one copy for the verifier).
-        let read = || -> Result<Option<(*const u8, u16, kernel::Built)>, i64> {
-            let file = kernel::fd_file(kernel::current_task(), ret)?;
-            // The object decides too: a file the kernel opened for writing is a write.
-            let fmode = kernel::file_f_mode(file).unwrap_or(FMODE_WRITE);
-            if !open_is_write(flags) && fmode & FMODE_WRITE == 0 {
-                return Ok(None);
+        let file = match kernel::fd_file(kernel::current_task(), ret) {
+            Ok(f) => f,
+            Err(e) => {
+                count(stat::READ_FAILED);
+                return Err(e);
             }
-            if kernel::file_on_kernel_mount(file) {
-                // Anonymous pipes, memfds: no file anyone names. Reopened through another
-                // process's /proc/PID/fd, a write into that process.
-                if pend.path != 0 {
-                    reopened_kernel_file(s, &st, pend.dfd, pend.path);
-                }
-                return Ok(None);
-            }
-            let t = kernel::file_mode_type(file)?;
-            if t == S_IFSOCK {
-                return Ok(None);
-            }
-            let (d, m) = kernel::file_path(file)?;
-            Ok(Some((file, t, dentry_path(s, d, m)?)))
         };
-        // (An fd that cannot be read at exit, closed or replaced by a task sharing the table,
-        // is counted and not judged: judging it blind made this program too costly for Linux
-        // 6.1's verifier; README "Limits".)
-        let Some((file, t, b)) = read().inspect_err(|_| count(stat::READ_FAILED))? else {
+        // The object decides too: a file the kernel opened for writing is a write.
+        let fmode = kernel::file_f_mode(file).unwrap_or(FMODE_WRITE);
+        if !open_is_write(flags) && fmode & FMODE_WRITE == 0 {
             return Ok(());
-        };
+        }
+        if kernel::file_on_kernel_mount(file) {
+            // Anonymous pipes, memfds: no file anyone names. Reopened through another
+            // process's /proc/PID/fd, a write into that process.
+            if pend.path != 0 {
+                reopened_kernel_file(s, &st, pend.dfd, pend.path);
+            }
+            return Ok(());
+        }
+        let t = kernel::file_mode_type(file)?;
+        if t == S_IFSOCK {
+            return Ok(());
+        }
+        let (d, m) = kernel::file_path(file)?;
+        let b = dentry_path(s, d, m)?;
         f |= b.flags();
         if t == S_IFIFO {
             return fifo_write(s, &st, &cfg, b, f, flags);

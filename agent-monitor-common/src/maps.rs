@@ -47,6 +47,7 @@ pub mod names {
     pub const HOST_DEST: &str = "HOST_DEST";
     pub const TLS_PENDING: &str = "TLS_PENDING";
     pub const TLS_WRITES: &str = "TLS_WRITES";
+    pub const TLS_WRITE_SCRATCH: &str = "TLS_WRITE_SCRATCH";
 
     /// Every map of the eBPF object.
     pub const ALL: &[&str] = &[
@@ -87,6 +88,7 @@ pub mod names {
         HOST_DEST,
         TLS_PENDING,
         TLS_WRITES,
+        TLS_WRITE_SCRATCH,
     ];
 
     /// The maps pinned with the programs: every one that holds state a restart must keep (the

@@ -249,6 +249,15 @@ pub struct TlsWrite {
 #[map]
 pub static TLS_WRITES: LruHashMap<u64, TlsWrite> = LruHashMap::with_max_entries(16384, 0);
 
+/// Per-CPU working memory of a TLS write's entry (`tls_write`): its `TlsWrite` is built here,
+/// not on the stack. Linux before 6.8 rounds every frame up to 32 bytes and caps a program's
+/// deepest call chain at 512 (the entry, the parser's loop step, its path step): with the
+/// write on the stack, the TLS write programs came to 544 and 6.1 refused them. (Like
+/// `HTTP_SCRATCH`'s TLS slot, it is used within one run of a uprobe program, which another
+/// kprobe-type program on the CPU does not interrupt.)
+#[map]
+pub static TLS_WRITE_SCRATCH: PerCpuArray<TlsWrite> = PerCpuArray::with_max_entries(1, 0);
+
 /// Per-CPU working memory of the HTTP parser (`http.rs`): slot 0 for the packet path, slot 1
 /// for the TLS path.
 #[map]

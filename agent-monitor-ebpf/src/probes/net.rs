@@ -46,7 +46,8 @@ use crate::{
     kernel,
     maps::{
         PendingOp, TlsConnKey, TlsWrite, EVENTS_SCRATCH, GRANTS, HELD_RUNS, HOLD_STOP, KILLED, NET_ALLOW, PENDING_OPS,
-        PROCS, SNI_ALLOW, SNI_SCRATCH, SOCKS, TLS_CONNS, TLS_PENDING, TLS_WRITES, UNIX_ALLOW, UNIX_REFUSE,
+        PROCS, SNI_ALLOW, SNI_SCRATCH, SOCKS, TLS_CONNS, TLS_PENDING, TLS_WRITES, TLS_WRITE_SCRATCH, UNIX_ALLOW,
+        UNIX_REFUSE,
     },
 };
 
@@ -859,16 +860,25 @@ fn tls_write(ssl: u64, buf: *const u8, len: u64, written: u64, at_return: bool) 
         }
         nested = at_return;
     }
-    let mut parse = unsafe { TLS_CONNS.get(&key) }.copied().unwrap_or(HttpParse::default());
+    // The write is built in per-CPU memory, not on the stack (`TLS_WRITE_SCRATCH`).
+    let Some(w) = TLS_WRITE_SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    let pending = unsafe { &mut *w };
+    pending.key = key;
+    pending.buf = buf as u64;
+    pending.len = len;
+    pending.written = written;
+    pending.before = unsafe { TLS_CONNS.get(&key) }.copied().unwrap_or(HttpParse::default());
+    pending.after = pending.before;
     // What the call sends is known at its return (`tls_write_ret`): nothing (`WANT_READ`
     // before the handshake, an error), a part, or all of it. The whole is judged now; the
     // state moves there, by what was sent. A return that never comes (the process was hooked
     // in the middle of the call) leaves the state where it was: the next write is then read
     // as the start of a request, so a lost return refuses more, never less.
-    let before = parse;
     let t = takes(&cfg, &DestRule::default(), true);
     let len32 = if len > u32::MAX as u64 { u32::MAX } else { len as u32 };
-    let mut found = http::parse(SLOT_TLS, Src::User(buf as u64), len32, &mut parse, &t);
+    let mut found = http::parse(SLOT_TLS, Src::User(buf as u64), len32, &mut pending.after, &t);
     if nested {
         found = http::Found { verdict: http_verdict::NESTED, method: 0, at: 0, lost: true, host_bind: 0 };
     }
@@ -877,9 +887,8 @@ fn tls_write(ssl: u64, buf: *const u8, len: u64, written: u64, at_return: bool) 
     if found.host_bind != 0 && !pending_write(st.run_id, found.host_bind) && found.verdict == http_verdict::OK {
         found = http::Found { verdict: http_verdict::ELSEWHERE, method: 0, at: 0, lost: false, host_bind: 0 };
     }
-    let pending = TlsWrite { key, buf: buf as u64, len, written, before, after: parse };
     if found.verdict == http_verdict::OK {
-        commit(&key, &pending, at_return);
+        commit(&key, pending, at_return);
         if cfg.flags & agent_flags::AUDIT != 0 {
             let req = tls_request(buf, len, 0);
             let r = Rec {
@@ -906,7 +915,7 @@ fn tls_write(ssl: u64, buf: *const u8, len: u64, written: u64, at_return: bool) 
     if found.lost {
         let _ = TLS_CONNS.remove(&key);
     } else {
-        commit(&key, &pending, at_return);
+        commit(&key, pending, at_return);
     }
     if cfg.action == policy_action::HOLD && !found.lost {
         let one: u32 = 1;

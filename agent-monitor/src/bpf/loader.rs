@@ -50,6 +50,10 @@ pub struct Kernel {
     /// The TLS hooks when they are written into agent processes only (`tls_uprobes =
     /// "agents"`); None when they are attached for every process or not at all.
     pub agent_tls: Option<super::tls::AgentTls>,
+    /// The TLS uprobe programs the kernel refused, and why (the first line of its answer): not
+    /// tried again (each try is a whole verification, tens of seconds under emulation), and
+    /// no library whose functions need one of them is hooked (`hook_tls_libs`).
+    pub(super) tls_refused: std::collections::BTreeMap<&'static str, String>,
 }
 
 pub(super) static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/agent-monitor"));
@@ -87,15 +91,15 @@ impl Kernel {
         ensure_tracefs()?;
         let pin_dir = pins.map(|base| base.join(pins::build_id()));
         let (mut ebpf, adopted, kernel_btf) = load_object(pin_dir.as_deref())?;
-        let (up, tls_libs, links, lsm_note) = if adopted {
+        let (up, tls_libs, links, lsm_note, tls_refused) = if adopted {
             let (up, tls_libs) = pins::adopt(pin_dir.as_deref().expect("adopted from a pin dir"), tls_uprobes)?;
-            (up, tls_libs, Vec::new(), None)
+            (up, tls_libs, Vec::new(), None, Default::default())
         } else {
             let lsm_btf = kernel_btf
                 .as_ref()
                 .map_or(Err("the kernel's BTF was not read"), |b| b.as_ref().map_err(String::as_str));
-            let (up, links, lsm_note) = attach_all(&mut ebpf, lsm_btf)?;
-            (up, BTreeSet::new(), links, lsm_note)
+            let Attached { up, links, lsm_note, uprobes_refused } = attach_all(&mut ebpf, lsm_btf)?;
+            (up, BTreeSet::new(), links, lsm_note, uprobes_refused)
         };
         let mut layers = LayerStatus::new(&up, lsm_note);
         // Both Unix programs, attached now or adopted from this build's pins.
@@ -118,8 +122,17 @@ impl Kernel {
         for n in &layers.notes {
             warn!("{n}");
         }
-        let mut kernel =
-            Kernel { ebpf, layers, tls_libs, links: Vec::new(), pin_dir, pinned: 0, adopted, agent_tls: None };
+        let mut kernel = Kernel {
+            ebpf,
+            layers,
+            tls_libs,
+            links: Vec::new(),
+            pin_dir,
+            pinned: 0,
+            adopted,
+            agent_tls: None,
+            tls_refused,
+        };
         for (label, link) in links {
             kernel.keep_link(label, link)?;
         }
@@ -196,19 +209,26 @@ fn load_object(pin_dir: Option<&Path>) -> anyhow::Result<(Ebpf, bool, Option<Res
     Ok((ebpf, adopted, kernel_btf))
 }
 
+/// What [`attach_all`] did.
+struct Attached {
+    /// The layers with a probe attached.
+    up: BTreeSet<Layer>,
+    links: Vec<(String, FdLink)>,
+    /// Why the LSM layer is down, if the kernel refused it.
+    lsm_note: Option<String>,
+    /// The TLS uprobe programs the kernel refused, and why (first line).
+    uprobes_refused: std::collections::BTreeMap<&'static str, String>,
+}
+
 /// Verify every program first, in parallel (most of the start-up), then attach them one by one
-/// in table order, exactly as loading them one by one would have. Returns the layers up, the
-/// links, and why the LSM layer is down if the kernel refused it.
-#[allow(clippy::type_complexity)]
-fn attach_all(
-    ebpf: &mut Ebpf,
-    lsm_btf: Result<&aya::Btf, &str>,
-) -> anyhow::Result<(BTreeSet<Layer>, Vec<(String, FdLink)>, Option<String>)> {
+/// in table order, exactly as loading them one by one would have.
+fn attach_all(ebpf: &mut Ebpf, lsm_btf: Result<&aya::Btf, &str>) -> anyhow::Result<Attached> {
     let cgroup_root = super::maps::cgroup2_root().and_then(|p| File::open(&p).ok());
     let loaded = load_programs(ebpf, lsm_btf);
     let mut links = Vec::new();
     let mut up = BTreeSet::new();
     let mut lsm_refused: Option<String> = None;
+    let mut uprobes_refused = std::collections::BTreeMap::new();
     for (probe, loaded) in PROBES.iter().zip(loaded) {
         if matches!(probe.attach, Attach::Lsm(_)) && lsm_refused.is_some() {
             // The layer is all or nothing: an LSM program verified in parallel before the
@@ -230,7 +250,12 @@ fn attach_all(
             }
             Err(e) if probe.required => return Err(e.context(format!("attaching required probe {}", probe.program))),
             Err(e) if matches!(probe.attach, Attach::Lsm(_)) => lsm_refused = Some(format!("{e:#}")),
-            Err(e) => warn!(program = probe.program, error = %format!("{e:#}"), "optional probe not attached"),
+            Err(e) => {
+                warn!(program = probe.program, error = %format!("{e:#}"), "optional probe not attached");
+                if matches!(probe.attach, Attach::UProbe(_)) {
+                    uprobes_refused.insert(probe.program, first_line(&e));
+                }
+            }
         }
     }
     let lsm_note = lsm_refused.map(|why| {
@@ -239,7 +264,22 @@ fn attach_all(
             why.lines().next().unwrap_or_default()
         )
     });
-    Ok((up, links, lsm_note))
+    Ok(Attached { up, links, lsm_note, uprobes_refused })
+}
+
+/// The first line of an error's chain (aya's names the verifier's first complaint), at most
+/// 300 bytes: for a note, not the verifier's whole log.
+pub(super) fn first_line(e: &anyhow::Error) -> String {
+    let full = format!("{e:#}");
+    let mut line = full.lines().next().unwrap_or_default().to_string();
+    if line.len() > 300 {
+        let mut cut = 300;
+        while !line.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        line.truncate(cut);
+    }
+    line
 }
 
 impl LayerStatus {
@@ -301,5 +341,106 @@ mod tests {
         for p in agent_monitor_common::maps::names::PINNED {
             assert!(named.contains(p), "{p} is pinned but not a map");
         }
+    }
+
+    /// Every program's deepest call chain (the program, the bpf_loop steps it runs, the
+    /// functions they call) fits the stack of the oldest kernels we support: before Linux 6.8
+    /// the verifier rounds each frame up to 32 bytes (at least 32) and refuses a chain over
+    /// 512 ("combined stack size of 3 calls is 544"); newer kernels round to 16 with the JIT,
+    /// so a host test run would not notice. Frames are read off the instructions (the lowest
+    /// `r10` offset a function stores to, loads from or points at), calls and callbacks off the
+    /// relocations, as the verifier's `check_max_stack_depth` walks them.
+    #[test]
+    fn every_call_chain_fits_the_stack_of_linux_before_6_8() {
+        use object::{ObjectSymbol as _, RelocationTarget, SymbolKind};
+        use std::collections::HashMap;
+        let obj = object::File::parse(super::OBJECT).expect("the eBPF object parses");
+        // (section, start, end) -> name, for every function.
+        let funcs: Vec<(object::SectionIndex, u64, u64, String)> = obj
+            .symbols()
+            .filter(|s| s.kind() == SymbolKind::Text && s.size() > 0)
+            .filter_map(|s| Some((s.section_index()?, s.address(), s.address() + s.size(), s.name().ok()?.to_string())))
+            .collect();
+        let func_at = |sec: object::SectionIndex, off: u64| {
+            funcs.iter().position(|(s, a, e, _)| *s == sec && (*a..*e).contains(&off))
+        };
+        let mut frame = vec![0u32; funcs.len()];
+        let mut callees: Vec<Vec<usize>> = vec![Vec::new(); funcs.len()];
+        for (i, (sec, start, end, _)) in funcs.iter().enumerate() {
+            let section = obj.section_by_index(*sec).unwrap();
+            let data = section.data().unwrap();
+            let relocs: HashMap<u64, object::Relocation> = section.relocations().collect();
+            let mut fp = [false; 11]; // registers holding r10 (the frame pointer)
+            let mut off = *start;
+            while off < *end {
+                let insn = &data[off as usize..off as usize + 8];
+                let (op, dst, src) = (insn[0], (insn[1] & 0xf) as usize, (insn[1] >> 4) as usize);
+                let disp = i16::from_le_bytes([insn[2], insn[3]]) as i64;
+                let imm = i32::from_le_bytes([insn[4], insn[5], insn[6], insn[7]]) as i64;
+                let mut deeper = |d: i64| frame[i] = frame[i].max(d.max(0) as u32);
+                match op & 7 {
+                    1 if src == 10 => deeper(-disp),     // LDX from the stack
+                    2 | 3 if dst == 10 => deeper(-disp), // ST, STX to the stack
+                    _ => {}
+                }
+                // A call (to a function) or a 64-bit load (of a callback's address).
+                if op == 0x85 || op == 0x18 {
+                    let target = match relocs.get(&off) {
+                        Some(r) => match r.target() {
+                            RelocationTarget::Symbol(sym) => {
+                                let sym = obj.symbol_by_index(sym).unwrap();
+                                match (sym.kind(), sym.section_index()) {
+                                    (SymbolKind::Text, Some(s)) => func_at(s, sym.address()),
+                                    (SymbolKind::Section, Some(s)) => func_at(s, imm as u64),
+                                    _ => None,
+                                }
+                            }
+                            _ => None,
+                        },
+                        // A call inside the section: relative, in instructions.
+                        None if op == 0x85 && src == 1 => func_at(*sec, (off as i64 + (imm + 1) * 8) as u64),
+                        None => None,
+                    };
+                    callees[i].extend(target);
+                }
+                match (op, op & 7) {
+                    (0xbf, _) => fp[dst] = src == 10, // mov dst, src
+                    (0x07, _) if fp[dst] => {
+                        deeper(-imm); // dst = r10 - N
+                        fp[dst] = false;
+                    }
+                    (0x85, _) => fp[1..=5].iter_mut().for_each(|r| *r = false),
+                    (_, 1 | 4 | 7) | (0x18, _) => fp[dst] = false,
+                    _ => {}
+                }
+                off += if op == 0x18 { 16 } else { 8 };
+            }
+        }
+        fn depth(f: usize, frame: &[u32], callees: &[Vec<usize>], seen: &mut Vec<usize>) -> u32 {
+            let own = frame[f].max(1).div_ceil(32) * 32;
+            if seen.contains(&f) {
+                return own; // recursion: the verifier refuses it elsewhere
+            }
+            seen.push(f);
+            let deepest = callees[f].iter().map(|&c| depth(c, frame, callees, seen)).max().unwrap_or(0);
+            seen.pop();
+            own + deepest
+        }
+        let text = obj.section_by_name(".text").map(|s| s.index());
+        let mut programs = 0;
+        let mut over = Vec::new();
+        for (i, (_, _, _, name)) in funcs.iter().enumerate().filter(|(_, f)| Some(f.0) != text) {
+            programs += 1;
+            let d = depth(i, &frame, &callees, &mut Vec::new());
+            if d > 512 {
+                over.push(format!("{name}: {d} bytes (its own frame {})", frame[i]));
+            }
+        }
+        assert!(programs > 100, "only {programs} programs found in the object");
+        // The reading itself: the TLS write programs call the parser's loop step, which calls
+        // its path step.
+        let tls = funcs.iter().position(|f| f.3 == "ssl_write").expect("ssl_write");
+        assert!(depth(tls, &frame, &callees, &mut Vec::new()) >= frame[tls] + 3 * 32, "ssl_write's chain was not read");
+        assert!(over.is_empty(), "call chains over 512 bytes on Linux before 6.8:\n{}", over.join("\n"));
     }
 }

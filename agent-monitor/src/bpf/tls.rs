@@ -56,7 +56,8 @@ const GO_WRITE_PROGRAM: &str = "go_tls_write";
 /// The program `SSL_clear`, `SSL_free` and `gnutls_deinit` run (the object's parser state goes).
 const END_PROGRAM: &str = "tls_conn_end";
 
-fn program_of(program: &str) -> &'static str {
+/// The program a function of `program`'s row runs when hooked in agent processes only.
+pub(super) fn program_of(program: &str) -> &'static str {
     match program {
         HANDSHAKE_PROGRAM => HANDSHAKE_PROGRAM,
         RET_PROGRAM => RET_PROGRAM,

@@ -167,7 +167,8 @@ impl Kernel {
         } else {
             self.hook_tls_libs(&system_tls_libs());
         }
-        if tls_uprobes != TlsUprobes::Off && self.tls_libs.is_empty() {
+        let refused = self.layers.notes.iter().any(|n| n.starts_with("uprobe: the kernel refused"));
+        if tls_uprobes != TlsUprobes::Off && self.tls_libs.is_empty() && !refused {
             self.layers
                 .notes
                 .push("uprobe: no OpenSSL or GnuTLS library found: HTTP methods inside TLS are not visible".into());
@@ -176,21 +177,46 @@ impl Kernel {
     }
 
     /// The uprobe program of each TLS function, loaded (adopted programs are not loaded in this
-    /// process), as (program, symbol).
+    /// process), as (program, symbol). A program the kernel refused once is not tried again.
     fn tls_programs(&mut self) -> Vec<(&'static str, &'static str)> {
         let mut out = Vec::new();
         for probe in PROBES {
             let Attach::UProbe(symbols) = probe.attach else { continue };
+            if self.tls_refused.contains_key(probe.program) {
+                continue;
+            }
             let Some(p) = self.ebpf.program_mut(probe.program).and_then(|p| <&mut UProbe>::try_from(p).ok()) else {
                 continue;
             };
             if p.fd().is_err() {
                 if let Err(e) = p.load() {
-                    debug!(program = probe.program, error = %e, "uprobe program not loaded");
+                    let e = anyhow::Error::from(e);
+                    warn!(program = probe.program, error = %format!("{e:#}"), "uprobe program not loaded");
+                    self.tls_refused.insert(probe.program, super::loader::first_line(&e));
                     continue;
                 }
             }
             out.extend(symbols.iter().map(|&symbol| (probe.program, symbol)));
+        }
+        out
+    }
+
+    /// The programs `stack`'s functions run (as this daemon hooks them: in agents only, or in
+    /// every process) that the kernel refused, with why.
+    fn refused_for(&self, stack: Stack) -> Vec<(&'static str, &str)> {
+        let per_agent = self.agent_tls.is_some();
+        let mut out: Vec<(&'static str, &str)> = Vec::new();
+        for probe in PROBES {
+            let Attach::UProbe(symbols) = probe.attach else { continue };
+            if !symbols.iter().any(|s| stack.symbols().contains(s)) {
+                continue;
+            }
+            let runs = if per_agent { super::tls::program_of(probe.program) } else { probe.program };
+            if let Some(why) = self.tls_refused.get(runs) {
+                if out.iter().all(|(p, _)| *p != runs) {
+                    out.push((runs, why));
+                }
+            }
         }
         out
     }
@@ -223,6 +249,23 @@ impl Kernel {
                 continue;
             }
             let Some(stack) = stack_of(&canon) else { continue };
+            // All of a stack's functions or none: its writes unjudged while its handshakes
+            // mark the process's TLS visible would let every request through.
+            let refused = self.refused_for(stack);
+            if !refused.is_empty() {
+                let why: Vec<String> = refused.iter().map(|(p, why)| format!("{p}: {why}")).collect();
+                let note = format!(
+                    "uprobe: the kernel refused the {} programs ({}): {} is not hooked, its TLS writes are not visible",
+                    stack.name(),
+                    why.join("; "),
+                    canon.display()
+                );
+                if !self.layers.notes.contains(&note) {
+                    warn!("{note}");
+                    self.layers.notes.push(note);
+                }
+                continue;
+            }
             let symbols = stack.symbols();
             if todo.iter().all(|(l, _)| *l != canon) {
                 let functions = loaded.iter().copied().filter(|(_, s)| symbols.contains(s)).collect();

@@ -559,45 +559,74 @@ ok(libc.umount2(b".", 2), "umount2(MNT_DETACH)")
 os.chdir("/")
 "#;
 
-/// `fixtures/opaque_tls_client.go` built (statically, Go's own TLS) and stripped (`-s -w`: no
-/// symbol table, so nothing for a uprobe to find) into `dir/<name>`. None, with the reason
-/// printed, when Go is not installed. The build cache is kept between runs
-/// (`$TMPDIR/am-e2e-gocache`).
-pub fn go_tls_client(dir: &Path, name: &str) -> Option<PathBuf> {
-    go_build(dir, name, true)
+/// `fixtures/opaque_tls_client.c` built with OpenSSL linked statically and stripped into
+/// `dir/<name>`: no symbol names `SSL_write`, so its TLS is opaque (as Bun's BoringSSL is in
+/// Claude Code). None, with the reason printed, when gcc or OpenSSL's static library is missing.
+pub fn opaque_tls_client(dir: &Path, name: &str) -> Option<PathBuf> {
+    if !crate::have("gcc") {
+        eprintln!("SKIPPED: no gcc to build a TLS client the daemon cannot hook");
+        return None;
+    }
+    let sub = dir.join(format!("c-{}", N.fetch_add(1, Ordering::Relaxed)));
+    fs::create_dir_all(&sub).unwrap();
+    let out = sub.join(name);
+    let res = Command::new("gcc")
+        .args(["-static", "-O1", "-s", "-o"])
+        .arg(&out)
+        .arg(fixture("opaque_tls_client.c"))
+        .args(["-lssl", "-lcrypto", "-lpthread"])
+        .output()
+        .expect("run gcc");
+    if !res.status.success() {
+        let err = String::from_utf8_lossy(&res.stderr);
+        if err.contains("openssl/ssl.h") || err.contains("cannot find -lssl") {
+            eprintln!("SKIPPED: no static OpenSSL (Debian: apt-get install libssl-dev) to build an opaque TLS client");
+            return None;
+        }
+        panic!("building the opaque TLS client failed:\n{err}");
+    }
+    Some(out)
 }
 
-/// The same client as `go build` leaves it, with its symbol table: the daemon hooks its
-/// `crypto/tls.(*Conn).Write`.
+/// `fixtures/go_tls_client.go` as `go build` leaves it, with its symbol table: the daemon hooks
+/// its `crypto/tls.(*Conn).Write` found there. None, with the reason printed, when Go is not
+/// installed. The build cache is kept between runs (`$TMPDIR/am-e2e-gocache`).
 pub fn go_tls_client_with_symbols(dir: &Path, name: &str) -> Option<PathBuf> {
-    go_build(dir, name, false)
+    go_build(dir, name, GoBuild { strip: false })
 }
 
-fn go_build(dir: &Path, name: &str, strip: bool) -> Option<PathBuf> {
+/// The same client stripped (`-s -w`: no symbol table, no DWARF): the daemon finds its
+/// functions through Go's own function table (`.gopclntab`), which the runtime needs.
+pub fn go_tls_client_stripped(dir: &Path, name: &str) -> Option<PathBuf> {
+    go_build(dir, name, GoBuild { strip: true })
+}
+
+struct GoBuild {
+    strip: bool,
+}
+
+fn go_build(dir: &Path, name: &str, how: GoBuild) -> Option<PathBuf> {
     if !crate::have("go") {
-        eprintln!(
-            "SKIPPED: no Go toolchain (Debian: apt-get install golang-go) to build a TLS client the daemon cannot hook"
-        );
+        eprintln!("SKIPPED: no Go toolchain (Debian: apt-get install golang-go) to build a Go TLS client");
         return None;
     }
     let sub = dir.join(format!("go-{}", N.fetch_add(1, Ordering::Relaxed)));
     fs::create_dir_all(&sub).unwrap();
     let out = sub.join(name);
     let tmp = std::env::temp_dir();
-    let res = Command::new("go")
-        .arg("build")
-        .args(if strip { &["-ldflags=-s -w"][..] } else { &[][..] })
+    let mut cmd = Command::new("go");
+    cmd.arg("build")
+        .args(if how.strip { &["-ldflags=-s -w"][..] } else { &[][..] })
         .arg("-o")
         .arg(&out)
-        .arg(fixture("opaque_tls_client.go"))
+        .arg(fixture("go_tls_client.go"))
         .current_dir(&sub)
         .env("CGO_ENABLED", "0")
         .env("GOCACHE", tmp.join("am-e2e-gocache"))
         .env("GOPATH", tmp.join("am-e2e-gopath"))
         .env("GOFLAGS", "-mod=mod")
-        .env("GO111MODULE", "auto")
-        .output()
-        .expect("run go build");
+        .env("GO111MODULE", "auto");
+    let res = cmd.output().expect("run go build");
     assert!(res.status.success(), "go build failed:\n{}", String::from_utf8_lossy(&res.stderr));
     Some(out)
 }

@@ -8,8 +8,8 @@
 //! ```
 //! Refusals are `net.connect` events with the rule `network.opaque_tls`.
 //!
-//! The unhooked client is `fixtures/opaque_tls_client.go`, built in the test (Go's own TLS,
-//! linked statically); the tests skip when Go is not installed.
+//! The unhooked client is `fixtures/opaque_tls_client.c`, built in the test with OpenSSL linked
+//! statically and stripped (no symbol to hook: Bun's BoringSSL in Claude Code is the same).
 use std::{process::Command, time::Duration};
 
 use agent_monitor_e2e::{attack::*, *};
@@ -30,7 +30,7 @@ fn tls_visibility_does_not_survive_an_exec_into_an_unhooked_client() {
         return;
     }
     let t = TempDir::new("tls-exec");
-    let Some(client) = go_tls_client(t.path(), "opaque-client") else { return };
+    let Some(client) = opaque_tls_client(t.path(), "opaque-client") else { return };
     let forum = Forum::start(t.path(), "127.0.0.1", true, None);
     let d = Daemon::start(&agent_policy(
         "vis-exec",
@@ -66,7 +66,7 @@ fn opaque_tls_to_a_plain_allow_entry_is_refused() {
         return;
     }
     let t = TempDir::new("tls-opaque");
-    let Some(client) = go_tls_client(t.path(), "am-opaque") else { return };
+    let Some(client) = opaque_tls_client(t.path(), "am-opaque") else { return };
     let forum = Forum::start(t.path(), "127.0.0.1", true, None);
     let to = q(format!("127.0.0.1:{}", forum.port));
     let d = Daemon::start(&agent_policy("opaque", &["am-opaque"], "kill", &[t.path()], &[to], ""));
@@ -92,8 +92,8 @@ fn an_allow_entry_marked_opaque_tls_accepts_an_unhooked_client() {
         return;
     }
     let t = TempDir::new("tls-opaque-ok");
-    let Some(trusted) = go_tls_client(t.path(), "am-opaque-ok") else { return };
-    let Some(strict) = go_tls_client(t.path(), "am-opaque-no") else { return };
+    let Some(trusted) = opaque_tls_client(t.path(), "am-opaque-ok") else { return };
+    let Some(strict) = opaque_tls_client(t.path(), "am-opaque-no") else { return };
     let forum = Forum::start(t.path(), "127.0.0.1", true, None);
     let to = q(format!("127.0.0.1:{}", forum.port));
     let policy = format!(
@@ -111,7 +111,11 @@ fn an_allow_entry_marked_opaque_tls_accepts_an_unhooked_client() {
     let d = Daemon::start(&policy);
     let url = format!("https://127.0.0.1:{}/answer", forum.port);
     let (st, out, err) = output(Command::new(&trusted).arg(&url).arg("POST"));
-    assert!(st.success(), "opaque_tls = true did not let the client through: {st}\n{out}{err}");
+    assert!(
+        st.success(),
+        "opaque_tls = true did not let the client through: {st}\n{out}{err}\n{:?}",
+        violations(&d, "opaque-ok")
+    );
     assert_eq!(forum.count("POST"), 1, "{:?}", forum.requests());
     assert!(violations(&d, "opaque-ok").is_empty(), "{:?}", violations(&d, "opaque-ok"));
     let (st, out, err) = output(Command::new(&strict).arg(&url).arg("POST"));
@@ -330,31 +334,35 @@ fn a_reused_ssl_object_starts_a_new_stream() {
     assert_eq!(f(&e, "layer"), "uprobe", "{e}");
 }
 
-/// Issue 19: Go's own crypto/tls is read where the executable keeps its symbol table (as `go
-/// build` leaves it): the daemon hooks `(*Conn).Write` in the Go program itself (register ABI).
-/// A GET to a read-only destination passes; a POST is killed before it is encrypted, the forum
-/// receives nothing, and the event is the uprobe layer's. (Stripped, the same client is opaque
-/// TLS: the tests above.)
+/// Issue 19: Go's own crypto/tls is read in the Go program itself (register ABI), found through
+/// its symbol table as `go build` leaves it, or through Go's function table (`.gopclntab`)
+/// when it is stripped (`-s -w`). A GET to a read-only destination passes; a POST is killed
+/// before it is encrypted, the forum receives nothing, and the event is the uprobe layer's.
 #[test]
-fn go_crypto_tls_with_symbols_is_read_get_passes_and_post_is_killed() {
-    if !can_run_root_tests("go_crypto_tls_with_symbols_is_read_get_passes_and_post_is_killed") {
+fn go_crypto_tls_stripped_or_not_is_read_get_passes_and_post_is_killed() {
+    if !can_run_root_tests("go_crypto_tls_stripped_or_not_is_read_get_passes_and_post_is_killed") {
         return;
     }
     let t = TempDir::new("tls-go");
-    let Some(client) = go_tls_client_with_symbols(t.path(), "am-go-tls") else { return };
+    let Some(full) = go_tls_client_with_symbols(t.path(), "am-go-tls") else { return };
+    let Some(stripped) = go_tls_client_stripped(t.path(), "am-go-tls") else { return };
     let forum = Forum::start(t.path(), "127.0.0.1", true, None);
     let to = q(format!("127.0.0.1:{}", forum.port));
     let d = Daemon::start(&agent_policy("go-tls", &["am-go-tls"], "kill", &[t.path()], &[to], ""));
     let url = format!("https://127.0.0.1:{}/answer", forum.port);
-    let (st, out, err) = output(Command::new(&client).arg(&url).arg("GET"));
-    assert!(st.success(), "the Go client's GET failed: {st}\n{out}{err}");
-    assert_eq!(forum.count("GET"), 1, "{:?}", forum.requests());
-    assert!(violations(&d, "go-tls").is_empty(), "{:?}", violations(&d, "go-tls"));
-    let (st, out, err) = output(Command::new(&client).arg(&url).arg("POST"));
-    std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(forum.count("POST"), 0, "the Go client's POST reached the forum: {:?}", forum.requests());
-    assert!(killed_by_sigkill(&st), "the Go client was not killed: {st}\n{out}{err}");
-    let e = violation(&d, "go-tls", &["net.http_write"]);
-    assert_enforced(&e, "network.http_methods");
-    assert_eq!(f(&e, "layer"), "uprobe", "{e}");
+    for (client, what) in [(&full, "with symbols"), (&stripped, "stripped")] {
+        let gets = forum.count("GET");
+        let seen = violations(&d, "go-tls").len();
+        let (st, out, err) = output(Command::new(client).arg(&url).arg("GET"));
+        assert!(st.success(), "the Go client's GET ({what}) failed: {st}\n{out}{err}");
+        assert_eq!(forum.count("GET"), gets + 1, "{what}: {:?}", forum.requests());
+        assert_eq!(violations(&d, "go-tls").len(), seen, "{what}: {:?}", violations(&d, "go-tls"));
+        let (st, out, err) = output(Command::new(client).arg(&url).arg("POST"));
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(forum.count("POST"), 0, "the Go client's POST ({what}) reached the forum: {:?}", forum.requests());
+        assert!(killed_by_sigkill(&st), "the Go client ({what}) was not killed: {st}\n{out}{err}");
+        let e = next_violation(&d, "go-tls", &["net.http_write"], seen);
+        assert_enforced(&e, "network.http_methods");
+        assert_eq!(f(&e, "layer"), "uprobe", "{what}: {e}");
+    }
 }

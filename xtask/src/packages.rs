@@ -50,7 +50,8 @@ pub const PACKAGES: &[Package] = &[
     p("gnutls-bin", Need::Tests, "e2e: gnutls-cli, a GnuTLS client (gnutls_record_send)"),
     p("gcc", Need::Tests, "e2e: builds the io_uring connect probe; bench: builds xtask/bench/load.c"),
     p("libc6-dev", Need::Tests, "e2e, bench: the C headers for those"),
-    p("golang-go", Need::Tests, "e2e (hardening_tls): builds a client with Go's own TLS, stripped (opaque TLS) and with symbols (hooked)"),
+    p("golang-go", Need::Tests, "e2e (hardening_tls): builds a client with Go's own TLS, with symbols and stripped (hooked through .gopclntab)"),
+    p("libssl-dev", Need::Tests, "e2e (hardening_tls): OpenSSL static libraries for a stripped static client whose TLS is opaque; bench: the headers for load.c's SSL_write workload"),
     p("prometheus", Need::Tests, "e2e (observability): scrapes the daemon, runs every dashboard query; test: promtool checks and tests dashboards/alerts.yml"),
     p("prometheus-alertmanager", Need::Tests, "e2e (observability): receives the daemon's webhook alerts"),
     p("rsyslog", Need::Tests, "e2e (observability): receives the events as RFC 5424 syslog and parses their structured data"),
@@ -59,7 +60,6 @@ pub const PACKAGES: &[Package] = &[
     p("kmod", Need::Tests, "VM tier: depmod over each downloaded kernel's modules"),
     p("xz-utils", Need::Tests, "VM tier: decompresses the kernels' .ko.xz modules for the initramfs"),
     p("zstd", Need::Tests, "VM tier: decompresses .ko.zst modules, where a kernel ships them"),
-    p("libssl-dev", Need::Bench, "bench: OpenSSL's headers, for the SSL_write workload of load.c"),
     p("auditd", Need::Peers, "bench: auditd, a peer"),
     p("bpftrace", Need::Peers, "bench: bpftrace, a peer"),
 ];

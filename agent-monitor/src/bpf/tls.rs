@@ -346,8 +346,12 @@ fn remove_stale_groups() {
 }
 
 /// A library's path as tracefs takes it and the file offset of each of `functions` ((eBPF
-/// program, symbol)) found in it; what cannot be hooked is left out and said at debug level.
-fn resolve<'a>(lib: &'a Path, functions: &[(&'static str, &str)]) -> (&'a str, Vec<(&'static str, u64)>) {
+/// program, symbol)) found in it. All or nothing: a function the library defines but that
+/// cannot be hooked (a Go `Write` whose stack check is not one this daemon knows, an address
+/// in no section) leaves the whole library unhooked, said in the log, so that its handshake
+/// never marks a process's TLS as seen while its writes go unread. A function it does not
+/// define (`SSL_write_ex` in OpenSSL 1.0) is only skipped.
+pub(super) fn resolve<'a>(lib: &'a Path, functions: &[(&'static str, &str)]) -> (&'a str, Vec<(&'static str, u64)>) {
     let found = (|| {
         let path = lib.to_str().filter(|p| !p.contains(char::is_whitespace)).ok_or_else(|| {
             anyhow!("{}: tracefs cannot take this path (not UTF-8, or with white space)", lib.display())
@@ -357,24 +361,25 @@ fn resolve<'a>(lib: &'a Path, functions: &[(&'static str, &str)]) -> (&'a str, V
         use object::Object as _;
         let mut out = Vec::new();
         for &(program, symbol) in functions {
-            match symbol_offset(&obj, symbol) {
+            if !defines(&obj, symbol) {
+                debug!(lib = %lib.display(), symbol, "TLS function not defined there");
+                continue;
+            }
+            let off = symbol_offset(&obj, symbol)?;
+            if program == GO_WRITE_PROGRAM {
                 // Go's Write is probed after its stack check (`go_after_stack_check`).
-                Ok(off) if program == GO_WRITE_PROGRAM => match go_after_stack_check(&data, off, obj.architecture()) {
-                    Some(n) => out.push((program, off + n)),
-                    None => debug!(
-                        lib = %lib.display(),
-                        symbol,
-                        "the Go function's stack check is not one this daemon knows: not hooked (its TLS is opaque)"
-                    ),
-                },
-                Ok(off) => out.push((program, off)),
-                Err(e) => debug!(lib = %lib.display(), symbol, error = %format!("{e:#}"), "TLS function not hooked"),
+                let n = go_after_stack_check(&data, off, obj.architecture()).ok_or_else(|| {
+                    anyhow!("{symbol}: its stack check is not one this daemon knows (its TLS stays opaque)")
+                })?;
+                out.push((program, off + n));
+            } else {
+                out.push((program, off));
             }
         }
         anyhow::Ok((path, out))
     })();
     found.unwrap_or_else(|e| {
-        debug!(lib = %lib.display(), error = %format!("{e:#}"), "TLS library not hooked");
+        warn!(lib = %lib.display(), error = %format!("{e:#}"), "TLS library not hooked: its TLS is opaque");
         ("", Vec::new())
     })
 }
@@ -416,23 +421,42 @@ pub fn go_after_stack_check(data: &[u8], off: u64, arch: object::Architecture) -
     }
 }
 
-/// The file offset of `symbol` in a parsed ELF file, as uprobes take it.
+/// The file offset of `symbol` in a parsed ELF file, as uprobes take it: from its symbol
+/// tables, or, for a Go function (`crypto/tls.`...) in a stripped Go program, from Go's own
+/// function table (`gopclntab`), where the address must lie in an executable section.
 pub fn symbol_offset(obj: &object::File, symbol: &str) -> anyhow::Result<u64> {
     use object::{Object as _, ObjectSection as _, ObjectSymbol as _};
-    let sym = obj
-        .dynamic_symbols()
-        .chain(obj.symbols())
-        .find(|s| s.name() == Ok(symbol) && s.is_definition())
-        .ok_or_else(|| anyhow!("{symbol} is not defined there"))?;
-    if !matches!(obj.kind(), object::ObjectKind::Dynamic | object::ObjectKind::Executable) {
-        return Ok(sym.address());
-    }
-    let section = sym
-        .section_index()
-        .and_then(|i| obj.section_by_index(i).ok())
-        .ok_or_else(|| anyhow!("{symbol} is in no section"))?;
+    let found = obj.dynamic_symbols().chain(obj.symbols()).find(|s| s.name() == Ok(symbol) && s.is_definition());
+    let (address, section) = match found {
+        Some(sym) => {
+            if !matches!(obj.kind(), object::ObjectKind::Dynamic | object::ObjectKind::Executable) {
+                return Ok(sym.address());
+            }
+            let section = sym.section_index().and_then(|i| obj.section_by_index(i).ok());
+            (sym.address(), section.ok_or_else(|| anyhow!("{symbol} is in no section"))?)
+        }
+        None if symbol.starts_with("crypto/tls.") => {
+            let address = super::gopclntab::func_entries(obj, &[symbol])[0]
+                .ok_or_else(|| anyhow!("{symbol} is not defined there (symbol tables, .gopclntab)"))?;
+            let section = obj
+                .sections()
+                .find(|s| {
+                    s.kind() == object::SectionKind::Text && (s.address()..s.address() + s.size()).contains(&address)
+                })
+                .ok_or_else(|| anyhow!("{symbol}'s entry {address:#x} (.gopclntab) is in no executable section"))?;
+            (address, section)
+        }
+        None => bail!("{symbol} is not defined there"),
+    };
     let (file_offset, _) = section.file_range().ok_or_else(|| anyhow!("{symbol}'s section has no file range"))?;
-    Ok(sym.address() - section.address() + file_offset)
+    Ok(address - section.address() + file_offset)
+}
+
+/// Whether `obj` defines `symbol` (symbol tables, or Go's function table for a Go function).
+pub fn defines(obj: &object::File, symbol: &str) -> bool {
+    use object::{Object as _, ObjectSymbol as _};
+    obj.dynamic_symbols().chain(obj.symbols()).any(|s| s.name() == Ok(symbol) && s.is_definition())
+        || (symbol.starts_with("crypto/tls.") && super::gopclntab::func_entries(obj, &[symbol])[0].is_some())
 }
 
 /// A nonzero token for this daemon run: a restarted daemon (whose predecessor's hooks closed

@@ -76,6 +76,11 @@ pub fn stack_of(path: &Path) -> Option<Stack> {
     /// (device, inode, size, mtime) and what the file carries.
     type Seen = ((u64, u64, u64, i64), Option<Stack>);
     static CACHE: OnceLock<Mutex<HashMap<PathBuf, Seen>>> = OnceLock::new();
+    // The probes read their arguments as this machine's calling convention passes them: a
+    // 32-bit x86 library or program (its arguments on the stack) is not hooked, its TLS opaque.
+    if !native_elf(path) {
+        return None;
+    }
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
     if let Some(s) = Stack::of_name(name) {
         return Some(s);
@@ -93,6 +98,19 @@ pub fn stack_of(path: &Path) -> Option<Stack> {
     found
 }
 
+/// Whether `path` is an ELF object for the machine the daemon runs on (64-bit, its
+/// architecture), read off the ELF header.
+fn native_elf(path: &Path) -> bool {
+    use std::io::Read as _;
+    let mut head = [0u8; 20];
+    let read = std::fs::File::open(path).and_then(|mut f| f.read_exact(&mut head));
+    #[cfg(target_arch = "x86_64")]
+    const MACHINE: u16 = 62; // EM_X86_64
+    #[cfg(target_arch = "aarch64")]
+    const MACHINE: u16 = 183; // EM_AARCH64
+    read.is_ok() && head[..4] == *b"\x7fELF" && head[4] == 2 && u16::from_le_bytes([head[18], head[19]]) == MACHINE
+}
+
 fn defines_tls_symbols(path: &Path) -> Option<Stack> {
     use object::{Object as _, ObjectSymbol as _};
     let file = std::fs::File::open(path).ok()?;
@@ -106,9 +124,9 @@ fn defines_tls_symbols(path: &Path) -> Option<Stack> {
         Some(Stack::OpenSsl)
     } else if defined("gnutls_record_send") {
         Some(Stack::GnuTls)
-    } else if defined("crypto/tls.(*Conn).Write")
-        && defined("crypto/tls.(*Conn).clientHandshake")
-        && go_register_abi(&obj)
+    } else if go_register_abi(&obj)
+        && super::tls::defines(&obj, "crypto/tls.(*Conn).Write")
+        && super::tls::defines(&obj, "crypto/tls.(*Conn).clientHandshake")
     {
         Some(Stack::Go)
     } else {
@@ -287,28 +305,13 @@ impl Kernel {
     /// `tls_uprobes = "all"`: uprobes in every process that maps `lib`, pinned with the rest.
     fn hook_tls_lib_everywhere(&mut self, lib: &Path, functions: &[(&'static str, &'static str)]) -> usize {
         let mut hooked = 0;
-        for &(program, symbol) in functions {
+        // The same offsets, all or nothing, as in agent processes (`tls::resolve`).
+        let (_, offsets) = super::tls::resolve(lib, functions);
+        for (&(program, symbol), &(_, off)) in functions.iter().zip(&offsets) {
             let Some(p) = self.ebpf.program_mut(program).and_then(|p| <&mut UProbe>::try_from(p).ok()) else {
                 continue;
             };
-            // Go's Write: after its stack check (`tls::go_after_stack_check`), or not at all.
-            let location = if program == "go_tls_write" {
-                let at = std::fs::read(lib).ok().and_then(|data| {
-                    use object::Object as _;
-                    let obj = object::File::parse(&*data).ok()?;
-                    let off = super::tls::symbol_offset(&obj, symbol).ok()?;
-                    Some(off + super::tls::go_after_stack_check(&data, off, obj.architecture())?)
-                });
-                match at {
-                    Some(at) => aya::programs::uprobe::UProbeAttachLocation::AbsoluteOffset(at),
-                    None => {
-                        debug!(lib = %lib.display(), symbol, "the Go function's stack check is not known: not hooked");
-                        continue;
-                    }
-                }
-            } else {
-                aya::programs::uprobe::UProbeAttachLocation::Symbol(symbol)
-            };
+            let location = aya::programs::uprobe::UProbeAttachLocation::AbsoluteOffset(off);
             let link = p
                 .attach(location, lib, aya::programs::uprobe::UProbeScope::AllProcesses)
                 .map_err(anyhow::Error::from)

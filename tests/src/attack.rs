@@ -63,6 +63,11 @@ pub fn agent_copy(dir: &Path, src: &str, comm: &str) -> PathBuf {
 /// Compile `tests/fixtures/<source>` with the C compiler into `dir/<name>` (the program's comm
 /// is then `name`). None, with the reason printed, when there is no compiler.
 pub fn cc(dir: &Path, source: &str, name: &str) -> Option<PathBuf> {
+    cc_with(dir, source, name, &["-O2", "-Wall", "-pthread"], &[])
+}
+
+/// `cc`, with these compiler flags before the source and these libraries after it.
+fn cc_with(dir: &Path, source: &str, name: &str, flags: &[&str], libs: &[&str]) -> Option<PathBuf> {
     if !crate::have("cc") {
         eprintln!("SKIPPED: no C compiler (`cc`): install gcc and libc6-dev to build {source}");
         return None;
@@ -70,12 +75,8 @@ pub fn cc(dir: &Path, source: &str, name: &str) -> Option<PathBuf> {
     let sub = dir.join(format!("cc-{}", N.fetch_add(1, Ordering::Relaxed)));
     fs::create_dir_all(&sub).unwrap();
     let out = sub.join(name);
-    let res = Command::new("cc")
-        .args(["-O2", "-Wall", "-pthread", "-o"])
-        .arg(&out)
-        .arg(fixture(source))
-        .output()
-        .expect("run cc");
+    let res =
+        Command::new("cc").args(flags).arg("-o").arg(&out).arg(fixture(source)).args(libs).output().expect("run cc");
     assert!(res.status.success(), "cc {source} failed:\n{}", String::from_utf8_lossy(&res.stderr));
     Some(out)
 }
@@ -561,31 +562,9 @@ os.chdir("/")
 
 /// `fixtures/opaque_tls_client.c` built with OpenSSL linked statically and stripped into
 /// `dir/<name>`: no symbol names `SSL_write`, so its TLS is opaque (as Bun's BoringSSL is in
-/// Claude Code). None, with the reason printed, when gcc or OpenSSL's static library is missing.
+/// Claude Code). Needs OpenSSL's static libraries (`libssl-dev`, in `cargo xtask setup`'s list).
 pub fn opaque_tls_client(dir: &Path, name: &str) -> Option<PathBuf> {
-    if !crate::have("gcc") {
-        eprintln!("SKIPPED: no gcc to build a TLS client the daemon cannot hook");
-        return None;
-    }
-    let sub = dir.join(format!("c-{}", N.fetch_add(1, Ordering::Relaxed)));
-    fs::create_dir_all(&sub).unwrap();
-    let out = sub.join(name);
-    let res = Command::new("gcc")
-        .args(["-static", "-O1", "-s", "-o"])
-        .arg(&out)
-        .arg(fixture("opaque_tls_client.c"))
-        .args(["-lssl", "-lcrypto", "-lpthread"])
-        .output()
-        .expect("run gcc");
-    if !res.status.success() {
-        let err = String::from_utf8_lossy(&res.stderr);
-        if err.contains("openssl/ssl.h") || err.contains("cannot find -lssl") {
-            eprintln!("SKIPPED: no static OpenSSL (Debian: apt-get install libssl-dev) to build an opaque TLS client");
-            return None;
-        }
-        panic!("building the opaque TLS client failed:\n{err}");
-    }
-    Some(out)
+    cc_with(dir, "opaque_tls_client.c", name, &["-static", "-O1", "-s"], &["-lssl", "-lcrypto", "-lpthread"])
 }
 
 /// `fixtures/go_tls_client.go` as `go build` leaves it, with its symbol table: the daemon hooks

@@ -136,7 +136,7 @@ impl AgentTls {
         let mut hooked = vec![0; libs.len()];
         let mut added = Vec::new();
         // Each library read and parsed once: (path as tracefs takes it, [(program, offset)]).
-        let resolved: Vec<(&str, Vec<(&str, u64)>)> =
+        let resolved: Vec<(&str, Vec<Resolved>)> =
             libs.iter().map(|(lib, functions)| resolve(lib, functions)).collect();
         // Return probes first: a process is given its events in this order, and a write whose
         // entry is seen must see its return (the parser state moves there).
@@ -147,7 +147,7 @@ impl AgentTls {
             // A return probe for the return program, an entry probe for the others.
             let pr = if kind == RET_PROGRAM { 'r' } else { 'p' };
             for (i, (path, functions)) in resolved.iter().enumerate() {
-                for (program, off) in functions.iter().filter(|(p, _)| program_of(p) == kind) {
+                for Resolved { program, off, .. } in functions.iter().filter(|f| program_of(f.program) == kind) {
                     match tracefs_write("uprobe_events", &format!("{pr}:{event} {path}:{off:#x}")) {
                         Ok(()) => probes.push(i),
                         Err(e) => debug!(path, program, error = %format!("{e:#}"), "TLS function not hooked"),
@@ -345,13 +345,22 @@ fn remove_stale_groups() {
     }
 }
 
-/// A library's path as tracefs takes it and the file offset of each of `functions` ((eBPF
-/// program, symbol)) found in it. All or nothing: a function the library defines but that
+/// A TLS function found in a library file: the eBPF program it runs, its symbol, and where a
+/// uprobe goes (file offset).
+#[derive(Debug)]
+pub(super) struct Resolved<'s> {
+    pub program: &'static str,
+    pub symbol: &'s str,
+    pub off: u64,
+}
+
+/// A library's path as tracefs takes it and where each of `functions` ((eBPF program, symbol))
+/// is found in it. All or nothing: a function the library defines but that
 /// cannot be hooked (a Go `Write` whose stack check is not one this daemon knows, an address
 /// in no section) leaves the whole library unhooked, said in the log, so that its handshake
 /// never marks a process's TLS as seen while its writes go unread. A function it does not
 /// define (`SSL_write_ex` in OpenSSL 1.0) is only skipped.
-pub(super) fn resolve<'a>(lib: &'a Path, functions: &[(&'static str, &str)]) -> (&'a str, Vec<(&'static str, u64)>) {
+pub(super) fn resolve<'a, 's>(lib: &'a Path, functions: &[(&'static str, &'s str)]) -> (&'a str, Vec<Resolved<'s>>) {
     let found = (|| {
         let path = lib.to_str().filter(|p| !p.contains(char::is_whitespace)).ok_or_else(|| {
             anyhow!("{}: tracefs cannot take this path (not UTF-8, or with white space)", lib.display())
@@ -361,19 +370,22 @@ pub(super) fn resolve<'a>(lib: &'a Path, functions: &[(&'static str, &str)]) -> 
         use object::Object as _;
         let mut out = Vec::new();
         for &(program, symbol) in functions {
-            if !defines(&obj, symbol) {
-                debug!(lib = %lib.display(), symbol, "TLS function not defined there");
-                continue;
-            }
-            let off = symbol_offset(&obj, symbol)?;
+            let off = match symbol_offset(&obj, symbol) {
+                Ok(off) => off,
+                Err(_) if !defines_all(&obj, &[symbol]) => {
+                    debug!(lib = %lib.display(), symbol, "TLS function not defined there");
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             if program == GO_WRITE_PROGRAM {
                 // Go's Write is probed after its stack check (`go_after_stack_check`).
                 let n = go_after_stack_check(&data, off, obj.architecture()).ok_or_else(|| {
                     anyhow!("{symbol}: its stack check is not one this daemon knows (its TLS stays opaque)")
                 })?;
-                out.push((program, off + n));
+                out.push(Resolved { program, symbol, off: off + n });
             } else {
-                out.push((program, off));
+                out.push(Resolved { program, symbol, off });
             }
         }
         anyhow::Ok((path, out))
@@ -452,11 +464,16 @@ pub fn symbol_offset(obj: &object::File, symbol: &str) -> anyhow::Result<u64> {
     Ok(address - section.address() + file_offset)
 }
 
-/// Whether `obj` defines `symbol` (symbol tables, or Go's function table for a Go function).
-pub fn defines(obj: &object::File, symbol: &str) -> bool {
+/// Whether `obj` defines every one of `symbols`: in its symbol tables or, for Go functions
+/// (`crypto/tls.`...), in Go's function table (read once for all of them).
+pub fn defines_all(obj: &object::File, symbols: &[&str]) -> bool {
     use object::{Object as _, ObjectSymbol as _};
-    obj.dynamic_symbols().chain(obj.symbols()).any(|s| s.name() == Ok(symbol) && s.is_definition())
-        || (symbol.starts_with("crypto/tls.") && super::gopclntab::func_entries(obj, &[symbol])[0].is_some())
+    let in_tables =
+        |want: &str| obj.dynamic_symbols().chain(obj.symbols()).any(|s| s.name() == Ok(want) && s.is_definition());
+    let rest: Vec<&str> = symbols.iter().copied().filter(|s| !in_tables(s)).collect();
+    rest.is_empty()
+        || (rest.iter().all(|s| s.starts_with("crypto/tls."))
+            && super::gopclntab::func_entries(obj, &rest).iter().all(Option::is_some))
 }
 
 /// A nonzero token for this daemon run: a restarted daemon (whose predecessor's hooks closed
@@ -489,7 +506,8 @@ mod tests {
         let (path, found) = resolve(lib, &[("w", "write"), ("x", "no_such_symbol_anywhere")]);
         assert_eq!(path, lib.to_str().unwrap());
         assert_eq!(found.len(), 1, "{found:?}");
-        assert!(found[0].1 > 0 && found[0].1 < std::fs::metadata(lib).unwrap().len());
+        assert_eq!((found[0].program, found[0].symbol), ("w", "write"));
+        assert!(found[0].off > 0 && found[0].off < std::fs::metadata(lib).unwrap().len());
     }
 
     /// The stack checks Go 1.17+ emits (bytes of `crypto/tls.(*Conn).Write` from a go1.19

@@ -125,8 +125,7 @@ fn defines_tls_symbols(path: &Path) -> Option<Stack> {
     } else if defined("gnutls_record_send") {
         Some(Stack::GnuTls)
     } else if go_register_abi(&obj)
-        && super::tls::defines(&obj, "crypto/tls.(*Conn).Write")
-        && super::tls::defines(&obj, "crypto/tls.(*Conn).clientHandshake")
+        && super::tls::defines_all(&obj, &["crypto/tls.(*Conn).Write", "crypto/tls.(*Conn).clientHandshake"])
     {
         Some(Stack::Go)
     } else {
@@ -306,8 +305,8 @@ impl Kernel {
     fn hook_tls_lib_everywhere(&mut self, lib: &Path, functions: &[(&'static str, &'static str)]) -> usize {
         let mut hooked = 0;
         // The same offsets, all or nothing, as in agent processes (`tls::resolve`).
-        let (_, offsets) = super::tls::resolve(lib, functions);
-        for (&(program, symbol), &(_, off)) in functions.iter().zip(&offsets) {
+        let (_, found) = super::tls::resolve(lib, functions);
+        for super::tls::Resolved { program, symbol, off } in found {
             let Some(p) = self.ebpf.program_mut(program).and_then(|p| <&mut UProbe>::try_from(p).ok()) else {
                 continue;
             };

@@ -69,22 +69,14 @@ impl Stack {
 /// `gnutls_record_send` or Go's `crypto/tls.(*Conn).Write` in its symbol tables, whatever its
 /// file name. Read through a memory map (an agent's executable may
 /// be 400 MB: only the symbol tables are paged in) and cached by file identity (device, inode,
-/// size, modification time), so a path is parsed once however many processes map it.
+/// size, modification time), so a path is read once however many processes map it (its ELF
+/// header too: only native 64-bit objects are stacks).
 pub fn stack_of(path: &Path) -> Option<Stack> {
     use std::os::unix::fs::MetadataExt;
     use std::sync::{Mutex, OnceLock};
     /// (device, inode, size, mtime) and what the file carries.
     type Seen = ((u64, u64, u64, i64), Option<Stack>);
     static CACHE: OnceLock<Mutex<HashMap<PathBuf, Seen>>> = OnceLock::new();
-    // The probes read their arguments as this machine's calling convention passes them: a
-    // 32-bit x86 library or program (its arguments on the stack) is not hooked, its TLS opaque.
-    if !native_elf(path) {
-        return None;
-    }
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-    if let Some(s) = Stack::of_name(name) {
-        return Some(s);
-    }
     let meta = std::fs::metadata(path).ok()?;
     let key = (meta.dev(), meta.ino(), meta.size(), meta.mtime());
     let cache = CACHE.get_or_init(Default::default);
@@ -93,7 +85,16 @@ pub fn stack_of(path: &Path) -> Option<Stack> {
             return *s;
         }
     }
-    let found = defines_tls_symbols(path);
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    // The probes read their arguments as this machine's calling convention passes them: a
+    // 32-bit x86 library or program (its arguments on the stack) is not hooked, its TLS opaque.
+    let found = if !native_elf(path) {
+        None
+    } else if let Some(s) = Stack::of_name(name) {
+        Some(s)
+    } else {
+        defines_tls_symbols(path)
+    };
     cache.lock().unwrap().insert(path.to_path_buf(), (key, found));
     found
 }

@@ -98,22 +98,30 @@ fn unix_target_exists(pid: u32, target: &str) -> bool {
     // process's working directory, a symlink is followed (a link to a socket is a socket), and
     // anything that cannot be looked at is taken to exist (a red team's review: a relative
     // path or a symlink to a listening socket was dropped, unrecorded and not killed).
-    let alive = std::path::Path::new(&format!("/proc/{pid}")).exists();
+    //
+    // The process may have exited by now. A zombie still has its /proc/PID directory but no
+    // root or working directory (they read as "not found"): a lookup through them says nothing
+    // about the socket (CI saw a refused datagram go unrecorded that way), so the process's root
+    // is checked to resolve before and after a "not found" is believed.
+    let root = format!("/proc/{pid}/root");
+    let sees = || std::fs::read_link(&root).is_ok();
+    let from_host = || match std::fs::metadata(addr) {
+        Ok(m) => m.file_type().is_socket(),
+        Err(e) => e.kind() != NotFound,
+    };
+    if !sees() {
+        // Gone (or a zombie): look from the host; its own root went with it.
+        return !addr.starts_with('/') || from_host();
+    }
     let seen = if addr.starts_with('/') {
-        std::fs::metadata(format!("/proc/{pid}/root{addr}"))
-    } else if alive {
-        std::fs::metadata(format!("/proc/{pid}/cwd/{addr}"))
+        std::fs::metadata(format!("{root}{addr}"))
     } else {
-        return true;
+        std::fs::metadata(format!("/proc/{pid}/cwd/{addr}"))
     };
     match seen {
         Ok(m) => m.file_type().is_socket(),
-        Err(e) if e.kind() == NotFound && alive => false,
-        // The process is gone already: look from the host (its own root is gone with it).
-        Err(_) if !alive && addr.starts_with('/') => match std::fs::metadata(addr) {
-            Ok(m) => m.file_type().is_socket(),
-            Err(e) => e.kind() != NotFound,
-        },
+        Err(e) if e.kind() == NotFound && sees() => false,
+        Err(_) if !sees() => !addr.starts_with('/') || from_host(),
         Err(_) => true,
     }
 }
@@ -188,6 +196,21 @@ mod tests {
         assert!(!unix_target_exists(me, &t(&dir.join("file"))), "not a socket: a connect fails");
         assert!(!unix_target_exists(me, "unix:no-such-relative-socket-here"));
         assert!(unix_target_exists(u32::MAX - 1, "unix:relative-of-a-gone-process"));
+        // A process that exited and was not yet reaped (a zombie: /proc/PID is there, its root
+        // is not) still sees the socket, as the host does.
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let zombie = child.id();
+        let stat = || std::fs::read_to_string(format!("/proc/{zombie}/stat")).unwrap_or_default();
+        for _ in 0..500 {
+            if stat().rsplit(')').next().is_some_and(|r| r.trim_start().starts_with('Z')) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(stat().contains(") Z"), "the child did not become a zombie: {}", stat());
+        assert!(unix_target_exists(zombie, &t(&sock)), "a zombie's socket target");
+        assert!(!unix_target_exists(zombie, &t(&dir.join("missing"))));
+        child.wait().unwrap();
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -105,6 +105,34 @@ pub enum Command {
         #[command(subcommand)]
         cmd: AuditCmd,
     },
+    /// Learn a least-privilege profile from recorded events (a learning run with `audit =
+    /// true`): prints one `[[agent]]` table, each line with its evidence and anything broad or
+    /// risky flagged. Check it with `policy test` before switching to deny or kill.
+    Profile {
+        /// The agent whose profile to learn.
+        #[arg(long)]
+        agent: String,
+        /// Events logs, oldest first (`.gz` rotations too; default: the policy's events_file and
+        /// its rotations).
+        #[arg(long = "events", value_name = "FILE")]
+        events: Vec<PathBuf>,
+        /// Only events at or after this time (RFC 3339, as the events' `ts`).
+        #[arg(long)]
+        since: Option<String>,
+        /// Only events at or before this time (RFC 3339).
+        #[arg(long)]
+        until: Option<String>,
+        /// The `action` the profile is written with.
+        #[arg(long, default_value = "alert", value_parser = ["alert", "deny", "kill", "hold"])]
+        action: String,
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Policy tools that need no daemon.
+    Policy {
+        #[command(subcommand)]
+        cmd: PolicyCmd,
+    },
     /// Approve a held action (`status` lists them): a paused call continues once; a held
     /// connect is granted once (within 60 s) or, with --for, to that instance and destination
     /// for a while.
@@ -158,6 +186,37 @@ pub enum AuditCmd {
     Verify {
         #[arg(required = true)]
         files: Vec<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCmd {
+    /// What-if: replay recorded events through a candidate policy's decisions. Prints what it
+    /// would have refused (by agent, kind, target and rule, with counts), what it would allow
+    /// that was refused when recorded, and what it grants that was never used. Exit 0: it
+    /// refuses nothing; 1: it refuses something; 2: the candidate or the events cannot be read.
+    Test {
+        /// The candidate policy file.
+        candidate: PathBuf,
+        /// Events logs, oldest first (`.gz` rotations too; default: the policy's events_file and
+        /// its rotations).
+        #[arg(long = "events", value_name = "FILE")]
+        events: Vec<PathBuf>,
+        /// Only this agent's events.
+        #[arg(long)]
+        agent: Option<String>,
+        /// Only events at or after this time (RFC 3339).
+        #[arg(long)]
+        since: Option<String>,
+        /// Only events at or before this time (RFC 3339).
+        #[arg(long)]
+        until: Option<String>,
+        /// The policy whose events_file is read when --events is not given.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Print the report as one JSON object.
+        #[arg(long)]
+        json: bool,
     },
 }
 

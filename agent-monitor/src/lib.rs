@@ -8,7 +8,7 @@
 //! buffer → decoded and enriched records), `daemon` (start-up, the event pipeline, reloads,
 //! supervised tasks), `enforce` (kills, holds, `exec`), `sinks` (events log and its chain,
 //! journal, webhooks), `metrics`, `control` (the socket's protocol and server), `client` and
-//! `cli` (the command line).
+//! `cli` (the command line), `learning` (`profile` and `policy test`, offline over events logs).
 pub mod bpf;
 pub mod cli;
 pub mod client;
@@ -16,6 +16,7 @@ pub mod control;
 pub mod daemon;
 pub mod enforce;
 pub mod events;
+pub mod learning;
 pub mod metrics;
 pub mod policy;
 pub mod sinks;

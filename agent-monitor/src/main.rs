@@ -3,7 +3,7 @@
 //! The command line's entry point; the daemon and everything else is the library (`lib.rs`).
 use std::process::ExitCode;
 
-use agent_monitor::{cli, client, control, daemon, enforce, sinks};
+use agent_monitor::{cli, client, control, daemon, enforce, learning, sinks};
 use clap::Parser;
 use cli::{Cli, Command};
 use client::Show;
@@ -98,6 +98,20 @@ fn main() -> ExitCode {
                 }
                 cli::ShimsCmd::Remove { dir, profile: p } => shims::remove(&dir, profile(p)).map(|_| ()),
             }
+        }
+        Command::Profile { agent, events, since, until, action, config } => {
+            let w = learning::Window { since: since.as_deref(), until: until.as_deref() };
+            learning::event_files(events, config).and_then(|files| learning::profile(&agent, &action, &files, &w))
+        }
+        Command::Policy { cmd: cli::PolicyCmd::Test { candidate, events, agent, since, until, config, json } } => {
+            let w = learning::Window { since: since.as_deref(), until: until.as_deref() };
+            return match learning::event_files(events, config) {
+                Ok(files) => learning::policy_test(&candidate, &files, agent.as_deref(), &w, json),
+                Err(e) => {
+                    eprintln!("agent-monitor: {e:#}");
+                    ExitCode::from(2)
+                }
+            };
         }
         Command::Approve { id, once: _, r#for, control_socket, config } => {
             let for_secs = match r#for.as_deref().map(enforce::holds::parse_duration).transpose() {

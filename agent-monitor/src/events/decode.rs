@@ -106,6 +106,18 @@ impl Detail<'_> {
     }
 }
 
+/// Details of file decisions that the object decided, not its name: no `writable` entry
+/// allows these (`policy test` keeps them refused whatever the candidate says).
+pub const PATH_TRUNCATED_TEXT: &str = "path truncated";
+pub const ARG_UNREADABLE_TEXT: &str =
+    "an argument in the process's memory could not be read, at the call nor after it: a violation (fail closed)";
+pub const FOREIGN_MOUNT_TEXT: &str = "the path crosses a mount the daemon did not see in the host's namespace (a bind mount, a private mount namespace): not judged by its name";
+pub const HARD_LINK_TEXT: &str = "a file with more than one name (hard links): writing it writes the file under its other names, which may be outside writable";
+pub const DEVICE_TEXT: &str = "a device node: never writable (it reaches a disk or memory, not a file)";
+/// The file details above.
+pub const OBJECT_REFUSALS: [&str; 5] =
+    [PATH_TRUNCATED_TEXT, ARG_UNREADABLE_TEXT, FOREIGN_MOUNT_TEXT, HARD_LINK_TEXT, DEVICE_TEXT];
+
 /// Turns wire records into event records.
 pub struct Decoder {
     pub agent_names: Vec<String>,
@@ -545,22 +557,22 @@ impl Decoder {
             detail.push("the syscall completed before the kill (tracepoint layer)");
         }
         if ev.flags & event_flags::PATH_TRUNCATED != 0 {
-            detail.push("path truncated");
+            detail.push(PATH_TRUNCATED_TEXT);
         }
         if ev.flags & event_flags::KILL_FROM_USERSPACE != 0 {
             detail.push("refused in the kernel; the instance is killed by the daemon");
         }
         if ev.flags & event_flags::ARG_UNREADABLE != 0 {
-            detail.push("an argument in the process's memory could not be read, at the call nor after it: a violation (fail closed)");
+            detail.push(ARG_UNREADABLE_TEXT);
         }
         if ev.flags & event_flags::FOREIGN_MOUNT != 0 {
-            detail.push("the path crosses a mount the daemon did not see in the host's namespace (a bind mount, a private mount namespace): not judged by its name");
+            detail.push(FOREIGN_MOUNT_TEXT);
         }
         if ev.flags & event_flags::HARD_LINK != 0 {
-            detail.push("a file with more than one name (hard links): writing it writes the file under its other names, which may be outside writable");
+            detail.push(HARD_LINK_TEXT);
         }
         if ev.flags & event_flags::DEVICE != 0 {
-            detail.push("a device node: never writable (it reaches a disk or memory, not a file)");
+            detail.push(DEVICE_TEXT);
         }
         // 0 where the hook could not read them (socket and packet hooks): `enrich` asks /proc.
         *ppid = ev.ppid;
@@ -592,8 +604,29 @@ impl Decoder {
     }
 }
 
+/// The HTTP verdicts that are the request's own grammar (no `http_methods` or `paths` allows
+/// them), as their detail text.
+pub fn http_grammar_texts() -> impl Iterator<Item = &'static str> {
+    use agent_monitor_common::http_verdict as h;
+    [
+        h::NOT_A_REQUEST,
+        h::SPLIT,
+        h::BODY,
+        h::H2,
+        h::UNREADABLE,
+        h::TOO_LONG,
+        h::IP_OPTIONS,
+        h::FRAMING,
+        h::NESTED,
+        h::URGENT,
+        h::ELSEWHERE,
+    ]
+    .into_iter()
+    .map(http_verdict_text)
+}
+
 /// What the HTTP parser found wrong (`agent_monitor_common::http_verdict`).
-fn http_verdict_text(v: u32) -> &'static str {
+pub fn http_verdict_text(v: u32) -> &'static str {
     use agent_monitor_common::http_verdict as h;
     match v {
         h::NOT_A_REQUEST => "the bytes where a request must start are not an allowed method followed by a space",

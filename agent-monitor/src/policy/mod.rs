@@ -26,8 +26,10 @@
 pub mod checks;
 pub mod compile;
 pub mod diag;
+pub mod learn;
 pub mod model;
 pub mod raw;
+pub mod replay;
 pub mod source;
 #[cfg(test)]
 mod tests;

@@ -586,6 +586,11 @@ impl fmt::Display for Policy {
 }
 
 /// A TOML basic string.
+/// `s` as a TOML basic string (for generated policy text).
+pub fn toml_quote(s: &str) -> String {
+    toml_string(s)
+}
+
 fn toml_string(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
     out.push('"');

@@ -274,19 +274,24 @@ fn emit_n<const N: usize>(st: &ProcState, who: &Who, r: &Rec, p1: PathRef, p2: P
         (*ev).path2_len = if N > EVENT_ONE_PATH { copy_path(p2, (*ev).path2.as_mut_ptr(), PATH_LEN + 4) } else { 0 };
     }
     // Wake the daemon when a batch has built up, or when it must act now (finish a kill,
-    // announce a hold, hook a new instance's TLS); otherwise it drains on its own tick. A
-    // wakeup per event costs the agent more than the event itself.
+    // announce a hold, hook a new instance's TLS); otherwise it drains on its own tick (50 ms).
+    // A wakeup per event costs the agent more than the event itself (in a VM each is a
+    // self-IPI, a VM exit): a batch wakes it as the backlog crosses each 64 KiB boundary,
+    // not on every event while the daemon is behind (measured: 12 µs an audited open with a
+    // wakeup per event past 64 KiB of backlog, against 1.9 µs unaudited).
     let urgent = r.action == action::KILLED || r.action == action::HELD || r.flags & event_flags::INSTANCE_START != 0;
-    let flags = if urgent || EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= WAKEUP_BYTES {
-        BPF_RB_FORCE_WAKEUP as u64
-    } else {
-        BPF_RB_NO_WAKEUP as u64
-    };
+    let avail = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
+    // (within the last WAKEUP_WINDOW bytes: producers on other CPUs may have reserved between
+    // this record and the query, and a crossing none of them saw would wait for the tick)
+    let crossed = avail >> WAKEUP_SHIFT != avail.saturating_sub(WAKEUP_WINDOW) >> WAKEUP_SHIFT;
+    let flags = if urgent || crossed { BPF_RB_FORCE_WAKEUP as u64 } else { BPF_RB_NO_WAKEUP as u64 };
     entry.submit(flags);
 }
 
-/// Bytes of pending events that make the kernel wake the daemon (~100 events).
-const WAKEUP_BYTES: u64 = 64 * 1024;
+/// Each 64 KiB of pending events (~180 file events) wakes the daemon: the records that land in
+/// the first `WAKEUP_WINDOW` bytes past each boundary do (a few, not one per event).
+const WAKEUP_SHIFT: u32 = 16;
+const WAKEUP_WINDOW: u64 = 2048;
 
 /// The common tail of a file decision: `ok` is whether every path was writable.
 #[inline(always)]

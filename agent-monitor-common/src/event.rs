@@ -308,6 +308,9 @@ pub mod event_flags {
     /// A regular file with more than one name (hard links) opened for writing: its other
     /// names may be outside `writable`, and the inode is what is written.
     pub const HARD_LINK: u32 = 1 << 20;
+    /// An audited `net.http_write` whose bytes go on with a request already judged (its body,
+    /// the rest of its headers): they are no request line, whatever they say.
+    pub const HTTP_GOES_ON: u32 = 1 << 21;
 }
 
 /// Index of each kernel-side counter in the `STATS` per-CPU array.

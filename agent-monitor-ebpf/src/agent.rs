@@ -284,7 +284,9 @@ fn emit_n<const N: usize>(st: &ProcState, who: &Who, r: &Rec, p1: PathRef, p2: P
     // (within the last WAKEUP_WINDOW bytes: producers on other CPUs may have reserved between
     // this record and the query, and a crossing none of them saw would wait for the tick)
     let crossed = avail >> WAKEUP_SHIFT != avail.saturating_sub(WAKEUP_WINDOW) >> WAKEUP_SHIFT;
-    let flags = if urgent || crossed { BPF_RB_FORCE_WAKEUP as u64 } else { BPF_RB_NO_WAKEUP as u64 };
+    // (and on every event once half the ring is pending: the daemon is far behind)
+    let flags =
+        if urgent || crossed || avail >= WAKEUP_ALWAYS { BPF_RB_FORCE_WAKEUP as u64 } else { BPF_RB_NO_WAKEUP as u64 };
     entry.submit(flags);
 }
 
@@ -292,6 +294,8 @@ fn emit_n<const N: usize>(st: &ProcState, who: &Who, r: &Rec, p1: PathRef, p2: P
 /// the first `WAKEUP_WINDOW` bytes past each boundary do (a few, not one per event).
 const WAKEUP_SHIFT: u32 = 16;
 const WAKEUP_WINDOW: u64 = 2048;
+/// Half of `EVENTS` (4 MiB).
+const WAKEUP_ALWAYS: u64 = 2 << 20;
 
 /// The common tail of a file decision: `ok` is whether every path was writable.
 #[inline(always)]

@@ -17,9 +17,9 @@
 //! - `connect`, `sendto`, `sendmsg` tracepoints: `ipc.connect` to a Unix socket not in `allow`
 //!   (a stream connect, or a datagram to a named socket).
 use agent_monitor_common::{
-    action, agent_flags, dest_flags, event_flags, http_verdict, kind, layer, net_origin, policy_action, proc_flags,
-    proto, sock_state, verdict, AgentCfg, DestRule, GrantKey, HttpParse, NetData, ProcState, SniKey, SockInfo, UnixKey,
-    NET_KEY_FIXED_BITS, PENDING_WRITES, PENDING_WRITE_NS, SNI_LEN, UNIX_PATH_LEN,
+    action, agent_flags, dest_flags, event_flags, http_mode, http_verdict, kind, layer, net_origin, policy_action,
+    proc_flags, proto, sock_state, verdict, AgentCfg, DestRule, GrantKey, HttpParse, NetData, ProcState, SniKey,
+    SockInfo, UnixKey, NET_KEY_FIXED_BITS, PENDING_WRITES, PENDING_WRITE_NS, SNI_LEN, UNIX_PATH_LEN,
 };
 use aya_ebpf::{
     bindings::bpf_sock_addr,
@@ -503,6 +503,8 @@ fn try_http_egress(ctx: &SkBuffContext) -> Result<i32, i64> {
         return Ok(PASS);
     }
     let t = if approved { TAKES_ALL } else { takes(&cfg, &info.dest, false) };
+    // (for an audited record: do these bytes begin a request, or go on with one?)
+    let starts = info.http.mode == http_mode::EXPECT_REQUEST;
     let mut parse = info.http;
     let found = http::parse(SLOT_SKB, Src::Skb(skb, off + skip), len - skip, &mut parse, &t);
     if approved {
@@ -520,7 +522,7 @@ fn try_http_egress(ctx: &SkBuffContext) -> Result<i32, i64> {
                 verdict: verdict::ALLOWED,
                 action: action::NONE,
                 layer: layer::CGROUP,
-                flags: event_flags::HTTP_REQUEST,
+                flags: event_flags::HTTP_REQUEST | if starts { 0 } else { event_flags::HTTP_GOES_ON },
                 aux: 0,
                 aux2: 0,
             };
@@ -896,7 +898,8 @@ fn tls_write(ssl: u64, buf: *const u8, len: u64, written: u64, at_return: bool) 
                 verdict: verdict::ALLOWED,
                 action: action::NONE,
                 layer: layer::UPROBE,
-                flags: event_flags::HTTP_REQUEST,
+                flags: event_flags::HTTP_REQUEST
+                    | if pending.before.mode == http_mode::EXPECT_REQUEST { 0 } else { event_flags::HTTP_GOES_ON },
                 aux: 0,
                 aux2: 0,
             };

@@ -114,6 +114,8 @@ pub const ARG_UNREADABLE_TEXT: &str =
 pub const FOREIGN_MOUNT_TEXT: &str = "the path crosses a mount the daemon did not see in the host's namespace (a bind mount, a private mount namespace): not judged by its name";
 pub const HARD_LINK_TEXT: &str = "a file with more than one name (hard links): writing it writes the file under its other names, which may be outside writable";
 pub const DEVICE_TEXT: &str = "a device node: never writable (it reaches a disk or memory, not a file)";
+/// The detail of an audited HTTP write that is not a request start.
+pub const CONTINUATION_TEXT: &str = "the rest of a request already judged (its body or headers)";
 /// The file details above.
 pub const OBJECT_REFUSALS: [&str; 5] =
     [PATH_TRUNCATED_TEXT, ARG_UNREADABLE_TEXT, FOREIGN_MOUNT_TEXT, HARD_LINK_TEXT, DEVICE_TEXT];
@@ -496,7 +498,13 @@ impl Decoder {
                 }
                 if ev.flags & event_flags::HTTP_REQUEST != 0 {
                     let raw = &ev.path2[..(ev.path2_len as usize).min(ev.path2.len())];
-                    let (line, host) = http_request(raw);
+                    let (line, host) = if ev.flags & event_flags::HTTP_GOES_ON != 0 {
+                        // An audited write that goes on with a request (its body, the rest of
+                        // its headers): its bytes are no request line, whatever they say.
+                        (CONTINUATION_TEXT.to_string(), None)
+                    } else {
+                        http_request(raw)
+                    };
                     if !line.is_empty() {
                         detail.push(&line);
                     }
@@ -808,6 +816,11 @@ mod tests {
         let r = d.decode(&t).unwrap();
         assert_eq!(r.target, "forum.local");
         assert!(r.detail.starts_with("PUT /x HTTP/1.1; seen in the TLS library"), "{}", r.detail);
+        // A body that reads like a request is no request line.
+        t.flags |= event_flags::HTTP_GOES_ON;
+        let r = d.decode(&t).unwrap();
+        assert!(r.detail.starts_with(CONTINUATION_TEXT), "{}", r.detail);
+        assert_eq!(r.target, "tls");
 
         let mut c = raw(kind::NET_CONNECT);
         c.flags = event_flags::NET_ADDR;

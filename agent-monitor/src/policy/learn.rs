@@ -67,6 +67,7 @@ impl Seen {
 #[derive(Debug, Default)]
 struct Dest {
     seen: Seen,
+    tcp: bool,
     udp: bool,
     /// Methods used, with the paths they were used on.
     methods: BTreeMap<String, BTreeSet<String>>,
@@ -90,7 +91,8 @@ pub fn profile(agent: &str, action: &str, events: &[Recorded]) -> String {
                 comms.entry(e.comm.clone()).or_default().add(&e.ts)
             }
             k if k.starts_with("file.") => {
-                for path in std::iter::once(e.target.as_str()).chain(e.second_path()) {
+                for path in e.both_paths().map(|(a, b)| vec![a, b]).unwrap_or_else(|| vec![e.target.clone()]) {
+                    let path = path.as_str();
                     if !path.starts_with('/') || implicit(path) {
                         continue;
                     }
@@ -103,9 +105,13 @@ pub fn profile(agent: &str, action: &str, events: &[Recorded]) -> String {
                 let d = dests.entry(e.target.clone()).or_default();
                 d.seen.add(&e.ts);
                 d.udp |= e.kind == "net.send";
+                d.tcp |= e.kind == "net.connect";
             }
             "net.http_write" => {
                 let Some((m, p)) = e.request_line() else { continue };
+                if !super::HTTP_METHOD_BITS.contains(&m) {
+                    continue; // the kernel never takes it as a request start
+                }
                 let path = path_prefix(p);
                 let host = e.http_host().map(str::to_string);
                 let d = if super::replay::parse_addr(&e.target).is_some() {
@@ -133,9 +139,11 @@ pub fn profile(agent: &str, action: &str, events: &[Recorded]) -> String {
     // Entries under another entry go (their evidence joins it).
     let keys: Vec<String> = dirs.keys().cloned().collect();
     for k in &keys {
-        if let Some(parent) = keys.iter().find(|p| *p != k && dirs[*p].1.is_none() && under(k, p)) {
-            let (seen, _) = dirs.remove(k).unwrap();
-            dirs.get_mut(parent).unwrap().0.merge(&seen);
+        let parent = keys.iter().find(|p| *p != k && dirs.get(*p).is_some_and(|d| d.1.is_none()) && under(k, p));
+        if let Some(parent) = parent {
+            if let Some((seen, _)) = dirs.remove(k) {
+                dirs.get_mut(parent).expect("checked").0.merge(&seen);
+            }
         }
     }
 
@@ -158,7 +166,7 @@ pub fn profile(agent: &str, action: &str, events: &[Recorded]) -> String {
         for e in &mine {
             count.entry(e.comm.as_str()).or_default().add(&e.ts);
         }
-        if let Some((c, s)) = count.into_iter().max_by_key(|(_, s)| s.events) {
+        if let Some((c, s)) = count.into_iter().filter(|(c, _)| !c.is_empty()).max_by_key(|(_, s)| s.events) {
             comms.insert(c.to_string(), s);
         }
     }
@@ -178,14 +186,15 @@ pub fn profile(agent: &str, action: &str, events: &[Recorded]) -> String {
     let _ = writeln!(out, "allow = [");
     for (target, d) in &dests {
         let sa: SocketAddr = target.parse().expect("checked above");
-        // A host name where every request named the same one, else the address.
-        let to = match d.hosts.iter().collect::<Vec<_>>().as_slice() {
-            [h] => format!("{}:{}", host_name(h).unwrap_or(h), sa.port()),
-            _ => target.clone(),
-        };
+        // The address: a clear-text request's `Host:` is whatever the agent wrote, so it names
+        // the destination only in the comment.
+        let to = target.clone();
         let mut risks = Vec::new();
+        if !d.hosts.is_empty() {
+            risks.push(format!("its requests said Host: {}", d.hosts.iter().cloned().collect::<Vec<_>>().join(", ")));
+        }
         if let Some(r) = address_risk(sa.ip()) {
-            risks.push(r.to_string());
+            risks.insert(0, r.to_string());
         }
         let line = allow_line(&to, d, &mut risks);
         let _ = writeln!(out, "  {line},  # {}{}", d.seen.comment("event"), risk_text(&risks));
@@ -222,7 +231,11 @@ pub fn profile(agent: &str, action: &str, events: &[Recorded]) -> String {
 fn allow_line(to: &str, d: &Dest, risks: &mut Vec<String>) -> String {
     let reads: BTreeSet<&str> = super::DEFAULT_HTTP_METHODS.iter().copied().collect();
     let writes: Vec<&String> = d.methods.keys().filter(|m| !reads.contains(m.as_str())).collect();
-    let proto = if d.udp { ", protocol = \"udp\"" } else { "" };
+    let proto = match (d.tcp, d.udp) {
+        (true, true) => ", protocol = \"any\"",
+        (false, true) => ", protocol = \"udp\"",
+        _ => "",
+    };
     if writes.is_empty() {
         return if d.udp { format!("{{ to = {}{proto} }}", toml_quote(to)) } else { toml_quote(to) };
     }
@@ -278,10 +291,13 @@ fn host_name(h: &str) -> Option<&str> {
         _ => h,
     };
     let bare = name.trim_start_matches('[').trim_end_matches(']');
-    (bare.parse::<IpAddr>().is_err()
-        && !name.is_empty()
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-'))
-    .then_some(name)
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    };
+    (bare.parse::<IpAddr>().is_err() && name.len() <= 253 && name.split('.').all(label_ok)).then_some(name)
 }
 
 /// Is `path` one of the names every agent may write?
@@ -327,6 +343,13 @@ fn grant_for(path: &str) -> (String, Option<&'static str>) {
         }
         return (parent, Some("risky: a per-run name near the top of the tree: granted as it was seen"));
     }
+    if ["/etc", "/dev", "/run", "/proc", "/sys", "/boot", "/root", "/usr", "/var/spool", "/var/lib"]
+        .iter()
+        .any(|s| under(&dir, s))
+        || dir.split('/').any(|c| c == ".ssh" || c == ".gnupg" || c == ".aws" || c == ".config")
+    {
+        return (dir, Some("risky: a system or credentials directory"));
+    }
     if dir != parent && dir.matches('/').count() == 1 {
         return (dir, Some("broad: per-run names below it collapsed into a top-level directory"));
     }
@@ -355,7 +378,10 @@ fn path_prefix(p: &str) -> String {
     let p = p.split(['?', '#']).next().unwrap_or("/");
     let mut out = String::new();
     for seg in p.split('/').filter(|s| !s.is_empty()) {
-        if per_run(seg) {
+        // (`check` takes prefixes of plain segments only, 64 bytes at most: the kernel refuses
+        // `..` and percent-encoding anyway)
+        let plain = seg != "." && seg != ".." && seg.bytes().all(|b| b.is_ascii_graphic() && !b"%\\#".contains(&b));
+        if per_run(seg) || !plain || out.len() + 1 + seg.len() > 64 {
             break;
         }
         out.push('/');
@@ -396,10 +422,30 @@ mod tests {
         assert_eq!(g, "/etc/motd");
         assert!(note.is_some());
         assert_eq!(grant_for("/home/ann/.bashrc").0, "/home/ann/.bashrc");
+        assert!(grant_for("/etc/cron.d/x").1.is_some() && grant_for("/home/ann/.ssh/k").1.is_some());
         assert_eq!(grant_for("/tmp/tmp.Xy12ab/x").0, "/tmp");
         assert!(grant_for("/tmp/tmp.Xy12ab/x").1.is_some(), "a collapse into /tmp says so");
         assert_eq!(path_prefix("/v1/threads/th_8f3KsA92x/messages?x=1"), "/v1/threads");
         assert_eq!(path_prefix("/v1/messages?beta=true"), "/v1/messages");
+        assert_eq!(path_prefix("/v1/a%2fb/c"), "/v1");
+        assert_eq!(path_prefix("/v1/../etc"), "/v1");
+    }
+
+    /// A directory under a learned one, then one elsewhere: the merge once indexed an entry it had
+    /// just removed (a panic, found in review). TCP and UDP to one address is `any`.
+    #[test]
+    fn nested_directories_merge_and_both_protocols_are_any() {
+        let events = vec![
+            ev("file.write", "/srv/work/a", "", "t1"),
+            ev("file.write", "/srv/work/sub/b", "", "t2"),
+            ev("file.write", "/var/tmp/w/c", "", "t3"),
+            ev("net.connect", "127.0.0.53:53", "", "t4"),
+            ev("net.send", "127.0.0.53:53", "datagram", "t5"),
+        ];
+        let text = profile("a", "alert", &events);
+        let p = super::super::parse("profile.toml", &text).unwrap_or_else(|e| panic!("{e:?}\n{text}"));
+        assert_eq!(p.agents[0].files.writable, ["/srv/work", "/var/tmp/w"], "{text}");
+        assert!(text.contains("protocol = \"any\""), "{text}");
     }
 
     #[test]
@@ -425,7 +471,8 @@ mod tests {
         assert_eq!(a.selector.comm, ["agent"]);
         assert_eq!(a.files.writable, ["/etc/motd", "/srv/work/final", "/srv/work/out"], "{text}");
         let allow: Vec<String> = a.network.allow.iter().map(|x| x.to_string()).collect();
-        assert!(allow.contains(&"{ to = \"api.example:443\", methods = [\"GET\", \"HEAD\", \"OPTIONS\", \"POST\"], paths = [\"/v1/messages\"] }".to_string()), "{allow:?}");
+        assert!(allow.contains(&"{ to = \"10.1.2.3:443\", methods = [\"GET\", \"HEAD\", \"OPTIONS\", \"POST\"], paths = [\"/v1/messages\"] }".to_string()), "{allow:?}");
+        assert!(text.contains("its requests said Host: api.example"), "{text}");
         assert!(allow.contains(&"\"169.254.169.254:80\"".to_string()), "{allow:?}");
         assert!(allow.contains(&"{ to = \"127.0.0.53:53\", protocol = \"udp\" }".to_string()), "{allow:?}");
         assert!(allow.contains(&"\"unix:/run/x.sock\"".to_string()), "{allow:?}");

@@ -79,12 +79,37 @@ impl Recorded {
         self.detail.split("; ").find_map(|p| p.strip_prefix("Host: "))
     }
 
-    /// The second path of a rename or link (`A -> B` in the detail).
-    pub fn second_path(&self) -> Option<&str> {
-        let (_, b) = self.detail.split("; ").find_map(|p| p.split_once(" -> "))?;
-        b.starts_with('/').then_some(b)
+    /// The two paths of a rename or link (`FROM -> TO` in the detail; the target is the one the
+    /// kernel named, either of them). Names may contain ` -> ` or `; `: the split is made at the
+    /// target, and the detail's own suffixes are cut off.
+    pub fn both_paths(&self) -> Option<(String, String)> {
+        let t = &self.target;
+        let cut = |rest: &str| -> String {
+            let mut end = rest.len();
+            for (i, _) in rest.match_indices("; ") {
+                if DETAIL_SUFFIXES.iter().chain(OBJECT_REFUSALS.iter()).any(|s| rest[i + 2..].starts_with(s)) {
+                    end = i;
+                    break;
+                }
+            }
+            rest[..end].to_string()
+        };
+        if let Some(rest) = self.detail.strip_prefix(&format!("{t} -> ")) {
+            return Some((t.clone(), cut(rest)));
+        }
+        let body = cut(&self.detail);
+        let from = body.strip_suffix(&format!(" -> {t}"))?;
+        Some((from.to_string(), t.clone()))
     }
 }
+
+/// Texts the decoder appends to a file event's detail after its paths (`events::decode`).
+const DETAIL_SUFFIXES: [&str; 4] = [
+    "deny requested but no active layer",
+    "the syscall completed before the kill",
+    "refused in the kernel; the instance is killed",
+    "refused by the Landlock ruleset",
+];
 
 /// What allowed an operation (for least-privilege slack).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -179,7 +204,11 @@ impl Judge {
                     }
                 }
                 let mut grants = Vec::new();
-                for path in std::iter::once(r.target.as_str()).chain(r.second_path()) {
+                let paths = match r.both_paths() {
+                    Some((from, to)) if r.kind == "file.rename" || r.kind == "file.link" => vec![from, to],
+                    _ => vec![r.target.clone()],
+                };
+                for path in &paths {
                     match a.writable(path) {
                         Some(g) => grants.push(g),
                         None => {
@@ -205,8 +234,16 @@ impl Judge {
                         ),
                     },
                     Some((i, d)) => {
-                        if r.rule == "network.opaque_tls" && d.flags & agent_monitor_common::dest_flags::OPAQUE_TLS == 0
+                        if r.detail.contains("is not an allowed host name")
+                            || r.detail.contains("TLS server name unreadable")
                         {
+                            return Decision::Refused {
+                                rule: "network.allow".into(),
+                                why: "its TLS server name is not an allowed host name for this address".into(),
+                            };
+                        }
+                        let opaque = r.rule == "network.opaque_tls" || r.detail.contains("TLS library is not hooked");
+                        if opaque && d.flags & agent_monitor_common::dest_flags::OPAQUE_TLS == 0 {
                             return Decision::Refused {
                                 rule: "network.opaque_tls".into(),
                                 why: "TLS the daemon cannot read, to a destination without opaque_tls".into(),
@@ -319,7 +356,14 @@ impl Judge {
                     }
                 }
                 for h in &e.hosts {
-                    if h.proto == p && h.port == want_port {
+                    // (the daemon loads no resolved address a literal rule already covers: that
+                    // rule decides)
+                    let covered = a
+                        .whole
+                        .net
+                        .iter()
+                        .any(|n| n.proto == p && n.port == h.port && in_net(ip, n.addr, n.prefix_len));
+                    if h.proto == p && h.port == want_port && !covered {
                         let addrs = self.resolved.get(&h.host).map(Vec::as_slice).unwrap_or_default();
                         if addrs.iter().any(|x| ipv6_form(*x, if x.is_ipv4() { 32 } else { 128 }).0 == ip) {
                             consider(128, h.dest);
@@ -449,6 +493,17 @@ allow = ["127.0.0.1:8080", "10.0.0.0/8:443", { to = "10.1.0.0/16:443", methods =
         assert!(!ok(j.decide(&rec("file.write", "/srv/workshop/x", ""))), "not on a component boundary");
         assert_eq!(j.decide(&rec("file.write", "/dev/null", "")), Decision::Allowed(vec![Grant::Implicit]));
         assert!(j.decide(&rec("file.rename", "/srv/work/a", "/srv/work/a -> /etc/passwd")).refuses());
+        // The source outside, the kernel naming the destination; names holding " -> " and "; ".
+        assert!(j.decide(&rec("file.rename", "/srv/work/b", "/etc/x -> /srv/work/b")).refuses());
+        let odd = rec(
+            "file.rename",
+            "/srv/work/q -> /etc/x/y",
+            "/srv/work/q -> /etc/x/y -> /srv/work/r; the syscall completed before the kill (tracepoint layer)",
+        );
+        assert_eq!(odd.both_paths().unwrap(), ("/srv/work/q -> /etc/x/y".into(), "/srv/work/r".into()));
+        let semi = rec("file.rename", "/srv/work/a", "/srv/work/a -> /srv/workx; y");
+        assert_eq!(semi.both_paths().unwrap().1, "/srv/workx; y");
+        assert!(j.decide(&semi).refuses());
         let hard = Recorded { verdict: "violation".into(), ..rec("file.write", "/srv/work/h", OBJECT_REFUSALS[3]) };
         assert!(matches!(j.decide(&hard), Decision::Always { .. }));
     }
@@ -462,7 +517,9 @@ allow = ["127.0.0.1:8080", "10.0.0.0/8:443", { to = "10.1.0.0/16:443", methods =
         };
         assert_eq!(grant(j.decide(&rec("net.connect", "10.2.3.4:443", ""))), [Grant::Allow("a".into(), 1)]);
         assert_eq!(grant(j.decide(&rec("net.connect", "10.1.3.4:443", ""))), [Grant::Allow("a".into(), 2)]);
-        assert_eq!(grant(j.decide(&rec("net.connect", "10.9.8.7:443", ""))), [Grant::Allow("a".into(), 3)]);
+        // (10.9.8.7 is api.example's address, covered by 10.0.0.0/8:443: the daemon loads no
+        // host address a literal rule covers, so that rule decides)
+        assert_eq!(grant(j.decide(&rec("net.connect", "10.9.8.7:443", ""))), [Grant::Allow("a".into(), 1)]);
         assert!(j.decide(&rec("net.connect", "10.2.3.4:80", "")).refuses());
         assert!(j.decide(&rec("net.send", "127.0.0.1:8080", "datagram")).refuses(), "a TCP grant is no UDP grant");
         assert!(!j.decide(&rec("net.send", "127.0.0.53:53", "datagram")).refuses());

@@ -321,6 +321,9 @@ impl ModelApi {
 pub struct Options {
     /// Configure the MCP server `forum` (the model API's `mcp` listener) in the agent.
     pub mcp: bool,
+    /// A learning run: the policy alerts instead of killing, and records what it allows
+    /// (`audit = true`).
+    pub learn: bool,
 }
 
 /// One test: directories, CA, namespace, servers, the agent's configuration and the daemon.
@@ -467,8 +470,9 @@ impl Setup {
                  {{ to = \"127.0.0.53:53\", protocol = \"udp\" }},\n]"
             )
         };
+        let action = if self.opts.learn { "alert\"\naudit = true" } else { "kill\"" };
         format!(
-            "[[agent]]\nname = \"{name}\"\naction = \"kill\"\n[agent.match]\n{sel}\n[agent.files]\nwritable = [{writable}]\n\
+            "[[agent]]\nname = \"{name}\"\naction = \"{action}\n[agent.match]\n{sel}\n[agent.files]\nwritable = [{writable}]\n\
              [agent.network]\nhttp_methods = [\"GET\", \"HEAD\", \"OPTIONS\"]\nallow = {allow}\n",
             name = a.name(),
             sel = a.selector(tier),

@@ -9,7 +9,10 @@
 //! - b: a write outside the work directory, by a shell child and by the agent's own file tool;
 //! - c: a POST to a forum in clear text and over HTTPS, from curl, python3 and node children;
 //! - d: a POST from the agent's own process (its MCP client) to a destination that is not its
-//!   model API.
+//!   model API;
+//! - e (kill only): the first week on a real agent: a learning run (alert, `audit = true`), its
+//!   `agent-monitor profile`, `policy test` of that profile against the run, then the same task
+//!   under `kill` with the learned profile, and a forbidden write still stopped.
 //!
 //! Every test is `#[ignore]`d: `cargo xtask test` runs them (`--ignored`) after the other
 //! end-to-end tests, once it has installed the agents; `cargo xtask test -- real_agents` runs only
@@ -195,7 +198,7 @@ fn own_post_elsewhere(agent: Agent, mode: Mode) {
     if !can_run(&test_name(agent, mode, "d_own_post_to_another_destination")) {
         return;
     }
-    let s = Setup::new(agent, mode, Options { mcp: true });
+    let s = Setup::new(agent, mode, Options { mcp: true, ..Options::default() });
     let secret = "secret=mcp-from-agent-process";
     let o = s.run("mcp", json!({"steps": [{"tool": "mcp", "text": secret}], "final_text": "MCP-DONE"}));
     let posts = o.requests("mcp", "POST");
@@ -216,6 +219,71 @@ fn own_post_elsewhere(agent: Agent, mode: Mode) {
         f(e, "target") == target && (opaque || (agent == Agent::Gemini && f(e, "kind") == "net.http_write"))
     });
     eprintln!("mcp: {} {} {} {} ({})", f(&e, "kind"), f(&e, "rule"), f(&e, "action"), f(&e, "layer"), o.status_text());
+}
+
+/// e. From alert to kill on a real agent (issue 17): learn the task (read a file, write one in
+/// the work directory with the file tool and one with the shell, fetch a page where the agent can), learn its profile, replay the run
+/// against it (nothing refused), then run the same task under `kill` with only the learned
+/// profile (it completes, nothing is a violation) and a shell write to /etc (killed, the file
+/// never lands).
+fn learned_profile(agent: Agent) {
+    if !can_run(&format!("{}::e_learned_profile_under_kill", agent.name())) || !Tier::get().daemon() {
+        return;
+    }
+    let mut s = Setup::new(agent, Mode::Kill, Options { learn: true, ..Options::default() });
+    let mut steps = vec![
+        json!({"tool": "read", "path": s.work.join("README.txt")}),
+        json!({"tool": "write", "path": s.work.join("notes.txt"), "content": "learned\n"}),
+        // (the shell tool's own needs are learned too: Gemini's makes a directory in /tmp)
+        json!({"tool": "shell", "command": format!("echo shell-ok > {}", s.work.join("shell.txt").display())}),
+    ];
+    if agent.has_web_fetch() {
+        steps.push(json!({"tool": "fetch", "url": s.page_url("learn"), "prompt": "Return the text of %s"}));
+    }
+    let task = json!({"steps": steps, "final_text": "LEARN-DONE"});
+    let o = s.run("learn", task.clone());
+    assert!(o.success() && o.stdout.contains("LEARN-DONE"), "the learning run failed: {}", why(&s, &o));
+    let log = s.root.0.join("learning.jsonl");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    fs::copy(&s.daemon().events, &log).unwrap();
+    s.daemon = None; // the learning daemon stops
+    let am = |args: &[&str]| {
+        let o = std::process::Command::new(agent_monitor_e2e::binary().unwrap()).args(args).output().unwrap();
+        let text = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+        eprintln!("agent-monitor {}: {}\n{text}", args.join(" "), o.status);
+        (o.status.code(), String::from_utf8_lossy(&o.stdout).to_string())
+    };
+    let log_arg = log.display().to_string();
+    let (code, learned) = am(&["profile", "--agent", agent.name(), "--events", &log_arg, "--action", "kill"]);
+    assert_eq!(code, Some(0));
+    let file = s.root.0.join("learned.toml");
+    fs::write(&file, &learned).unwrap();
+    assert_eq!(am(&["check", &file.display().to_string()]).0, Some(0), "{learned}");
+    let (code, report) = am(&["policy", "test", &file.display().to_string(), "--events", &log_arg]);
+    assert_eq!(code, Some(0), "the learned profile refuses what it was learned from: {report}");
+
+    // Enforce: only the learned profile.
+    s.policy = learned.clone();
+    s.daemon = Some(agent_monitor_e2e::Daemon::start(&learned));
+    let o = s.run("enforce", task);
+    assert!(
+        o.success() && o.stdout.contains("LEARN-DONE"),
+        "the task failed under its learned profile: {}",
+        why(&s, &o)
+    );
+    let v = s.violations();
+    assert!(v.is_empty(), "violations under the learned profile: {v:#?}\n{}", why(&s, &o));
+    let forbidden = std::path::PathBuf::from(format!("/etc/am-realagent-forbidden-{}", std::process::id()));
+    let _ = fs::remove_file(&forbidden);
+    let step = json!({"tool": "shell", "command": format!("echo learned-wrote > {}", forbidden.display())});
+    let o = s.run("forbidden", json!({"steps": [step], "final_text": "WRITE-DONE"}));
+    let landed = fs::read_to_string(&forbidden).ok();
+    let _ = fs::remove_file(&forbidden);
+    assert_ne!(landed.as_deref(), Some("learned-wrote\n"), "the forbidden write landed: {}", why(&s, &o));
+    let e = s.expect_violation(&o, "the forbidden write", |e| {
+        f(e, "kind") == "file.write" && f(e, "target") == forbidden.display().to_string()
+    });
+    assert!(o.killed(), "the agent was not killed: {e}\n{}", why(&s, &o));
 }
 
 macro_rules! tier {
@@ -251,6 +319,11 @@ macro_rules! tier {
             }
             mode!(kill, Mode::Kill);
             mode!(exec, Mode::Exec);
+            #[test]
+            #[ignore = "real-agent tier: run by `cargo xtask test` (`-- real_agents`), needs `cargo xtask setup --agents`"]
+            fn e_learned_profile_under_kill() {
+                learned_profile($a)
+            }
         }
     )*};
 }

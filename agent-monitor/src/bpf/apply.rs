@@ -348,7 +348,7 @@ fn gen_rule(rule: u32, gen: u32) -> u32 {
 /// The `HOST_DEST` entries of generation `gen`: each TCP destination by the name a request's
 /// `Host:` header gives it (a host name; an address rule for one address, as `a.b.c.d` or
 /// `[v6]`), with its rule and port, for the TLS plaintext check.
-fn host_dest_entries(p: &CompiledPolicy, gen: u32) -> Vec<(HostKey, HostDest)> {
+pub fn host_dest_entries(p: &CompiledPolicy, gen: u32) -> Vec<(HostKey, HostDest)> {
     let mut out: Vec<(HostKey, HostDest)> = Vec::new();
     let mut add = |agent: u32, name: &str, port: Option<u16>, dest: &DestRule| {
         let b = name.to_ascii_lowercase().into_bytes();
@@ -409,7 +409,7 @@ pub fn net_key(r: &NetRule, gen: u32) -> Key<NetData> {
 }
 
 /// Does the static rule `s` allow every connection the resolved rule `r` allows?
-fn covers(s: &NetRule, r: &NetRule) -> bool {
+pub fn covers(s: &NetRule, r: &NetRule) -> bool {
     if s.agent != r.agent || s.proto != r.proto || (s.port.is_some() && s.port != r.port) || s.prefix_len > r.prefix_len
     {
         return false;

@@ -114,6 +114,11 @@ pub const ARG_UNREADABLE_TEXT: &str =
 pub const FOREIGN_MOUNT_TEXT: &str = "the path crosses a mount the daemon did not see in the host's namespace (a bind mount, a private mount namespace): not judged by its name";
 pub const HARD_LINK_TEXT: &str = "a file with more than one name (hard links): writing it writes the file under its other names, which may be outside writable";
 pub const DEVICE_TEXT: &str = "a device node: never writable (it reaches a disk or memory, not a file)";
+/// The detail of an HTTP write read in a TLS library (its target is the `Host:` header).
+pub const TLS_PLAINTEXT_TEXT: &str = "seen in the TLS library before encryption";
+/// The detail of a connection whose TLS the daemon cannot read.
+pub const TLS_INVISIBLE_TEXT: &str =
+    "TLS handshake from a process whose TLS library is not hooked (statically linked?): its HTTP methods are not visible";
 /// The detail of an audited HTTP write that is not a request start.
 pub const CONTINUATION_TEXT: &str = "the rest of a request already judged (its body or headers)";
 /// The file details above.
@@ -509,7 +514,7 @@ impl Decoder {
                         detail.push(&line);
                     }
                     if ev.layer == layer::UPROBE {
-                        detail.push("seen in the TLS library before encryption");
+                        detail.push(TLS_PLAINTEXT_TEXT);
                     }
                     if target.is_empty() {
                         assign(target, host.as_deref().unwrap_or("tls"));
@@ -521,9 +526,7 @@ impl Decoder {
                         detail.push("datagram");
                     }
                     if ev.flags & event_flags::TLS_INVISIBLE != 0 {
-                        detail.push(
-                            "TLS handshake from a process whose TLS library is not hooked (statically linked?): its HTTP methods are not visible",
-                        );
+                        detail.push(TLS_INVISIBLE_TEXT);
                     }
                     if ev.flags & event_flags::SNI_MISMATCH != 0 {
                         let sni = cstr(&ev.path2[..(ev.path2_len as usize).min(ev.path2.len())]);

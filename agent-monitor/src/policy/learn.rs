@@ -23,6 +23,7 @@ use std::{
 };
 
 use super::{model::toml_quote, replay::Recorded, IMPLICIT_WRITABLE};
+use crate::events::decode::{TLS_INVISIBLE_TEXT, TLS_PLAINTEXT_TEXT};
 
 /// What was seen of one grant.
 #[derive(Debug, Default, Clone)]
@@ -73,6 +74,8 @@ struct Dest {
     methods: BTreeMap<String, BTreeSet<String>>,
     /// Host names its requests named.
     hosts: BTreeSet<String>,
+    /// TLS the daemon could not read went there.
+    opaque: bool,
 }
 
 /// The profile of agent `agent` learned from `events`, as a TOML `[[agent]]` table with the
@@ -106,6 +109,7 @@ pub fn profile(agent: &str, action: &str, events: &[Recorded]) -> String {
                 d.seen.add(&e.ts);
                 d.udp |= e.kind == "net.send";
                 d.tcp |= e.kind == "net.connect";
+                d.opaque |= e.detail.contains(TLS_INVISIBLE_TEXT) || e.rule == "network.opaque_tls";
             }
             "net.http_write" => {
                 let Some((m, p)) = e.request_line() else { continue };
@@ -114,13 +118,21 @@ pub fn profile(agent: &str, action: &str, events: &[Recorded]) -> String {
                 }
                 let path = path_prefix(p);
                 let host = e.http_host().map(str::to_string);
-                let d = if super::replay::parse_addr(&e.target).is_some() {
+                // Read in a TLS library: the target is the request's `Host:` (an address and
+                // port, or a name); in clear text, the connection's address.
+                let tls = e.detail.contains(TLS_PLAINTEXT_TEXT);
+                let d = if !tls && super::replay::parse_addr(&e.target).is_some() {
                     dests.entry(e.target.clone()).or_default()
-                } else {
-                    let h = host.clone().unwrap_or_else(|| e.target.clone());
-                    let d = tls_hosts.entry(h).or_default();
+                } else if tls && super::replay::parse_addr(&e.target).is_some() {
+                    let d = dests.entry(e.target.clone()).or_default();
+                    d.tcp = true;
+                    d
+                } else if tls && host_name(&e.target).is_some() {
+                    let d = tls_hosts.entry(e.target.clone()).or_default();
                     d.seen.add(&e.ts);
                     d
+                } else {
+                    continue;
                 };
                 d.methods.entry(m.to_string()).or_default().insert(path);
                 if let Some(h) = host.filter(|h| host_name(h).is_some()) {
@@ -136,10 +148,12 @@ pub fn profile(agent: &str, action: &str, events: &[Recorded]) -> String {
             _ => {}
         }
     }
-    // Entries under another entry go (their evidence joins it).
+    // Entries under another entry go (their evidence joins it; a grant of one file's name is no
+    // directory to join).
     let keys: Vec<String> = dirs.keys().cloned().collect();
     for k in &keys {
-        let parent = keys.iter().find(|p| *p != k && dirs.get(*p).is_some_and(|d| d.1.is_none()) && under(k, p));
+        let parent =
+            keys.iter().find(|p| *p != k && dirs.get(*p).is_some_and(|d| d.1 != Some(FILE_ONLY)) && under(k, p));
         if let Some(parent) = parent {
             if let Some((seen, _)) = dirs.remove(k) {
                 dirs.get_mut(parent).expect("checked").0.merge(&seen);
@@ -172,7 +186,13 @@ pub fn profile(agent: &str, action: &str, events: &[Recorded]) -> String {
     }
     let _ = writeln!(out, "comm = [");
     for (c, s) in &comms {
-        let _ = writeln!(out, "  {},  # {}", toml_quote(c), s.comment("instance start"));
+        let common = ["node", "python", "python3", "bash", "sh", "dash", "zsh", "deno", "bun", "ruby", "perl", "java"];
+        let risk = if common.contains(&c.as_str()) || c.starts_with("python3.") {
+            "; risky: every process of this name is this agent (prefer exe, cmdline or cgroup)"
+        } else {
+            ""
+        };
+        let _ = writeln!(out, "  {},  # {}{risk}", toml_quote(c), s.comment("instance start"));
     }
     let _ = writeln!(out, "]");
     let _ = writeln!(out, "[agent.files]");
@@ -236,8 +256,16 @@ fn allow_line(to: &str, d: &Dest, risks: &mut Vec<String>) -> String {
         (false, true) => ", protocol = \"udp\"",
         _ => "",
     };
+    let opaque = if d.opaque { ", opaque_tls = true" } else { "" };
+    if d.opaque {
+        risks.push("TLS the daemon cannot read (opaque_tls): its writes are not seen".into());
+    }
     if writes.is_empty() {
-        return if d.udp { format!("{{ to = {}{proto} }}", toml_quote(to)) } else { toml_quote(to) };
+        return if d.udp || d.opaque {
+            format!("{{ to = {}{proto}{opaque} }}", toml_quote(to))
+        } else {
+            toml_quote(to)
+        };
     }
     let methods: BTreeSet<&str> = reads.iter().copied().chain(writes.iter().map(|m| m.as_str())).collect();
     let mut paths: BTreeSet<String> = BTreeSet::new();
@@ -254,7 +282,7 @@ fn allow_line(to: &str, d: &Dest, risks: &mut Vec<String>) -> String {
     }
     let list = |v: &mut dyn Iterator<Item = &str>| v.map(toml_quote).collect::<Vec<_>>().join(", ");
     format!(
-        "{{ to = {}{proto}, methods = [{}], paths = [{}] }}",
+        "{{ to = {}{proto}, methods = [{}], paths = [{}]{opaque} }}",
         toml_quote(to),
         list(&mut methods.iter().copied()),
         list(&mut paths.iter().map(String::as_str))
@@ -317,6 +345,9 @@ fn top_level(dir: &str) -> bool {
         || dir.strip_prefix("/home/").is_some_and(|rest| !rest.contains('/'))
 }
 
+/// The note of a grant of one file's own name (not a directory: nothing merges into it).
+const FILE_ONLY: &str = "risky: a file at the top of the tree: only this name is granted";
+
 /// The `writable` entry a written path asks for, and a note when it is risky.
 fn grant_for(path: &str) -> (String, Option<&'static str>) {
     let parent = match path.rsplit_once('/') {
@@ -339,7 +370,7 @@ fn grant_for(path: &str) -> (String, Option<&'static str>) {
     if top_level(&dir) {
         if dir == parent {
             // A file directly in /etc, a home directory, ...: only its own name.
-            return (path.to_string(), Some("risky: a file at the top of the tree: only this name is granted"));
+            return (path.to_string(), Some(FILE_ONLY));
         }
         return (parent, Some("risky: a per-run name near the top of the tree: granted as it was seen"));
     }
@@ -350,8 +381,11 @@ fn grant_for(path: &str) -> (String, Option<&'static str>) {
     {
         return (dir, Some("risky: a system or credentials directory"));
     }
-    if dir != parent && dir.matches('/').count() == 1 {
-        return (dir, Some("broad: per-run names below it collapsed into a top-level directory"));
+    if matches!(dir.as_str(), "/tmp" | "/var/tmp" | "/dev/shm") {
+        return (dir, Some("broad: a directory every process shares (what is written there is not contained)"));
+    }
+    if dir != parent && dir.matches('/').count() <= 2 {
+        return (dir, Some("broad: per-run names below it collapsed into it"));
     }
     (dir, None)
 }

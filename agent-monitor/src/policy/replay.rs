@@ -27,7 +27,7 @@ use std::{
 use serde_json::Value;
 
 use super::{compile, ipv6_form, AgentPolicy, CompiledPolicy, Policy};
-use crate::events::decode::{http_grammar_texts, OBJECT_REFUSALS};
+use crate::events::decode::{http_grammar_texts, OBJECT_REFUSALS, TLS_INVISIBLE_TEXT, TLS_PLAINTEXT_TEXT};
 use agent_monitor_common::{proto, DestRule};
 
 /// One recorded event, as far as a decision needs it.
@@ -65,18 +65,25 @@ impl Recorded {
         self.verdict == "violation"
     }
 
-    /// The HTTP request line in `detail` (`METHOD PATH HTTP/x`), if the event's bytes started a
-    /// request.
+    /// The method and target of the HTTP request line at the start of `detail` (`METHOD TARGET
+    /// HTTP/x`, possibly cut short where the kernel's 192 bytes ended), if the event's bytes
+    /// started a request.
     pub fn request_line(&self) -> Option<(&str, &str)> {
-        let line = self.detail.split("; ").next()?;
-        let mut w = line.split(' ');
-        let (m, p) = (w.next()?, w.next()?);
-        (!m.is_empty() && m.bytes().all(|b| b.is_ascii_uppercase()) && w.next()?.starts_with("HTTP/")).then_some((m, p))
+        let mut w = self.detail.splitn(3, ' ');
+        let (m, t) = (w.next()?, w.next()?);
+        // (a target cut by the end of the kept bytes is followed by the decoder's "; ")
+        let t = match w.next() {
+            Some(_) => t,
+            None => t.split("; ").next().unwrap_or(t),
+        };
+        (!m.is_empty() && m.bytes().all(|b| b.is_ascii_uppercase()) && !t.is_empty()).then_some((m, t))
     }
 
-    /// The `Host:` header of an HTTP request event, if the detail names one.
+    /// The `Host:` header of an HTTP request event: the last "; Host: " part the decoder wrote
+    /// (a request line cannot hide one after it).
     pub fn http_host(&self) -> Option<&str> {
-        self.detail.split("; ").find_map(|p| p.strip_prefix("Host: "))
+        let (_, h) = self.detail.rsplit_once("; Host: ")?;
+        Some(h.split("; ").next().unwrap_or(h))
     }
 
     /// The two paths of a rename or link (`FROM -> TO` in the detail; the target is the one the
@@ -242,7 +249,7 @@ impl Judge {
                                 why: "its TLS server name is not an allowed host name for this address".into(),
                             };
                         }
-                        let opaque = r.rule == "network.opaque_tls" || r.detail.contains("TLS library is not hooked");
+                        let opaque = r.rule == "network.opaque_tls" || r.detail.contains(TLS_INVISIBLE_TEXT);
                         if opaque && d.flags & agent_monitor_common::dest_flags::OPAQUE_TLS == 0 {
                             return Decision::Refused {
                                 rule: "network.opaque_tls".into(),
@@ -259,52 +266,81 @@ impl Judge {
                         return always("network.http_methods", t);
                     }
                 }
-                let Some((method, path)) = r.request_line() else { return Decision::NotJudged };
+                let Some((method, target)) = r.request_line() else { return Decision::NotJudged };
                 let bit = super::http_mask(&[method.to_string()]);
                 if bit == 0 {
                     return always("network.http_methods", "a method the kernel does not know as a request start");
                 }
-                // The destination: its address (clear text), else the host of a TLS write.
-                let dest = match parse_addr(&r.target) {
-                    Some(sa) => self.dest(a, proto::TCP, sa),
-                    None => self.dest_by_host(a, r.http_host().unwrap_or(&r.target)),
-                };
-                let (grant, rule) = match dest {
-                    Some((i, d)) => (Grant::Allow(a.name.clone(), i), d),
-                    None if parse_addr(&r.target).is_some() => {
-                        return Decision::Refused {
-                            rule: "network.allow".into(),
-                            why: format!("{} is in no allow entry", r.target),
-                        }
-                    }
-                    None => (Grant::Implicit, DestRule::default()),
-                };
                 let agent_methods = a.whole.agents[0].http_allow;
-                let methods = if rule.methods != 0 { rule.methods } else { agent_methods };
-                if methods & bit == 0 {
-                    return Decision::Refused {
-                        rule: "network.http_methods".into(),
-                        why: format!("{method} is not a method this destination takes"),
-                    };
-                }
-                if rule.path_methods & bit != 0 {
-                    let entry = match &grant {
-                        Grant::Allow(_, i) => &a.entries[*i],
-                        _ => &a.whole,
-                    };
-                    if !entry.paths.iter().any(|(_, pre)| path.starts_with(pre.as_str())) {
-                        return Decision::Refused {
-                            rule: "network.paths".into(),
-                            why: format!("{method} {path} is under none of the destination's paths"),
+                let refused = |rule: &str, why: String| Decision::Refused { rule: rule.into(), why };
+                let clear = parse_addr(&r.target).filter(|_| !r.detail.contains(TLS_PLAINTEXT_TEXT));
+                match clear {
+                    // Clear text: the connection's destination rule (`takes`): its methods, else
+                    // the agent's; a method it takes only under `paths` needs one.
+                    Some(sa) => {
+                        let Some((i, d)) = self.dest(a, proto::TCP, sa) else {
+                            return refused("network.allow", format!("{} is in no allow entry", r.target));
                         };
+                        let methods = if d.methods != 0 { d.methods } else { agent_methods };
+                        if methods & bit == 0 {
+                            return refused(
+                                "network.http_methods",
+                                format!("{method} is not a method this destination takes"),
+                            );
+                        }
+                        if d.path_methods & bit != 0 && !path_under(&a.entries[i], target) {
+                            return refused(
+                                "network.paths",
+                                format!("{method} {target} is under none of the destination's paths"),
+                            );
+                        }
+                        Decision::Allowed(vec![Grant::Allow(a.name.clone(), i)])
+                    }
+                    // Inside TLS: the agent's methods; a method it does not take is judged by
+                    // the destination its `Host:` names (`judge_by_host`, on the loader's own
+                    // `HOST_DEST` entries).
+                    None => {
+                        if agent_methods & bit != 0 {
+                            return Decision::Allowed(vec![Grant::Implicit]);
+                        }
+                        let host = r.http_host().unwrap_or(&r.target);
+                        let Some((i, d)) = self.dest_by_host(a, host) else {
+                            return refused(
+                                "network.http_methods",
+                                format!("{method} is not in http_methods and Host: {host} names no destination that takes it"),
+                            );
+                        };
+                        let methods = if d.methods != 0 { d.methods } else { agent_methods };
+                        if methods & bit == 0 {
+                            return refused("network.http_methods", format!("{method} is not a method {host} takes"));
+                        }
+                        if !target.starts_with('/') {
+                            return refused(
+                                "network.paths",
+                                "an absolute-form target overrides Host: at the server".into(),
+                            );
+                        }
+                        if d.path_methods & bit != 0 && !path_under(&a.entries[i], target) {
+                            return refused(
+                                "network.paths",
+                                format!("{method} {target} is under none of {host}'s paths"),
+                            );
+                        }
+                        Decision::Allowed(vec![Grant::Allow(a.name.clone(), i)])
                     }
                 }
-                Decision::Allowed(vec![grant])
             }
             "ipc.connect" => {
                 let path = r.target.strip_prefix("unix:").unwrap_or(&r.target);
                 if r.detail.contains("could not be read") {
                     return always("network.allow", "its address could not be read");
+                }
+                // A FIFO under `writable` is the agent's own (the kernel's FIFO check takes it);
+                // any other is a message to whoever reads it, allowed only as a `unix:` entry.
+                if r.detail.contains("a FIFO opened for writing") {
+                    if let Some(g) = a.writable(path) {
+                        return Decision::Allowed(vec![g]);
+                    }
                 }
                 match a.entries.iter().position(|e| e.unix.iter().any(|(_, u)| u == path)) {
                     Some(i) => Decision::Allowed(vec![Grant::Allow(a.name.clone(), i)]),
@@ -358,11 +394,15 @@ impl Judge {
                 for h in &e.hosts {
                     // (the daemon loads no resolved address a literal rule already covers: that
                     // rule decides)
-                    let covered = a
-                        .whole
-                        .net
-                        .iter()
-                        .any(|n| n.proto == p && n.port == h.port && in_net(ip, n.addr, n.prefix_len));
+                    let resolved = super::NetRule {
+                        agent: h.agent,
+                        addr: ip,
+                        prefix_len: 128,
+                        port: h.port,
+                        proto: h.proto,
+                        dest: h.dest,
+                    };
+                    let covered = a.whole.net.iter().any(|n| crate::bpf::apply::covers(n, &resolved));
                     if h.proto == p && h.port == want_port && !covered {
                         let addrs = self.resolved.get(&h.host).map(Vec::as_slice).unwrap_or_default();
                         if addrs.iter().any(|x| ipv6_form(*x, if x.is_ipv4() { 32 } else { 128 }).0 == ip) {
@@ -378,21 +418,33 @@ impl Judge {
         None
     }
 
-    /// The `allow` entry of a host name (a TLS write's `Host:`, `NAME[:PORT]`).
+    /// The `allow` entry a TLS write's `Host:` (`NAME[:PORT]`) names, as `judge_by_host` finds it
+    /// in `HOST_DEST`: the name lower case without spaces; the header's port, or 443, then the
+    /// name's any-port rule. The entries are the loader's own (`bpf::apply::host_dest_entries`);
+    /// the first `allow` entry to claim a key has it, as there.
     fn dest_by_host(&self, a: &AgentTables, host: &str) -> Option<(usize, DestRule)> {
-        let (name, port) = match host.rsplit_once(':') {
-            Some((n, p)) if p.parse::<u16>().is_ok() && !n.contains(':') => (n, p.parse().ok()),
-            _ => (host, None),
+        let h: String = host.chars().filter(|c| *c != ' ' && *c != '\t').collect::<String>().to_ascii_lowercase();
+        let (name, port) = match h.rsplit_once(':') {
+            Some((n, p)) if !n.starts_with('[') || n.ends_with(']') => match p.parse::<u32>() {
+                Ok(p) => (n.to_string(), Some(p)),
+                Err(_) => return None,
+            },
+            _ => (h.clone(), None),
         };
-        let name = name.trim_end_matches('.').to_ascii_lowercase();
-        a.entries.iter().enumerate().find_map(|(i, e)| {
-            e.hosts
-                .iter()
-                .find(|h| {
-                    h.host == name && h.proto == proto::TCP && (h.port.is_none() || port.is_none() || h.port == port)
-                })
-                .map(|h| (i, h.dest))
-        })
+        let tables: Vec<Vec<(agent_monitor_common::HostKey, agent_monitor_common::HostDest)>> =
+            a.entries.iter().map(|e| crate::bpf::apply::host_dest_entries(e, 0)).collect();
+        for want in [port.unwrap_or(443), 0] {
+            for (i, t) in tables.iter().enumerate() {
+                let hit = t.iter().find(|(k, _)| {
+                    let n = k.name.iter().position(|b| *b == 0).unwrap_or(k.name.len());
+                    k.port == want && k.name[..n] == *name.as_bytes()
+                });
+                if let Some((_, d)) = hit {
+                    return Some((i, d.dest));
+                }
+            }
+        }
+        None
     }
 
     /// The agents of the candidate, in no order.
@@ -434,6 +486,22 @@ impl AgentTables {
             Some(Grant::Implicit)
         }
     }
+}
+
+/// Is a request target under one of the entry's `paths` (`PATH_ALLOW`: a plain byte prefix of
+/// its first 64 bytes), and free of what `path_step` refuses (`..` or `%2` before the query; a
+/// control byte, `\` or `#` anywhere)?
+fn path_under(entry: &CompiledPolicy, target: &str) -> bool {
+    let b = target.as_bytes();
+    let query = b.iter().position(|c| *c == b'?').unwrap_or(b.len());
+    if b.iter().any(|c| *c < 0x21 || *c == 0x7f || *c == b'\\' || *c == b'#')
+        || b[..query].windows(2).any(|w| w == b".." || w == b"%2")
+    {
+        return false;
+    }
+    let scan = agent_monitor_common::HTTP_PATH_SCAN;
+    let kept = &b[..b.len().min(scan)];
+    entry.paths.iter().any(|(_, pre)| !pre.is_empty() && pre.len() <= scan && kept.starts_with(pre.as_bytes()))
 }
 
 /// Kinds a policy decides.
@@ -541,6 +609,26 @@ allow = ["127.0.0.1:8080", "10.0.0.0/8:443", { to = "10.1.0.0/16:443", methods =
         assert!(!http("api.example", "POST /anything HTTP/1.1; Host: api.example").refuses());
         assert!(http("tls", "POST /anything HTTP/1.1; Host: forum.example").refuses());
         assert_eq!(http("127.0.0.1:8080", "abc"), Decision::NotJudged, "a body is not a request start");
+        // Paths as the kernel scans them: `..` or `%2` before the query, a control byte, `\`.
+        assert!(http("10.1.0.9:443", "POST /v1/messages/../admin HTTP/1.1").refuses());
+        assert!(http("10.1.0.9:443", "POST /v1/messages%2f..%2fadmin HTTP/1.1").refuses());
+        assert!(!http("10.1.0.9:443", "POST /v1/messages?next=../x HTTP/1.1").refuses());
+        // Inside TLS the agent's methods come first; Host: is consulted only beyond them, and
+        // an absolute-form target is refused there.
+        assert!(!http("forum.example", "GET /x HTTP/1.1").refuses());
+        // A TLS write whose Host: is an address is still a TLS write (the agent's methods first,
+        // then HOST_DEST's address names).
+        let tls = |t: &str, line: &str| j.decide(&rec("net.http_write", t, &format!("{line}; {TLS_PLAINTEXT_TEXT}")));
+        assert!(!tls("127.0.0.1:8080", "GET /x HTTP/1.1").refuses());
+        assert!(tls("127.0.0.1:8080", "POST /x HTTP/1.1").refuses());
+        assert!(http("api.example", "POST https://api.example/x HTTP/1.1").refuses());
+        assert!(!http("API.example:443", "POST /x HTTP/1.1").refuses(), "the kernel folds the name's case");
+        assert!(http("api.example:8443", "POST /x HTTP/1.1").refuses(), "another port");
+        // A path ending in ';' is still a request line; a forged Host: in the line is not the header.
+        let r = rec("net.http_write", "127.0.0.1:8080", "POST /x; HTTP/1.1; Host: 127.0.0.1:8080");
+        assert_eq!(r.request_line(), Some(("POST", "/x;")));
+        let forged = rec("net.http_write", "1.2.3.4:80", "GET /x HTTP/1.1; Host: evil; Host: real");
+        assert_eq!(forged.http_host(), Some("real"));
         assert!(j.decide(&rec("file.write", "/x", "")).refuses());
         assert_eq!(j.decide(&Recorded { agent: "other".into(), ..rec("file.write", "/x", "") }), Decision::NoAgent);
     }

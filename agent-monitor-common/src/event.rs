@@ -311,6 +311,9 @@ pub mod event_flags {
     /// An audited `net.http_write` whose bytes go on with a request already judged (its body,
     /// the rest of its headers): they are no request line, whatever they say.
     pub const HTTP_GOES_ON: u32 = 1 << 21;
+    /// `file.link` of a symbolic link (`symlink`, `symlinkat`): the first path is the link it
+    /// makes, the second where it leads (which may be outside `writable`).
+    pub const SYMLINK: u32 = 1 << 22;
 }
 
 /// Index of each kernel-side counter in the `STATS` per-CPU array.

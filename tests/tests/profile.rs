@@ -11,7 +11,7 @@ use std::{
 use agent_monitor_e2e::{attack::*, *};
 
 /// The task the agent is trusted with: files under `work/out` (a per-run temporary directory
-/// in it, a rename, a delete), a read and a POST to the forum's API, a message to a local
+/// in it, a symlink there that leads out of `writable`, a rename, a delete), a read and a POST to the forum's API, a message to a local
 /// service. Prints nothing; exits 0 when every step worked.
 fn task(work: &Path, port: u16, sock: &Path) -> String {
     format!(
@@ -21,6 +21,7 @@ w = {work:?}
 os.makedirs(w + "/out", exist_ok=True)
 t = tempfile.mkdtemp(prefix="tmp.", dir=w + "/out")
 open(t + "/scratch", "w").write("x")
+os.symlink("/etc/hostname", t + "/link")
 open(w + "/out/report.md", "w").write("r")
 os.rename(w + "/out/report.md", w + "/out/final.md")
 os.unlink(t + "/scratch")

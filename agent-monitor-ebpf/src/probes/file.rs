@@ -224,6 +224,9 @@ fn path_op(
         // The event's target is the path that is not writable (the second when only it is),
         // except for a symlink: its target is the link it makes (`link -> where it leads`).
         let symlink = matches!(p2, Some((_, _, Judge::LinkTarget)));
+        if symlink {
+            op.flags |= event_flags::SYMLINK;
+        }
         if c1 == path_class::WRITABLE
             && c2 != path_class::WRITABLE
             && op.flags & event_flags::PROTECTED_PATH == 0

@@ -18,7 +18,7 @@
 //!   (a stream connect, or a datagram to a named socket).
 use agent_monitor_common::{
     action, agent_flags, dest_flags, event_flags, http_mode, http_verdict, kind, layer, net_origin, policy_action,
-    proc_flags, proto, sock_state, verdict, AgentCfg, DestRule, GrantKey, HttpParse, NetData, ProcState, SniKey,
+    proc_flags, proto, sock_state, stat, verdict, AgentCfg, DestRule, GrantKey, HttpParse, NetData, ProcState, SniKey,
     SockInfo, UnixKey, NET_KEY_FIXED_BITS, PENDING_WRITES, PENDING_WRITE_NS, SNI_LEN, UNIX_PATH_LEN,
 };
 use aya_ebpf::{
@@ -862,8 +862,13 @@ fn tls_write(ssl: u64, buf: *const u8, len: u64, written: u64, at_return: bool) 
         }
         nested = at_return;
     }
-    // The write is built in per-CPU memory, not on the stack (`TLS_WRITE_SCRATCH`).
+    // The write is built in per-CPU memory, not on the stack (`TLS_WRITE_SCRATCH`). A one-entry
+    // per-CPU array always has it; if it ever did not, the write could not be judged: killed,
+    // never let through unread.
     let Some(w) = TLS_WRITE_SCRATCH.get_ptr_mut(0) else {
+        let kill = AgentCfg { action: policy_action::KILL, ..cfg };
+        let _ = agent::enforce_after(&st, &kill);
+        count(stat::READ_FAILED);
         return;
     };
     let pending = unsafe { &mut *w };

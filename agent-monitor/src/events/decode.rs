@@ -119,6 +119,8 @@ pub const TLS_PLAINTEXT_TEXT: &str = "seen in the TLS library before encryption"
 /// The detail of a connection whose TLS the daemon cannot read.
 pub const TLS_INVISIBLE_TEXT: &str =
     "TLS handshake from a process whose TLS library is not hooked (statically linked?): its HTTP methods are not visible";
+/// The detail of a `file.link` that makes a symbolic link (`LINK -> WHERE IT LEADS`).
+pub const SYMLINK_TEXT: &str = "a symbolic link (the link is written; where it leads is judged when it is used)";
 /// The detail of an audited HTTP write that is not a request start.
 pub const CONTINUATION_TEXT: &str = "the rest of a request already judged (its body or headers)";
 /// The file details above.
@@ -316,6 +318,9 @@ impl Decoder {
                     if ev.flags & event_flags::SECOND_PATH != 0 { (&other, &*target) } else { (&*target, &other) };
                 if !to.is_empty() {
                     let _ = write!(detail.next(), "{from} -> {to}");
+                }
+                if ev.flags & event_flags::SYMLINK != 0 {
+                    detail.push(SYMLINK_TEXT);
                 }
                 "files.writable"
             }

@@ -94,7 +94,12 @@ pub fn profile(agent: &str, action: &str, events: &[Recorded]) -> String {
                 comms.entry(e.comm.clone()).or_default().add(&e.ts)
             }
             k if k.starts_with("file.") => {
-                for path in e.both_paths().map(|(a, b)| vec![a, b]).unwrap_or_else(|| vec![e.target.clone()]) {
+                let paths = match e.both_paths() {
+                    Some((link, _)) if e.detail.contains(crate::events::decode::SYMLINK_TEXT) => vec![link],
+                    Some((a, b)) => vec![a, b],
+                    None => vec![e.target.clone()],
+                };
+                for path in paths {
                     let path = path.as_str();
                     if !path.starts_with('/') || implicit(path) {
                         continue;

@@ -27,7 +27,9 @@ use std::{
 use serde_json::Value;
 
 use super::{compile, ipv6_form, AgentPolicy, CompiledPolicy, Policy};
-use crate::events::decode::{http_grammar_texts, OBJECT_REFUSALS, TLS_INVISIBLE_TEXT, TLS_PLAINTEXT_TEXT};
+use crate::events::decode::{
+    http_grammar_texts, OBJECT_REFUSALS, SYMLINK_TEXT, TLS_INVISIBLE_TEXT, TLS_PLAINTEXT_TEXT,
+};
 use agent_monitor_common::{proto, DestRule};
 
 /// One recorded event, as far as a decision needs it.
@@ -212,6 +214,9 @@ impl Judge {
                 }
                 let mut grants = Vec::new();
                 let paths = match r.both_paths() {
+                    // A symbolic link: the link is what is written (where it leads may be
+                    // outside `writable`: the kernel judges what later goes through it).
+                    Some((link, _)) if r.kind == "file.link" && r.detail.contains(SYMLINK_TEXT) => vec![link],
                     Some((from, to)) if r.kind == "file.rename" || r.kind == "file.link" => vec![from, to],
                     _ => vec![r.target.clone()],
                 };
@@ -572,6 +577,11 @@ allow = ["127.0.0.1:8080", "10.0.0.0/8:443", { to = "10.1.0.0/16:443", methods =
         let semi = rec("file.rename", "/srv/work/a", "/srv/work/a -> /srv/workx; y");
         assert_eq!(semi.both_paths().unwrap().1, "/srv/workx; y");
         assert!(j.decide(&semi).refuses());
+        // A symbolic link in writable that leads out of it: the link is the write.
+        let sym = rec("file.link", "/srv/work/l", &format!("/srv/work/l -> /etc/shadow; {SYMLINK_TEXT}"));
+        assert!(!j.decide(&sym).refuses());
+        let hard = rec("file.link", "/srv/work/l", "/etc/shadow -> /srv/work/l");
+        assert!(j.decide(&hard).refuses());
         let hard = Recorded { verdict: "violation".into(), ..rec("file.write", "/srv/work/h", OBJECT_REFUSALS[3]) };
         assert!(matches!(j.decide(&hard), Decision::Always { .. }));
     }

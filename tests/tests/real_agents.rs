@@ -333,3 +333,61 @@ tier! {
     codex: Agent::Codex;
     gemini: Agent::Gemini;
 }
+
+/// The other agent CLIs of the default policy, as their installers leave them (opencode from
+/// npm, aider from PyPI; goose's installer downloads from GitHub, out of reach here): started,
+/// each is a new instance of the default policy's `agent-cli`, by the name it runs under.
+mod other_clis {
+    use agent_monitor_e2e::agents::{install_dir, pins, INSTALLED_MARKER};
+    use agent_monitor_e2e::{can_run_root_tests, f, Daemon, TempDir};
+    use std::process::{Command, Stdio};
+
+    #[test]
+    #[ignore = "real-agent tier: run by `cargo xtask test` (`-- real_agents`), needs `cargo xtask setup --agents`"]
+    fn the_default_policy_selects_opencode_and_aider_as_they_start() {
+        if !can_run_root_tests("the_default_policy_selects_opencode_and_aider_as_they_start") {
+            return;
+        }
+        // The shipped policy's agents (its [daemon] settings would pin under /sys/fs/bpf and
+        // write to /var/log: the test's daemon has its own).
+        let shipped =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/agent-monitor.toml")).unwrap();
+        let d = Daemon::start(&shipped[shipped.find("\n[[agent]]").expect("the shipped policy has agents")..]);
+        let home = TempDir::new("other-clis");
+        let pin = |name: &str| {
+            let p = pins().into_iter().find(|p| p.agent == name).unwrap_or_else(|| panic!("{name} is not in pins.txt"));
+            let dir = install_dir(&p);
+            assert!(
+                dir.join(INSTALLED_MARKER).exists(),
+                "{} is not installed: run `cargo xtask setup --agents`",
+                p.spec()
+            );
+            dir
+        };
+        let (opencode, aider) = (pin("opencode"), pin("aider"));
+        let cases = [
+            ("opencode", opencode.join("node_modules/.bin/opencode")),
+            ("opencode.exe", opencode.join("node_modules/opencode-ai/bin/opencode.exe")),
+            ("aider", aider.join("pypi/bin/aider")),
+        ];
+        for (comm, program) in cases {
+            // (aider without its dependencies fails to import; it has started by then)
+            let st = Command::new(&program)
+                .arg("--version")
+                .env("HOME", home.path())
+                .env("PYTHONPATH", aider.join("pypi"))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .unwrap_or_else(|e| panic!("cannot start {}: {e}", program.display()));
+            eprintln!("{comm}: {} --version: {st}", program.display());
+            let e = d.wait_event(&format!("{comm} selected"), |e| {
+                f(e, "kind") == "process.exec"
+                    && f(e, "comm") == comm
+                    && f(e, "detail").starts_with("new agent instance")
+            });
+            assert_eq!(f(&e, "agent"), "agent-cli", "{e}");
+        }
+    }
+}

@@ -33,6 +33,8 @@ pub enum Tier {
 }
 
 struct Pin {
+    name: String,
+    /// An npm package, or `pypi:NAME` for a Python package.
     package: String,
     version: String,
 }
@@ -51,7 +53,9 @@ fn pins() -> Result<Vec<Pin>> {
     let mut pins = Vec::new();
     for line in text.lines().map(|l| l.split('#').next().unwrap_or("").trim()).filter(|l| !l.is_empty()) {
         match line.split_whitespace().collect::<Vec<_>>()[..] {
-            [_, package, version] => pins.push(Pin { package: package.into(), version: version.into() }),
+            [name, package, version] => {
+                pins.push(Pin { name: name.into(), package: package.into(), version: version.into() })
+            }
             _ => bail!("{}: expected `NAME PACKAGE VERSION`, got {line:?}", path.display()),
         }
     }
@@ -185,6 +189,13 @@ fn install_one(pin: &Pin, target: &Path) -> Result<(), Unavailable> {
     let _ = fs::remove_dir_all(&partial);
     let _ = fs::remove_dir_all(target);
     fs::create_dir_all(&partial).with_context(|| format!("cannot create {}", partial.display()))?;
+    if let Some(package) = pin.package.strip_prefix("pypi:") {
+        install_pypi(pin, package, &partial)?;
+        check(pin, &partial)?;
+        fs::rename(&partial, target)
+            .with_context(|| format!("cannot rename {} to {}", partial.display(), target.display()))?;
+        return Ok(());
+    }
     // Not --ignore-scripts: Claude Code's postinstall links the native binary over its
     // placeholder `bin/claude.exe`.
     let mut cmd = Command::new("npm");
@@ -207,6 +218,30 @@ fn install_one(pin: &Pin, target: &Path) -> Result<(), Unavailable> {
     check(pin, &partial)?;
     fs::rename(&partial, target)
         .with_context(|| format!("cannot rename {} to {}", partial.display(), target.display()))?;
+    Ok(())
+}
+
+/// A Python agent CLI (aider) from PyPI, as pip installs it: its package and the console script
+/// pip writes (`<dir>/pypi/bin/NAME`), without its dependencies. The tier checks which agent
+/// the default policy selects when the CLI starts (its comm is the script's name), which needs
+/// the script and not the hundreds of megabytes it imports.
+fn install_pypi(pin: &Pin, package: &str, dir: &Path) -> Result<(), Unavailable> {
+    let mut cmd = Command::new("python3");
+    cmd.args(["-m", "pip", "install", "--no-deps", "--disable-pip-version-check", "--no-input", "--quiet"]);
+    cmd.args(["--timeout", "60", "--retries", "1", "--target"]).arg(dir.join("pypi"));
+    cmd.arg(format!("{package}=={}", pin.version));
+    println!("setup: real agents: {}: {}", pin.spec(), show(&cmd));
+    let out = cmd.stdin(Stdio::null()).output().with_context(|| format!("could not start `{}`", show(&cmd)))?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        let _ = fs::remove_dir_all(dir);
+        let offline =
+            ["NewConnectionError", "Temporary failure in name resolution", "ConnectTimeout", "Network is unreachable"];
+        if offline.iter().any(|m| err.contains(m)) {
+            return Err(Unavailable::Skip("PyPI is unreachable".into()));
+        }
+        return Err(anyhow::anyhow!("`{}` failed ({}):\n{err}", show(&cmd), out.status).into());
+    }
     Ok(())
 }
 
@@ -241,6 +276,15 @@ fn is_elf(p: &Path) -> bool {
 /// Complete: the pinned version is the one in node_modules, and its CLI answers `--version`
 /// (run with an empty HOME: nothing of this machine's configuration is read or written).
 fn check(pin: &Pin, dir: &Path) -> Result<()> {
+    if pin.package.starts_with("pypi:") {
+        // (without its dependencies it cannot answer --version: the script pip wrote is the check)
+        let script = dir.join("pypi/bin").join(&pin.name);
+        let text = fs::read_to_string(&script).with_context(|| format!("{} is missing", script.display()))?;
+        if !text.starts_with("#!") {
+            bail!("{} is not the console script pip writes", script.display());
+        }
+        return Ok(());
+    }
     let pj = dir.join("node_modules").join(&pin.package).join("package.json");
     let text = fs::read_to_string(&pj).with_context(|| format!("{} is missing", pj.display()))?;
     let v: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{} is not JSON", pj.display()))?;
@@ -296,7 +340,8 @@ mod tests {
     #[test]
     fn the_pins_parse() {
         let pins = super::pins().unwrap();
-        assert_eq!(pins.len(), 3);
+        assert_eq!(pins.len(), 5);
+        assert!(pins.iter().any(|p| p.package == "pypi:aider-chat" && p.name == "aider"));
         assert!(pins.iter().any(|p| p.spec().starts_with("@anthropic-ai/claude-code@")));
     }
 }

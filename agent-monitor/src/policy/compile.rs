@@ -641,6 +641,7 @@ allow = ["io_uring", "raw_socket", "bpf"]
                 (comm_key("aider"), 4),
                 (comm_key("goose"), 4),
                 (comm_key("opencode"), 4),
+                (comm_key("opencode.exe"), 4),
                 (comm_key("copilot"), 4),
                 (comm_key("qwen"), 4),
             ]

@@ -50,7 +50,7 @@ fn default_policy_parses_and_says_what_the_contract_says() {
     assert_eq!(a.name, "agent-cli");
     assert_eq!(a.action, Action::Alert);
     assert!(!a.audit);
-    assert_eq!(a.selector.comm, ["aider", "goose", "opencode", "copilot", "qwen"]);
+    assert_eq!(a.selector.comm, ["aider", "goose", "opencode", "opencode.exe", "copilot", "qwen"]);
     assert!(a.selector.exe.is_empty() && a.selector.cgroup.is_empty() && a.selector.uid.is_empty());
     assert_eq!(a.files.writable, ["/tmp", "/var/tmp"]);
     let allow: Vec<String> = a.network.allow.iter().map(|e| e.to_string()).collect();
